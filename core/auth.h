@@ -1,0 +1,53 @@
+/* auth.h -- JWT HS256 via libjwt.
+ *
+ * DESIGN.md §4/§8: tokens are HS256 only (alg "none" and every other alg are
+ * rejected before any claim is read), `exp` is required and checked, `sub`
+ * is required. A user token has sub = user id; a service token has
+ * sub = "service:<name>" and role = "service". The secret is at least
+ * AUTH_MIN_SECRET bytes. Pure functions over a struct auth: no handles, no
+ * loop, safe to unit-test. */
+#ifndef CORE_AUTH_H
+#define CORE_AUTH_H
+
+#include <stddef.h>
+
+#include "common.h"
+
+#define AUTH_MIN_SECRET 32
+#define AUTH_MAX_SECRET 512
+#define AUTH_MAX_TOKEN 4096 /* bytes of a bearer token we are willing to parse */
+#define AUTH_MAX_SUB 128
+
+struct auth {
+    unsigned char secret[AUTH_MAX_SECRET];
+    size_t secret_len;
+};
+
+struct auth_claims {
+    char sub[AUTH_MAX_SUB]; /* copied */
+    int is_service;         /* role == "service" */
+    long exp;               /* seconds since the epoch */
+};
+
+/* Copies secret. Returns 0, or -EINVAL when shorter than AUTH_MIN_SECRET or
+ * longer than AUTH_MAX_SECRET. */
+CORE_MUST_CHECK int auth_init(struct auth *a, const char *secret);
+
+/* Signs an HS256 token with sub, exp = now + ttl_s and, when role is not
+ * NULL, the role claim. *out is new: free() it. Returns 0 or -ENOMEM/-EINVAL. */
+CORE_MUST_CHECK int auth_sign(const struct auth *a, const char *sub, const char *role, long ttl_s,
+                              char **out);
+
+/* Verifies token (token_len bytes, not necessarily NUL-terminated) and fills
+ * *claims. Returns 0, or -EACCES for any bad token: malformed, wrong alg,
+ * bad signature, missing or past exp, missing sub. now is seconds since the
+ * epoch (pass time(NULL); tests pass other values). */
+CORE_MUST_CHECK int auth_verify(const struct auth *a, const char *token, size_t token_len,
+                                long now, struct auth_claims *claims);
+
+/* Same, from an Authorization header value: "Bearer <token>" (scheme
+ * case-insensitive). -EACCES when absent (value == NULL) or malformed. */
+CORE_MUST_CHECK int auth_verify_header(const struct auth *a, const char *value, size_t len,
+                                       long now, struct auth_claims *claims);
+
+#endif

@@ -1,0 +1,59 @@
+/* config.h -- typed lookup of the environment, checked once at start.
+ *
+ * DESIGN.md §4: configuration is environment only. Every lookup has a default
+ * (or is required) and a range; a bad value is an error that names the
+ * variable, so the service can stop with one clear line. struct config holds
+ * the settings every service shares; a service reads its own extras with the
+ * typed helpers (config_uint, config_str). Nothing here exits: service.c does. */
+#ifndef CORE_CONFIG_H
+#define CORE_CONFIG_H
+
+#include <stddef.h>
+
+#include "common.h"
+
+#define CONFIG_ERR_MAX 256
+
+struct config {
+    const char *service; /* borrowed: a string literal from main */
+    const char *host;    /* borrowed from the environment or a literal */
+    unsigned port;
+    const char *redis_url;
+    char db_path[256];
+    const char *jwt_secret; /* required, at least 32 bytes */
+    const char *log_level;
+
+    /* HTTP server limits (DESIGN.md §4) */
+    unsigned http_max_header_bytes; /* request line + headers, 431 beyond */
+    unsigned http_max_headers;      /* 431 beyond */
+    unsigned http_max_body_bytes;   /* 413 beyond */
+    unsigned http_max_connections;  /* 503 beyond */
+    unsigned http_header_timeout_ms;
+    unsigned http_idle_timeout_ms;
+    unsigned shutdown_timeout_ms; /* graceful stop gives up after this */
+
+    /* Streams (used from the streams issue on; read and checked now). */
+    const char *consumer_name;
+    unsigned consumer_batch;
+    unsigned max_deliveries;
+    unsigned reclaim_idle_ms;
+    unsigned stream_maxlen;
+};
+
+/* Reads the shared settings for service (e.g. "users") whose default port is
+ * default_port. Returns 0, or -EINVAL with a one-line message in err naming
+ * the variable. cfg's strings are borrowed from the environment. */
+CORE_MUST_CHECK int config_load(struct config *cfg, const char *service, unsigned default_port,
+                                char *err, size_t errlen);
+
+/* Reads name as an unsigned integer in [min, max]; def when unset or empty.
+ * Returns 0, or -EINVAL with a message in err. */
+CORE_MUST_CHECK int config_uint(const char *name, unsigned long def, unsigned long min,
+                                unsigned long max, unsigned long *out, char *err, size_t errlen);
+
+/* Reads name as a string; def when unset or empty. def == NULL makes it
+ * required (-EINVAL when missing). min_len is checked too. */
+CORE_MUST_CHECK int config_str(const char *name, const char *def, size_t min_len,
+                               const char **out, char *err, size_t errlen);
+
+#endif

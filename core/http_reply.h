@@ -1,0 +1,42 @@
+/* http_reply.h -- JSON answers and the error shape of DESIGN.md §4.
+ *
+ * Every error is {"error":{"code":"<snake_case>","message":"..."}}, and a
+ * 422 also carries "fields": {"<field>": "<what is wrong>"}. The
+ * http_reply_* functions answer a request (consuming it, like
+ * http_respond); http_error_body builds the body alone, for tests and for
+ * callers that need the text. */
+#ifndef CORE_HTTP_REPLY_H
+#define CORE_HTTP_REPLY_H
+
+#include <stddef.h>
+
+#include "common.h"
+
+struct http_request;
+struct json_t;
+
+/* The code word DESIGN.md §4 uses for status: 400 "bad_request", 401
+ * "unauthorized", 403 "forbidden", 404 "not_found", 405
+ * "method_not_allowed", 409 "conflict", 413 "payload_too_large", 422
+ * "invalid", 431 "headers_too_large", 503 "unavailable", ... */
+const char *http_error_code(int status);
+
+/* Builds the error body; fields (borrowed, may be NULL) is a JSON object of
+ * per-field messages. Returns a new string (free() it) and its length in
+ * *len, or NULL on ENOMEM. */
+char *http_error_body(const char *code, const char *message, const struct json_t *fields,
+                      size_t *len);
+
+/* Answers with status and body serialized compactly. Steals body. */
+int http_reply_json(struct http_request *req, int status, struct json_t *body);
+/* Answers with the error shape; code NULL means http_error_code(status). */
+int http_reply_error(struct http_request *req, int status, const char *code, const char *message);
+/* Answers 422 "invalid" with fields (stolen; an object of field -> message). */
+int http_reply_invalid(struct http_request *req, struct json_t *fields);
+
+/* Parses req's body as one JSON object (duplicate keys rejected). Returns 0
+ * and a new reference in *out; or answers 400 with a message saying what is
+ * wrong, consuming req, and returns -EINVAL. */
+CORE_MUST_CHECK int http_reply_parse_object(struct http_request *req, struct json_t **out);
+
+#endif

@@ -1,0 +1,92 @@
+/* service.h -- one service process: config, loop, database, HTTP, stop.
+ *
+ * A service is one process with one libuv loop. service_init reads the
+ * configuration (stopping the process with one line naming a bad value),
+ * sets up logging, metrics, auth and the router; the service module adds
+ * its routes and opens its store; service_run listens, serves /healthz,
+ * /readyz and /metrics besides the routes, and runs the loop until SIGTERM or
+ * SIGINT. Then it stops gracefully: stop accepting, finish the requests in
+ * hand (up to SHUTDOWN_TIMEOUT_MS), close every handle, close the store, and
+ * return 0 once uv_loop_close() succeeds.
+ *
+ * The dispatcher in front of every route verifies the bearer token unless
+ * the route is HTTP_ROUTE_PUBLIC (401 JSON on any failure), answers 404/405
+ * in the JSON shape, and counts http_requests_total{route,code} and
+ * http_request_duration_seconds. Only this module may exit(1), and only at
+ * startup. */
+#ifndef CORE_SERVICE_H
+#define CORE_SERVICE_H
+
+#include <uv.h>
+
+#include "auth.h"
+#include "common.h"
+#include "config.h"
+#include "http_router.h"
+
+struct metrics;
+struct store;
+struct http_server;
+struct service_stats; /* private: metric series of the dispatcher */
+
+/* A hook a module registers to be told the service is stopping (stop
+ * consuming, flush, close handles). done() must be called once the module
+ * has finished; the loop is closed only after every hook is done. */
+struct service;
+typedef void (*service_stop_done_cb)(struct service *svc);
+typedef void (*service_stop_cb)(struct service *svc, void *data, service_stop_done_cb done);
+
+#define SERVICE_MAX_STOP_HOOKS 8
+
+struct service {
+    /* public */
+    uv_loop_t *loop;         /* the process's loop */
+    struct config cfg;       /* read at init */
+    struct auth auth;        /* JWT_SECRET */
+    struct metrics *metrics; /* the registry /metrics renders */
+    struct store *store;     /* NULL until service_open_store */
+    struct http_router *router;
+
+    /* private */
+    struct http_server *http_;
+    struct service_stats *stats_;
+    uv_signal_t sigterm_, sigint_;
+    uv_timer_t stop_timer_;
+    int stopping_;
+    unsigned closing_handles_;
+    unsigned stops_pending_;
+    struct {
+        service_stop_cb fn;
+        void *data;
+    } stop_hooks_[SERVICE_MAX_STOP_HOOKS];
+    unsigned nstop_hooks_;
+};
+
+/* Reads the configuration of service name (default port default_port) and
+ * sets everything up. On a bad setting, prints one line naming it and exits
+ * with status 1. */
+void service_init(struct service *svc, const char *name, unsigned default_port);
+
+/* Opens cfg.db_path and migrates it with schema (borrowed). Exits with one
+ * line on failure. */
+void service_open_store(struct service *svc, const char *schema);
+
+/* Adds a route under the service's dispatcher. A bad pattern is a
+ * programming error: one line and exit(1). */
+void service_route(struct service *svc, const char *method, const char *pattern, unsigned flags,
+                   http_handler_cb handler, void *data);
+
+/* Registers a stop hook (see service_stop_cb). Exits on overflow. */
+void service_on_stop(struct service *svc, service_stop_cb fn, void *data);
+
+/* Listens and runs the loop until stopped. Returns the process exit status:
+ * 0 after a graceful stop, 1 when it could not listen. */
+int service_run(struct service *svc);
+
+/* Starts the graceful stop, as a signal does. */
+void service_stop(struct service *svc);
+
+/* Exits with one line "<service>: <message>" on stderr (startup only). */
+CORE_NORETURN void service_fatal(const char *fmt, ...) CORE_PRINTF(1, 2);
+
+#endif

@@ -1,0 +1,72 @@
+/* store.h -- the service's own SQLite database.
+ *
+ * Opens the file in WAL mode (synchronous=NORMAL, foreign keys on, a busy
+ * timeout), applies the versioned migrations of the service's schema.sql, and
+ * hands out prepared statements that it finalizes at close. schema.sql is
+ * split into migrations by lines of the form
+ *
+ *     -- migration: 1
+ *
+ * numbered 1, 2, 3... in order; each migration whose number is above
+ * PRAGMA user_version runs in its own transaction, which also sets
+ * user_version. A changed or missing migration number is an error, never a
+ * silent skip. Loop thread only; SQL is always bound, never formatted. */
+#ifndef CORE_STORE_H
+#define CORE_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common.h"
+
+struct sqlite3;
+struct sqlite3_stmt;
+struct store; /* opaque */
+
+#define STORE_MAX_STATEMENTS 64
+
+/* Opens (creating it and its parent directory when missing) the database at
+ * path and migrates it with schema (the text of schema.sql; borrowed).
+ * Returns 0 and sets *out, or a negative errno (-EIO for SQLite errors,
+ * -EINVAL for a malformed schema); the reason is logged. */
+CORE_MUST_CHECK int store_open(const char *path, const char *schema, struct store **out);
+/* Finalizes every statement and closes the database. NULL is a no-op. */
+void store_close(struct store *st);
+
+/* The connection, borrowed, for sqlite3_* calls on prepared statements. */
+struct sqlite3 *store_db(struct store *st);
+/* user_version after migrations. */
+int store_schema_version(struct store *st);
+
+/* Prepares sql once; *out stays valid until store_close, which finalizes it.
+ * Call sqlite3_reset (or store_reset) after each use. Returns 0 or -EIO. */
+CORE_MUST_CHECK int store_prepare(struct store *st, const char *sql, struct sqlite3_stmt **out);
+/* sqlite3_reset + sqlite3_clear_bindings. */
+void store_reset(struct sqlite3_stmt *stmt);
+
+/* Transactions. store_begin opens BEGIN IMMEDIATE (one writer: SQLite's, so
+ * commit order is seq order for the outbox). Nesting is not allowed.
+ * store_commit runs the on-commit hooks after a successful COMMIT, in the
+ * same loop iteration. All return 0 or -EIO. */
+CORE_MUST_CHECK int store_begin(struct store *st);
+CORE_MUST_CHECK int store_commit(struct store *st);
+void store_rollback(struct store *st);
+int store_in_txn(const struct store *st);
+
+/* fn runs inside BEGIN IMMEDIATE; 0 from fn commits, anything else rolls
+ * back and is returned. A failed COMMIT rolls back and returns -EIO. */
+typedef int (*store_txn_cb)(struct store *st, void *data);
+CORE_MUST_CHECK int store_txn(struct store *st, store_txn_cb fn, void *data);
+
+/* Registers fn to run after every successful commit (e.g. to wake the outbox
+ * relay). At most a few hooks; returns 0 or -ENOSPC. */
+typedef void (*store_commit_cb)(struct store *st, void *data);
+CORE_MUST_CHECK int store_on_commit(struct store *st, store_commit_cb fn, void *data);
+
+/* Runs a quick query (SELECT 1) for readiness. Returns 0 or -EIO. */
+int store_ping(struct store *st);
+
+/* sqlite3_errmsg of the connection (borrowed, valid until the next call). */
+const char *store_errmsg(struct store *st);
+
+#endif
