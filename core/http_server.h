@@ -134,6 +134,12 @@ const char *http_request_param(const struct http_request *req, const char *name)
  * length, -ENOENT when absent, or -ENOSPC when it does not fit. */
 int http_request_query(const struct http_request *req, const char *name, char *buf, size_t len);
 
+/* Records route param name = value[0..len) in req (copied; the router uses
+ * it). Returns 0, or -ENOSPC past HTTP_SERVER_MAX_PARAMS or
+ * HTTP_SERVER_PARAM_BYTES. */
+CORE_MUST_CHECK int http_request_add_param(struct http_request *req, const char *name,
+                                           const char *value, size_t len);
+
 /* The reason phrase of status ("Not Found"), "Unknown" for others. */
 const char *http_status_reason(int status);
 

@@ -85,7 +85,7 @@ static void log_vwrite(enum log_level level, const char *trace, const char *fmt,
 {
     char msg[LOG_MAX_LINE];
     char line[LOG_MAX_LINE * 2 + 256];
-    char ts[40];
+    char ts[96];
     size_t pos = 0;
     struct timeval tv;
     struct tm tm;

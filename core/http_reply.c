@@ -1,0 +1,130 @@
+/* http_reply.c -- JSON answers and the error shape. See http_reply.h. */
+#include "http_reply.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "http_server.h"
+
+static const char content_json[] = "application/json";
+
+const char *http_error_code(int status)
+{
+    switch (status) {
+    case 400: return "bad_request";
+    case 401: return "unauthorized";
+    case 403: return "forbidden";
+    case 404: return "not_found";
+    case 405: return "method_not_allowed";
+    case 408: return "request_timeout";
+    case 409: return "conflict";
+    case 413: return "payload_too_large";
+    case 415: return "unsupported_media_type";
+    case 422: return "invalid";
+    case 429: return "too_many_requests";
+    case 431: return "headers_too_large";
+    case 502: return "bad_gateway";
+    case 503: return "unavailable";
+    case 504: return "timeout";
+    default: return status >= 500 ? "internal" : "error";
+    }
+}
+
+char *http_error_body(const char *code, const char *message, const json_t *fields, size_t *len)
+{
+    json_t *err, *root;
+    char *s;
+
+    err = json_pack("{s:s, s:s}", "code", code, "message", message);
+    if (err == NULL)
+        return NULL;
+    if (fields != NULL && json_object_set(err, "fields", (json_t *)fields) < 0) {
+        json_decref(err);
+        return NULL;
+    }
+    root = json_pack("{s:o}", "error", err); /* steals err */
+    if (root == NULL)
+        return NULL;
+    s = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+    if (s != NULL)
+        *len = strlen(s);
+    return s;
+}
+
+int http_reply_json(struct http_request *req, int status, json_t *body)
+{
+    char *s = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    int rc;
+
+    json_decref(body);
+    if (s == NULL)
+        return http_reply_error(req, 500, NULL, "could not encode the response");
+    rc = http_respond(req, status, content_json, s, strlen(s));
+    free(s);
+    return rc;
+}
+
+/* Answers status with a body built without allocating, for when even the
+ * error could not be encoded. */
+static int reply_fallback(struct http_request *req, int status)
+{
+    static const char body[] = "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
+
+    return http_respond(req, status >= 500 ? status : 500, content_json, body, sizeof(body) - 1);
+}
+
+static int reply_error_fields(struct http_request *req, int status, const char *code,
+                              const char *message, json_t *fields)
+{
+    size_t len;
+    char *s = http_error_body(code ? code : http_error_code(status), message, fields, &len);
+    int rc;
+
+    json_decref(fields);
+    if (s == NULL)
+        return reply_fallback(req, status);
+    rc = http_respond(req, status, content_json, s, len);
+    free(s);
+    return rc;
+}
+
+int http_reply_error(struct http_request *req, int status, const char *code, const char *message)
+{
+    return reply_error_fields(req, status, code, message, NULL);
+}
+
+int http_reply_invalid(struct http_request *req, json_t *fields)
+{
+    return reply_error_fields(req, 422, "invalid", "the request has invalid fields", fields);
+}
+
+int http_reply_parse_object(struct http_request *req, json_t **out)
+{
+    json_error_t jerr;
+    char msg[200];
+    json_t *v;
+
+    if (req->body_len == 0) {
+        http_reply_error(req, 400, NULL, "the request body must be a JSON object");
+        return -EINVAL;
+    }
+    v = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    if (v == NULL) {
+        snprintf(msg, sizeof(msg), "invalid JSON at line %d column %d: %s", jerr.line,
+                 jerr.column, jerr.text);
+        http_reply_error(req, 400, NULL, msg);
+        return -EINVAL;
+    }
+    if (!json_is_object(v)) {
+        json_decref(v);
+        http_reply_error(req, 400, NULL, "the request body must be a JSON object");
+        return -EINVAL;
+    }
+    *out = v;
+    return 0;
+}

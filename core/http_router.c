@@ -1,0 +1,203 @@
+/* http_router.c -- method + path pattern matching. See http_router.h.
+ *
+ * Routes are few (tens), so matching walks them in order and compares the
+ * path segment by segment without copying it; a `{name}` segment matches any
+ * one non-empty segment. */
+#include "http_router.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct http_router {
+    struct http_route routes[HTTP_ROUTER_MAX_ROUTES];
+    size_t nroutes;
+};
+
+int http_router_new(struct http_router **out)
+{
+    struct http_router *r = calloc(1, sizeof(*r));
+
+    if (r == NULL)
+        return -ENOMEM;
+    *out = r;
+    return 0;
+}
+
+static void route_release(struct http_route *rt)
+{
+    for (size_t i = 0; i < rt->nsegs_; i++)
+        free(rt->segs_[i]);
+    free((char *)rt->pattern);
+}
+
+void http_router_free(struct http_router *r)
+{
+    if (r == NULL)
+        return;
+    for (size_t i = 0; i < r->nroutes; i++)
+        route_release(&r->routes[i]);
+    free(r);
+}
+
+/* A stored param segment is "{name" (the closing brace dropped at parse),
+ * so seg + 1 is the NUL-terminated name. */
+static int is_param(const char *seg)
+{
+    return seg[0] == '{';
+}
+
+static int check_segment(char *seg)
+{
+    size_t n = strlen(seg);
+
+    if (strchr(seg, '{') == NULL && strchr(seg, '}') == NULL)
+        return 0;
+    if (n < 3 || seg[0] != '{' || seg[n - 1] != '}' || strchr(seg + 1, '{') ||
+        memchr(seg, '}', n - 1))
+        return -EINVAL;
+    seg[n - 1] = '\0';
+    return 0;
+}
+
+/* Splits pattern ("/a/{b}") into its segments. */
+static int route_parse(struct http_route *rt, const char *pattern)
+{
+    const char *p = pattern + 1;
+
+    if (pattern[0] != '/')
+        return -EINVAL;
+    while (*p) {
+        const char *end = strchr(p, '/');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+
+        if (n == 0)
+            return -EINVAL;
+        if (rt->nsegs_ == HTTP_ROUTER_MAX_SEGMENTS)
+            return -ENOSPC;
+        rt->segs_[rt->nsegs_] = strndup(p, n);
+        if (rt->segs_[rt->nsegs_] == NULL)
+            return -ENOMEM;
+        if (check_segment(rt->segs_[rt->nsegs_++]) < 0)
+            return -EINVAL;
+        p += n + (end ? 1 : 0);
+        if (end && *p == '\0')
+            return -EINVAL; /* trailing slash */
+    }
+    return 0;
+}
+
+int http_router_add(struct http_router *r, const char *method, const char *pattern, unsigned flags,
+                    http_handler_cb handler, void *data)
+{
+    struct http_route *rt;
+    int rc;
+
+    if (r->nroutes == HTTP_ROUTER_MAX_ROUTES)
+        return -ENOSPC;
+    rt = &r->routes[r->nroutes];
+    memset(rt, 0, sizeof(*rt));
+    rt->method = method;
+    rt->flags = flags;
+    rt->handler = handler;
+    rt->data = data;
+    rt->pattern = strdup(pattern);
+    if (rt->pattern == NULL)
+        return -ENOMEM;
+    rc = route_parse(rt, pattern);
+    if (rc < 0) {
+        route_release(rt);
+        memset(rt, 0, sizeof(*rt));
+        return rc;
+    }
+    r->nroutes++;
+    return 0;
+}
+
+/* Matches path against rt's segments, recording params in m (may be NULL). */
+static int route_matches(const struct http_route *rt, const char *path, size_t len,
+                         struct http_route_match *m)
+{
+    const char *p = path + 1, *end = path + len;
+    size_t i = 0, np = 0;
+
+    if (len == 0 || path[0] != '/')
+        return 0;
+    if (len == 1)
+        return rt->nsegs_ == 0;
+    for (; i < rt->nsegs_; i++) {
+        const char *slash = memchr(p, '/', (size_t)(end - p));
+        size_t n = slash ? (size_t)(slash - p) : (size_t)(end - p);
+        const char *seg = rt->segs_[i];
+
+        if (n == 0)
+            return 0;
+        if (is_param(seg)) {
+            if (m) {
+                m->params[np].name = seg + 1;
+                m->params[np].value = p;
+                m->params[np].len = n;
+            }
+            np++;
+        } else if (strlen(seg) != n || memcmp(seg, p, n) != 0) {
+            return 0;
+        }
+        p += n;
+        if (p == end)
+            break;
+        p++; /* the slash */
+        if (p == end)
+            return 0; /* trailing slash */
+    }
+    if (i + 1 != rt->nsegs_ || p != end)
+        return 0;
+    if (m)
+        m->nparams = np;
+    return 1;
+}
+
+int http_router_match(const struct http_router *r, const char *method, const char *path,
+                      size_t path_len, struct http_route_match *m)
+{
+    int path_known = 0;
+
+    for (size_t i = 0; i < r->nroutes; i++) {
+        const struct http_route *rt = &r->routes[i];
+
+        if (strcmp(rt->method, method) != 0) {
+            path_known = path_known || route_matches(rt, path, path_len, NULL);
+            continue;
+        }
+        if (route_matches(rt, path, path_len, m)) {
+            m->route = rt;
+            return 0;
+        }
+    }
+    return path_known ? -EPERM : -ENOENT;
+}
+
+int http_router_allow(const struct http_router *r, const char *path, size_t path_len, char *buf,
+                      size_t len)
+{
+    size_t used = 0;
+
+    if (len == 0)
+        return -ENOSPC;
+    buf[0] = '\0';
+    for (size_t i = 0; i < r->nroutes; i++) {
+        const struct http_route *rt = &r->routes[i];
+        size_t n = strlen(rt->method);
+
+        if (!route_matches(rt, path, path_len, NULL))
+            continue;
+        if (used + n + 3 > len)
+            return -ENOSPC;
+        if (used > 0) {
+            memcpy(buf + used, ", ", 2);
+            used += 2;
+        }
+        memcpy(buf + used, rt->method, n + 1);
+        used += n;
+    }
+    return (int)used;
+}

@@ -1,0 +1,409 @@
+/* service.c -- process lifecycle and the HTTP dispatcher. See service.h.
+ *
+ * Owns the loop (uv_default_loop), the signal handles, the stop timer, the
+ * HTTP server and the registry of metrics. Stopping is a state: the first
+ * signal starts it, the HTTP server finishes what it has in hand, stop hooks
+ * report back, and when nothing is left the loop runs dry and is closed. */
+#include "service.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "http_reply.h"
+#include "http_server.h"
+#include "log.h"
+#include "metrics.h"
+#include "store.h"
+
+#define STATS_SLOTS 256 /* (route, status) pairs cached; more fall back to lookups */
+
+static const double duration_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                         0.05,   0.1,   0.25,   0.5,   1.0,  2.5};
+
+/* Cache of the dispatcher's series, so a request costs no label formatting. */
+struct service_stats {
+    struct {
+        const char *route; /* borrowed: a route's pattern, or a literal */
+        int status;        /* 0: the duration histogram of route */
+        void *series;
+    } slots[STATS_SLOTS];
+};
+
+CORE_NORETURN void service_fatal(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    exit(1);
+}
+
+/* ---------------------------------------------------------------------------
+ * Metrics of the dispatcher
+ * ------------------------------------------------------------------------- */
+
+static void *stats_series(struct service *svc, const char *route, int status)
+{
+    struct service_stats *st = svc->stats_;
+    size_t h = (((uintptr_t)route >> 4) * 31 + (size_t)status) % STATS_SLOTS;
+    char esc[256], labels[320];
+    void *series;
+
+    for (size_t i = 0; i < STATS_SLOTS; i++, h = (h + 1) % STATS_SLOTS) {
+        if (st->slots[h].route == route && st->slots[h].status == status)
+            return st->slots[h].series;
+        if (st->slots[h].route == NULL)
+            break;
+    }
+    if (metrics_escape_label(route, esc, sizeof(esc)) < 0)
+        return NULL;
+    if (status == 0) {
+        snprintf(labels, sizeof(labels), "route=\"%s\"", esc);
+        series = metrics_histogram(svc->metrics, "http_request_duration_seconds",
+                                   "Time from request received to response queued.", labels,
+                                   duration_bounds, ARRAY_SIZE(duration_bounds));
+    } else {
+        snprintf(labels, sizeof(labels), "route=\"%s\",code=\"%d\"", esc, status);
+        series = metrics_counter(svc->metrics, "http_requests_total",
+                                 "HTTP requests answered, by route and status.", labels);
+    }
+    if (series != NULL && st->slots[h].route == NULL) {
+        st->slots[h].route = route;
+        st->slots[h].status = status;
+        st->slots[h].series = series;
+    }
+    return series;
+}
+
+static void on_response(const struct http_request *req, int status, double seconds, void *data)
+{
+    struct service *svc = data;
+    struct metrics_counter *c = stats_series(svc, req->route, status);
+    struct metrics_histogram *h = stats_series(svc, req->route, 0);
+
+    if (c != NULL)
+        metrics_counter_add(c, 1);
+    if (h != NULL)
+        metrics_histogram_observe(h, seconds);
+}
+
+/* ---------------------------------------------------------------------------
+ * The dispatcher
+ * ------------------------------------------------------------------------- */
+
+static void reply_unrouted(struct service *svc, struct http_request *req, int rc)
+{
+    char allow[128];
+
+    if (rc == -EPERM) {
+        if (http_router_allow(svc->router, req->path, req->path_len, allow, sizeof(allow)) > 0 &&
+            http_add_header(req, "Allow", allow) < 0)
+            log_debug("http: Allow header did not fit");
+        http_reply_error(req, 405, NULL, "method not allowed on this path");
+        return;
+    }
+    http_reply_error(req, 404, NULL, "no such resource");
+}
+
+static void on_request(struct http_request *req, void *data)
+{
+    struct service *svc = data;
+    struct http_route_match m;
+    struct auth_claims claims;
+    const char *authz;
+    size_t len = 0;
+    int rc;
+
+    rc = http_router_match(svc->router, req->method, req->path, req->path_len, &m);
+    if (rc < 0) {
+        reply_unrouted(svc, req, rc);
+        return;
+    }
+    req->route = m.route->pattern;
+    for (size_t i = 0; i < m.nparams; i++) {
+        if (http_request_add_param(req, m.params[i].name, m.params[i].value, m.params[i].len) < 0) {
+            http_reply_error(req, 404, NULL, "no such resource");
+            return;
+        }
+    }
+    if (m.route->flags & HTTP_ROUTE_PUBLIC) {
+        m.route->handler(req, NULL, m.route->data);
+        return;
+    }
+    authz = http_request_header(req, "authorization", &len);
+    if (auth_verify_header(&svc->auth, authz, len, (long)time(NULL), &claims) < 0) {
+        if (http_add_header(req, "WWW-Authenticate", "Bearer") < 0)
+            log_debug("http: WWW-Authenticate did not fit");
+        http_reply_error(req, 401, NULL,
+                         authz ? "invalid or expired token" : "a bearer token is required");
+        return;
+    }
+    m.route->handler(req, &claims, m.route->data);
+}
+
+/* ---------------------------------------------------------------------------
+ * Built-in routes: /healthz, /readyz, /metrics
+ * ------------------------------------------------------------------------- */
+
+static void on_healthz(struct http_request *req, const struct auth_claims *who, void *data)
+{
+    static const char body[] = "{\"status\":\"ok\"}";
+
+    (void)who;
+    (void)data;
+    http_respond(req, 200, "application/json", body, sizeof(body) - 1);
+}
+
+static void on_readyz(struct http_request *req, const struct auth_claims *who, void *data)
+{
+    static const char ok[] = "{\"status\":\"ready\",\"checks\":{\"database\":\"ok\"}}";
+    struct service *svc = data;
+
+    (void)who;
+    if (svc->stopping_) {
+        http_reply_error(req, 503, NULL, "the service is stopping");
+        return;
+    }
+    if (svc->store != NULL && store_ping(svc->store) < 0) {
+        http_reply_error(req, 503, NULL, "the database is not available");
+        return;
+    }
+    http_respond(req, 200, "application/json", ok, sizeof(ok) - 1);
+}
+
+static void on_metrics(struct http_request *req, const struct auth_claims *who, void *data)
+{
+    struct service *svc = data;
+    char *text;
+    size_t len;
+
+    (void)who;
+    if (metrics_render(svc->metrics, &text, &len) < 0) {
+        http_reply_error(req, 500, NULL, "could not render the metrics");
+        return;
+    }
+    http_respond(req, 200, "text/plain; version=0.0.4", text, len);
+    free(text);
+}
+
+/* ---------------------------------------------------------------------------
+ * Set-up
+ * ------------------------------------------------------------------------- */
+
+void service_init(struct service *svc, const char *name, unsigned default_port)
+{
+    char err[CONFIG_ERR_MAX];
+    enum log_level level;
+
+    memset(svc, 0, sizeof(*svc));
+    if (config_load(&svc->cfg, name, default_port, err, sizeof(err)) < 0)
+        service_fatal("%s: %s", name, err);
+    if (log_parse_level(svc->cfg.log_level, &level) < 0)
+        service_fatal("%s: config: LOG_LEVEL is not a level", name);
+    log_set_service(name);
+    log_set_level(level);
+    if (auth_init(&svc->auth, svc->cfg.jwt_secret) < 0)
+        service_fatal("%s: config: JWT_SECRET must be %d to %d bytes", name, AUTH_MIN_SECRET,
+                      AUTH_MAX_SECRET);
+    svc->stats_ = calloc(1, sizeof(*svc->stats_));
+    if (svc->stats_ == NULL || metrics_new(&svc->metrics) < 0 ||
+        http_router_new(&svc->router) < 0)
+        service_fatal("%s: out of memory", name);
+    svc->loop = uv_default_loop();
+    /* Writes to a socket the peer closed must fail with EPIPE, not kill us. */
+    signal(SIGPIPE, SIG_IGN);
+    service_route(svc, "GET", "/healthz", HTTP_ROUTE_PUBLIC, on_healthz, svc);
+    service_route(svc, "GET", "/readyz", HTTP_ROUTE_PUBLIC, on_readyz, svc);
+    service_route(svc, "GET", "/metrics", HTTP_ROUTE_PUBLIC, on_metrics, svc);
+}
+
+void service_open_store(struct service *svc, const char *schema)
+{
+    int rc = store_open(svc->cfg.db_path, schema, &svc->store);
+
+    if (rc < 0)
+        service_fatal("%s: cannot open the database DB_PATH=%s: %s", svc->cfg.service,
+                      svc->cfg.db_path, strerror(-rc));
+}
+
+void service_route(struct service *svc, const char *method, const char *pattern, unsigned flags,
+                   http_handler_cb handler, void *data)
+{
+    int rc = http_router_add(svc->router, method, pattern, flags, handler, data);
+
+    if (rc < 0)
+        service_fatal("%s: route %s %s: %s", svc->cfg.service, method, pattern, strerror(-rc));
+}
+
+void service_on_stop(struct service *svc, service_stop_cb fn, void *data)
+{
+    if (svc->nstop_hooks_ == SERVICE_MAX_STOP_HOOKS)
+        service_fatal("%s: too many stop hooks", svc->cfg.service);
+    svc->stop_hooks_[svc->nstop_hooks_].fn = fn;
+    svc->stop_hooks_[svc->nstop_hooks_].data = data;
+    svc->nstop_hooks_++;
+}
+
+/* ---------------------------------------------------------------------------
+ * Stopping
+ * ------------------------------------------------------------------------- */
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct service *svc = h->data;
+
+    svc->closing_handles_--;
+}
+
+static void close_handle(struct service *svc, uv_handle_t *h)
+{
+    if (uv_is_closing(h))
+        return;
+    h->data = svc;
+    svc->closing_handles_++;
+    uv_close(h, on_handle_closed);
+}
+
+/* Called as each part finishes stopping; the last one closes our handles. */
+static void stop_part_done(struct service *svc)
+{
+    if (--svc->stops_pending_ > 0)
+        return;
+    close_handle(svc, (uv_handle_t *)&svc->stop_timer_);
+    close_handle(svc, (uv_handle_t *)&svc->sigterm_);
+    close_handle(svc, (uv_handle_t *)&svc->sigint_);
+    log_info("stopped");
+}
+
+static void on_http_closed(void *data)
+{
+    struct service *svc = data;
+
+    svc->http_ = NULL;
+    stop_part_done(svc);
+}
+
+static void on_stop_timeout(uv_timer_t *t)
+{
+    struct service *svc = t->data;
+
+    log_warn("stop: still busy after %u ms; closing every connection", svc->cfg.shutdown_timeout_ms);
+    if (svc->http_ != NULL)
+        http_server_abort(svc->http_);
+}
+
+void service_stop(struct service *svc)
+{
+    if (svc->stopping_)
+        return;
+    svc->stopping_ = 1;
+    log_info("stopping: finishing the requests in hand");
+    svc->stops_pending_ = 1 + svc->nstop_hooks_ + 1; /* http, hooks, this function */
+    uv_signal_stop(&svc->sigterm_);
+    uv_signal_stop(&svc->sigint_);
+    svc->stop_timer_.data = svc;
+    uv_timer_start(&svc->stop_timer_, on_stop_timeout, svc->cfg.shutdown_timeout_ms, 0);
+    if (svc->http_ != NULL)
+        http_server_close(svc->http_, on_http_closed, svc);
+    else
+        stop_part_done(svc);
+    for (unsigned i = 0; i < svc->nstop_hooks_; i++)
+        svc->stop_hooks_[i].fn(svc, svc->stop_hooks_[i].data, stop_part_done);
+    stop_part_done(svc);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    struct service *svc = s->data;
+
+    log_info("received %s", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    service_stop(svc);
+}
+
+/* ---------------------------------------------------------------------------
+ * Running
+ * ------------------------------------------------------------------------- */
+
+static void on_stray_handle(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h)) {
+        log_warn("stop: closing a handle left open (type %s)", uv_handle_type_name(h->type));
+        uv_close(h, NULL);
+    }
+}
+
+static int service_listen(struct service *svc)
+{
+    const struct config *cfg = &svc->cfg;
+    struct http_server_config hc = {
+        .host = cfg->host,
+        .port = cfg->port,
+        .max_header_bytes = cfg->http_max_header_bytes,
+        .max_headers = cfg->http_max_headers,
+        .max_body_bytes = cfg->http_max_body_bytes,
+        .max_connections = cfg->http_max_connections,
+        .header_timeout_ms = cfg->http_header_timeout_ms,
+        .idle_timeout_ms = cfg->http_idle_timeout_ms,
+    };
+    int rc;
+
+    rc = http_server_new(svc->loop, &hc, on_request, on_response, svc, &svc->http_);
+    if (rc < 0) {
+        log_error("http: cannot create the server: %s", strerror(-rc));
+        return rc;
+    }
+    rc = http_server_listen(svc->http_);
+    if (rc < 0) {
+        log_error("http: cannot listen on %s:%u: %s", cfg->host, cfg->port, uv_strerror(rc));
+        return rc;
+    }
+    log_info("listening on http://%s:%u", cfg->host, http_server_port(svc->http_));
+    return 0;
+}
+
+static void service_release(struct service *svc)
+{
+    store_close(svc->store);
+    svc->store = NULL;
+    http_router_free(svc->router);
+    svc->router = NULL;
+    metrics_free(svc->metrics);
+    svc->metrics = NULL;
+    free(svc->stats_);
+    svc->stats_ = NULL;
+}
+
+int service_run(struct service *svc)
+{
+    int listen_rc, rc;
+
+    uv_signal_init(svc->loop, &svc->sigterm_);
+    uv_signal_init(svc->loop, &svc->sigint_);
+    uv_timer_init(svc->loop, &svc->stop_timer_);
+    svc->sigterm_.data = svc->sigint_.data = svc;
+    uv_signal_start(&svc->sigterm_, on_signal, SIGTERM);
+    uv_signal_start(&svc->sigint_, on_signal, SIGINT);
+
+    listen_rc = service_listen(svc);
+    if (listen_rc < 0)
+        service_stop(svc);
+    uv_run(svc->loop, UV_RUN_DEFAULT);
+
+    uv_walk(svc->loop, on_stray_handle, NULL);
+    uv_run(svc->loop, UV_RUN_DEFAULT);
+    service_release(svc);
+    rc = uv_loop_close(svc->loop);
+    if (rc < 0) {
+        log_error("stop: the loop did not close: %s", uv_strerror(rc));
+        return 1;
+    }
+    return listen_rc < 0 ? 1 : 0;
+}

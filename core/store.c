@@ -1,0 +1,572 @@
+/* store.c -- the service's SQLite database: open, migrate, prepared statements
+ * and transactions. See store.h.
+ *
+ * Owns the connection, a cache of at most STORE_MAX_STATEMENTS prepared
+ * statements (SQLITE_PREPARE_PERSISTENT, finalized in store_close), four
+ * internal statements (BEGIN IMMEDIATE, COMMIT, ROLLBACK, SELECT 1) and the
+ * on-commit hooks. The migrations come from the service's schema.sql, split
+ * on `-- migration: N` lines; each pending one runs with sqlite3_exec (trusted
+ * schema text, never user input) inside BEGIN IMMEDIATE together with
+ * `PRAGMA user_version = N`, so a failing migration leaves no trace. Whether a
+ * transaction is open is asked of SQLite (sqlite3_get_autocommit), which also
+ * knows about the rollbacks it does on its own. Errors are logged once, here,
+ * where they are detected. Loop thread only. */
+#include "store.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include <sqlite3.h>
+
+#include "log.h"
+
+#define STORE_MAX_HOOKS 4
+#define STORE_BUSY_TIMEOUT_MS 5000
+#define STORE_MAX_MIGRATIONS 1000
+
+struct store_hook {
+    store_commit_cb fn;
+    void *data; /* borrowed */
+};
+
+struct store {
+    sqlite3 *db;
+    int version; /* user_version after migrations */
+    sqlite3_stmt *begin, *commit, *rollback, *ping;
+    sqlite3_stmt *stmts[STORE_MAX_STATEMENTS]; /* the cache; finalized at close */
+    char *stmt_sql[STORE_MAX_STATEMENTS];       /* owned copies: the cache key */
+    size_t nstmts;
+    struct store_hook hooks[STORE_MAX_HOOKS];
+    size_t nhooks;
+};
+
+/* One migration: a span of the schema text (borrowed). */
+struct migration {
+    unsigned number;
+    const char *sql;
+    size_t len;
+};
+
+/* ------------------------------------------------------------- open/close */
+
+/* mkdir -p of path's parent directory. */
+static int make_parent_dir(const char *path)
+{
+    char dir[PATH_MAX];
+    const char *slash = strrchr(path, '/');
+    size_t n;
+    int err;
+
+    if (slash == NULL || slash == path)
+        return 0;
+    n = (size_t)(slash - path);
+    if (n >= sizeof(dir)) {
+        log_error("store: database path too long");
+        return -ENAMETOOLONG;
+    }
+    memcpy(dir, path, n);
+    dir[n] = '\0';
+    for (char *p = dir + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+            goto out_error;
+        *p = '/';
+    }
+    if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+        goto out_error;
+    return 0;
+out_error:
+    err = errno;
+    log_error("store: cannot create directory %s: %s", dir, strerror(err));
+    return -err;
+}
+
+static int prepare_internal(struct store *st, const char *sql, sqlite3_stmt **out)
+{
+    if (sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, out, NULL) != SQLITE_OK) {
+        log_error("store: prepare \"%s\": %s", sql, sqlite3_errmsg(st->db));
+        return -EIO;
+    }
+    return 0;
+}
+
+/* Runs a PRAGMA (no user input: fixed text) and, when want is not NULL,
+ * checks that its one-row answer is want (case-insensitive). */
+static int run_pragma(struct store *st, const char *sql, const char *want)
+{
+    sqlite3_stmt *stmt = NULL;
+    const char *got;
+    int rc = -EIO, step;
+
+    if (sqlite3_prepare_v2(st->db, sql, -1, &stmt, NULL) != SQLITE_OK) {
+        log_error("store: %s: %s", sql, sqlite3_errmsg(st->db));
+        return -EIO;
+    }
+    step = sqlite3_step(stmt);
+    if (step == SQLITE_ROW && want != NULL) {
+        got = (const char *)sqlite3_column_text(stmt, 0);
+        if (got != NULL && strcasecmp(got, want) == 0)
+            rc = 0;
+        else
+            log_error("store: %s answered \"%s\", wanted \"%s\"", sql, got ? got : "", want);
+    } else if (step == SQLITE_ROW || step == SQLITE_DONE) {
+        rc = want == NULL ? 0 : -EIO;
+        if (rc < 0)
+            log_error("store: %s gave no answer", sql);
+    } else {
+        log_error("store: %s: %s", sql, sqlite3_errmsg(st->db));
+    }
+    sqlite3_finalize(stmt);
+    return rc;
+}
+
+static int is_memory_path(const char *path)
+{
+    return *path == '\0' || strcmp(path, ":memory:") == 0;
+}
+
+static int configure(struct store *st, const char *path)
+{
+    int rc;
+
+    sqlite3_extended_result_codes(st->db, 1);
+    if (sqlite3_busy_timeout(st->db, STORE_BUSY_TIMEOUT_MS) != SQLITE_OK)
+        return -EIO;
+    /* An in-memory database answers "memory": WAL is for files only. */
+    rc = run_pragma(st, "PRAGMA journal_mode = WAL", is_memory_path(path) ? NULL : "wal");
+    if (rc == 0)
+        rc = run_pragma(st, "PRAGMA synchronous = NORMAL", NULL);
+    if (rc == 0)
+        rc = run_pragma(st, "PRAGMA foreign_keys = ON", NULL);
+    if (rc == 0)
+        rc = prepare_internal(st, "BEGIN IMMEDIATE", &st->begin);
+    if (rc == 0)
+        rc = prepare_internal(st, "COMMIT", &st->commit);
+    if (rc == 0)
+        rc = prepare_internal(st, "ROLLBACK", &st->rollback);
+    if (rc == 0)
+        rc = prepare_internal(st, "SELECT 1", &st->ping);
+    return rc;
+}
+
+static int migrate(struct store *st, const char *schema);
+
+int store_open(const char *path, const char *schema, struct store **out)
+{
+    struct store *st;
+    int rc;
+
+    *out = NULL;
+    if (path == NULL) {
+        log_error("store: no database path");
+        return -EINVAL;
+    }
+    if (!is_memory_path(path) && (rc = make_parent_dir(path)) < 0)
+        return rc;
+    st = calloc(1, sizeof(*st));
+    if (st == NULL) {
+        log_error("store: out of memory");
+        return -ENOMEM;
+    }
+    rc = sqlite3_open_v2(path, &st->db,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        log_error("store: open %s: %s", path,
+                  st->db != NULL ? sqlite3_errmsg(st->db) : sqlite3_errstr(rc));
+        rc = -EIO;
+        goto out_close;
+    }
+    rc = configure(st, path);
+    if (rc == 0)
+        rc = migrate(st, schema);
+    if (rc < 0)
+        goto out_close;
+    *out = st;
+    return 0;
+out_close:
+    store_close(st);
+    return rc;
+}
+
+void store_close(struct store *st)
+{
+    if (st == NULL)
+        return;
+    for (size_t i = 0; i < st->nstmts; i++) {
+        sqlite3_finalize(st->stmts[i]);
+        free(st->stmt_sql[i]);
+    }
+    sqlite3_finalize(st->begin);
+    sqlite3_finalize(st->commit);
+    sqlite3_finalize(st->rollback);
+    sqlite3_finalize(st->ping);
+    /* close_v2: statements someone prepared behind our back cannot leak it */
+    if (sqlite3_close_v2(st->db) != SQLITE_OK)
+        log_error("store: close: %s", sqlite3_errmsg(st->db));
+    free(st);
+}
+
+struct sqlite3 *store_db(struct store *st)
+{
+    return st->db;
+}
+
+int store_schema_version(struct store *st)
+{
+    return st->version;
+}
+
+const char *store_errmsg(struct store *st)
+{
+    return sqlite3_errmsg(st->db);
+}
+
+/* ------------------------------------------------------------- migrations */
+
+/* Parses the digits after "migration:"; trailing blanks (and \r) allowed. */
+static int parse_marker_number(const char *p, const char *end, unsigned *out)
+{
+    unsigned long n = 0;
+    const char *digits;
+
+    while (p < end && (*p == ' ' || *p == '\t'))
+        p++;
+    digits = p;
+    while (p < end && *p >= '0' && *p <= '9' && n <= STORE_MAX_MIGRATIONS)
+        n = n * 10 + (unsigned long)(*p++ - '0');
+    if (p == digits || n == 0 || n > STORE_MAX_MIGRATIONS)
+        return -EINVAL;
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r'))
+        p++;
+    if (p != end)
+        return -EINVAL;
+    *out = (unsigned)n;
+    return 0;
+}
+
+/* Classifies the line [p, end): 0 = ordinary, 1 = a marker (*number set),
+ * -EINVAL = something that tries to be a marker and is malformed (a
+ * misspelt marker must not turn its migration into a silent comment). */
+static int classify_line(const char *p, const char *end, unsigned *number)
+{
+    static const char exact[] = "-- migration:";
+    const char *q = p;
+
+    while (q < end && (*q == ' ' || *q == '\t'))
+        q++;
+    if (end - q < 2 || q[0] != '-' || q[1] != '-')
+        return 0;
+    q += 2;
+    while (q < end && (*q == ' ' || *q == '\t'))
+        q++;
+    if (end - q < 9 || strncasecmp(q, "migration", 9) != 0)
+        return 0;
+    q += 9;
+    while (q < end && (*q == ' ' || *q == '\t'))
+        q++;
+    if (q == end || (*q != ':' && !(*q >= '0' && *q <= '9')))
+        return 0; /* "-- migrations are ...": prose, not a marker */
+    if ((size_t)(end - p) < sizeof(exact) - 1 || memcmp(p, exact, sizeof(exact) - 1) != 0)
+        return -EINVAL;
+    if (parse_marker_number(p + sizeof(exact) - 1, end, number) < 0)
+        return -EINVAL;
+    return 1;
+}
+
+/* Text before the first marker may only be blank lines and -- comments. */
+static int is_blank_or_comment(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r'))
+        p++;
+    return p == end || (end - p >= 2 && p[0] == '-' && p[1] == '-');
+}
+
+static int schema_error(const char *what, unsigned line)
+{
+    log_error("store: schema.sql line %u: %s", line, what);
+    return -EINVAL;
+}
+
+/* Splits schema into migrations (allocated into *out, *count of them). */
+static int parse_schema(const char *schema, struct migration **out, size_t *count)
+{
+    struct migration *list = NULL, *cur = NULL;
+    size_t n = 0;
+    unsigned lineno = 0;
+
+    for (const char *p = schema; *p; lineno++) {
+        const char *nl = strchr(p, '\n');
+        const char *end = nl != NULL ? nl : p + strlen(p);
+        const char *next = nl != NULL ? nl + 1 : end;
+        unsigned number = 0;
+        int kind = classify_line(p, end, &number);
+
+        if (kind < 0) {
+            free(list);
+            return schema_error("malformed migration marker", lineno + 1);
+        }
+        if (kind == 0) {
+            if (cur == NULL && !is_blank_or_comment(p, end)) {
+                free(list);
+                return schema_error("SQL before the first migration marker", lineno + 1);
+            }
+            if (cur != NULL)
+                cur->len = (size_t)(next - cur->sql);
+            p = next;
+            continue;
+        }
+        if (number != n + 1) {
+            free(list);
+            return schema_error("migration numbers must be 1, 2, 3... in order", lineno + 1);
+        }
+        cur = realloc(list, (n + 1) * sizeof(*list));
+        if (cur == NULL) {
+            free(list);
+            log_error("store: out of memory");
+            return -ENOMEM;
+        }
+        list = cur;
+        cur = &list[n++];
+        cur->number = number;
+        cur->sql = next;
+        cur->len = 0;
+        p = next;
+    }
+    if (n == 0) {
+        free(list);
+        return schema_error("no \"-- migration: 1\" marker", lineno);
+    }
+    *out = list;
+    *count = n;
+    return 0;
+}
+
+static int read_user_version(struct store *st, int *out)
+{
+    sqlite3_stmt *stmt = NULL;
+    int rc = -EIO;
+
+    if (sqlite3_prepare_v2(st->db, "PRAGMA user_version", -1, &stmt, NULL) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW) {
+        *out = sqlite3_column_int(stmt, 0);
+        rc = 0;
+    } else {
+        log_error("store: PRAGMA user_version: %s", sqlite3_errmsg(st->db));
+    }
+    sqlite3_finalize(stmt);
+    return rc;
+}
+
+/* Runs one migration and sets user_version in one transaction. */
+static int apply_migration(struct store *st, const struct migration *mig)
+{
+    char pragma[64], *sql;
+    char *errmsg = NULL;
+    int rc;
+
+    if (snprintf(pragma, sizeof(pragma), "PRAGMA user_version = %u", mig->number) >=
+        (int)sizeof(pragma))
+        return -EINVAL;
+    sql = strndup(mig->sql, mig->len); /* sqlite3_exec wants a NUL-terminated string */
+    if (sql == NULL) {
+        log_error("store: out of memory");
+        return -ENOMEM;
+    }
+    rc = store_begin(st);
+    if (rc < 0)
+        goto out_free_sql;
+    if (sqlite3_exec(st->db, sql, NULL, NULL, &errmsg) != SQLITE_OK ||
+        sqlite3_exec(st->db, pragma, NULL, NULL, &errmsg) != SQLITE_OK) {
+        log_error("store: migration %u failed: %s", mig->number,
+                  errmsg != NULL ? errmsg : sqlite3_errmsg(st->db));
+        rc = -EIO;
+    } else if (!store_in_txn(st)) {
+        /* the migration ended our transaction itself: we cannot vouch for it */
+        log_error("store: migration %u must not BEGIN/COMMIT/ROLLBACK", mig->number);
+        rc = -EINVAL;
+    } else {
+        rc = store_commit(st);
+    }
+    if (rc < 0)
+        store_rollback(st);
+    sqlite3_free(errmsg);
+out_free_sql:
+    free(sql);
+    return rc;
+}
+
+static int migrate(struct store *st, const char *schema)
+{
+    struct migration *list = NULL;
+    size_t count = 0;
+    int rc;
+
+    rc = read_user_version(st, &st->version);
+    if (rc < 0 || schema == NULL) /* NULL schema: nothing to migrate */
+        return rc;
+    rc = parse_schema(schema, &list, &count);
+    if (rc < 0)
+        return rc;
+    if (st->version < 0 || (size_t)st->version > count) {
+        log_error("store: database is at schema version %d, this build knows %zu", st->version,
+                  count);
+        rc = -EINVAL;
+    }
+    for (size_t i = (size_t)st->version; rc == 0 && i < count; i++) {
+        rc = apply_migration(st, &list[i]);
+        if (rc == 0)
+            st->version = (int)list[i].number;
+    }
+    if (rc == 0 && count > 0)
+        log_info("store: schema at version %d", st->version);
+    free(list);
+    return rc;
+}
+
+/* ------------------------------------------------------------- statements */
+
+int store_prepare(struct store *st, const char *sql, struct sqlite3_stmt **out)
+{
+    sqlite3_stmt *stmt = NULL;
+    const char *tail = NULL;
+    char *copy;
+
+    *out = NULL;
+    /* Keyed by the text, not the pointer: a reused buffer must not alias. */
+    for (size_t i = 0; i < st->nstmts; i++) {
+        if (strcmp(st->stmt_sql[i], sql) == 0) {
+            *out = st->stmts[i];
+            return 0;
+        }
+    }
+    if (st->nstmts == STORE_MAX_STATEMENTS) {
+        log_error("store: more than %d prepared statements", STORE_MAX_STATEMENTS);
+        return -ENOSPC;
+    }
+    if (sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt, &tail) !=
+            SQLITE_OK ||
+        stmt == NULL) {
+        log_error("store: prepare \"%.120s\": %s", sql, sqlite3_errmsg(st->db));
+        sqlite3_finalize(stmt);
+        return -EIO;
+    }
+    if (tail != NULL && tail[strspn(tail, " \t\r\n;")] != '\0') {
+        log_error("store: prepare \"%.120s\": more than one statement", sql);
+        sqlite3_finalize(stmt);
+        return -EINVAL;
+    }
+    copy = strdup(sql);
+    if (copy == NULL) {
+        log_error("store: out of memory");
+        sqlite3_finalize(stmt);
+        return -ENOMEM;
+    }
+    st->stmts[st->nstmts] = stmt;
+    st->stmt_sql[st->nstmts] = copy;
+    st->nstmts++;
+    *out = stmt;
+    return 0;
+}
+
+void store_reset(struct sqlite3_stmt *stmt)
+{
+    if (stmt == NULL)
+        return;
+    sqlite3_reset(stmt);
+    sqlite3_clear_bindings(stmt);
+}
+
+/* ----------------------------------------------------------- transactions */
+
+/* Steps one of the internal statements. Returns 0 or -EIO (logged). */
+static int step_internal(struct store *st, sqlite3_stmt *stmt)
+{
+    int rc = sqlite3_step(stmt);
+
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) /* log before reset touches the message */
+        log_error("store: %s: %s", sqlite3_sql(stmt), sqlite3_errmsg(st->db));
+    sqlite3_reset(stmt);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : -EIO;
+}
+
+int store_in_txn(const struct store *st)
+{
+    return !sqlite3_get_autocommit(st->db);
+}
+
+int store_begin(struct store *st)
+{
+    if (store_in_txn(st)) {
+        log_error("store: nested transaction");
+        return -EINVAL;
+    }
+    return step_internal(st, st->begin);
+}
+
+int store_commit(struct store *st)
+{
+    if (!store_in_txn(st)) {
+        log_error("store: commit without a transaction");
+        return -EINVAL;
+    }
+    if (step_internal(st, st->commit) < 0) {
+        store_rollback(st); /* never leave the writer lock held */
+        return -EIO;
+    }
+    for (size_t i = 0; i < st->nhooks; i++)
+        st->hooks[i].fn(st, st->hooks[i].data);
+    return 0;
+}
+
+void store_rollback(struct store *st)
+{
+    if (store_in_txn(st))
+        (void)step_internal(st, st->rollback);
+}
+
+int store_txn(struct store *st, store_txn_cb fn, void *data)
+{
+    int rc = store_begin(st);
+
+    if (rc < 0)
+        return rc;
+    rc = fn(st, data);
+    if (rc != 0) {
+        store_rollback(st);
+        return rc;
+    }
+    if (!store_in_txn(st)) {
+        /* fn committed or rolled back itself, or SQLite rolled back on an
+         * error fn ignored: its work cannot be vouched for */
+        log_error("store: transaction ended inside store_txn");
+        return -EIO;
+    }
+    return store_commit(st);
+}
+
+int store_on_commit(struct store *st, store_commit_cb fn, void *data)
+{
+    if (fn == NULL)
+        return -EINVAL;
+    if (st->nhooks == STORE_MAX_HOOKS)
+        return -ENOSPC;
+    st->hooks[st->nhooks].fn = fn;
+    st->hooks[st->nhooks].data = data;
+    st->nhooks++;
+    return 0;
+}
+
+int store_ping(struct store *st)
+{
+    if (st == NULL || st->db == NULL)
+        return -EIO;
+    return step_internal(st, st->ping);
+}

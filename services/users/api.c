@@ -1,0 +1,704 @@
+/* api.c -- the users service's HTTP routes (DESIGN.md §4, §8).
+ *
+ * POST /api/v1/users registers a user, POST /api/v1/auth/token trades an
+ * email and a password for a JWT, GET /api/v1/users/{id} reads one user (the
+ * user themself, or a service token). Passwords are hashed with
+ * PBKDF2-HMAC-SHA256 on the libuv thread pool so the loop never blocks: the two
+ * POST handlers answer later (deferred responses), from the after-work
+ * callback, which runs on the loop thread like every SQLite call here.
+ *
+ * Owns struct users (the statements, prepared once at start and finalized by
+ * the store; the PBKDF2 settings; the count of jobs in the pool) and one
+ * struct hash_job per request in the pool, freed by its after-work callback.
+ * At most USERS_MAX_HASH_JOBS are in the pool (503 + Retry-After beyond), and
+ * the stop hook waits for them. A password is copied only into its job, wiped
+ * once hashed, and never reaches a response or a log. Unknown emails still pay
+ * for one PBKDF2 run with the configured cost, so answer times do not tell
+ * which emails are registered. */
+#include "users.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <sqlite3.h>
+#include <uuid/uuid.h>
+#include <uv.h>
+
+#include "auth.h"
+#include "config.h"
+#include "http_reply.h"
+#include "http_router.h"
+#include "http_server.h"
+#include "input.h"
+#include "log.h"
+#include "service.h"
+#include "store.h"
+
+#define USERS_SALT_BYTES 16     /* for new hashes */
+#define USERS_SALT_MAX 64       /* accepted from the database */
+#define USERS_HASH_BYTES 32     /* PBKDF2 output, SHA-256 sized */
+#define USERS_ITER_DEFAULT 600000
+#define USERS_ITER_MIN 1000
+#define USERS_ITER_MAX 10000000
+#define USERS_TOKEN_TTL 3600   /* s */
+#define USERS_MAX_HASH_JOBS 64 /* in the thread pool at once; 503 beyond */
+#define USERS_TS_LEN 24     /* 2026-11-26T04:24:11.123Z */
+#define USERS_JSON_MAX 4096 /* one user, escaped; fits every valid row */
+#define USERS_JSON_TYPE "application/json"
+
+static const char *const sql_by_id = "SELECT name, email, created_at FROM users WHERE id = ?1";
+static const char *const sql_by_email =
+    "SELECT id, pw_hash, pw_salt, pw_iterations FROM users WHERE email = ?1";
+static const char *const sql_insert =
+    "INSERT INTO users (id, name, email, pw_hash, pw_salt, pw_iterations, created_at) "
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
+/* The salt of the dummy run for unknown emails; its value does not matter. */
+static const unsigned char dummy_salt[USERS_SALT_BYTES] = {
+    0x72, 0x69, 0x70, 0x70, 0x6c, 0x65, 0x2d, 0x75, 0x73, 0x65, 0x72, 0x73, 0x2d, 0x6e, 0x6f, 0x31,
+};
+
+struct users {
+    struct service *svc;            /* borrowed: outlives the module */
+    sqlite3_stmt *by_id;            /* owned by the store */
+    sqlite3_stmt *by_email;         /* owned by the store */
+    sqlite3_stmt *insert;           /* owned by the store */
+    unsigned long iterations;       /* PBKDF2 rounds of new hashes and dummy runs */
+    unsigned jobs;                  /* hash jobs in the thread pool */
+    int stopping;                   /* the stop hook ran: no new jobs */
+    service_stop_done_cb stop_done; /* the stop waits for jobs == 0 */
+};
+
+enum hash_kind { HASH_REGISTER, HASH_LOGIN };
+
+/* One password hash in the thread pool. The work callback touches only
+ * password, salt, iterations, want and the results. */
+struct hash_job {
+    uv_work_t work;
+    struct users *u;          /* borrowed */
+    struct http_request *req; /* answered by on_hash_done */
+    enum hash_kind kind;
+    unsigned long iterations;
+    size_t password_len, salt_len;
+    int found;  /* login: the email has a usable password hash */
+    int hashed; /* PBKDF2 succeeded */
+    int match;  /* login: found, hashed and equal to want */
+    unsigned char salt[USERS_SALT_MAX];
+    unsigned char hash[USERS_HASH_BYTES]; /* computed */
+    unsigned char want[USERS_HASH_BYTES]; /* login: stored */
+    char id[INPUT_UUID_LEN + 1];          /* login: the user's id */
+    char name[INPUT_NAME_MAX + 1];        /* register: trimmed */
+    char email[INPUT_EMAIL_MAX + 1];      /* trimmed, lower-cased */
+    char password[INPUT_PASSWORD_MAX];    /* not NUL-terminated; wiped */
+};
+
+/* The fields of a user as strings, borrowed; the view of one JSON answer. */
+struct user_view {
+    const char *id, *name, *email, *created_at;
+};
+
+/* ---------------------------------------------------------------------------
+ * Answers
+ * ------------------------------------------------------------------------- */
+
+/* A bounded output buffer; past cap it only remembers that it overflowed. */
+struct jbuf {
+    char *p;
+    size_t len, cap;
+    int overflow;
+};
+
+static void jb_raw(struct jbuf *b, const char *s)
+{
+    size_t n = strlen(s);
+
+    if (b->overflow || n > b->cap - b->len) {
+        b->overflow = 1;
+        return;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+/* Appends s as a JSON string. s is UTF-8 (it came through jansson or the
+ * stream validators), so only '"', '\\' and control characters need escapes. */
+static void jb_str(struct jbuf *b, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+
+    jb_raw(b, "\"");
+    for (; *s != '\0' && !b->overflow; s++) {
+        unsigned char c = (unsigned char)*s;
+        char esc[7] = {'\\', (char)c, '\0'};
+
+        if (c < 0x20) {
+            memcpy(esc, "\\u00", 4);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 0xf];
+            esc[6] = '\0';
+        } else if (c != '"' && c != '\\') {
+            esc[0] = (char)c;
+            esc[1] = '\0';
+        }
+        jb_raw(b, esc);
+    }
+    jb_raw(b, "\"");
+}
+
+/* Answers {id, name, email, created_at} with status. The hot path of GET
+ * /users/{id}: encoded into a stack buffer, no allocation but the
+ * response's own copy. */
+static void respond_user(struct http_request *req, int status, const struct user_view *v)
+{
+    char buf[USERS_JSON_MAX];
+    struct jbuf b = {buf, 0, sizeof(buf), 0};
+    json_t *body;
+
+    jb_raw(&b, "{\"id\":");
+    jb_str(&b, v->id);
+    jb_raw(&b, ",\"name\":");
+    jb_str(&b, v->name);
+    jb_raw(&b, ",\"email\":");
+    jb_str(&b, v->email);
+    jb_raw(&b, ",\"created_at\":");
+    jb_str(&b, v->created_at);
+    jb_raw(&b, "}");
+    if (!b.overflow) {
+        http_respond(req, status, USERS_JSON_TYPE, buf, b.len);
+        return;
+    }
+    /* Only a row written by something that skipped the limits gets here. */
+    body = json_pack("{s:s, s:s, s:s, s:s}", "id", v->id, "name", v->name, "email", v->email,
+                     "created_at", v->created_at);
+    if (body == NULL) {
+        log_error("users: cannot encode user %s", v->id);
+        http_reply_error(req, 500, NULL, "internal error");
+        return;
+    }
+    http_reply_json(req, status, body);
+}
+
+static void reply_internal(struct http_request *req)
+{
+    http_reply_error(req, 500, NULL, "internal error");
+}
+
+/* Refuses a password request while stopping or while the pool is full.
+ * Returns 1 when it answered req. */
+static int refuse_busy(struct users *u, struct http_request *req)
+{
+    if (u->stopping) {
+        http_reply_error(req, 503, NULL, "the service is stopping");
+        return 1;
+    }
+    if (u->jobs < USERS_MAX_HASH_JOBS)
+        return 0;
+    if (http_add_header(req, "Retry-After", "1") < 0)
+        log_warn("users: no room for Retry-After");
+    http_reply_error(req, 503, NULL, "too many password checks in progress, retry shortly");
+    return 1;
+}
+
+/* ---------------------------------------------------------------------------
+ * Statements (loop thread)
+ * ------------------------------------------------------------------------- */
+
+/* Copies a credential row into job, when it is usable: an imported user
+ * (NULL hash) or a row with odd parameters leaves job->found 0. */
+static void load_credentials(sqlite3_stmt *st, struct hash_job *job)
+{
+    const unsigned char *id = sqlite3_column_text(st, 0);
+    size_t id_len = (size_t)sqlite3_column_bytes(st, 0);
+    const void *hash = sqlite3_column_blob(st, 1);
+    size_t hash_len = (size_t)sqlite3_column_bytes(st, 1);
+    const void *salt = sqlite3_column_blob(st, 2);
+    size_t salt_len = (size_t)sqlite3_column_bytes(st, 2);
+    sqlite3_int64 iterations = sqlite3_column_int64(st, 3);
+
+    if (id == NULL || id_len != INPUT_UUID_LEN || hash == NULL || hash_len != USERS_HASH_BYTES)
+        return;
+    if (salt == NULL || salt_len > USERS_SALT_MAX || iterations < 1 || iterations > USERS_ITER_MAX)
+        return;
+    memcpy(job->id, id, INPUT_UUID_LEN + 1);
+    memcpy(job->want, hash, USERS_HASH_BYTES);
+    memcpy(job->salt, salt, salt_len);
+    job->salt_len = salt_len;
+    job->iterations = (unsigned long)iterations;
+    job->found = 1;
+}
+
+/* Looks email up. With job, loads its credentials. Returns 1 (found), 0 (not
+ * found) or -EIO (logged). */
+static int lookup_email(struct users *u, const char *email, struct hash_job *job)
+{
+    sqlite3_stmt *st = u->by_email;
+    int rc = sqlite3_bind_text(st, 1, email, -1, SQLITE_STATIC);
+
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        if (job != NULL)
+            load_credentials(st, job);
+        rc = 1;
+    } else if (rc == SQLITE_DONE) {
+        rc = 0;
+    } else {
+        log_error("users: lookup by email: %s", store_errmsg(u->svc->store));
+        rc = -EIO;
+    }
+    store_reset(st);
+    return rc;
+}
+
+/* Inserts the registered user. Returns 0, -EEXIST (the email was taken
+ * meanwhile) or -EIO (logged). */
+static int insert_user(struct users *u, const struct hash_job *job, const char *id,
+                       const char *created_at)
+{
+    sqlite3_stmt *st = u->insert;
+    int rc = sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_text(st, 2, job->name, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_text(st, 3, job->email, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_blob(st, 4, job->hash, USERS_HASH_BYTES, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_blob(st, 5, job->salt, (int)job->salt_len, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, 6, (sqlite3_int64)job->iterations);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_text(st, 7, created_at, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE) {
+        /* Read before the reset: the extended code tells UNIQUE apart. */
+        rc = sqlite3_extended_errcode(store_db(u->svc->store));
+        if (rc != SQLITE_CONSTRAINT_UNIQUE)
+            log_error("users: insert: %s", store_errmsg(u->svc->store));
+    }
+    store_reset(st);
+    if (rc == SQLITE_DONE)
+        return 0;
+    return rc == SQLITE_CONSTRAINT_UNIQUE ? -EEXIST : -EIO;
+}
+
+/* ---------------------------------------------------------------------------
+ * Hash jobs (the work callback runs on a pool thread, the rest on the loop)
+ * ------------------------------------------------------------------------- */
+
+static struct hash_job *job_new(struct users *u, struct http_request *req, enum hash_kind kind)
+{
+    struct hash_job *job = calloc(1, sizeof(*job));
+
+    if (job == NULL)
+        return NULL;
+    job->u = u;
+    job->req = req;
+    job->kind = kind;
+    job->iterations = u->iterations;
+    return job;
+}
+
+static void job_free(struct hash_job *job)
+{
+    OPENSSL_cleanse(job, sizeof(*job));
+    free(job);
+}
+
+static void on_hash_work(uv_work_t *work)
+{
+    struct hash_job *job = container_of(work, struct hash_job, work);
+    int same;
+
+    job->hashed =
+        PKCS5_PBKDF2_HMAC(job->password, (int)job->password_len, job->salt, (int)job->salt_len,
+                          (int)job->iterations, EVP_sha256(), USERS_HASH_BYTES, job->hash) == 1;
+    OPENSSL_cleanse(job->password, sizeof(job->password));
+    /* Compare even for a dummy run, in constant time, so both paths match. */
+    same = CRYPTO_memcmp(job->hash, job->want, USERS_HASH_BYTES) == 0;
+    job->match = job->kind == HASH_LOGIN && (job->hashed & job->found & same);
+}
+
+static void on_hash_done(uv_work_t *work, int status);
+
+/* Queues job; on failure answers and frees it. Returns 0 or a libuv error. */
+static int job_start(struct hash_job *job)
+{
+    struct users *u = job->u;
+    int rc = uv_queue_work(u->svc->loop, &job->work, on_hash_work, on_hash_done);
+
+    if (rc < 0) {
+        log_error("users: uv_queue_work: %s", uv_strerror(rc));
+        http_reply_error(job->req, 503, NULL, "cannot check passwords now");
+        job_free(job);
+        return rc;
+    }
+    u->jobs++;
+    return 0;
+}
+
+/* Calls the pending stop's done once the last job is over. */
+static void maybe_stopped(struct users *u)
+{
+    service_stop_done_cb done = u->stop_done;
+
+    if (u->jobs > 0 || done == NULL)
+        return;
+    u->stop_done = NULL;
+    done(u->svc);
+}
+
+static int now_iso8601(char *buf, size_t len)
+{
+    struct timespec ts;
+    struct tm tm;
+    char sec[32];
+    int n;
+
+    if (clock_gettime(CLOCK_REALTIME, &ts) < 0 || gmtime_r(&ts.tv_sec, &tm) == NULL)
+        return -errno;
+    if (strftime(sec, sizeof(sec), "%Y-%m-%dT%H:%M:%S", &tm) == 0)
+        return -EOVERFLOW;
+    n = snprintf(buf, len, "%s.%03ldZ", sec, ts.tv_nsec / 1000000);
+    return n < 0 || (size_t)n >= len ? -ENOSPC : 0;
+}
+
+/* The after-work end of a registration: store the user, answer 201. A client
+ * that went away still gets its user: the request was accepted. */
+static void finish_register(struct hash_job *job)
+{
+    char id[INPUT_UUID_LEN + 1], created_at[USERS_TS_LEN + 1], location[64];
+    struct user_view v = {id, job->name, job->email, created_at};
+    uuid_t raw;
+    int rc;
+
+    if (!job->hashed || now_iso8601(created_at, sizeof(created_at)) < 0) {
+        log_error("users: cannot hash a password or read the clock");
+        reply_internal(job->req);
+        return;
+    }
+    uuid_generate_random(raw);
+    uuid_unparse_lower(raw, id);
+    rc = insert_user(job->u, job, id, created_at);
+    if (rc == -EEXIST) {
+        http_reply_error(job->req, 409, NULL, "email already registered");
+        return;
+    }
+    if (rc < 0) {
+        reply_internal(job->req);
+        return;
+    }
+    log_info("user created id=%s", id);
+    rc = snprintf(location, sizeof(location), "/api/v1/users/%s", id);
+    if (rc > 0 && (size_t)rc < sizeof(location) &&
+        http_add_header(job->req, "Location", location) < 0)
+        log_warn("users: no room for Location");
+    respond_user(job->req, 201, &v);
+}
+
+/* The after-work end of a login: a token, or 401 for any mismatch. */
+static void finish_login(struct hash_job *job)
+{
+    char *token = NULL;
+    json_t *body;
+
+    if (!job->hashed) {
+        log_error("users: cannot hash a password");
+        reply_internal(job->req);
+        return;
+    }
+    if (!job->match) {
+        http_reply_error(job->req, 401, NULL, "invalid email or password");
+        return;
+    }
+    if (auth_sign(&job->u->svc->auth, job->id, NULL, USERS_TOKEN_TTL, &token) < 0) {
+        log_error("users: cannot sign a token");
+        reply_internal(job->req);
+        return;
+    }
+    body = json_pack("{s:s, s:s, s:i}", "access_token", token, "token_type", "Bearer", "expires_in",
+                     USERS_TOKEN_TTL);
+    OPENSSL_cleanse(token, strlen(token));
+    free(token);
+    if (body == NULL) {
+        reply_internal(job->req);
+        return;
+    }
+    http_reply_json(job->req, 200, body);
+}
+
+static void on_hash_done(uv_work_t *work, int status)
+{
+    struct hash_job *job = container_of(work, struct hash_job, work);
+    struct users *u = job->u;
+
+    if (status == UV_ECANCELED)
+        http_reply_error(job->req, 503, NULL, "the service is stopping");
+    else if (job->kind == HASH_REGISTER)
+        finish_register(job);
+    else
+        finish_login(job);
+    job_free(job);
+    u->jobs--;
+    maybe_stopped(u);
+}
+
+/* ---------------------------------------------------------------------------
+ * POST /api/v1/users
+ * ------------------------------------------------------------------------- */
+
+/* Parses and checks a registration into job. Returns 0, or -EINVAL after
+ * answering req (400, 422, 500). */
+static int read_register(struct http_request *req, struct hash_job *job)
+{
+    struct user_input in;
+    json_t *body, *fields;
+    int bad;
+
+    if (http_reply_parse_object(req, &body) < 0)
+        return -EINVAL;
+    fields = json_object();
+    if (fields == NULL) {
+        json_decref(body);
+        reply_internal(req);
+        return -EINVAL;
+    }
+    bad = check_name(body, fields, &in);
+    bad += check_email(body, fields, &in);
+    bad += check_password(body, fields, &in);
+    if (bad > 0) {
+        json_decref(body);
+        http_reply_invalid(req, fields);
+        return -EINVAL;
+    }
+    json_decref(fields);
+    memcpy(job->name, in.name, in.name_len);
+    job->name[in.name_len] = '\0';
+    input_lower(job->email, in.email, in.email_len);
+    memcpy(job->password, in.password, in.password_len);
+    job->password_len = in.password_len;
+    json_decref(body);
+    return 0;
+}
+
+static void on_register(struct http_request *req, const struct auth_claims *who, void *data)
+{
+    struct users *u = data;
+    struct hash_job *job;
+    int rc;
+
+    (void)who;
+    if (refuse_busy(u, req))
+        return;
+    job = job_new(u, req, HASH_REGISTER);
+    if (job == NULL) {
+        reply_internal(req);
+        return;
+    }
+    if (read_register(req, job) < 0) {
+        job_free(job);
+        return;
+    }
+    /* A taken email answers at once, without paying for a hash. */
+    rc = lookup_email(u, job->email, NULL);
+    if (rc == 0 && RAND_bytes(job->salt, USERS_SALT_BYTES) != 1)
+        rc = -EIO;
+    if (rc != 0) {
+        if (rc > 0)
+            http_reply_error(req, 409, NULL, "email already registered");
+        else
+            reply_internal(req);
+        job_free(job);
+        return;
+    }
+    job->salt_len = USERS_SALT_BYTES;
+    job_start(job);
+}
+
+/* ---------------------------------------------------------------------------
+ * POST /api/v1/auth/token
+ * ------------------------------------------------------------------------- */
+
+/* Parses a login into job. Returns 0, or -EINVAL after answering req: 400 or
+ * 422 for a bad body, 401 at once for an email or password too long to be
+ * anyone's (that says nothing about which emails exist). */
+static int read_login(struct http_request *req, struct hash_job *job)
+{
+    struct user_input in;
+    json_t *body, *fields;
+    int bad;
+
+    if (http_reply_parse_object(req, &body) < 0)
+        return -EINVAL;
+    fields = json_object();
+    if (fields == NULL) {
+        json_decref(body);
+        reply_internal(req);
+        return -EINVAL;
+    }
+    bad = field_string(body, "email", fields, &in.email, &in.email_len) < 0;
+    bad += field_string(body, "password", fields, &in.password, &in.password_len) < 0;
+    if (bad > 0) {
+        json_decref(body);
+        http_reply_invalid(req, fields);
+        return -EINVAL;
+    }
+    json_decref(fields);
+    trim(&in.email, &in.email_len);
+    if (in.email_len > INPUT_EMAIL_MAX || in.password_len > INPUT_PASSWORD_MAX) {
+        json_decref(body);
+        http_reply_error(req, 401, NULL, "invalid email or password");
+        return -EINVAL;
+    }
+    input_lower(job->email, in.email, in.email_len);
+    memcpy(job->password, in.password, in.password_len);
+    job->password_len = in.password_len;
+    json_decref(body);
+    return 0;
+}
+
+static void on_token(struct http_request *req, const struct auth_claims *who, void *data)
+{
+    struct users *u = data;
+    struct hash_job *job;
+
+    (void)who;
+    if (refuse_busy(u, req))
+        return;
+    job = job_new(u, req, HASH_LOGIN);
+    if (job == NULL) {
+        reply_internal(req);
+        return;
+    }
+    if (read_login(req, job) < 0) {
+        job_free(job);
+        return;
+    }
+    /* Unknown email, or no password: a dummy run with the configured cost. */
+    memcpy(job->salt, dummy_salt, sizeof(dummy_salt));
+    job->salt_len = sizeof(dummy_salt);
+    if (lookup_email(u, job->email, job) < 0) {
+        reply_internal(req);
+        job_free(job);
+        return;
+    }
+    job_start(job);
+}
+
+/* ---------------------------------------------------------------------------
+ * GET /api/v1/users/{id}
+ * ------------------------------------------------------------------------- */
+
+static void read_user(struct users *u, struct http_request *req, const char *id)
+{
+    sqlite3_stmt *st = u->by_id;
+    struct user_view v = {id, NULL, NULL, NULL};
+    int rc = sqlite3_bind_text(st, 1, id, INPUT_UUID_LEN, SQLITE_STATIC);
+
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        /* Used before the reset: no copy needed. */
+        v.name = (const char *)sqlite3_column_text(st, 0);
+        v.email = (const char *)sqlite3_column_text(st, 1);
+        v.created_at = (const char *)sqlite3_column_text(st, 2);
+    }
+    if (rc == SQLITE_ROW && v.name != NULL && v.email != NULL && v.created_at != NULL) {
+        respond_user(req, 200, &v);
+    } else if (rc == SQLITE_DONE) {
+        http_reply_error(req, 404, NULL, "no such user");
+    } else {
+        log_error("users: read user: %s", store_errmsg(u->svc->store));
+        reply_internal(req);
+    }
+    store_reset(st);
+}
+
+static void on_get_user(struct http_request *req, const struct auth_claims *who, void *data)
+{
+    const char *raw = http_request_param(req, "id");
+    char id[INPUT_UUID_LEN + 1];
+    int valid = raw != NULL && input_uuid(raw, id) == 0;
+
+    if (who == NULL) { /* the dispatcher verifies tokens; never trust a gap */
+        http_reply_error(req, 401, NULL, "a bearer token is required");
+        return;
+    }
+    if (!who->is_service && (!valid || strcmp(who->sub, id) != 0)) {
+        http_reply_error(req, 403, NULL, "a user may read only their own record");
+        return;
+    }
+    if (!valid) {
+        http_reply_error(req, 404, NULL, "no such user");
+        return;
+    }
+    read_user(data, req, id);
+}
+
+/* ---------------------------------------------------------------------------
+ * Start and stop
+ * ------------------------------------------------------------------------- */
+
+/* The stop waits for the hashes in the pool: their answers and inserts need
+ * the store, which the service closes only after every hook is done. */
+static void on_stop(struct service *svc, void *data, service_stop_done_cb done)
+{
+    struct users *u = data;
+
+    u->stopping = 1;
+    u->stop_done = done;
+    (void)svc;
+    maybe_stopped(u);
+}
+
+static int prepare_statements(struct users *u)
+{
+    struct store *st = u->svc->store;
+    int rc = store_prepare(st, sql_by_id, &u->by_id);
+
+    if (rc == 0)
+        rc = store_prepare(st, sql_by_email, &u->by_email);
+    if (rc == 0)
+        rc = store_prepare(st, sql_insert, &u->insert);
+    if (rc < 0)
+        log_error("users: cannot prepare statements: %s", store_errmsg(st));
+    return rc;
+}
+
+int users_service_start(struct service *svc)
+{
+    char err[CONFIG_ERR_MAX];
+    unsigned long iterations;
+    struct users *u;
+    int rc;
+
+    if (svc->store == NULL)
+        return -EINVAL;
+    if (config_uint("PBKDF2_ITERATIONS", USERS_ITER_DEFAULT, USERS_ITER_MIN, USERS_ITER_MAX,
+                    &iterations, err, sizeof(err)) < 0)
+        service_fatal("%s", err);
+    u = calloc(1, sizeof(*u));
+    if (u == NULL)
+        return -ENOMEM;
+    u->svc = svc;
+    u->iterations = iterations;
+    rc = prepare_statements(u);
+    if (rc < 0) {
+        free(u);
+        return rc;
+    }
+    service_route(svc, "POST", "/api/v1/users", HTTP_ROUTE_PUBLIC, on_register, u);
+    service_route(svc, "POST", "/api/v1/auth/token", HTTP_ROUTE_PUBLIC, on_token, u);
+    service_route(svc, "GET", "/api/v1/users/{id}", 0, on_get_user, u);
+    service_on_stop(svc, on_stop, u);
+    return 0;
+}
