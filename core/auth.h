@@ -1,4 +1,7 @@
-/* auth.h -- JWT HS256 via libjwt.
+/* auth.h -- JWT HS256: signed with libjwt, verified here.
+ *
+ * Verification does not use jwt_decode, which trusts the token's own alg
+ * header; it checks alg == "HS256" and the HMAC (constant time) itself.
  *
  * DESIGN.md §4/§8: tokens are HS256 only (alg "none" and every other alg are
  * rejected before any claim is read), `exp` is required and checked, `sub`

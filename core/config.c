@@ -20,7 +20,7 @@ int config_uint(const char *name, unsigned long def, unsigned long min, unsigned
     }
     errno = 0;
     v = strtoul(s, &end, 10);
-    if (*s == '-' || *s == '+' || errno != 0 || *end != '\0' || end == s || v < min || v > max) {
+    if (*s < '0' || *s > '9' || errno != 0 || *end != '\0' || end == s || v < min || v > max) {
         snprintf(err, errlen, "config: %s=\"%.64s\" must be an integer from %lu to %lu", name, s,
                  min, max);
         return -EINVAL;

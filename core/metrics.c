@@ -29,7 +29,7 @@ struct metrics_counter {
 
 struct metrics_histogram {
     size_t nbounds;
-    double bounds[METRICS_MAX_BUCKETS];         /* ascending upper bounds */
+    double bounds[METRICS_MAX_BUCKETS];       /* ascending upper bounds */
     uint64_t counts[METRICS_MAX_BUCKETS + 1]; /* per bucket; the last is +Inf */
     double sum;
     uint64_t count;
@@ -179,15 +179,21 @@ static int valid_name(const char *name)
     return 1;
 }
 
-static struct family *family_get(struct metrics *m, const char *name, const char *help,
-                                 enum metric_type type)
+static struct family *family_find(const struct metrics *m, const char *name)
 {
     struct family *f;
 
     for (f = m->first_family; f != NULL; f = f->next)
         if (strcmp(f->name, name) == 0)
-            return f->type == type ? f : NULL;
-    f = calloc(1, sizeof(*f));
+            return f;
+    return NULL;
+}
+
+static struct family *family_new(struct metrics *m, const char *name, const char *help,
+                                 enum metric_type type)
+{
+    struct family *f = calloc(1, sizeof(*f));
+
     if (f == NULL)
         return NULL;
     f->name = strdup(name);
@@ -207,24 +213,31 @@ static struct family *family_get(struct metrics *m, const char *name, const char
     return f;
 }
 
-/* Finds (name, labels) or creates it with type. *created tells which. NULL
- * when out of memory, when the name or labels are invalid, or when the name
- * is already registered with another type. */
+/* Finds (name, labels) or creates it with type; *state is 1 when created,
+ * 0 when found. NULL with *state = -EINVAL when the name or labels are
+ * invalid or the name is registered with another type, -ENOMEM when out of
+ * memory. */
 static struct series *series_get(struct metrics *m, const char *name, const char *help,
-                                 const char *labels, enum metric_type type, int *created)
+                                 const char *labels, enum metric_type type, int *state)
 {
     uint64_t hash;
     struct family *f;
     struct series *s;
 
-    *created = 0;
+    *state = -EINVAL;
     if (m == NULL || !valid_name(name) || labels == NULL || strchr(labels, '\n') != NULL)
         return NULL;
     hash = series_hash(name, labels);
     s = table_find(m, name, labels, hash);
-    if (s != NULL)
-        return s->fam->type == type ? s : NULL;
-    if (table_reserve(m) < 0 || (f = family_get(m, name, help, type)) == NULL)
+    if (s != NULL) {
+        *state = s->fam->type == type ? 0 : -EINVAL;
+        return *state == 0 ? s : NULL;
+    }
+    f = family_find(m, name);
+    if (f != NULL && f->type != type)
+        return NULL;
+    *state = -ENOMEM;
+    if (table_reserve(m) < 0 || (f == NULL && (f = family_new(m, name, help, type)) == NULL))
         return NULL;
     s = calloc(1, sizeof(*s));
     if (s == NULL || (s->labels = strdup(labels)) == NULL) {
@@ -240,7 +253,7 @@ static struct series *series_get(struct metrics *m, const char *name, const char
     f->last = s;
     table_put(m->table, m->table_size, s);
     m->nseries++;
-    *created = 1;
+    *state = 1;
     return s;
 }
 
@@ -249,8 +262,8 @@ static struct series *series_get(struct metrics *m, const char *name, const char
 struct metrics_counter *metrics_counter(struct metrics *m, const char *name, const char *help,
                                         const char *labels)
 {
-    int created;
-    struct series *s = series_get(m, name, help, labels, METRIC_COUNTER, &created);
+    int state;
+    struct series *s = series_get(m, name, help, labels, METRIC_COUNTER, &state);
 
     return s != NULL ? &s->u.counter : NULL;
 }
@@ -278,15 +291,15 @@ struct metrics_histogram *metrics_histogram(struct metrics *m, const char *name,
 {
     struct metrics_histogram *h;
     struct series *s;
-    int created;
+    int state;
 
     if (!valid_bounds(bounds, nbounds))
         return NULL;
-    s = series_get(m, name, help, labels, METRIC_HISTOGRAM, &created);
+    s = series_get(m, name, help, labels, METRIC_HISTOGRAM, &state);
     if (s == NULL)
         return NULL;
     h = &s->u.hist;
-    if (created) {
+    if (state == 1) {
         h->nbounds = nbounds;
         if (nbounds > 0)
             memcpy(h->bounds, bounds, nbounds * sizeof(*bounds));
@@ -316,13 +329,13 @@ int metrics_gauge(struct metrics *m, const char *name, const char *help, const c
                   metrics_gauge_cb fn, void *data)
 {
     struct series *s;
-    int created;
+    int state;
 
     if (fn == NULL)
         return -EINVAL;
-    s = series_get(m, name, help, labels, METRIC_GAUGE, &created);
+    s = series_get(m, name, help, labels, METRIC_GAUGE, &state);
     if (s == NULL)
-        return -ENOMEM;
+        return state;   /* -EINVAL or -ENOMEM */
     s->u.gauge.fn = fn; /* registering again replaces the callback */
     s->u.gauge.data = data;
     return 0;

@@ -24,7 +24,8 @@ CORE_MUST_CHECK int metrics_new(struct metrics **out);
 void metrics_free(struct metrics *m);
 
 /* Finds or creates the counter (name, labels). help is used the first time a
- * name is seen. labels may be "" (no labels). Returns NULL only on ENOMEM. */
+ * name is seen. labels may be "" (no labels). Returns NULL on ENOMEM, an invalid name,
+ * or a name already registered with another type. */
 struct metrics_counter *metrics_counter(struct metrics *m, const char *name, const char *help,
                                         const char *labels);
 void metrics_counter_add(struct metrics_counter *c, uint64_t n);

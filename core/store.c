@@ -40,7 +40,7 @@ struct store {
     int version; /* user_version after migrations */
     sqlite3_stmt *begin, *commit, *rollback, *ping;
     sqlite3_stmt *stmts[STORE_MAX_STATEMENTS]; /* the cache; finalized at close */
-    char *stmt_sql[STORE_MAX_STATEMENTS];       /* owned copies: the cache key */
+    char *stmt_sql[STORE_MAX_STATEMENTS];      /* owned copies: the cache key */
     size_t nstmts;
     struct store_hook hooks[STORE_MAX_HOOKS];
     size_t nhooks;
@@ -295,57 +295,65 @@ static int schema_error(const char *what, unsigned line)
     return -EINVAL;
 }
 
-/* Splits schema into migrations (allocated into *out, *count of them). */
+struct schema_parse {
+    struct migration *list; /* grows by one per marker */
+    size_t n;
+    unsigned lineno;
+};
+
+/* Handles the line [p, end), whose successor starts at next. */
+static int parse_line(struct schema_parse *sp, const char *p, const char *end, const char *next)
+{
+    struct migration *list;
+    unsigned number = 0;
+    int kind = classify_line(p, end, &number);
+
+    if (kind < 0)
+        return schema_error("malformed migration marker", sp->lineno);
+    if (kind == 0) {
+        if (sp->n == 0 && !is_blank_or_comment(p, end))
+            return schema_error("SQL before the first migration marker", sp->lineno);
+        if (sp->n > 0)
+            sp->list[sp->n - 1].len = (size_t)(next - sp->list[sp->n - 1].sql);
+        return 0;
+    }
+    if (number != sp->n + 1)
+        return schema_error("migration numbers must be 1, 2, 3... in order", sp->lineno);
+    list = realloc(sp->list, (sp->n + 1) * sizeof(*list));
+    if (list == NULL) {
+        log_error("store: out of memory");
+        return -ENOMEM;
+    }
+    sp->list = list;
+    list[sp->n++] = (struct migration){.number = number, .sql = next, .len = 0};
+    return 0;
+}
+
+/* Splits schema into migrations: *out is new (free() it), *count of them. */
 static int parse_schema(const char *schema, struct migration **out, size_t *count)
 {
-    struct migration *list = NULL, *cur = NULL;
-    size_t n = 0;
-    unsigned lineno = 0;
+    struct schema_parse sp = {0};
+    int rc = 0;
 
-    for (const char *p = schema; *p; lineno++) {
+    for (const char *p = schema; *p != '\0' && rc == 0;) {
         const char *nl = strchr(p, '\n');
         const char *end = nl != NULL ? nl : p + strlen(p);
         const char *next = nl != NULL ? nl + 1 : end;
-        unsigned number = 0;
-        int kind = classify_line(p, end, &number);
 
-        if (kind < 0) {
-            free(list);
-            return schema_error("malformed migration marker", lineno + 1);
-        }
-        if (kind == 0) {
-            if (cur == NULL && !is_blank_or_comment(p, end)) {
-                free(list);
-                return schema_error("SQL before the first migration marker", lineno + 1);
-            }
-            if (cur != NULL)
-                cur->len = (size_t)(next - cur->sql);
-            p = next;
-            continue;
-        }
-        if (number != n + 1) {
-            free(list);
-            return schema_error("migration numbers must be 1, 2, 3... in order", lineno + 1);
-        }
-        cur = realloc(list, (n + 1) * sizeof(*list));
-        if (cur == NULL) {
-            free(list);
-            log_error("store: out of memory");
-            return -ENOMEM;
-        }
-        list = cur;
-        cur = &list[n++];
-        cur->number = number;
-        cur->sql = next;
-        cur->len = 0;
+        sp.lineno++;
+        rc = parse_line(&sp, p, end, next);
         p = next;
     }
-    if (n == 0) {
-        free(list);
-        return schema_error("no \"-- migration: 1\" marker", lineno);
+    if (rc == 0 && sp.n == 0) {
+        log_error("store: schema.sql has no \"-- migration: 1\" marker");
+        rc = -EINVAL;
     }
-    *out = list;
-    *count = n;
+    if (rc < 0) {
+        free(sp.list);
+        return rc;
+    }
+    *out = sp.list;
+    *count = sp.n;
     return 0;
 }
 
@@ -407,7 +415,7 @@ static int migrate(struct store *st, const char *schema)
 {
     struct migration *list = NULL;
     size_t count = 0;
-    int rc;
+    int rc, from;
 
     rc = read_user_version(st, &st->version);
     if (rc < 0 || schema == NULL) /* NULL schema: nothing to migrate */
@@ -420,13 +428,14 @@ static int migrate(struct store *st, const char *schema)
                   count);
         rc = -EINVAL;
     }
+    from = st->version;
     for (size_t i = (size_t)st->version; rc == 0 && i < count; i++) {
         rc = apply_migration(st, &list[i]);
         if (rc == 0)
             st->version = (int)list[i].number;
     }
-    if (rc == 0 && count > 0)
-        log_info("store: schema at version %d", st->version);
+    if (rc == 0 && st->version > from)
+        log_info("store: migrated schema from version %d to %d", from, st->version);
     free(list);
     return rc;
 }
@@ -451,8 +460,7 @@ int store_prepare(struct store *st, const char *sql, struct sqlite3_stmt **out)
         log_error("store: more than %d prepared statements", STORE_MAX_STATEMENTS);
         return -ENOSPC;
     }
-    if (sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt, &tail) !=
-            SQLITE_OK ||
+    if (sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt, &tail) != SQLITE_OK ||
         stmt == NULL) {
         log_error("store: prepare \"%.120s\": %s", sql, sqlite3_errmsg(st->db));
         sqlite3_finalize(stmt);

@@ -39,7 +39,9 @@ struct sqlite3 *store_db(struct store *st);
 int store_schema_version(struct store *st);
 
 /* Prepares sql once; *out stays valid until store_close, which finalizes it.
- * Call sqlite3_reset (or store_reset) after each use. Returns 0 or -EIO. */
+ * Call sqlite3_reset (or store_reset) after each use. Returns 0 or a negative
+ * errno (-EIO, -ENOSPC past STORE_MAX_STATEMENTS, -EINVAL for several
+ * statements in one string). */
 CORE_MUST_CHECK int store_prepare(struct store *st, const char *sql, struct sqlite3_stmt **out);
 /* sqlite3_reset + sqlite3_clear_bindings. */
 void store_reset(struct sqlite3_stmt *stmt);
@@ -47,7 +49,8 @@ void store_reset(struct sqlite3_stmt *stmt);
 /* Transactions. store_begin opens BEGIN IMMEDIATE (one writer: SQLite's, so
  * commit order is seq order for the outbox). Nesting is not allowed.
  * store_commit runs the on-commit hooks after a successful COMMIT, in the
- * same loop iteration. All return 0 or -EIO. */
+ * same loop iteration. All return 0 or a negative errno (-EIO; -EINVAL for
+ * a nested BEGIN or a COMMIT without a transaction). */
 CORE_MUST_CHECK int store_begin(struct store *st);
 CORE_MUST_CHECK int store_commit(struct store *st);
 void store_rollback(struct store *st);

@@ -1,0 +1,417 @@
+/* test_auth.c -- core/auth: HS256 only, exp and sub required, Bearer parsing.
+ *
+ * Tokens other than auth_sign's are forged here by hand (base64url + OpenSSL
+ * HMAC), so each rejection test changes exactly one thing against a forged
+ * token that the "forged_hs256_accepted" test shows is otherwise valid. */
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jwt.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+#include "auth.h"
+
+#define SECRET "0123456789abcdef0123456789abcdef-test-secret"
+#define OTHER_SECRET "fedcba9876543210fedcba9876543210-other-secret"
+#define TOKEN_CAP 16384
+
+static struct auth a;
+
+static void setup(void)
+{
+    cr_assert_eq(auth_init(&a, SECRET), 0);
+}
+
+TestSuite(auth, .init = setup);
+
+static size_t b64url(const unsigned char *src, size_t len, char *dst)
+{
+    int n = EVP_EncodeBlock((unsigned char *)dst, src, (int)len);
+
+    while (n > 0 && dst[n - 1] == '=')
+        n--;
+    for (int i = 0; i < n; i++) {
+        if (dst[i] == '+')
+            dst[i] = '-';
+        else if (dst[i] == '/')
+            dst[i] = '_';
+    }
+    dst[n] = '\0';
+    return (size_t)n;
+}
+
+/* Builds b64(header).b64(payload).sig into out. md NULL: empty signature;
+ * otherwise HMAC-md over the first two segments with secret. */
+static void forge(char *out, const char *header, const char *payload, const EVP_MD *md,
+                  const char *secret)
+{
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned int mac_len = 0;
+    size_t n = b64url((const unsigned char *)header, strlen(header), out);
+
+    out[n++] = '.';
+    n += b64url((const unsigned char *)payload, strlen(payload), out + n);
+    out[n] = '.';
+    if (md == NULL) {
+        out[n + 1] = '\0';
+        return;
+    }
+    cr_assert_not_null(
+        HMAC(md, secret, (int)strlen(secret), (const unsigned char *)out, n, mac, &mac_len));
+    b64url(mac, mac_len, out + n + 1);
+}
+
+static const char *hs256_header = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
+
+/* A payload for sub "u1" that expires in an hour. */
+static void good_payload(char *buf, size_t len)
+{
+    int n = snprintf(buf, len, "{\"sub\":\"u1\",\"exp\":%ld}", (long)time(NULL) + 3600);
+
+    cr_assert(n > 0 && (size_t)n < len);
+}
+
+static int verify(const char *token, struct auth_claims *c)
+{
+    return auth_verify(&a, token, strlen(token), time(NULL), c);
+}
+
+static int verify_forged(const char *header, const char *payload, const EVP_MD *md,
+                         const char *secret)
+{
+    static char tok[TOKEN_CAP];
+    struct auth_claims c;
+
+    forge(tok, header, payload, md, secret);
+    return verify(tok, &c);
+}
+
+Test(auth, sign_verify_round_trip)
+{
+    struct auth_claims c;
+    char *tok = NULL;
+    long now = time(NULL);
+
+    cr_assert_eq(auth_sign(&a, "user-42", NULL, 600, &tok), 0);
+    cr_assert_not_null(tok);
+    cr_assert_eq(verify(tok, &c), 0);
+    cr_assert_str_eq(c.sub, "user-42");
+    cr_assert_eq(c.is_service, 0);
+    cr_assert(c.exp >= now + 600 && c.exp <= now + 602, "exp %ld", c.exp);
+    free(tok);
+}
+
+Test(auth, token_need_not_be_nul_terminated)
+{
+    struct auth_claims c;
+    char *tok = NULL;
+    char buf[TOKEN_CAP];
+    size_t n;
+
+    cr_assert_eq(auth_sign(&a, "user-1", NULL, 60, &tok), 0);
+    n = strlen(tok);
+    memcpy(buf, tok, n);
+    memcpy(buf + n, "garbage", 8);
+    cr_assert_eq(auth_verify(&a, buf, n, time(NULL), &c), 0);
+    cr_assert_str_eq(c.sub, "user-1");
+    cr_assert_eq(auth_verify(&a, buf, n + 3, time(NULL), &c), -EACCES);
+    free(tok);
+}
+
+Test(auth, service_role_sets_is_service)
+{
+    struct auth_claims c;
+    char *tok = NULL;
+
+    cr_assert_eq(auth_sign(&a, "service:orders", "service", 60, &tok), 0);
+    cr_assert_eq(verify(tok, &c), 0);
+    cr_assert_str_eq(c.sub, "service:orders");
+    cr_assert_eq(c.is_service, 1);
+    free(tok);
+}
+
+Test(auth, other_role_is_not_service)
+{
+    static char tok[TOKEN_CAP];
+    struct auth_claims c;
+    char payload[256];
+
+    snprintf(payload, sizeof(payload), "{\"sub\":\"u\",\"role\":\"services\",\"exp\":%ld}",
+             (long)time(NULL) + 60);
+    forge(tok, hs256_header, payload, EVP_sha256(), SECRET);
+    cr_assert_eq(verify(tok, &c), 0);
+    cr_assert_eq(c.is_service, 0);
+}
+
+Test(auth, forged_hs256_accepted)
+{
+    char payload[256];
+
+    good_payload(payload, sizeof(payload));
+    cr_assert_eq(verify_forged(hs256_header, payload, EVP_sha256(), SECRET), 0);
+    cr_assert_eq(verify_forged("{\"alg\":\"HS256\"}", payload, EVP_sha256(), SECRET), 0);
+}
+
+Test(auth, alg_none_rejected)
+{
+    char payload[256];
+
+    good_payload(payload, sizeof(payload));
+    cr_assert_eq(verify_forged("{\"alg\":\"none\",\"typ\":\"JWT\"}", payload, NULL, NULL), -EACCES);
+    /* "none" with a valid-looking HMAC appended is still "none" */
+    cr_assert_eq(verify_forged("{\"alg\":\"none\",\"typ\":\"JWT\"}", payload, EVP_sha256(), SECRET),
+                 -EACCES);
+    /* an HS256 header with the signature stripped */
+    cr_assert_eq(verify_forged(hs256_header, payload, NULL, NULL), -EACCES);
+}
+
+Test(auth, hs384_and_hs512_with_same_secret_rejected)
+{
+    static char tok[TOKEN_CAP];
+    char payload[256];
+    jwt_t *jwt = NULL;
+
+    good_payload(payload, sizeof(payload));
+    forge(tok, "{\"alg\":\"HS384\",\"typ\":\"JWT\"}", payload, EVP_sha384(), SECRET);
+    /* the forgery is sound: libjwt itself would accept it */
+    cr_assert_eq(jwt_decode(&jwt, tok, (const unsigned char *)SECRET, (int)strlen(SECRET)), 0);
+    jwt_free(jwt);
+    cr_assert_eq(verify(tok, &(struct auth_claims){0}), -EACCES);
+    cr_assert_eq(
+        verify_forged("{\"alg\":\"HS512\",\"typ\":\"JWT\"}", payload, EVP_sha512(), SECRET),
+        -EACCES);
+}
+
+Test(auth, other_alg_labels_rejected)
+{
+    char payload[256];
+
+    good_payload(payload, sizeof(payload));
+    /* RS256 label over an HMAC (algorithm confusion) */
+    cr_assert_eq(
+        verify_forged("{\"alg\":\"RS256\",\"typ\":\"JWT\"}", payload, EVP_sha256(), SECRET),
+        -EACCES);
+    cr_assert_eq(verify_forged("{\"alg\":\"hs256\"}", payload, EVP_sha256(), SECRET), -EACCES);
+    cr_assert_eq(verify_forged("{\"alg\":\"HS256 \"}", payload, EVP_sha256(), SECRET), -EACCES);
+    cr_assert_eq(verify_forged("{\"typ\":\"JWT\"}", payload, EVP_sha256(), SECRET), -EACCES);
+    cr_assert_eq(verify_forged("{\"alg\":[\"HS256\"]}", payload, EVP_sha256(), SECRET), -EACCES);
+    /* a second "alg" must not hide behind the first */
+    cr_assert_eq(
+        verify_forged("{\"alg\":\"HS256\",\"alg\":\"none\"}", payload, EVP_sha256(), SECRET),
+        -EACCES);
+    cr_assert_eq(
+        verify_forged("{\"alg\":\"HS256\",\"typ\":\"JWE\"}", payload, EVP_sha256(), SECRET),
+        -EACCES);
+    cr_assert_eq(verify_forged("[\"HS256\"]", payload, EVP_sha256(), SECRET), -EACCES);
+}
+
+Test(auth, wrong_secret_rejected)
+{
+    struct auth other;
+    struct auth_claims c;
+    char *tok = NULL;
+    char payload[256];
+
+    good_payload(payload, sizeof(payload));
+    cr_assert_eq(verify_forged(hs256_header, payload, EVP_sha256(), OTHER_SECRET), -EACCES);
+    cr_assert_eq(auth_init(&other, OTHER_SECRET), 0);
+    cr_assert_eq(auth_sign(&other, "u1", NULL, 60, &tok), 0);
+    cr_assert_eq(verify(tok, &c), -EACCES);
+    free(tok);
+}
+
+Test(auth, expired_rejected)
+{
+    struct auth_claims c;
+    char *tok = NULL;
+    long now = time(NULL);
+
+    cr_assert_eq(auth_sign(&a, "u1", NULL, 60, &tok), 0);
+    cr_assert_eq(auth_verify(&a, tok, strlen(tok), now + 30, &c), 0);
+    cr_assert_eq(auth_verify(&a, tok, strlen(tok), c.exp, &c), -EACCES); /* exp == now */
+    cr_assert_eq(auth_verify(&a, tok, strlen(tok), now + 3600, &c), -EACCES);
+    free(tok);
+}
+
+Test(auth, exp_missing_or_not_an_integer_rejected)
+{
+    char payload[256];
+    long exp = (long)time(NULL) + 3600;
+
+    cr_assert_eq(verify_forged(hs256_header, "{\"sub\":\"u1\"}", EVP_sha256(), SECRET), -EACCES);
+    snprintf(payload, sizeof(payload), "{\"sub\":\"u1\",\"exp\":\"%ld\"}", exp);
+    cr_assert_eq(verify_forged(hs256_header, payload, EVP_sha256(), SECRET), -EACCES);
+    snprintf(payload, sizeof(payload), "{\"sub\":\"u1\",\"exp\":%ld.5}", exp);
+    cr_assert_eq(verify_forged(hs256_header, payload, EVP_sha256(), SECRET), -EACCES);
+    snprintf(payload, sizeof(payload), "{\"sub\":\"u1\",\"exp\":null}");
+    cr_assert_eq(verify_forged(hs256_header, payload, EVP_sha256(), SECRET), -EACCES);
+}
+
+Test(auth, sub_missing_or_bad_rejected)
+{
+    char payload[512];
+    long exp = (long)time(NULL) + 3600;
+    char longsub[AUTH_MAX_SUB + 1];
+
+    snprintf(payload, sizeof(payload), "{\"exp\":%ld}", exp);
+    cr_assert_eq(verify_forged(hs256_header, payload, EVP_sha256(), SECRET), -EACCES);
+    snprintf(payload, sizeof(payload), "{\"sub\":\"\",\"exp\":%ld}", exp);
+    cr_assert_eq(verify_forged(hs256_header, payload, EVP_sha256(), SECRET), -EACCES);
+    snprintf(payload, sizeof(payload), "{\"sub\":42,\"exp\":%ld}", exp);
+    cr_assert_eq(verify_forged(hs256_header, payload, EVP_sha256(), SECRET), -EACCES);
+    snprintf(payload, sizeof(payload), "{\"sub\":\"a\\u0000b\",\"exp\":%ld}", exp);
+    cr_assert_eq(verify_forged(hs256_header, payload, EVP_sha256(), SECRET), -EACCES);
+    memset(longsub, 'x', AUTH_MAX_SUB);
+    longsub[AUTH_MAX_SUB] = '\0';
+    snprintf(payload, sizeof(payload), "{\"sub\":\"%s\",\"exp\":%ld}", longsub, exp);
+    cr_assert_eq(verify_forged(hs256_header, payload, EVP_sha256(), SECRET), -EACCES);
+    longsub[AUTH_MAX_SUB - 1] = '\0'; /* the longest that fits */
+    snprintf(payload, sizeof(payload), "{\"sub\":\"%s\",\"exp\":%ld}", longsub, exp);
+    cr_assert_eq(verify_forged(hs256_header, payload, EVP_sha256(), SECRET), 0);
+}
+
+/* Replaces the character at pos with another base64url character. */
+static void flip(char *tok, size_t pos)
+{
+    tok[pos] = tok[pos] == 'A' ? 'B' : 'A';
+}
+
+Test(auth, tampered_payload_rejected)
+{
+    struct auth_claims c;
+    char *tok = NULL;
+    char *dot1, *dot2;
+
+    cr_assert_eq(auth_sign(&a, "user-1", NULL, 60, &tok), 0);
+    dot1 = strchr(tok, '.');
+    dot2 = strchr(dot1 + 1, '.');
+    flip(tok, (size_t)(dot1 + 1 - tok) + (size_t)(dot2 - dot1) / 2);
+    cr_assert_eq(verify(tok, &c), -EACCES);
+    cr_assert_str_eq(c.sub, "", "claims are cleared on failure");
+    free(tok);
+}
+
+Test(auth, tampered_signature_rejected)
+{
+    struct auth_claims c;
+    char *tok = NULL;
+    size_t n;
+
+    cr_assert_eq(auth_sign(&a, "user-1", NULL, 60, &tok), 0);
+    n = strlen(tok);
+    flip(tok, n - 5);
+    cr_assert_eq(verify(tok, &c), -EACCES);
+    tok[n - 1] = '\0'; /* truncated signature */
+    cr_assert_eq(verify(tok, &c), -EACCES);
+    free(tok);
+}
+
+Test(auth, malformed_tokens_rejected)
+{
+    struct auth_claims c;
+    char *tok = NULL;
+    char buf[TOKEN_CAP];
+
+    cr_assert_eq(auth_sign(&a, "user-1", NULL, 60, &tok), 0);
+    snprintf(buf, sizeof(buf), "%s.", tok); /* four segments */
+    cr_assert_eq(verify(buf, &c), -EACCES);
+    snprintf(buf, sizeof(buf), "%s=", tok); /* padding */
+    cr_assert_eq(verify(buf, &c), -EACCES);
+    cr_assert_eq(verify("", &c), -EACCES);
+    cr_assert_eq(verify("..", &c), -EACCES);
+    cr_assert_eq(verify("abc", &c), -EACCES);
+    cr_assert_eq(auth_verify(&a, tok, 0, time(NULL), &c), -EACCES);
+    cr_assert_eq(auth_verify(&a, NULL, 10, time(NULL), &c), -EACCES);
+    free(tok);
+}
+
+Test(auth, oversize_token_rejected)
+{
+    static char tok[TOKEN_CAP];
+    static char payload[TOKEN_CAP];
+    long exp = (long)time(NULL) + 3600;
+    int n;
+
+    /* a valid token just under the limit passes ... */
+    n = snprintf(payload, sizeof(payload), "{\"sub\":\"u1\",\"exp\":%ld,\"pad\":\"%2900s\"}", exp,
+                 "");
+    cr_assert(n > 0);
+    forge(tok, hs256_header, payload, EVP_sha256(), SECRET);
+    cr_assert(strlen(tok) <= AUTH_MAX_TOKEN, "len %zu", strlen(tok));
+    cr_assert_eq(verify(tok, &(struct auth_claims){0}), 0);
+    /* ... and the same one past it does not */
+    snprintf(payload, sizeof(payload), "{\"sub\":\"u1\",\"exp\":%ld,\"pad\":\"%3100s\"}", exp, "");
+    forge(tok, hs256_header, payload, EVP_sha256(), SECRET);
+    cr_assert(strlen(tok) > AUTH_MAX_TOKEN, "len %zu", strlen(tok));
+    cr_assert_eq(verify(tok, &(struct auth_claims){0}), -EACCES);
+}
+
+Test(auth, init_checks_secret_length)
+{
+    struct auth x;
+    char big[AUTH_MAX_SECRET + 2];
+
+    cr_assert_eq(auth_init(&x, "0123456789abcdef0123456789abcde"), -EINVAL); /* 31 bytes */
+    cr_assert_eq(auth_init(&x, ""), -EINVAL);
+    cr_assert_eq(auth_init(&x, NULL), -EINVAL);
+    cr_assert_eq(auth_init(&x, "0123456789abcdef0123456789abcdef"), 0); /* 32 bytes */
+    cr_assert_eq(x.secret_len, 32);
+    memset(big, 'k', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    cr_assert_eq(auth_init(&x, big), -EINVAL);
+    big[AUTH_MAX_SECRET] = '\0';
+    cr_assert_eq(auth_init(&x, big), 0);
+}
+
+Test(auth, sign_checks_arguments)
+{
+    char unchanged[] = "unchanged";
+    char *tok = unchanged;
+
+    cr_assert_eq(auth_sign(&a, "", NULL, 60, &tok), -EINVAL);
+    cr_assert_null(tok);
+    cr_assert_eq(auth_sign(&a, NULL, NULL, 60, &tok), -EINVAL);
+    cr_assert_eq(auth_sign(&a, "u1", NULL, 0, &tok), -EINVAL);
+    cr_assert_eq(auth_sign(&a, "u1", NULL, -5, &tok), -EINVAL);
+}
+
+static int verify_header(const char *value, struct auth_claims *c)
+{
+    return auth_verify_header(&a, value, value != NULL ? strlen(value) : 0, time(NULL), c);
+}
+
+Test(auth, bearer_header_parsing)
+{
+    struct auth_claims c;
+    char *tok = NULL;
+    char buf[TOKEN_CAP];
+
+    cr_assert_eq(auth_sign(&a, "user-7", NULL, 60, &tok), 0);
+    snprintf(buf, sizeof(buf), "Bearer %s", tok);
+    cr_assert_eq(verify_header(buf, &c), 0);
+    cr_assert_str_eq(c.sub, "user-7");
+    snprintf(buf, sizeof(buf), "bearer %s", tok);
+    cr_assert_eq(verify_header(buf, &c), 0);
+    snprintf(buf, sizeof(buf), "BEARER   %s  ", tok);
+    cr_assert_eq(verify_header(buf, &c), 0);
+    snprintf(buf, sizeof(buf), "Basic %s", tok);
+    cr_assert_eq(verify_header(buf, &c), -EACCES);
+    snprintf(buf, sizeof(buf), "Bearer%s", tok);
+    cr_assert_eq(verify_header(buf, &c), -EACCES);
+    snprintf(buf, sizeof(buf), "Bearer %s extra", tok);
+    cr_assert_eq(verify_header(buf, &c), -EACCES);
+    cr_assert_eq(verify_header("Bearer", &c), -EACCES);
+    cr_assert_eq(verify_header("Bearer ", &c), -EACCES);
+    cr_assert_eq(verify_header("Bearer x", &c), -EACCES);
+    cr_assert_eq(verify_header("bearer x", &c), -EACCES);
+    cr_assert_eq(verify_header("Basic x", &c), -EACCES);
+    cr_assert_eq(verify_header("", &c), -EACCES);
+    cr_assert_eq(verify_header(NULL, &c), -EACCES);
+    free(tok);
+}

@@ -1,0 +1,397 @@
+/* test_store.c -- core/store: versioned migrations, transactions, on-commit
+ * hooks and the prepared statement cache, on files in a fresh mkdtemp
+ * directory per test (removed again in the fini hook). */
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <sqlite3.h>
+
+#include "store.h"
+
+static char dir[64];
+static char db_path[128];
+
+static void setup(void)
+{
+    snprintf(dir, sizeof(dir), "/tmp/ripple-store-XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    /* a missing parent directory (two levels) must be created by store_open */
+    cr_assert(snprintf(db_path, sizeof(db_path), "%s/var/data/test.db", dir) <
+              (int)sizeof(db_path));
+}
+
+static void teardown(void)
+{
+    char cmd[160];
+
+    if (snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir) < (int)sizeof(cmd))
+        cr_expect_eq(system(cmd), 0);
+}
+
+TestSuite(store, .init = setup, .fini = teardown);
+
+static const char schema_v1[] = "-- users service schema\n"
+                                "\n"
+                                "-- migration: 1\n"
+                                "CREATE TABLE a (x INTEGER PRIMARY KEY, v TEXT);\n"
+                                "INSERT INTO a (x, v) VALUES (1, 'one');\n";
+
+static const char schema_v2[] = "-- users service schema\n"
+                                "\n"
+                                "-- migration: 1\n"
+                                "CREATE TABLE a (x INTEGER PRIMARY KEY, v TEXT);\n"
+                                "INSERT INTO a (x, v) VALUES (1, 'one');\n"
+                                "-- migration: 2\n"
+                                "CREATE TABLE b (y INTEGER REFERENCES a (x));\n"
+                                "INSERT INTO a (x, v) VALUES (2, 'two');\n";
+
+/* One integer from a query without parameters, or -1. */
+static long query_int(struct store *st, const char *sql)
+{
+    sqlite3_stmt *stmt = NULL;
+    long v = -1;
+
+    cr_assert_eq(sqlite3_prepare_v2(store_db(st), sql, -1, &stmt, NULL), SQLITE_OK, "%s: %s", sql,
+                 store_errmsg(st));
+    if (sqlite3_step(stmt) == SQLITE_ROW)
+        v = sqlite3_column_int64(stmt, 0);
+    sqlite3_finalize(stmt);
+    return v;
+}
+
+static int table_exists(struct store *st, const char *name)
+{
+    sqlite3_stmt *stmt = NULL;
+    int found;
+
+    cr_assert_eq(sqlite3_prepare_v2(store_db(st), "SELECT 1 FROM sqlite_master WHERE name = ?1", -1,
+                                    &stmt, NULL),
+                 SQLITE_OK);
+    sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
+    found = sqlite3_step(stmt) == SQLITE_ROW;
+    sqlite3_finalize(stmt);
+    return found;
+}
+
+static struct store *open_ok(const char *schema)
+{
+    struct store *st = NULL;
+
+    cr_assert_eq(store_open(db_path, schema, &st), 0);
+    cr_assert_not_null(st);
+    return st;
+}
+
+Test(store, open_creates_dir_and_sets_pragmas)
+{
+    struct store *st = open_ok(schema_v1);
+    sqlite3_stmt *stmt = NULL;
+    struct stat sb;
+
+    cr_assert_eq(stat(db_path, &sb), 0);
+    cr_assert_eq(sqlite3_prepare_v2(store_db(st), "PRAGMA journal_mode", -1, &stmt, NULL),
+                 SQLITE_OK);
+    cr_assert_eq(sqlite3_step(stmt), SQLITE_ROW);
+    cr_assert_str_eq((const char *)sqlite3_column_text(stmt, 0), "wal");
+    sqlite3_finalize(stmt);
+    cr_assert_eq(query_int(st, "PRAGMA foreign_keys"), 1);
+    cr_assert_eq(query_int(st, "PRAGMA synchronous"), 1); /* NORMAL */
+    cr_assert_eq(store_ping(st), 0);
+    store_close(st);
+    store_close(NULL);
+}
+
+Test(store, migrations_apply_in_order_and_set_user_version)
+{
+    struct store *st = open_ok(schema_v2);
+
+    cr_assert_eq(store_schema_version(st), 2);
+    cr_assert_eq(query_int(st, "PRAGMA user_version"), 2);
+    cr_assert(table_exists(st, "a") && table_exists(st, "b"));
+    cr_assert_eq(query_int(st, "SELECT count(*) FROM a"), 2);
+    store_close(st);
+}
+
+Test(store, reopening_does_not_rerun_migrations)
+{
+    struct store *st = open_ok(schema_v1);
+
+    store_close(st);
+    st = open_ok(schema_v1); /* a re-run would fail on CREATE TABLE a */
+    cr_assert_eq(store_schema_version(st), 1);
+    cr_assert_eq(query_int(st, "SELECT count(*) FROM a"), 1);
+    store_close(st);
+}
+
+Test(store, later_migration_applies_alone)
+{
+    struct store *st = open_ok(schema_v1);
+
+    cr_assert_eq(
+        sqlite3_exec(store_db(st), "UPDATE a SET v = 'kept' WHERE x = 1", NULL, NULL, NULL),
+        SQLITE_OK);
+    store_close(st);
+    st = open_ok(schema_v2);
+    cr_assert_eq(store_schema_version(st), 2);
+    cr_assert_eq(query_int(st, "SELECT count(*) FROM a"), 2);
+    cr_assert_eq(query_int(st, "SELECT count(*) FROM a WHERE v = 'kept'"), 1);
+    cr_assert(table_exists(st, "b"));
+    store_close(st);
+}
+
+Test(store, crlf_markers_accepted)
+{
+    struct store *st = open_ok("-- migration: 1\r\nCREATE TABLE c (z);\r\n-- migration: 2 \r\n");
+
+    cr_assert_eq(store_schema_version(st), 2);
+    cr_assert(table_exists(st, "c"));
+    store_close(st);
+}
+
+static void expect_einval(const char *schema)
+{
+    static char sentinel;
+    struct store *st = (struct store *)(void *)&sentinel; /* must be reset to NULL */
+
+    cr_expect_eq(store_open(db_path, schema, &st), -EINVAL, "schema: %s", schema);
+    cr_expect_null(st);
+}
+
+Test(store, malformed_schemas_rejected)
+{
+    expect_einval("-- migration: x\nCREATE TABLE a (x);\n");
+    expect_einval("-- migration:\nCREATE TABLE a (x);\n");
+    expect_einval("-- migration: 1a\nCREATE TABLE a (x);\n");
+    expect_einval("-- migration: -1\nCREATE TABLE a (x);\n");
+    expect_einval("-- migration: 0\nCREATE TABLE a (x);\n");
+    expect_einval("--migration: 1\nCREATE TABLE a (x);\n");
+    expect_einval("-- Migration: 1\nCREATE TABLE a (x);\n");
+    expect_einval("  -- migration: 1\nCREATE TABLE a (x);\n");
+    expect_einval("-- migration 1\nCREATE TABLE a (x);\n");
+    expect_einval("-- migration: 2\nCREATE TABLE a (x);\n");
+    expect_einval("-- migration: 1\nCREATE TABLE a (x);\n-- migration: 3\nCREATE TABLE b (y);\n");
+    expect_einval("-- migration: 1\nCREATE TABLE a (x);\n-- migration: 1\nCREATE TABLE b (y);\n");
+    expect_einval("-- migration: 2\nCREATE TABLE b (y);\n-- migration: 1\nCREATE TABLE a (x);\n");
+    expect_einval("CREATE TABLE a (x);\n-- migration: 1\nCREATE TABLE b (y);\n");
+    expect_einval("CREATE TABLE a (x);\n");
+    expect_einval("");
+}
+
+Test(store, prose_mentioning_migrations_is_a_comment)
+{
+    struct store *st = open_ok("-- migrations are numbered from 1\n-- migration: 1\n"
+                               "-- migrations below must not change\nCREATE TABLE a (x);\n");
+
+    cr_assert_eq(store_schema_version(st), 1);
+    store_close(st);
+}
+
+Test(store, failing_migration_rolls_back)
+{
+    static const char bad_v2[] = "-- migration: 1\n"
+                                 "CREATE TABLE a (x INTEGER PRIMARY KEY, v TEXT);\n"
+                                 "INSERT INTO a (x, v) VALUES (1, 'one');\n"
+                                 "-- migration: 2\n"
+                                 "CREATE TABLE b (y);\n"
+                                 "INSERT INTO a (x, v) VALUES (3, 'three');\n"
+                                 "INSERT INTO no_such_table VALUES (1);\n";
+    struct store *st = open_ok(schema_v1);
+
+    store_close(st);
+    st = NULL;
+    cr_assert_eq(store_open(db_path, bad_v2, &st), -EIO);
+    cr_assert_null(st);
+    st = open_ok(schema_v1);
+    cr_assert_eq(store_schema_version(st), 1);
+    cr_assert_eq(query_int(st, "PRAGMA user_version"), 1);
+    cr_assert_not(table_exists(st, "b"), "partial migration left table b");
+    cr_assert_eq(query_int(st, "SELECT count(*) FROM a"), 1);
+    store_close(st);
+}
+
+Test(store, failing_first_migration_leaves_version_zero)
+{
+    struct store *st = NULL;
+
+    cr_assert_eq(store_open(db_path, "-- migration: 1\nCREATE TABLE a (x);\nSELEC oops;\n", &st),
+                 -EIO);
+    st = open_ok(NULL);
+    cr_assert_eq(store_schema_version(st), 0);
+    cr_assert_not(table_exists(st, "a"));
+    store_close(st);
+}
+
+Test(store, database_newer_than_schema_rejected)
+{
+    struct store *st = open_ok(schema_v2);
+
+    store_close(st);
+    st = NULL;
+    cr_assert_eq(store_open(db_path, schema_v1, &st), -EINVAL);
+    cr_assert_null(st);
+}
+
+static int insert_row(struct store *st, void *data)
+{
+    sqlite3_stmt *stmt = NULL;
+    int rc;
+
+    cr_assert(store_in_txn(st));
+    rc = store_prepare(st, "INSERT INTO a (x, v) VALUES (?1, 'txn')", &stmt);
+    cr_assert_eq(rc, 0);
+    sqlite3_bind_int(stmt, 1, *(int *)data);
+    rc = sqlite3_step(stmt) == SQLITE_DONE ? 0 : -EIO;
+    store_reset(stmt);
+    return rc;
+}
+
+static int insert_then_fail(struct store *st, void *data)
+{
+    cr_assert_eq(insert_row(st, data), 0);
+    return -ENOENT;
+}
+
+Test(store, txn_commits_on_zero_and_rolls_back_on_error)
+{
+    struct store *st = open_ok(schema_v1);
+    int key = 10;
+
+    cr_assert_eq(store_txn(st, insert_row, &key), 0);
+    cr_assert_not(store_in_txn(st));
+    cr_assert_eq(query_int(st, "SELECT count(*) FROM a WHERE x = 10"), 1);
+    key = 11;
+    cr_assert_eq(store_txn(st, insert_then_fail, &key), -ENOENT);
+    cr_assert_not(store_in_txn(st));
+    cr_assert_eq(query_int(st, "SELECT count(*) FROM a WHERE x = 11"), 0);
+    key = 10; /* duplicate key: the step fails, store_txn returns fn's error */
+    cr_assert_eq(store_txn(st, insert_row, &key), -EIO);
+    cr_assert_not(store_in_txn(st));
+    store_close(st);
+    /* committed data is durable across a reopen */
+    st = open_ok(schema_v1);
+    cr_assert_eq(query_int(st, "SELECT count(*) FROM a"), 2);
+    store_close(st);
+}
+
+struct hook_state {
+    int calls;
+    long rows_seen;
+    int in_txn_seen;
+};
+
+static void on_commit(struct store *st, void *data)
+{
+    struct hook_state *hs = data;
+
+    hs->calls++;
+    hs->in_txn_seen = store_in_txn(st);
+    hs->rows_seen = query_int(st, "SELECT count(*) FROM a");
+}
+
+Test(store, on_commit_hook_fires_after_commit_only)
+{
+    struct store *st = open_ok(schema_v1);
+    struct hook_state hs = {0};
+    int key = 20;
+
+    cr_assert_eq(store_on_commit(st, on_commit, &hs), 0);
+    cr_assert_eq(store_txn(st, insert_row, &key), 0);
+    cr_assert_eq(hs.calls, 1);
+    cr_assert_eq(hs.in_txn_seen, 0, "hook ran inside the transaction");
+    cr_assert_eq(hs.rows_seen, 2);
+    key = 21;
+    cr_assert_eq(store_txn(st, insert_then_fail, &key), -ENOENT);
+    cr_assert_eq(hs.calls, 1, "hook ran after a rollback");
+    cr_assert_eq(store_begin(st), 0);
+    store_rollback(st);
+    cr_assert_eq(hs.calls, 1);
+    cr_assert_eq(store_begin(st), 0);
+    cr_assert_eq(store_commit(st), 0);
+    cr_assert_eq(hs.calls, 2);
+    store_close(st);
+}
+
+static void noop_hook(struct store *st, void *data)
+{
+    (void)st;
+    (void)data;
+}
+
+Test(store, hooks_are_bounded)
+{
+    struct store *st = open_ok(schema_v1);
+    int i, rc = 0;
+
+    for (i = 0; i < 100 && (rc = store_on_commit(st, noop_hook, NULL)) == 0; i++)
+        ;
+    cr_assert_eq(rc, -ENOSPC);
+    cr_assert(i >= 1 && i < 100);
+    store_close(st);
+}
+
+Test(store, nested_begin_refused)
+{
+    struct store *st = open_ok(schema_v1);
+
+    cr_assert_eq(store_begin(st), 0);
+    cr_assert(store_in_txn(st));
+    cr_assert_lt(store_begin(st), 0);
+    cr_assert(store_in_txn(st), "the outer transaction survives");
+    store_rollback(st);
+    cr_assert_not(store_in_txn(st));
+    cr_assert_lt(store_commit(st), 0);
+    store_close(st);
+}
+
+Test(store, prepared_statements_are_reused)
+{
+    struct store *st = open_ok(schema_v1);
+    static const char sql[] = "SELECT v FROM a WHERE x = ?1";
+    char copy[sizeof(sql)];
+    sqlite3_stmt *s1 = NULL, *s2 = NULL, *s3 = NULL, *s4 = NULL;
+
+    cr_assert_eq(store_prepare(st, sql, &s1), 0);
+    cr_assert_eq(store_prepare(st, sql, &s2), 0);
+    cr_assert_eq(s1, s2);
+    memcpy(copy, sql, sizeof(sql));
+    cr_assert_eq(store_prepare(st, copy, &s3), 0);
+    cr_assert_eq(s1, s3, "same text in another buffer must hit the cache");
+    /* a reused buffer holding other text must not alias the old statement */
+    snprintf(copy, sizeof(copy), "SELECT x FROM a");
+    cr_assert_eq(store_prepare(st, copy, &s4), 0);
+    cr_assert_neq(s1, s4);
+    sqlite3_bind_int(s1, 1, 1);
+    cr_assert_eq(sqlite3_step(s1), SQLITE_ROW);
+    cr_assert_str_eq((const char *)sqlite3_column_text(s1, 0), "one");
+    store_reset(s1);
+    cr_assert_eq(sqlite3_step(s1), SQLITE_DONE, "bindings were not cleared");
+    store_reset(s1);
+    store_close(st);
+}
+
+Test(store, prepare_errors)
+{
+    struct store *st = open_ok(schema_v1);
+    sqlite3_stmt *stmt = NULL;
+    char sql[64];
+    int rc = 0, i;
+
+    cr_assert_eq(store_prepare(st, "SELEC nothing", &stmt), -EIO);
+    cr_assert_null(stmt);
+    cr_assert_lt(store_prepare(st, "SELECT 1; SELECT 2", &stmt), 0);
+    cr_assert_eq(store_prepare(st, "SELECT 1;", &stmt), 0);
+    for (i = 0; i < STORE_MAX_STATEMENTS + 1; i++) {
+        snprintf(sql, sizeof(sql), "SELECT %d", i + 100);
+        rc = store_prepare(st, sql, &stmt);
+        if (rc < 0)
+            break;
+    }
+    cr_assert_lt(rc, 0, "the cache is bounded");
+    cr_assert_eq(i, STORE_MAX_STATEMENTS - 1);
+    store_close(st);
+}
