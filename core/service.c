@@ -34,10 +34,11 @@ struct service_stats {
     } slots[STATS_SLOTS];
 };
 
-CORE_NORETURN void service_fatal(const char *fmt, ...)
+CORE_NORETURN void service_fatal(const struct service *svc, const char *fmt, ...)
 {
     va_list ap;
 
+    fprintf(stderr, "%s: ", svc->cfg.service ? svc->cfg.service : "ripple");
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
@@ -204,18 +205,18 @@ void service_init(struct service *svc, const char *name, unsigned default_port)
 
     memset(svc, 0, sizeof(*svc));
     if (config_load(&svc->cfg, name, default_port, err, sizeof(err)) < 0)
-        service_fatal("%s: %s", name, err);
+        service_fatal(svc, "%s", err);
     if (log_parse_level(svc->cfg.log_level, &level) < 0)
-        service_fatal("%s: config: LOG_LEVEL is not a level", name);
+        service_fatal(svc, "config: LOG_LEVEL is not a level");
     log_set_service(name);
     log_set_level(level);
     if (auth_init(&svc->auth, svc->cfg.jwt_secret) < 0)
-        service_fatal("%s: config: JWT_SECRET must be %d to %d bytes", name, AUTH_MIN_SECRET,
+        service_fatal(svc, "config: JWT_SECRET must be %d to %d bytes", AUTH_MIN_SECRET,
                       AUTH_MAX_SECRET);
     svc->stats_ = calloc(1, sizeof(*svc->stats_));
     if (svc->stats_ == NULL || metrics_new(&svc->metrics) < 0 ||
         http_router_new(&svc->router) < 0)
-        service_fatal("%s: out of memory", name);
+        service_fatal(svc, "out of memory");
     svc->loop = uv_default_loop();
     /* Writes to a socket the peer closed must fail with EPIPE, not kill us. */
     signal(SIGPIPE, SIG_IGN);
@@ -229,8 +230,7 @@ void service_open_store(struct service *svc, const char *schema)
     int rc = store_open(svc->cfg.db_path, schema, &svc->store);
 
     if (rc < 0)
-        service_fatal("%s: cannot open the database DB_PATH=%s: %s", svc->cfg.service,
-                      svc->cfg.db_path, strerror(-rc));
+        service_fatal(svc, "cannot open the database DB_PATH=%s: %s", svc->cfg.db_path, strerror(-rc));
 }
 
 void service_route(struct service *svc, const char *method, const char *pattern, unsigned flags,
@@ -239,13 +239,13 @@ void service_route(struct service *svc, const char *method, const char *pattern,
     int rc = http_router_add(svc->router, method, pattern, flags, handler, data);
 
     if (rc < 0)
-        service_fatal("%s: route %s %s: %s", svc->cfg.service, method, pattern, strerror(-rc));
+        service_fatal(svc, "route %s %s: %s", method, pattern, strerror(-rc));
 }
 
 void service_on_stop(struct service *svc, service_stop_cb fn, void *data)
 {
     if (svc->nstop_hooks_ == SERVICE_MAX_STOP_HOOKS)
-        service_fatal("%s: too many stop hooks", svc->cfg.service);
+        service_fatal(svc, "too many stop hooks");
     svc->stop_hooks_[svc->nstop_hooks_].fn = fn;
     svc->stop_hooks_[svc->nstop_hooks_].data = data;
     svc->nstop_hooks_++;

@@ -86,7 +86,9 @@ int service_run(struct service *svc);
 /* Starts the graceful stop, as a signal does. */
 void service_stop(struct service *svc);
 
-/* Exits with one line "<service>: <message>" on stderr (startup only). */
-CORE_NORETURN void service_fatal(const char *fmt, ...) CORE_PRINTF(1, 2);
+/* Exits with status 1 and one line "<service>: <message>" on stderr
+ * (startup only). */
+CORE_NORETURN void service_fatal(const struct service *svc, const char *fmt, ...)
+    CORE_PRINTF(2, 3);
 
 #endif

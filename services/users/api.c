@@ -8,13 +8,13 @@
  * callback, which runs on the loop thread like every SQLite call here.
  *
  * Owns struct users (the statements, prepared once at start and finalized by
- * the store; the PBKDF2 settings; the count of jobs in the pool) and one
- * struct hash_job per request in the pool, freed by its after-work callback.
- * At most USERS_MAX_HASH_JOBS are in the pool (503 + Retry-After beyond), and
- * the stop hook waits for them. A password is copied only into its job, wiped
- * once hashed, and never reaches a response or a log. Unknown emails still pay
- * for one PBKDF2 run with the configured cost, so answer times do not tell
- * which emails are registered. */
+ * the store; the PBKDF2 settings; the count of jobs in the pool), freed when
+ * the service stops and the last job is over, and one struct hash_job per
+ * request in the pool, freed by its after-work callback. At most
+ * USERS_MAX_HASH_JOBS are in the pool (503 + Retry-After beyond). A password is copied only into
+ * its job, wiped once hashed, and never reaches a response or a log. Unknown emails still pay for
+ * one PBKDF2 run with the configured cost, so answer times do not tell which emails are registered.
+ */
 #include "users.h"
 
 #include <errno.h>
@@ -41,16 +41,16 @@
 #include "service.h"
 #include "store.h"
 
-#define USERS_SALT_BYTES 16     /* for new hashes */
-#define USERS_SALT_MAX 64       /* accepted from the database */
-#define USERS_HASH_BYTES 32     /* PBKDF2 output, SHA-256 sized */
+#define USERS_SALT_BYTES 16 /* for new hashes */
+#define USERS_SALT_MAX 64   /* accepted from the database */
+#define USERS_HASH_BYTES 32 /* PBKDF2 output, SHA-256 sized */
 #define USERS_ITER_DEFAULT 600000
 #define USERS_ITER_MIN 1000
 #define USERS_ITER_MAX 10000000
 #define USERS_TOKEN_TTL 3600   /* s */
 #define USERS_MAX_HASH_JOBS 64 /* in the thread pool at once; 503 beyond */
-#define USERS_TS_LEN 24     /* 2026-11-26T04:24:11.123Z */
-#define USERS_JSON_MAX 4096 /* one user, escaped; fits every valid row */
+#define USERS_TS_LEN 24        /* 2026-11-26T04:24:11.123Z */
+#define USERS_JSON_MAX 4096    /* one user, escaped; fits every valid row */
 #define USERS_JSON_TYPE "application/json"
 
 static const char *const sql_by_id = "SELECT name, email, created_at FROM users WHERE id = ?1";
@@ -346,15 +346,19 @@ static int job_start(struct hash_job *job)
     return 0;
 }
 
-/* Calls the pending stop's done once the last job is over. */
+/* Once the stop hook has run and the last job is over: frees u and tells the
+ * service this module is done. Nothing calls into u afterwards: the service
+ * stops dispatching requests before it runs the stop hooks (it closes the
+ * HTTP server first), and the pool holds no job of ours. */
 static void maybe_stopped(struct users *u)
 {
     service_stop_done_cb done = u->stop_done;
+    struct service *svc = u->svc;
 
     if (u->jobs > 0 || done == NULL)
         return;
-    u->stop_done = NULL;
-    done(u->svc);
+    free(u);
+    done(svc);
 }
 
 static int now_iso8601(char *buf, size_t len)
@@ -365,7 +369,7 @@ static int now_iso8601(char *buf, size_t len)
     int n;
 
     if (clock_gettime(CLOCK_REALTIME, &ts) < 0 || gmtime_r(&ts.tv_sec, &tm) == NULL)
-        return -errno;
+        return -EIO;
     if (strftime(sec, sizeof(sec), "%Y-%m-%dT%H:%M:%S", &tm) == 0)
         return -EOVERFLOW;
     n = snprintf(buf, len, "%s.%03ldZ", sec, ts.tv_nsec / 1000000);
@@ -456,36 +460,69 @@ static void on_hash_done(uv_work_t *work, int status)
  * POST /api/v1/users
  * ------------------------------------------------------------------------- */
 
-/* Parses and checks a registration into job. Returns 0, or -EINVAL after
- * answering req (400, 422, 500). */
-static int read_register(struct http_request *req, struct hash_job *job)
+/* The strings of a request body, borrowed from it; name and email trimmed. */
+struct creds {
+    const char *name, *email, *password;
+    size_t name_len, email_len, password_len;
+};
+
+/* Parses req's body and checks its fields: every registration rule for
+ * HASH_REGISTER, only "email and password are strings" for HASH_LOGIN.
+ * Returns the body (new: decref it) with c filled, or NULL after answering
+ * req (400, 422 or 500). */
+static json_t *parse_creds(struct http_request *req, enum hash_kind kind, struct creds *c)
 {
-    struct user_input in;
+    int reg = kind == HASH_REGISTER;
     json_t *body, *fields;
-    int bad;
+    int bad = 0;
 
     if (http_reply_parse_object(req, &body) < 0)
-        return -EINVAL;
+        return NULL;
     fields = json_object();
     if (fields == NULL) {
         json_decref(body);
         reply_internal(req);
-        return -EINVAL;
+        return NULL;
     }
-    bad = check_name(body, fields, &in);
-    bad += check_email(body, fields, &in);
-    bad += check_password(body, fields, &in);
+    if (reg)
+        bad +=
+            input_string(body, "name", 1, input_name_problem, fields, &c->name, &c->name_len) < 0;
+    bad += input_string(body, "email", 1, reg ? input_email_problem : NULL, fields, &c->email,
+                        &c->email_len) < 0;
+    bad += input_string(body, "password", 0, reg ? input_password_problem : NULL, fields,
+                        &c->password, &c->password_len) < 0;
     if (bad > 0) {
         json_decref(body);
         http_reply_invalid(req, fields);
-        return -EINVAL;
+        return NULL;
     }
     json_decref(fields);
-    memcpy(job->name, in.name, in.name_len);
-    job->name[in.name_len] = '\0';
-    input_lower(job->email, in.email, in.email_len);
-    memcpy(job->password, in.password, in.password_len);
-    job->password_len = in.password_len;
+    return body;
+}
+
+/* Copies c into job: the name (registrations), the email lower-cased and the
+ * password. The lengths are within the job's buffers (checked by the caller). */
+static void job_fill(struct hash_job *job, const struct creds *c)
+{
+    if (job->kind == HASH_REGISTER) {
+        memcpy(job->name, c->name, c->name_len);
+        job->name[c->name_len] = '\0';
+    }
+    input_lower(job->email, c->email, c->email_len);
+    memcpy(job->password, c->password, c->password_len);
+    job->password_len = c->password_len;
+}
+
+/* Parses and checks a registration into job. Returns 0, or -EINVAL after
+ * answering req. */
+static int read_register(struct http_request *req, struct hash_job *job)
+{
+    struct creds c;
+    json_t *body = parse_creds(req, HASH_REGISTER, &c);
+
+    if (body == NULL)
+        return -EINVAL;
+    job_fill(job, &c);
     json_decref(body);
     return 0;
 }
@@ -533,35 +570,17 @@ static void on_register(struct http_request *req, const struct auth_claims *who,
  * anyone's (that says nothing about which emails exist). */
 static int read_login(struct http_request *req, struct hash_job *job)
 {
-    struct user_input in;
-    json_t *body, *fields;
-    int bad;
+    struct creds c;
+    json_t *body = parse_creds(req, HASH_LOGIN, &c);
 
-    if (http_reply_parse_object(req, &body) < 0)
+    if (body == NULL)
         return -EINVAL;
-    fields = json_object();
-    if (fields == NULL) {
-        json_decref(body);
-        reply_internal(req);
-        return -EINVAL;
-    }
-    bad = field_string(body, "email", fields, &in.email, &in.email_len) < 0;
-    bad += field_string(body, "password", fields, &in.password, &in.password_len) < 0;
-    if (bad > 0) {
-        json_decref(body);
-        http_reply_invalid(req, fields);
-        return -EINVAL;
-    }
-    json_decref(fields);
-    trim(&in.email, &in.email_len);
-    if (in.email_len > INPUT_EMAIL_MAX || in.password_len > INPUT_PASSWORD_MAX) {
+    if (c.email_len > INPUT_EMAIL_MAX || c.password_len > INPUT_PASSWORD_MAX) {
         json_decref(body);
         http_reply_error(req, 401, NULL, "invalid email or password");
         return -EINVAL;
     }
-    input_lower(job->email, in.email, in.email_len);
-    memcpy(job->password, in.password, in.password_len);
-    job->password_len = in.password_len;
+    job_fill(job, &c);
     json_decref(body);
     return 0;
 }
@@ -648,15 +667,15 @@ static void on_get_user(struct http_request *req, const struct auth_claims *who,
  * Start and stop
  * ------------------------------------------------------------------------- */
 
-/* The stop waits for the hashes in the pool: their answers and inserts need
+/* The stop waits for the hashes in the pool: their inserts and answers need
  * the store, which the service closes only after every hook is done. */
 static void on_stop(struct service *svc, void *data, service_stop_done_cb done)
 {
     struct users *u = data;
 
+    (void)svc;
     u->stopping = 1;
     u->stop_done = done;
-    (void)svc;
     maybe_stopped(u);
 }
 
@@ -681,11 +700,12 @@ int users_service_start(struct service *svc)
     struct users *u;
     int rc;
 
-    if (svc->store == NULL)
-        return -EINVAL;
+    /* Checked before the database is touched: a bad setting is one line. */
     if (config_uint("PBKDF2_ITERATIONS", USERS_ITER_DEFAULT, USERS_ITER_MIN, USERS_ITER_MAX,
                     &iterations, err, sizeof(err)) < 0)
-        service_fatal("%s", err);
+        service_fatal(svc, "%s", err);
+    if (svc->store == NULL)
+        service_open_store(svc, users_schema_sql);
     u = calloc(1, sizeof(*u));
     if (u == NULL)
         return -ENOMEM;

@@ -94,7 +94,9 @@ void input_lower(char *dst, const char *s, size_t len)
     for (size_t i = 0; i < len; i++) {
         char c = s[i];
 
-        dst[i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+        if (c >= 'A' && c <= 'Z')
+            c = (char)(c - 'A' + 'a');
+        dst[i] = c;
     }
     dst[len] = '\0';
 }
@@ -128,8 +130,8 @@ static int field_problem(json_t *fields, const char *key, const char *msg)
     return -EINVAL;
 }
 
-int input_string(json_t *body, const char *key, int trim, input_problem_cb problem,
-                 json_t *fields, const char **s, size_t *len)
+int input_string(json_t *body, const char *key, int trim, input_problem_cb problem, json_t *fields,
+                 const char **s, size_t *len)
 {
     const json_t *v = json_object_get(body, key);
     const char *msg;

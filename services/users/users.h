@@ -2,9 +2,9 @@
  *
  * The module's one entry point. It serves POST /api/v1/users (register),
  * POST /api/v1/auth/token (email + password -> JWT) and GET /api/v1/users/{id}
- * on a struct service whose store is already open with schema.sql. Passwords
- * are hashed with PBKDF2-HMAC-SHA256 on the libuv thread pool, never on the
- * loop. Loop thread only. */
+ * on a struct service, over the service's store migrated with schema.sql.
+ * Passwords are hashed with PBKDF2-HMAC-SHA256 on the libuv thread pool,
+ * never on the loop. Loop thread only. */
 #ifndef SERVICES_USERS_USERS_H
 #define SERVICES_USERS_USERS_H
 
@@ -12,11 +12,16 @@
 
 struct service;
 
-/* Reads PBKDF2_ITERATIONS (default 600000, 1000..10000000; a bad value stops
- * the process with one line naming it), prepares the module's statements on
- * svc->store, adds the routes and a stop hook that waits for hashes in the
- * thread pool. The module's state lives as long as svc. Returns 0, -EINVAL
- * when svc->store is not open, -ENOMEM, or -EIO when a statement does not
+/* The text of schema.sql, embedded by the Makefile (scripts/embed-sql). */
+extern const char users_schema_sql[];
+
+/* Reads PBKDF2_ITERATIONS (default 600000, 1000..10000000) and then, unless
+ * svc->store is already open (a host that opened it itself), opens
+ * cfg.db_path and migrates it with users_schema_sql: a bad setting stops the
+ * process with one line naming it before the database is touched. Prepares
+ * the module's statements, adds the routes and a stop hook that waits for
+ * the hashes in the thread pool (their requests are answered), then frees the
+ * module's state. Returns 0, -ENOMEM, or -EIO when a statement does not
  * prepare (logged). */
 CORE_MUST_CHECK int users_service_start(struct service *svc);
 

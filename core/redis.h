@@ -1,0 +1,83 @@
+/* redis.h -- one Redis connection on the service loop, kept up forever.
+ *
+ * Wraps a hiredis async context on its libuv adapter (the only file that
+ * includes adapters/libuv.h is redis.c). The connection is made from
+ * REDIS_URL (redis://[[user]:password@]host[:port][/db]), authenticated and
+ * switched to its db before it counts as up. When it is lost -- or a command
+ * waits past command_timeout_ms, or connecting takes longer than
+ * connect_timeout_ms -- every pending callback gets a NULL reply, listeners
+ * hear "down", and a reconnect is tried after a capped, jittered backoff.
+ *
+ * A blocking read (XREADGROUP BLOCK) must use a connection of its own: give
+ * it a command_timeout_ms longer than its BLOCK. Loop thread only. */
+#ifndef CORE_REDIS_H
+#define CORE_REDIS_H
+
+#include <stddef.h>
+
+#include <uv.h>
+
+#include "common.h"
+
+struct redis; /* opaque */
+struct redisReply;
+
+#define REDIS_MAX_LISTENERS 8
+
+struct redis_url {
+    char host[256];
+    unsigned port;     /* 6379 by default */
+    unsigned db;       /* 0 by default */
+    char user[128];    /* "" when absent */
+    char password[256]; /* "" when absent */
+};
+
+struct redis_config {
+    const char *url;             /* copied (parsed) */
+    const char *name;            /* for logs, e.g. "commands"; copied */
+    unsigned connect_timeout_ms; /* 0: 2000 */
+    unsigned command_timeout_ms; /* 0: no watchdog */
+    unsigned backoff_min_ms;     /* 0: 100 */
+    unsigned backoff_max_ms;     /* 0: 5000 */
+};
+
+/* A reply callback. reply is borrowed and lives only during the call; NULL
+ * when the connection was lost before the answer. A server error is a
+ * reply of type REDIS_REPLY_ERROR. */
+typedef void (*redis_reply_cb)(struct redis *r, struct redisReply *reply, void *data);
+/* Told when the connection comes up (up = 1, after AUTH/SELECT) or goes
+ * down (up = 0). */
+typedef void (*redis_state_cb)(struct redis *r, int up, void *data);
+typedef void (*redis_closed_cb)(void *data);
+
+/* Parses url. Returns 0, or -EINVAL with a message in err. */
+CORE_MUST_CHECK int redis_url_parse(const char *url, struct redis_url *out, char *err,
+                                    size_t errlen);
+
+/* Returns 0 and sets *out, or -EINVAL (bad URL; message in err) or -ENOMEM.
+ * Nothing connects until redis_start. */
+CORE_MUST_CHECK int redis_new(uv_loop_t *loop, const struct redis_config *cfg, struct redis **out,
+                              char *err, size_t errlen);
+/* Starts connecting; reconnects on its own from then on. */
+void redis_start(struct redis *r);
+/* Adds a state listener. Returns 0 or -ENOSPC. */
+CORE_MUST_CHECK int redis_listen(struct redis *r, redis_state_cb fn, void *data);
+int redis_is_up(const struct redis *r);
+
+/* Sends a command (argv/argvlen as hiredis: binary-safe). Returns 0, after
+ * which cb fires exactly once; or -ENOTCONN/-ENOMEM, and cb never fires.
+ * cb may be NULL (fire and forget). */
+CORE_MUST_CHECK int redis_command(struct redis *r, redis_reply_cb cb, void *data, int argc,
+                                  const char **argv, const size_t *argvlen);
+/* Commands sent and not yet answered. */
+size_t redis_pending(const struct redis *r);
+
+/* Drops the connection now (pending callbacks get NULL), as if lost; the
+ * usual reconnect follows. */
+void redis_reset(struct redis *r);
+
+/* Closes for good: pending callbacks get NULL, no reconnect, handles are
+ * closed, r is freed, then closed_cb(data) fires. */
+void redis_close(struct redis *r, redis_closed_cb closed_cb, void *data);
+
+#endif
