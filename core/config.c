@@ -67,6 +67,11 @@ static const struct uint_setting uint_settings[] = {
     {"MAX_DELIVERIES", 5, 1, 1000, offsetof(struct config, max_deliveries)},
     {"RECLAIM_IDLE_MS", 30000, 100, 86400000, offsetof(struct config, reclaim_idle_ms)},
     {"STREAM_MAXLEN", 1000000, 0, 4000000000UL, offsetof(struct config, stream_maxlen)},
+    {"OUTBOX_BATCH", 256, 1, 1024, offsetof(struct config, outbox_batch)},
+    {"OUTBOX_MAX_BACKLOG", 10000, 1, 100000000, offsetof(struct config, outbox_max_backlog)},
+    {"OUTBOX_RETENTION_MS", 3600000, 0, 4000000000UL, offsetof(struct config, outbox_retention_ms)},
+    {"INBOX_RETENTION_MS", 604800000, 1000, 4000000000UL,
+     offsetof(struct config, inbox_retention_ms)},
 };
 
 static int load_uints(struct config *cfg, char *err, size_t errlen)

@@ -38,6 +38,12 @@ struct config {
     unsigned max_deliveries;
     unsigned reclaim_idle_ms;
     unsigned stream_maxlen;
+
+    /* Outbox and inbox */
+    unsigned outbox_batch;        /* rows per relay pass */
+    unsigned outbox_max_backlog;  /* HTTP writes answer 503 past this */
+    unsigned outbox_retention_ms; /* published rows kept */
+    unsigned inbox_retention_ms;  /* processed event ids kept for de-duplication */
 };
 
 /* Reads the shared settings for service (e.g. "users") whose default port is

@@ -62,6 +62,8 @@ CORE_MUST_CHECK int redis_new(uv_loop_t *loop, const struct redis_config *cfg, s
 void redis_start(struct redis *r);
 /* Adds a state listener. Returns 0 or -ENOSPC. */
 CORE_MUST_CHECK int redis_listen(struct redis *r, redis_state_cb fn, void *data);
+/* Removes the listener added with exactly fn and data, if any. */
+void redis_unlisten(struct redis *r, redis_state_cb fn, void *data);
 int redis_is_up(const struct redis *r);
 
 /* Sends a command (argv/argvlen as hiredis: binary-safe). Returns 0, after

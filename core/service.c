@@ -13,11 +13,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "http_reply.h"
 #include "http_server.h"
 #include "log.h"
 #include "metrics.h"
+#include "outbox.h"
+#include "redis.h"
 #include "store.h"
 
 #define STATS_SLOTS 256 /* (route, status) pairs cached; more fall back to lookups */
@@ -49,6 +52,8 @@ CORE_NORETURN void service_fatal(const struct service *svc, const char *fmt, ...
 /* ---------------------------------------------------------------------------
  * Metrics of the dispatcher
  * ------------------------------------------------------------------------- */
+
+static void service_open_redis(struct service *svc);
 
 static void *stats_series(struct service *svc, const char *route, int status)
 {
@@ -164,19 +169,19 @@ static void on_healthz(struct http_request *req, const struct auth_claims *who, 
 
 static void on_readyz(struct http_request *req, const struct auth_claims *who, void *data)
 {
-    static const char ok[] = "{\"status\":\"ready\",\"checks\":{\"database\":\"ok\"}}";
     struct service *svc = data;
+    int db_ok = svc->store != NULL && store_ping(svc->store) == 0;
+    int redis_ok = redis_is_up(svc->redis);
+    int ready = db_ok && redis_ok && !svc->stopping_;
+    char body[160];
+    int n;
 
     (void)who;
-    if (svc->stopping_) {
-        http_reply_error(req, 503, NULL, "the service is stopping");
-        return;
-    }
-    if (svc->store != NULL && store_ping(svc->store) < 0) {
-        http_reply_error(req, 503, NULL, "the database is not available");
-        return;
-    }
-    http_respond(req, 200, "application/json", ok, sizeof(ok) - 1);
+    n = snprintf(body, sizeof(body),
+                 "{\"status\":\"%s\",\"checks\":{\"database\":\"%s\",\"redis\":\"%s\"}}",
+                 ready ? "ready" : (svc->stopping_ ? "stopping" : "unavailable"),
+                 db_ok ? "ok" : "down", redis_ok ? "ok" : "down");
+    http_respond(req, ready ? 200 : 503, "application/json", body, (size_t)n);
 }
 
 static void on_metrics(struct http_request *req, const struct auth_claims *who, void *data)
@@ -218,6 +223,8 @@ void service_init(struct service *svc, const char *name, unsigned default_port)
         http_router_new(&svc->router) < 0)
         service_fatal(svc, "out of memory");
     svc->loop = uv_default_loop();
+    srandom((unsigned)(uv_hrtime() ^ (uint64_t)getpid()));
+    service_open_redis(svc);
     /* Writes to a socket the peer closed must fail with EPIPE, not kill us. */
     signal(SIGPIPE, SIG_IGN);
     service_route(svc, "GET", "/healthz", HTTP_ROUTE_PUBLIC, on_healthz, svc);
@@ -225,12 +232,46 @@ void service_init(struct service *svc, const char *name, unsigned default_port)
     service_route(svc, "GET", "/metrics", HTTP_ROUTE_PUBLIC, on_metrics, svc);
 }
 
+static void service_open_redis(struct service *svc)
+{
+    struct redis_config rc = {
+        .url = svc->cfg.redis_url, .name = "commands", .command_timeout_ms = 10000};
+    char err[CONFIG_ERR_MAX];
+
+    if (redis_new(svc->loop, &rc, &svc->redis, err, sizeof(err)) < 0)
+        service_fatal(svc, "%s", err);
+}
+
 void service_open_store(struct service *svc, const char *schema)
 {
-    int rc = store_open(svc->cfg.db_path, schema, &svc->store);
+    const struct config *cfg = &svc->cfg;
+    struct outbox_config oc = {
+        .source = cfg->service,
+        .batch = cfg->outbox_batch,
+        .maxlen = cfg->stream_maxlen,
+        .max_backlog = cfg->outbox_max_backlog,
+        .retention_ms = cfg->outbox_retention_ms,
+    };
+    int rc = store_open(cfg->db_path, schema, &svc->store);
 
     if (rc < 0)
-        service_fatal(svc, "cannot open the database DB_PATH=%s: %s", svc->cfg.db_path, strerror(-rc));
+        service_fatal(svc, "cannot open the database DB_PATH=%s: %s", cfg->db_path,
+                      strerror(-rc));
+    rc = outbox_new(svc, &oc, &svc->outbox);
+    if (rc < 0)
+        service_fatal(svc, "cannot open the outbox in DB_PATH=%s: %s", cfg->db_path,
+                      strerror(-rc));
+}
+
+int service_shed_write(struct service *svc, struct http_request *req)
+{
+    if (svc->outbox == NULL || !outbox_overloaded(svc->outbox))
+        return 0;
+    if (http_add_header(req, "Retry-After", "5") < 0)
+        log_debug("http: Retry-After did not fit");
+    http_reply_error(req, 503, NULL,
+                     "too many events wait to be published (Redis unreachable); retry later");
+    return 1;
 }
 
 void service_route(struct service *svc, const char *method, const char *pattern, unsigned flags,
@@ -271,15 +312,37 @@ static void close_handle(struct service *svc, uv_handle_t *h)
     uv_close(h, on_handle_closed);
 }
 
-/* Called as each part finishes stopping; the last one closes our handles. */
-static void stop_part_done(struct service *svc)
+#define OUTBOX_FLUSH_MS 2000 /* at most, while stopping */
+
+static void on_redis_closed(void *data)
 {
-    if (--svc->stops_pending_ > 0)
-        return;
+    struct service *svc = data;
+
+    svc->redis = NULL;
     close_handle(svc, (uv_handle_t *)&svc->stop_timer_);
     close_handle(svc, (uv_handle_t *)&svc->sigterm_);
     close_handle(svc, (uv_handle_t *)&svc->sigint_);
     log_info("stopped");
+}
+
+static void on_outbox_closed(void *data)
+{
+    struct service *svc = data;
+
+    svc->outbox = NULL;
+    redis_close(svc->redis, on_redis_closed, svc);
+}
+
+/* Called as each part of the first phase (HTTP, stop hooks) is done; the
+ * last one moves on to the outbox, then Redis. */
+static void stop_part_done(struct service *svc)
+{
+    if (--svc->stops_pending_ > 0)
+        return;
+    if (svc->outbox != NULL)
+        outbox_close(svc->outbox, OUTBOX_FLUSH_MS, on_outbox_closed, svc);
+    else
+        on_outbox_closed(svc);
 }
 
 static void on_http_closed(void *data)
@@ -392,6 +455,7 @@ int service_run(struct service *svc)
     uv_signal_start(&svc->sigterm_, on_signal, SIGTERM);
     uv_signal_start(&svc->sigint_, on_signal, SIGINT);
 
+    redis_start(svc->redis);
     listen_rc = service_listen(svc);
     if (listen_rc < 0)
         service_stop(svc);

@@ -26,7 +26,10 @@
 
 struct metrics;
 struct store;
+struct redis;
+struct outbox;
 struct http_server;
+struct http_request;
 struct service_stats; /* private: metric series of the dispatcher */
 
 /* A hook a module registers to be told the service is stopping (stop
@@ -45,6 +48,8 @@ struct service {
     struct auth auth;        /* JWT_SECRET */
     struct metrics *metrics; /* the registry /metrics renders */
     struct store *store;     /* NULL until service_open_store */
+    struct outbox *outbox;   /* opened with the store */
+    struct redis *redis;     /* the command connection (REDIS_URL) */
     struct http_router *router;
 
     /* private */
@@ -67,8 +72,8 @@ struct service {
  * with status 1. */
 void service_init(struct service *svc, const char *name, unsigned default_port);
 
-/* Opens cfg.db_path and migrates it with schema (borrowed). Exits with one
- * line on failure. */
+/* Opens cfg.db_path, migrates it with schema (borrowed) and opens the
+ * outbox on it. Exits with one line on failure. */
 void service_open_store(struct service *svc, const char *schema);
 
 /* Adds a route under the service's dispatcher. A bad pattern is a
@@ -83,7 +88,14 @@ void service_on_stop(struct service *svc, service_stop_cb fn, void *data);
  * 0 after a graceful stop, 1 when it could not listen. */
 int service_run(struct service *svc);
 
-/* Starts the graceful stop, as a signal does. */
+/* For HTTP write handlers: when the outbox backlog is past its threshold
+ * (Redis unreachable for long), answers 503 with Retry-After, consuming req,
+ * and returns 1; otherwise returns 0 and req is untouched. */
+int service_shed_write(struct service *svc, struct http_request *req);
+
+/* Starts the graceful stop, as a signal does. The order: stop accepting and
+ * finish HTTP requests and stop hooks (consumers) together; then flush the
+ * outbox; then close Redis; then the loop runs dry. */
 void service_stop(struct service *svc);
 
 /* Exits with status 1 and one line "<service>: <message>" on stderr

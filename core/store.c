@@ -572,6 +572,17 @@ int store_on_commit(struct store *st, store_commit_cb fn, void *data)
     return 0;
 }
 
+void store_off_commit(struct store *st, store_commit_cb fn, void *data)
+{
+    for (size_t i = 0; i < st->nhooks; i++) {
+        if (st->hooks[i].fn == fn && st->hooks[i].data == data) {
+            memmove(&st->hooks[i], &st->hooks[i + 1], (st->nhooks - i - 1) * sizeof(st->hooks[0]));
+            st->nhooks--;
+            return;
+        }
+    }
+}
+
 int store_ping(struct store *st)
 {
     if (st == NULL || st->db == NULL)

@@ -1,0 +1,65 @@
+/* outbox.h -- events written with the state change, published after commit.
+ *
+ * DESIGN.md §7. outbox_append inserts a row into the service's outbox table
+ * inside the caller's open store transaction, so the event exists if and only
+ * if the state change committed. After every commit the relay is woken in the
+ * same loop iteration (a uv_check handle, not a poll): it reads unpublished
+ * rows in seq order, pipelines XADD ... MAXLEN ~ <maxlen> with the envelope
+ * fields of DESIGN.md §5, and marks the rows published once Redis has
+ * answered. While Redis is down, rows wait; the relay retries with backoff
+ * and drains the backlog in order on reconnect and at start. A crash between
+ * XADD and the mark publishes a row twice: consumers de-duplicate by event id.
+ *
+ * SQLite has one writer, so seq order is commit order and the relay never
+ * skips a row that committed late. Published rows are pruned after
+ * OUTBOX_RETENTION_MS in small batches. Metrics: outbox_backlog,
+ * outbox_oldest_unpublished_age_seconds, outbox_publish_latency_seconds
+ * (append to XADD reply) and outbox_published_total. Loop thread only. */
+#ifndef CORE_OUTBOX_H
+#define CORE_OUTBOX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common.h"
+#include "ids.h"
+
+struct service;
+struct json_t;
+struct outbox; /* opaque */
+
+struct outbox_config {
+    const char *source;        /* the service name, the envelope's `source`; copied */
+    unsigned batch;            /* rows per relay pass (pipelined XADDs), 1..1024 */
+    unsigned long maxlen;      /* XADD MAXLEN ~; 0 for none */
+    unsigned long max_backlog; /* outbox_overloaded() past this many unpublished rows */
+    unsigned long retention_ms; /* published rows are kept this long */
+};
+
+/* Creates the outbox table when missing, prepares its statements, and hooks
+ * the relay to the store's commits and to the service's Redis connection.
+ * Returns 0 and sets *out, or a negative errno (nothing allocated). */
+CORE_MUST_CHECK int outbox_new(struct service *svc, const struct outbox_config *cfg,
+                               struct outbox **out);
+
+/* Appends an event. Must be called inside an open store transaction
+ * (-EINVAL otherwise). data is borrowed (serialized now); trace may be NULL.
+ * The new event id is written to event_id when it is not NULL. Returns 0 or
+ * a negative errno (-EIO from SQLite, -ENOMEM). */
+CORE_MUST_CHECK int outbox_append(struct outbox *ob, const char *stream, const char *type,
+                                  const struct json_t *data, const char *trace,
+                                  char event_id[IDS_UUID_LEN + 1]);
+
+/* Unpublished rows (committed and not yet acknowledged by Redis). */
+uint64_t outbox_backlog(const struct outbox *ob);
+/* 1 when the backlog is past max_backlog: HTTP writes should answer 503. */
+int outbox_overloaded(const struct outbox *ob);
+
+/* Stops the relay: waits for the XADDs in flight and, while Redis is up,
+ * tries to drain the backlog for up to flush_ms; then closes its handles,
+ * frees ob and calls done(data). Rows left unpublished stay in the table and
+ * are published at the next start. */
+typedef void (*outbox_closed_cb)(void *data);
+void outbox_close(struct outbox *ob, unsigned flush_ms, outbox_closed_cb done, void *data);
+
+#endif
