@@ -177,7 +177,8 @@ static void conn_linger(struct http_conn *c)
     c->pending = NULL;
     c->pending_len = c->pending_off = 0;
     c->blocked = 0;
-    conn_timer(c, LINGER_MS);
+    /* while the server stops, a short linger: the answer is out */
+    conn_timer(c, c->srv->closing ? LINGER_MS / 10 : LINGER_MS);
     conn_start_reading(c);
 }
 

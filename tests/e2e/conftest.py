@@ -499,7 +499,7 @@ class Service:
         assert r.status == 200, r
         return r.text
 
-    def signal(self, sig):
+    def send_signal(self, sig):
         self.proc.send_signal(sig)
 
     def stop(self, sig=signal.SIGTERM, timeout=STOP_TIMEOUT):

@@ -642,3 +642,15 @@ def test_port_in_use_exits_1(redis_server, tmp_path):
         rc, err = run_to_exit("users", {"PORT": str(port)}, redis=redis_server, tmpdir=tmp_path)
     assert rc != 0, f"started on a port in use? {err!r}"
     assert err.strip(), "no message on stderr"
+
+
+def test_changing_iterations_keeps_existing_passwords(service_factory):
+    """The iteration count is stored with each hash, so raising
+    PBKDF2_ITERATIONS later does not lock anybody out."""
+    svc = service_factory("users", PBKDF2_ITERATIONS=1000)
+    u, email = new_user(svc)
+    assert svc.stop() == 0
+    again = service_factory("users", DB_PATH=svc.db_path, PBKDF2_ITERATIONS=5000)
+    tok = again.login(email)
+    r = again.get(f"/api/v1/users/{u['id']}", token=tok)
+    assert r.status == 200, r
