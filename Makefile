@@ -21,7 +21,7 @@ CFLAGS   += $(WARN_CFLAGS) $(MODE_CFLAGS) -MMD -MP
 LDFLAGS  += $(MODE_LDFLAGS)
 LDLIBS   += -luv -lhiredis -ljansson -lsqlite3 -ljwt -lcrypto -luuid -lpthread -lm
 
-CORE_SRC := $(wildcard core/*.c)
+CORE_SRC := $(wildcard core/*.c streams/*.c)
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
 LLHTTP_OBJ := $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o $(BUILD)/llhttp/llhttp.o
 

@@ -35,6 +35,7 @@ struct config {
     /* Streams (used from the streams issue on; read and checked now). */
     const char *consumer_name;
     unsigned consumer_batch;
+    unsigned consumer_block_ms; /* XREADGROUP BLOCK */
     unsigned max_deliveries;
     unsigned reclaim_idle_ms;
     unsigned stream_maxlen;

@@ -291,6 +291,25 @@ static int insert_user(struct users *u, const struct hash_job *job, const char *
     return rc == SQLITE_CONSTRAINT_UNIQUE ? -EEXIST : -EIO;
 }
 
+/* The user and its user.registered event, in one transaction. */
+static int record_user(struct users *u, const struct hash_job *job, const char *id,
+                       const char *created_at)
+{
+    struct store *st = u->svc->store;
+    int rc = store_begin(st);
+
+    if (rc < 0)
+        return -EIO;
+    rc = insert_user(u, job, id, created_at);
+    if (rc == 0)
+        rc = users_emit_registered(u->svc, id, job->name, job->email, NULL);
+    if (rc < 0) {
+        store_rollback(st);
+        return rc;
+    }
+    return store_commit(st) < 0 ? -EIO : 0;
+}
+
 /* ---------------------------------------------------------------------------
  * Hash jobs (the work callback runs on a pool thread, the rest on the loop)
  * ------------------------------------------------------------------------- */
@@ -361,7 +380,7 @@ static void maybe_stopped(struct users *u)
     done(svc);
 }
 
-static int now_iso8601(char *buf, size_t len)
+int users_now_iso8601(char *buf, size_t len)
 {
     struct timespec ts;
     struct tm tm;
@@ -385,14 +404,14 @@ static void finish_register(struct hash_job *job)
     uuid_t raw;
     int rc;
 
-    if (!job->hashed || now_iso8601(created_at, sizeof(created_at)) < 0) {
+    if (!job->hashed || users_now_iso8601(created_at, sizeof(created_at)) < 0) {
         log_error("users: cannot hash a password or read the clock");
         reply_internal(job->req);
         return;
     }
     uuid_generate_random(raw);
     uuid_unparse_lower(raw, id);
-    rc = insert_user(job->u, job, id, created_at);
+    rc = record_user(job->u, job, id, created_at);
     if (rc == -EEXIST) {
         http_reply_error(job->req, 409, NULL, "email already registered");
         return;
@@ -720,5 +739,5 @@ int users_service_start(struct service *svc)
     service_route(svc, "POST", "/api/v1/auth/token", HTTP_ROUTE_PUBLIC, on_token, u);
     service_route(svc, "GET", "/api/v1/users/{id}", 0, on_get_user, u);
     service_on_stop(svc, on_stop, u);
-    return 0;
+    return users_events_start(svc);
 }

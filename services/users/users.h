@@ -8,6 +8,8 @@
 #ifndef SERVICES_USERS_USERS_H
 #define SERVICES_USERS_USERS_H
 
+#include <stddef.h>
+
 #include "common.h"
 
 struct service;
@@ -24,5 +26,18 @@ extern const char users_schema_sql[];
  * module's state. Returns 0, -ENOMEM, or -EIO when a statement does not
  * prepare (logged). */
 CORE_MUST_CHECK int users_service_start(struct service *svc);
+
+/* Internal to the module (api.c, events.c). */
+
+/* Appends user.registered for a user created in the open transaction; trace
+ * NULL means the user id. Returns 0 or a negative errno. */
+CORE_MUST_CHECK int users_emit_registered(struct service *svc, const char *id, const char *name,
+                                          const char *email, const char *trace);
+/* Starts consuming users.commands (user.register). Returns 0 or a negative
+ * errno. */
+CORE_MUST_CHECK int users_events_start(struct service *svc);
+/* Writes the current UTC time as 2026-11-26T04:24:11.123Z. Returns 0 or a
+ * negative errno. */
+CORE_MUST_CHECK int users_now_iso8601(char *buf, size_t len);
 
 #endif

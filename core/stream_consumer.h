@@ -1,0 +1,104 @@
+/* stream_consumer.h -- consume one Redis stream through a consumer group.
+ *
+ * DESIGN.md §6. The group is the service's name, created at ID 0 with
+ * MKSTREAM (BUSYGROUP is fine), so entries written before the first start are
+ * read. The consumer first re-reads its own pending entries (ID 0), then new
+ * ones (>) with COUNT and BLOCK on a Redis connection of its own.
+ *
+ * Each entry is parsed as an envelope (streams/) and checked against the
+ * catalog. Synchronous handlers of one batch run inside ONE store
+ * transaction, each under a savepoint: the entry's effects, the outbox rows
+ * it appends and its inbox row (the event id, which de-duplicates
+ * redeliveries) commit together, and XACK follows the commit. A malformed
+ * entry, or one a handler rejects by a business rule, goes to <stream>.dlq
+ * with the reason at once (XADD and XACK in one MULTI). A handler failure
+ * leaves the entry pending and stops the batch there (stream order holds);
+ * it is retried from the pending list after a backoff, and dead-lettered
+ * once it has been delivered max_deliveries times.
+ *
+ * Periodically: XAUTOCLAIM takes over entries idle past reclaim_idle_ms
+ * (dead consumers'), acking ids whose entries were deleted; entries in hand
+ * have their idle time refreshed (XCLAIM self JUSTID) so a slow handler is
+ * not taken over; inbox rows past their retention are pruned; pending and
+ * lag are read for the metrics stream_pending and stream_lag. NOGROUP (the
+ * stream or group vanished) recreates the group. Every retry backs off:
+ * never a hot loop. Loop thread only. */
+#ifndef CORE_STREAM_CONSUMER_H
+#define CORE_STREAM_CONSUMER_H
+
+#include "common.h"
+
+struct service;
+struct json_t;
+struct stream_consumer; /* opaque */
+struct stream_done;     /* completion token of an asynchronous handler */
+
+struct stream_consumer_config {
+    const char *stream;          /* from streams/, e.g. STREAM_USERS_COMMANDS; copied */
+    unsigned batch;              /* XREADGROUP COUNT, 1..1024 */
+    unsigned block_ms;           /* XREADGROUP BLOCK */
+    unsigned reclaim_idle_ms;    /* XAUTOCLAIM min idle */
+    unsigned max_deliveries;     /* then the entry goes to the DLQ */
+    unsigned inbox_retention_ms; /* processed event ids kept this long */
+};
+
+#define STREAM_MSG_REASON 256
+
+struct stream_msg {
+    const char *stream;   /* borrowed, all of them, for the call only */
+    const char *entry_id; /* the Redis entry id */
+    const char *id;       /* event id: the de-duplication key */
+    const char *type;
+    const char *trace;    /* "" when absent */
+    const char *source;   /* "" when absent */
+    struct json_t *data;  /* borrowed: json_incref() to keep it */
+    unsigned deliveries;  /* 1 on first delivery */
+    int resumed;          /* 1 when called again after stream_consumer_done */
+    void *ctx;            /* the handler's own, kept across an async step */
+    struct stream_done *done; /* keep it only when returning STREAM_CONSUMER_ASYNC */
+    char reason[STREAM_MSG_REASON]; /* set by stream_msg_reject */
+};
+
+/* What a handler returns, besides 0 (done: commit, ack) and a negative
+ * errno (failed: roll the entry back, leave it pending, retry later). */
+#define STREAM_CONSUMER_ASYNC 1  /* kept msg->done; this stream waits for it */
+#define STREAM_CONSUMER_REJECT 2 /* refused by a business rule: dead-letter with msg->reason */
+#define STREAM_CONSUMER_SKIP 3   /* a catalog type this service does not act on: ack */
+
+/* Called inside an open store transaction (under a savepoint of its own):
+ * the handler writes its effects and appends its outbox rows there. */
+typedef int (*stream_consumer_msg_cb)(struct stream_msg *msg, void *data);
+typedef void (*stream_consumer_closed_cb)(void *data);
+
+/* Formats the reason into msg->reason and returns STREAM_CONSUMER_REJECT. */
+int stream_msg_reject(struct stream_msg *msg, const char *fmt, ...) CORE_PRINTF(2, 3);
+
+/* Copies cfg. Creates the inbox table when missing. Returns 0 and sets *out,
+ * or a negative errno; on error nothing is allocated and no callback fires.
+ * The consumer starts when the service's Redis comes up. */
+CORE_MUST_CHECK int stream_consumer_new(struct service *svc,
+                                        const struct stream_consumer_config *cfg,
+                                        stream_consumer_msg_cb on_msg, void *data,
+                                        struct stream_consumer **out);
+
+/* The usual way: a consumer of stream configured from the service's
+ * settings (CONSUMER_BATCH, MAX_DELIVERIES, ...), started when the service's
+ * Redis first comes up and closed when it stops; release(data), when not
+ * NULL, runs once it is closed. Exits with one line on failure (startup
+ * only). */
+typedef void (*stream_consumer_release_cb)(void *data);
+struct stream_consumer *stream_consumer_attach(struct service *svc, const char *stream,
+                                               stream_consumer_msg_cb on_msg, void *data,
+                                               stream_consumer_release_cb release);
+
+/* Completes an asynchronous entry. rc == 0: the handler is called again
+ * (msg->resumed = 1, msg->ctx as left) inside a transaction to apply its
+ * effects; rc < 0: the entry failed (pending, retried later). */
+void stream_consumer_done(struct stream_done *done, int rc);
+
+/* Finishes the batch in hand (waiting for an asynchronous entry), closes the
+ * handles, frees sc, then calls closed_cb(data). */
+void stream_consumer_close(struct stream_consumer *sc, stream_consumer_closed_cb closed_cb,
+                           void *data);
+
+#endif
