@@ -103,6 +103,13 @@ struct stream_consumer {
     uv_timer_t retry;  /* backoff */
     uv_timer_t claim;  /* XAUTOCLAIM and lease refresh */
     uv_timer_t stats;  /* XINFO GROUPS, inbox pruning */
+    uv_timer_t chaos;  /* CHAOS_DELAY_MS before a handler */
+
+    /* Fault injection for tests and drills (CHAOS_* settings, off by
+     * default): handlers of these types fail, or start after a delay. */
+    const char *chaos_fail_types, *chaos_delay_types;
+    unsigned chaos_delay_ms;
+    int chaos_waiting;
     uint64_t last_prune;
     double pending, lag;
 
@@ -554,6 +561,41 @@ static void settle(struct stream_consumer *sc, struct entry *e, int rc)
     }
 }
 
+/* 1 when type is in the comma-separated list. */
+static int listed(const char *list, const char *type)
+{
+    size_t n = strlen(type);
+
+    for (const char *p = list; p != NULL && *p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL) {
+        if (strncmp(p, type, n) == 0 && (p[n] == ',' || p[n] == '\0'))
+            return 1;
+    }
+    return 0;
+}
+
+static void on_chaos_timer(uv_timer_t *t)
+{
+    struct stream_consumer *sc = t->data;
+
+    stream_consumer_done(&sc->done, 0);
+}
+
+/* The handler, unless fault injection says otherwise. */
+static int call_handler(struct stream_consumer *sc)
+{
+    const char *type = sc->msg.type;
+
+    if (listed(sc->chaos_fail_types, type))
+        return -EIO;
+    if (!sc->msg.resumed && !sc->chaos_waiting && sc->chaos_delay_ms > 0 &&
+        listed(sc->chaos_delay_types, type) && sc->msg.deliveries == 1) {
+        sc->chaos_waiting = 1;
+        uv_timer_start(&sc->chaos, on_chaos_timer, sc->chaos_delay_ms, 0);
+        return STREAM_CONSUMER_ASYNC;
+    }
+    return sc->on_msg(&sc->msg, sc->data);
+}
+
 /* Decides e inside the open transaction. */
 static void handle_entry(struct stream_consumer *sc, struct entry *e)
 {
@@ -585,7 +627,7 @@ static void handle_entry(struct stream_consumer *sc, struct entry *e)
     }
     memset(&sc->msg, 0, sizeof(sc->msg));
     msg_fill(sc, e, &sc->msg);
-    settle(sc, e, sc->on_msg(&sc->msg, sc->data));
+    settle(sc, e, call_handler(sc));
 }
 
 /* ---------------------------------------------------------------------------
@@ -738,8 +780,9 @@ void stream_consumer_done(struct stream_done *done, int rc)
         settle_failed_async(sc, e, -EIO);
         return;
     }
-    sc->msg.resumed = 1;
-    settle(sc, e, sc->on_msg(&sc->msg, sc->data));
+    sc->msg.resumed = !sc->chaos_waiting;
+    sc->chaos_waiting = 0;
+    settle(sc, e, call_handler(sc));
     if (store_commit(sc->store) < 0) {
         e->outcome = OUT_FAIL;
     }
@@ -949,6 +992,24 @@ static int register_metrics(struct stream_consumer *sc)
     return 0;
 }
 
+static int read_chaos(struct stream_consumer *sc)
+{
+    char err[CONFIG_ERR_MAX];
+    unsigned long delay;
+
+    if (config_str("CHAOS_FAIL_TYPES", "", 0, &sc->chaos_fail_types, err, sizeof(err)) < 0 ||
+        config_str("CHAOS_DELAY_TYPES", "", 0, &sc->chaos_delay_types, err, sizeof(err)) < 0 ||
+        config_uint("CHAOS_DELAY_MS", 0, 0, 3600000, &delay, err, sizeof(err)) < 0) {
+        log_error("consumer %s: %s", sc->stream, err);
+        return -EINVAL;
+    }
+    sc->chaos_delay_ms = (unsigned)delay;
+    if (sc->chaos_fail_types[0] || (sc->chaos_delay_types[0] && delay > 0))
+        log_warn("consumer %s: fault injection on: failing [%s], delaying [%s] by %lu ms",
+                 sc->stream, sc->chaos_fail_types, sc->chaos_delay_types, delay);
+    return 0;
+}
+
 static int open_blocking(struct stream_consumer *sc)
 {
     struct redis_config rc = {
@@ -988,7 +1049,7 @@ int stream_consumer_new(struct service *svc, const struct stream_consumer_config
     snprintf(sc->consumer, sizeof(sc->consumer), "%s", svc->cfg.consumer_name);
     snprintf(sc->claim_cursor, sizeof(sc->claim_cursor), "0-0");
     sc->cfg.stream = sc->stream;
-    if ((rc = prepare_all(sc)) < 0 || (rc = register_metrics(sc)) < 0 ||
+    if ((rc = read_chaos(sc)) < 0 || (rc = prepare_all(sc)) < 0 || (rc = register_metrics(sc)) < 0 ||
         (rc = open_blocking(sc)) < 0) {
         free(sc);
         return rc;
@@ -996,7 +1057,8 @@ int stream_consumer_new(struct service *svc, const struct stream_consumer_config
     uv_timer_init(svc->loop, &sc->retry);
     uv_timer_init(svc->loop, &sc->claim);
     uv_timer_init(svc->loop, &sc->stats);
-    sc->retry.data = sc->claim.data = sc->stats.data = sc;
+    uv_timer_init(svc->loop, &sc->chaos);
+    sc->retry.data = sc->claim.data = sc->stats.data = sc->chaos.data = sc;
     sc->state = SC_WAITING;
     *out = sc;
     return 0;
@@ -1014,7 +1076,7 @@ static void consumer_start(struct stream_consumer *sc)
     redis_start(sc->blk);
 }
 
-/* One more of our four closes (three timers, the Redis connection) is done. */
+/* One more of our five closes (four timers, the Redis connection) is done. */
 static void close_step(struct stream_consumer *sc)
 {
     stream_consumer_closed_cb cb;
@@ -1046,7 +1108,8 @@ static void maybe_close(struct stream_consumer *sc)
         sc->state == SC_COUNTING || sc->state == SC_ASYNC)
         return;
     sc->close_started = 1;
-    sc->pending_closes = 4;
+    sc->pending_closes = 5;
+    uv_close((uv_handle_t *)&sc->chaos, on_handle_closed);
     uv_close((uv_handle_t *)&sc->retry, on_handle_closed);
     uv_close((uv_handle_t *)&sc->claim, on_handle_closed);
     uv_close((uv_handle_t *)&sc->stats, on_handle_closed);
