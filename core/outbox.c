@@ -46,8 +46,9 @@ static const char schema[] =
     " published_at INTEGER);"      /* us, NULL until Redis accepted it */
     "CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox(seq) WHERE published_at IS NULL;";
 
-static const double latency_bounds[] = {0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005,
-                                        0.01,   0.025,   0.05,   0.1,   0.5,   1,     5};
+static const double latency_bounds[] = {0.00005, 0.0001, 0.00015, 0.0002, 0.0003, 0.0004,
+                                        0.0005,  0.00075, 0.001,  0.0015, 0.002, 0.003,
+                                        0.005,   0.01,    0.05,   0.25};
 
 struct outbox {
     struct service *svc;
