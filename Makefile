@@ -19,7 +19,7 @@ MODE_LDFLAGS ?=
 CPPFLAGS += -Icore -I. -isystem $(LLHTTP_INC)
 CFLAGS   += $(WARN_CFLAGS) $(MODE_CFLAGS) -MMD -MP
 LDFLAGS  += $(MODE_LDFLAGS)
-LDLIBS   += -luv -lhiredis -ljansson -lsqlite3 -ljwt -lcrypto -luuid -lpthread -lm
+LDLIBS   += -luv -lhiredis -lcurl -ljansson -lsqlite3 -ljwt -lcrypto -luuid -lpthread -lm
 
 CORE_SRC := $(wildcard core/*.c streams/*.c)
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)

@@ -40,6 +40,13 @@ struct config {
     unsigned reclaim_idle_ms;
     unsigned stream_maxlen;
 
+    /* Outbound HTTP (core/http_client) */
+    unsigned http_client_timeout_ms;  /* per attempt */
+    unsigned http_client_attempts;
+    unsigned http_client_deadline_ms; /* overall, retries included */
+    unsigned http_client_breaker_failures;
+    unsigned http_client_breaker_cooldown_ms;
+
     /* Outbox and inbox */
     unsigned outbox_batch;        /* rows per relay pass */
     unsigned outbox_max_backlog;  /* HTTP writes answer 503 past this */

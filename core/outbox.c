@@ -43,7 +43,8 @@ static const char schema[] =
     " data TEXT NOT NULL,"
     " trace TEXT,"
     " created_at INTEGER NOT NULL," /* us since the epoch */
-    " published_at INTEGER);"      /* us, NULL until Redis accepted it */
+    " published_at INTEGER,"       /* us, NULL until Redis accepted it */
+    " entry_id TEXT);"              /* the stream entry id Redis gave it */
     "CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox(seq) WHERE published_at IS NULL;";
 
 static const double latency_bounds[] = {0.00005, 0.0001, 0.00015, 0.0002, 0.0003, 0.0004,
@@ -59,6 +60,7 @@ struct outbox {
     char maxlen[24];
 
     struct sqlite3_stmt *insert_st, *select_st, *mark_st, *max_seq_st, *oldest_st, *prune_st;
+    struct sqlite3_stmt *entry_st;
     uv_check_t wake;     /* runs the relay at the end of the loop iteration */
     uv_timer_t sweep;    /* recovery pass and pruning */
     uv_timer_t backoff;  /* after a failed pass */
@@ -87,6 +89,7 @@ struct relay_batch {
     struct {
         int64_t seq;
         int64_t created_at;
+        char entry_id[32];
     } rows[];
 };
 
@@ -134,6 +137,21 @@ int outbox_append(struct outbox *ob, const char *stream, const char *type,
     free(text);
     if (rc == 0 && event_id != NULL)
         memcpy(event_id, id, sizeof(id));
+    return rc;
+}
+
+int outbox_entry_id(struct outbox *ob, const char *event_id, char *buf, size_t len)
+{
+    int rc = -ENOENT;
+
+    sqlite3_bind_text(ob->entry_st, 1, event_id, -1, SQLITE_STATIC);
+    if (sqlite3_step(ob->entry_st) == SQLITE_ROW &&
+        sqlite3_column_type(ob->entry_st, 0) != SQLITE_NULL) {
+        const char *id = (const char *)sqlite3_column_text(ob->entry_st, 0);
+
+        rc = snprintf(buf, len, "%s", id) >= (int)len ? -ENOSPC : 0;
+    }
+    store_reset(ob->entry_st);
     return rc;
 }
 
@@ -185,21 +203,24 @@ static void on_backoff(uv_timer_t *t)
     relay_pass(t->data);
 }
 
-/* Marks rows [first, last] published, in one transaction. */
-static int mark_published(struct outbox *ob, int64_t first, int64_t last)
+/* Marks the first n rows of b published, with their entry ids, in one
+ * transaction. */
+static int mark_published(struct outbox *ob, const struct relay_batch *b, size_t n)
 {
+    int64_t now = now_us();
     int rc;
 
     if ((rc = store_begin(ob->store)) < 0)
         return rc;
-    sqlite3_bind_int64(ob->mark_st, 1, now_us());
-    sqlite3_bind_int64(ob->mark_st, 2, first);
-    sqlite3_bind_int64(ob->mark_st, 3, last);
-    rc = sqlite3_step(ob->mark_st) == SQLITE_DONE ? 0 : -EIO;
-    store_reset(ob->mark_st);
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        sqlite3_bind_int64(ob->mark_st, 1, now);
+        sqlite3_bind_text(ob->mark_st, 2, b->rows[i].entry_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(ob->mark_st, 3, b->rows[i].seq);
+        rc = sqlite3_step(ob->mark_st) == SQLITE_DONE ? 0 : -EIO;
+        store_reset(ob->mark_st);
+    }
     if (rc < 0) {
-        log_error("outbox: marking rows %lld..%lld failed: %s", (long long)first,
-                  (long long)last, store_errmsg(ob->store));
+        log_error("outbox: marking rows published failed: %s", store_errmsg(ob->store));
         store_rollback(ob->store);
         return rc;
     }
@@ -215,7 +236,7 @@ static void batch_done(struct relay_batch *b)
     if (b->accepted > 0) {
         int64_t last = b->rows[b->accepted - 1].seq;
 
-        if (mark_published(ob, b->rows[0].seq, last) == 0)
+        if (mark_published(ob, b, b->accepted) == 0)
             ob->published_upto = last;
         for (size_t i = 0; i < b->accepted; i++)
             metrics_histogram_observe(ob->latency, (double)(t - b->rows[i].created_at) / 1e6);
@@ -251,6 +272,8 @@ static void on_xadd(struct redis *r, struct redisReply *reply, void *data)
         b->failed = 1;
     } else if (!b->failed) {
         b->accepted = i + 1;
+        if (reply->type == REDIS_REPLY_STRING)
+            snprintf(b->rows[i].entry_id, sizeof(b->rows[i].entry_id), "%s", reply->str);
     }
     if (b->answered == b->n)
         batch_done(b);
@@ -422,10 +445,11 @@ static int prepare_all(struct outbox *ob)
                             "FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT ?",
                             &ob->select_st)) < 0 ||
         (rc = store_prepare(st,
-                            "UPDATE outbox SET published_at = ? "
-                            "WHERE seq BETWEEN ? AND ? AND published_at IS NULL",
+                            "UPDATE outbox SET published_at = ?, entry_id = ? WHERE seq = ?",
                             &ob->mark_st)) < 0 ||
         (rc = store_prepare(st, "SELECT MAX(seq) FROM outbox", &ob->max_seq_st)) < 0 ||
+        (rc = store_prepare(st, "SELECT entry_id FROM outbox WHERE event_id = ?",
+                            &ob->entry_st)) < 0 ||
         (rc = store_prepare(st,
                             "SELECT created_at FROM outbox WHERE published_at IS NULL "
                             "ORDER BY seq LIMIT 1",

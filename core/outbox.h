@@ -50,6 +50,12 @@ CORE_MUST_CHECK int outbox_append(struct outbox *ob, const char *stream, const c
                                   const struct json_t *data, const char *trace,
                                   char event_id[IDS_UUID_LEN + 1]);
 
+/* The stream entry id Redis gave the event, once published (and until the
+ * row is pruned). Returns 0, -ENOENT (unknown or not yet published) or
+ * -ENOSPC. */
+CORE_MUST_CHECK int outbox_entry_id(struct outbox *ob, const char *event_id, char *buf,
+                                    size_t len);
+
 /* Unpublished rows (committed and not yet acknowledged by Redis). */
 uint64_t outbox_backlog(const struct outbox *ob);
 /* 1 when the backlog is past max_backlog: HTTP writes should answer 503. */

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "http_client.h"
 #include "http_reply.h"
 #include "http_server.h"
 #include "log.h"
@@ -263,6 +264,63 @@ void service_open_store(struct service *svc, const char *schema)
                       strerror(-rc));
 }
 
+#define SERVICE_TOKEN_TTL 300 /* s */
+
+static void on_client_closed(void *data)
+{
+    struct service *svc = data;
+
+    svc->http_client = NULL;
+    svc->client_done_(svc);
+}
+
+static void on_client_stop(struct service *svc, void *data, service_stop_done_cb done)
+{
+    (void)data;
+    svc->client_done_ = done;
+    http_client_close(svc->http_client, on_client_closed, svc);
+}
+
+struct http_client *service_http_client(struct service *svc)
+{
+    const struct config *cfg = &svc->cfg;
+    struct http_client_config hc = {
+        .timeout_ms = cfg->http_client_timeout_ms,
+        .attempts = cfg->http_client_attempts,
+        .deadline_ms = cfg->http_client_deadline_ms,
+        .backoff_ms = 50,
+        .breaker_failures = cfg->http_client_breaker_failures,
+        .breaker_cooldown_ms = cfg->http_client_breaker_cooldown_ms,
+        .max_response_bytes = 1 << 20,
+        .max_cache_entries = 100000,
+    };
+    int rc;
+
+    if (svc->http_client != NULL)
+        return svc->http_client;
+    rc = http_client_new(svc->loop, &hc, svc->metrics, &svc->http_client);
+    if (rc < 0)
+        service_fatal(svc, "cannot create the HTTP client: %s", strerror(-rc));
+    service_on_stop(svc, on_client_stop, NULL);
+    return svc->http_client;
+}
+
+const char *service_token(struct service *svc)
+{
+    char sub[64];
+    long now = (long)time(NULL);
+
+    if (svc->token_ != NULL && svc->token_exp_ - now > 60)
+        return svc->token_;
+    free(svc->token_);
+    svc->token_ = NULL;
+    snprintf(sub, sizeof(sub), "service:%s", svc->cfg.service);
+    if (auth_sign(&svc->auth, sub, "service", SERVICE_TOKEN_TTL, &svc->token_) < 0)
+        return NULL;
+    svc->token_exp_ = now + SERVICE_TOKEN_TTL;
+    return svc->token_;
+}
+
 int service_shed_write(struct service *svc, struct http_request *req)
 {
     if (svc->outbox == NULL || !outbox_overloaded(svc->outbox))
@@ -442,6 +500,8 @@ static void service_release(struct service *svc)
     svc->metrics = NULL;
     free(svc->stats_);
     svc->stats_ = NULL;
+    free(svc->token_);
+    svc->token_ = NULL;
 }
 
 int service_run(struct service *svc)

@@ -30,6 +30,7 @@ struct redis;
 struct outbox;
 struct http_server;
 struct http_request;
+struct http_client;
 struct service_stats; /* private: metric series of the dispatcher */
 
 /* A hook a module registers to be told the service is stopping (stop
@@ -50,6 +51,7 @@ struct service {
     struct store *store;     /* NULL until service_open_store */
     struct outbox *outbox;   /* opened with the store */
     struct redis *redis;     /* the command connection (REDIS_URL) */
+    struct http_client *http_client; /* NULL until service_http_client */
     struct http_router *router;
 
     /* private */
@@ -65,6 +67,9 @@ struct service {
         void *data;
     } stop_hooks_[SERVICE_MAX_STOP_HOOKS];
     unsigned nstop_hooks_;
+    char *token_;      /* service_token's, new */
+    service_stop_done_cb client_done_;
+    long token_exp_;   /* s since the epoch */
 };
 
 /* Reads the configuration of service name (default port default_port) and
@@ -87,6 +92,16 @@ void service_on_stop(struct service *svc, service_stop_cb fn, void *data);
 /* Listens and runs the loop until stopped. Returns the process exit status:
  * 0 after a graceful stop, 1 when it could not listen. */
 int service_run(struct service *svc);
+
+/* The service's outbound HTTP client (HTTP_CLIENT_* settings), created on
+ * first use and closed when the service stops. Exits on failure (call it
+ * at startup). Borrowed. */
+struct http_client *service_http_client(struct service *svc);
+
+/* A service token (sub "service:<name>", role "service") for calls to
+ * other services, re-signed when it has less than a minute left. Borrowed:
+ * valid until the next call. NULL only on ENOMEM. */
+const char *service_token(struct service *svc);
 
 /* For HTTP write handlers: when the outbox backlog is past its threshold
  * (Redis unreachable for long), answers 503 with Retry-After, consuming req,

@@ -57,9 +57,10 @@ enum sc_state {
     SC_READING,  /* XREADGROUP in flight */
     SC_COUNTING, /* XPENDING (delivery counts of a history batch) in flight */
     SC_ASYNC,    /* an asynchronous handler holds the entry in hand */
+    SC_HOLDING,  /* the batch waits to retry an entry whose dependency is down */
 };
 
-enum outcome { OUT_TODO, OUT_ACK, OUT_DLQ, OUT_FAIL, OUT_ASYNC };
+enum outcome { OUT_TODO, OUT_ACK, OUT_DLQ, OUT_FAIL, OUT_ASYNC, OUT_RETRY };
 
 struct entry {
     void *mem; /* one block: the fields array, their strings, the id */
@@ -549,6 +550,8 @@ static void settle(struct stream_consumer *sc, struct entry *e, int rc)
         set_outcome(e, OUT_DLQ, "rejected", why);
     } else if (rc == STREAM_CONSUMER_ASYNC) {
         e->outcome = OUT_ASYNC;
+    } else if (rc == -EAGAIN) {
+        set_outcome(e, OUT_RETRY, "retry", NULL);
     } else if (e->deliveries >= sc->cfg.max_deliveries) {
         snprintf(why, sizeof(why), "handler failed on delivery %u of %u: %s", e->deliveries,
                  sc->cfg.max_deliveries, strerror(rc < 0 ? -rc : EINVAL));
@@ -694,6 +697,40 @@ static void acknowledge(struct stream_consumer *sc, size_t from, size_t to)
                  sc->stream);
 }
 
+static void on_retry_held(uv_timer_t *t)
+{
+    struct stream_consumer *sc = t->data;
+
+    if (sc->closing) {
+        batch_free(sc); /* still pending in Redis: redelivered after a restart */
+        sc->state = SC_WAITING;
+        maybe_close(sc);
+        return;
+    }
+    process(sc);
+}
+
+/* e failed. A dependency that is down (-EAGAIN) is no fault of the entry:
+ * the batch is kept in hand (leased, delivery count unchanged) and e is
+ * retried after a backoff, never dead-lettered. Any other failure gives the
+ * batch back to the pending list and re-reads it after a backoff. */
+static void hold_or_back_off(struct stream_consumer *sc, struct entry *e)
+{
+    count_event(sc, e->parsed ? e->env.type : "-", e->outcome == OUT_RETRY ? "retry" : "failed");
+    if (e->outcome != OUT_RETRY || sc->closing) {
+        batch_free(sc);
+        back_off(sc);
+        return;
+    }
+    e->outcome = OUT_TODO;
+    sc->backoff_ms = sc->backoff_ms ? sc->backoff_ms * 2 : BACKOFF_MIN_MS;
+    if (sc->backoff_ms > BACKOFF_MAX_MS)
+        sc->backoff_ms = BACKOFF_MAX_MS;
+    sc->state = SC_HOLDING;
+    uv_timer_start(&sc->retry, on_retry_held,
+                   sc->backoff_ms / 2 + (unsigned)random() % (sc->backoff_ms / 2 + 1), 0);
+}
+
 /* Runs the batch from sc->next until it is done, an entry fails, or an
  * asynchronous handler takes one. */
 static void process(struct stream_consumer *sc)
@@ -711,7 +748,7 @@ static void process(struct stream_consumer *sc)
 
         if (e->outcome == OUT_TODO)
             handle_entry(sc, e);
-        failed = e->outcome == OUT_FAIL;
+        failed = e->outcome == OUT_FAIL || e->outcome == OUT_RETRY;
         async = e->outcome == OUT_ASYNC;
     }
     if (store_commit(sc->store) < 0) {
@@ -729,9 +766,7 @@ static void process(struct stream_consumer *sc)
         return;
     }
     if (failed) {
-        count_event(sc, sc->batch[i].parsed ? sc->batch[i].env.type : "-", "failed");
-        batch_free(sc);
-        back_off(sc);
+        hold_or_back_off(sc, &sc->batch[i]);
         return;
     }
     batch_free(sc);
@@ -748,7 +783,7 @@ static void settle_failed_async(struct stream_consumer *sc, struct entry *e, int
 {
     char why[128];
 
-    if (e->deliveries >= sc->cfg.max_deliveries) {
+    if (rc != -EAGAIN && e->deliveries >= sc->cfg.max_deliveries) {
         snprintf(why, sizeof(why), "handler failed on delivery %u of %u: %s", e->deliveries,
                  sc->cfg.max_deliveries, strerror(-rc));
         set_outcome(e, OUT_DLQ, "dead_lettered", why);
@@ -759,9 +794,8 @@ static void settle_failed_async(struct stream_consumer *sc, struct entry *e, int
     }
     log_warn("consumer %s: %s %s failed (delivery %u of %u): %s; it stays pending", sc->stream,
              e->env.type, e->entry_id, e->deliveries, sc->cfg.max_deliveries, strerror(-rc));
-    count_event(sc, e->env.type, "failed");
-    batch_free(sc);
-    back_off(sc);
+    e->outcome = rc == -EAGAIN ? OUT_RETRY : OUT_FAIL;
+    hold_or_back_off(sc, e);
 }
 
 void stream_consumer_done(struct stream_done *done, int rc)
@@ -790,10 +824,8 @@ void stream_consumer_done(struct stream_done *done, int rc)
         sc->state = SC_ASYNC;
         return;
     }
-    if (e->outcome == OUT_FAIL) {
-        count_event(sc, e->env.type, "failed");
-        batch_free(sc);
-        back_off(sc);
+    if (e->outcome == OUT_FAIL || e->outcome == OUT_RETRY) {
+        hold_or_back_off(sc, e);
         return;
     }
     acknowledge(sc, sc->next, sc->next + 1);
@@ -1127,6 +1159,10 @@ void stream_consumer_close(struct stream_consumer *sc, stream_consumer_closed_cb
     uv_timer_stop(&sc->retry);
     uv_timer_stop(&sc->claim);
     uv_timer_stop(&sc->stats);
+    if (sc->state == SC_HOLDING) {
+        batch_free(sc); /* still pending in Redis: redelivered after a restart */
+        sc->state = SC_WAITING;
+    }
     maybe_close(sc);
 }
 

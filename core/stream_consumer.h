@@ -60,7 +60,10 @@ struct stream_msg {
 };
 
 /* What a handler returns, besides 0 (done: commit, ack) and a negative
- * errno (failed: roll the entry back, leave it pending, retry later). */
+ * errno (failed: roll the entry back, leave it pending, retry later; after
+ * max_deliveries, dead-letter it). -EAGAIN is special: a dependency is
+ * unavailable, which is no fault of the entry -- it is retried with backoff
+ * for as long as it takes and never dead-lettered. */
 #define STREAM_CONSUMER_ASYNC 1  /* kept msg->done; this stream waits for it */
 #define STREAM_CONSUMER_REJECT 2 /* refused by a business rule: dead-letter with msg->reason */
 #define STREAM_CONSUMER_SKIP 3   /* a catalog type this service does not act on: ack */
