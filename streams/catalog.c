@@ -172,14 +172,19 @@ struct vctx {
  * '?' for any other byte, cut with "..." past SHOWN_MAX. */
 static void show(char *dst, const char *s, size_t len)
 {
-    size_t n = len > SHOWN_MAX ? SHOWN_MAX : len;
+    size_t i;
 
-    for (size_t i = 0; i < n; i++) {
+    for (i = 0; i < len && i < SHOWN_MAX; i++) {
         unsigned char c = (unsigned char)s[i];
 
-        dst[i] = c >= 0x20 && c < 0x7f ? (char)c : '?';
+        dst[i] = s[i];
+        if (c < 0x20 || c >= 0x7f)
+            dst[i] = '?';
     }
-    memcpy(dst + n, len > n ? "..." : "", len > n ? 4 : 1);
+    if (i < len)
+        memcpy(dst + i, "...", 4);
+    else
+        dst[i] = '\0';
 }
 
 /* Writes "<path>: <message>" and returns -EINVAL. A message longer than the
@@ -188,13 +193,14 @@ static int fail(const struct vctx *c, const char *path, const char *fmt, ...) CO
 
 static int fail(const struct vctx *c, const char *path, const char *fmt, ...)
 {
-    va_list ap;
     int n;
 
     if (c->err == NULL || c->errlen == 0)
         return -EINVAL;
     n = snprintf(c->err, c->errlen, "%s: ", path);
     if (n >= 0 && (size_t)n < c->errlen) {
+        va_list ap;
+
         va_start(ap, fmt);
         vsnprintf(c->err + n, c->errlen - (size_t)n, fmt, ap);
         va_end(ap);
@@ -386,7 +392,6 @@ static int check_items(const json_t *v, const char *path, const struct vctx *c)
 {
     char ipath[PATH_MAX_LEN];
     size_t n = json_array_size(v);
-    int rc;
 
     if (!json_is_array(v))
         return fail(c, path, "expected an array of {sku, qty}");
@@ -395,6 +400,8 @@ static int check_items(const json_t *v, const char *path, const struct vctx *c)
     if (n > STREAMS_MAX_ITEMS)
         return fail(c, path, "must have at most %d items", STREAMS_MAX_ITEMS);
     for (size_t i = 0; i < n; i++) {
+        int rc;
+
         path_printf(ipath, "%s[%zu]", path, i);
         rc = check_object(json_array_get(v, i), item_fields, ipath, c);
         if (rc != 0)
@@ -505,18 +512,29 @@ static int check_object(const json_t *obj, const struct field_spec *fields, cons
     return 0;
 }
 
+/* Writes the -ENOENT message, cut like fail()'s, and returns -ENOENT. */
+static int fail_type(const char *stream, const char *type, char *err, size_t errlen)
+{
+    char shown_stream[SHOWN_MAX + 4], shown_type[SHOWN_MAX + 4];
+
+    if (err == NULL || errlen == 0)
+        return -ENOENT;
+    stream = stream != NULL ? stream : "";
+    type = type != NULL ? type : "";
+    show(shown_stream, stream, strlen(stream));
+    show(shown_type, type, strlen(type));
+    snprintf(err, errlen, ENVELOPE_TYPE ": unknown type \"%s\" for stream %s", shown_type,
+             shown_stream);
+    return -ENOENT;
+}
+
 int streams_validate(const char *stream, const char *type, const json_t *data, char *err,
                      size_t errlen)
 {
-    const struct vctx c = {err, errlen};
     const struct type_spec *spec = find_spec(stream, type);
-    char shown_type[SHOWN_MAX + 4], shown_stream[SHOWN_MAX + 4];
+    struct vctx c = {err, errlen};
 
-    if (spec == NULL) {
-        show(shown_type, type != NULL ? type : "", type != NULL ? strlen(type) : 0);
-        show(shown_stream, stream != NULL ? stream : "", stream != NULL ? strlen(stream) : 0);
-        fail(&c, ENVELOPE_TYPE, "unknown type \"%s\" for stream %s", shown_type, shown_stream);
-        return -ENOENT;
-    }
+    if (spec == NULL)
+        return fail_type(stream, type, err, errlen);
     return check_object(data, spec->fields, ENVELOPE_DATA, &c);
 }

@@ -39,16 +39,17 @@ static int fail(char *err, size_t errlen, const char *fmt, ...) CORE_PRINTF(3, 4
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
 {
-    va_list ap;
+    if (err != NULL && errlen > 0) {
+        va_list ap;
 
-    if (err == NULL || errlen == 0)
-        return -EINVAL;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    for (char *s = err; *s != '\0'; s++) {
-        if ((unsigned char)*s < 0x20 || (unsigned char)*s >= 0x7f)
-            *s = '?';
+        va_start(ap, fmt);
+        if (vsnprintf(err, errlen, fmt, ap) < 0)
+            err[0] = '\0';
+        va_end(ap);
+        for (char *s = err; *s != '\0'; s++) {
+            if ((unsigned char)*s < 0x20 || (unsigned char)*s >= 0x7f)
+                *s = '?';
+        }
     }
     return -EINVAL;
 }

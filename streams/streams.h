@@ -45,7 +45,8 @@
  * "data.items[2].qty: expected a positive integer". They are always
  * NUL-terminated printable ASCII (bytes from the entry outside 0x20-0x7e show
  * as '?'), cut to the caller's buffer, and safe to log or to store as a dead
- * letter's error. STREAMS_MAX_ERR bytes hold any of them whole.
+ * letter's error. STREAMS_MAX_ERR bytes hold any of them whole (for the
+ * catalog's stream names).
  *
  * No state, no threads; jansson is used for JSON. */
 #ifndef STREAMS_STREAMS_H

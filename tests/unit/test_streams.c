@@ -184,7 +184,7 @@ Test(streams, dlq_name)
  * streams_validate: named cases
  * ------------------------------------------------------------------------ */
 
-Test(validate, examples_from_the_brief)
+Test(streams_validate, examples_from_the_brief)
 {
     BAD(STREAM_INVENTORY_COMMANDS, EVENT_PRODUCT_RESTOCK, "{'sku':'SKU-1','qty':0}",
         "data.qty: " MSG_POS);
@@ -200,7 +200,7 @@ Test(validate, examples_from_the_brief)
           "type: unknown type \"x.y\" for stream users.commands");
 }
 
-Test(validate, data_must_be_an_object)
+Test(streams_validate, data_must_be_an_object)
 {
     check_value(STREAM_USERS_COMMANDS, EVENT_USER_REGISTER, NULL, -EINVAL,
                 "data: expected a JSON object", "NULL");
@@ -209,7 +209,7 @@ Test(validate, data_must_be_an_object)
     BAD(STREAM_USERS_COMMANDS, EVENT_USER_REGISTER, "{}", "data.name: required");
 }
 
-Test(validate, unknown_type_wins_over_bad_data)
+Test(streams_validate, unknown_type_wins_over_bad_data)
 {
     check_value(STREAM_USERS_COMMANDS, EVENT_USER_REGISTERED, NULL, -ENOENT,
                 "type: unknown type \"user.registered\" for stream users.commands", "NULL");
@@ -221,7 +221,7 @@ Test(validate, unknown_type_wins_over_bad_data)
           "type: unknown type \"x?y?\" for stream users.commands");
 }
 
-Test(validate, uuids)
+Test(streams_validate, uuids)
 {
     OK(STREAM_USERS_EVENTS, EVENT_USER_REGISTERED,
        "{'user_id':'" UC "','name':'Ann','email':'ann@example.com'}");
@@ -233,7 +233,7 @@ Test(validate, uuids)
         "data.order_id: " MSG_UUID);
 }
 
-Test(validate, names_are_trimmed_and_bounded)
+Test(streams_validate, names_are_trimmed_and_bounded)
 {
     char json[400];
     char *hundred = repeat('n', 100);
@@ -249,7 +249,7 @@ Test(validate, names_are_trimmed_and_bounded)
     free(hundred);
 }
 
-Test(validate, emails)
+Test(streams_validate, emails)
 {
     char json[400];
     char *local = repeat('e', 250);
@@ -264,7 +264,7 @@ Test(validate, emails)
     free(local);
 }
 
-Test(validate, skus)
+Test(streams_validate, skus)
 {
     char json[200];
     char *sku = repeat('S', 64);
@@ -277,7 +277,7 @@ Test(validate, skus)
     free(sku);
 }
 
-Test(validate, reasons)
+Test(streams_validate, reasons)
 {
     char json[200];
     char *word = repeat('r', 64);
@@ -293,7 +293,7 @@ Test(validate, reasons)
     free(word);
 }
 
-Test(validate, integer_edges)
+Test(streams_validate, integer_edges)
 {
     OK(STREAM_INVENTORY_COMMANDS, EVENT_PRODUCT_RESTOCK, "{'sku':'A','qty':1000000}");
     OK(STREAM_INVENTORY_COMMANDS, EVENT_PRODUCT_RESTOCK, "{'sku':'A','qty':1}");
@@ -313,7 +313,7 @@ Test(validate, integer_edges)
         "data.amount_cents: " MSG_POS);
 }
 
-Test(validate, product_restock_optional_fields)
+Test(streams_validate, product_restock_optional_fields)
 {
     OK(STREAM_INVENTORY_COMMANDS, EVENT_PRODUCT_RESTOCK, "{'sku':'SKU-1','qty':50}");
     OK(STREAM_INVENTORY_COMMANDS, EVENT_PRODUCT_RESTOCK, "{'sku':'SKU-1','qty':50,'name':'Mug'}");
@@ -347,7 +347,7 @@ static char *order_with_items(size_t n)
     return s;
 }
 
-Test(validate, items_count)
+Test(streams_validate, items_count)
 {
     char *hundred = order_with_items(100), *more = order_with_items(101);
 
@@ -357,7 +357,7 @@ Test(validate, items_count)
     free(more);
 }
 
-Test(validate, items_are_checked_in_order)
+Test(streams_validate, items_are_checked_in_order)
 {
     /* the first bad item is reported, and a bad item before a repeat */
     BAD(STREAM_INVENTORY_COMMANDS, EVENT_STOCK_RESERVE,
@@ -373,7 +373,7 @@ Test(validate, items_are_checked_in_order)
        "{'order_id':'" UA "','items':[{'qty':1,'sku':'A'}]}");
 }
 
-Test(validate, unknown_keys_are_named)
+Test(streams_validate, unknown_keys_are_named)
 {
     char json[300];
     char *key = repeat('k', 100), *shown = repeat('k', 64), want[200];
@@ -398,7 +398,7 @@ Test(validate, unknown_keys_are_named)
     free(shown);
 }
 
-Test(validate, small_or_no_error_buffer)
+Test(streams_validate, small_or_no_error_buffer)
 {
     json_t *data = J("{'name':5,'email':'a@b'}");
     char err[10];
@@ -597,7 +597,7 @@ static int is_optional(const struct sample *s, const char *field)
     return strstr(s->optional, word) != NULL;
 }
 
-Test(catalog, every_type_has_a_valid_sample)
+Test(streams_catalog, every_type_has_a_valid_sample)
 {
     const char *stream, *type;
     size_t i;
@@ -614,7 +614,7 @@ Test(catalog, every_type_has_a_valid_sample)
         OK(samples[s].stream, samples[s].type, samples[s].json);
 }
 
-Test(catalog, every_field_is_required_unless_optional)
+Test(streams_catalog, every_field_is_required_unless_optional)
 {
     for (size_t s = 0; s < ARRAY_SIZE(samples); s++) {
         json_t *data = J(samples[s].json);
@@ -662,7 +662,7 @@ static void break_field(const struct sample *s, const json_t *data, const char *
     cr_expect_geq(applied, 4, "%s: only %zu bad values", key, applied);
 }
 
-Test(catalog, every_field_rejects_every_bad_value_of_its_kind)
+Test(streams_catalog, every_field_rejects_every_bad_value_of_its_kind)
 {
     size_t fields = 0;
 
@@ -681,7 +681,7 @@ Test(catalog, every_field_rejects_every_bad_value_of_its_kind)
     cr_expect_eq(fields, 56, "fields over all samples: %zu", fields);
 }
 
-Test(catalog, every_type_rejects_an_unknown_field)
+Test(streams_catalog, every_type_rejects_an_unknown_field)
 {
     for (size_t s = 0; s < ARRAY_SIZE(samples); s++) {
         json_t *data = J(samples[s].json);
@@ -693,7 +693,7 @@ Test(catalog, every_type_rejects_an_unknown_field)
     }
 }
 
-Test(catalog, every_type_needs_an_object)
+Test(streams_catalog, every_type_needs_an_object)
 {
     for (size_t s = 0; s < ARRAY_SIZE(samples); s++) {
         json_t *arr = J("[]");
@@ -706,7 +706,7 @@ Test(catalog, every_type_needs_an_object)
     }
 }
 
-Test(catalog, every_type_is_unknown_on_the_other_streams)
+Test(streams_catalog, every_type_is_unknown_on_the_other_streams)
 {
     for (size_t s = 0; s < ARRAY_SIZE(samples); s++) {
         for (size_t t = 0; t < ARRAY_SIZE(all_streams); t++) {
@@ -793,7 +793,7 @@ static void valid_register(struct entry *e)
     add(e, ENVELOPE_DATA, REGISTER);
 }
 
-Test(envelope, every_field)
+Test(streams_envelope, every_field)
 {
     struct entry e = {0};
     struct envelope env;
@@ -824,7 +824,7 @@ Test(envelope, every_field)
     entry_free(&e);
 }
 
-Test(envelope, id_falls_back_to_stream_and_entry_id)
+Test(streams_envelope, id_falls_back_to_stream_and_entry_id)
 {
     struct entry e;
     struct envelope env;
@@ -841,7 +841,7 @@ Test(envelope, id_falls_back_to_stream_and_entry_id)
     entry_free(&e);
 }
 
-Test(envelope, fallback_id_too_long)
+Test(streams_envelope, fallback_id_too_long)
 {
     char stream[128];
     struct entry e;
@@ -858,7 +858,7 @@ Test(envelope, fallback_id_too_long)
     entry_free(&e);
 }
 
-Test(envelope, missing_type)
+Test(streams_envelope, missing_type)
 {
     struct entry e = {0};
 
@@ -871,7 +871,7 @@ Test(envelope, missing_type)
     expect_parse(STREAM_USERS_COMMANDS, &e, -EINVAL, "type: must not be empty");
 }
 
-Test(envelope, missing_data)
+Test(streams_envelope, missing_data)
 {
     struct entry e = {0};
 
@@ -894,7 +894,7 @@ static void expect_data_error(const char *data, const char *want_prefix)
     entry_free(&e);
 }
 
-Test(envelope, data_not_json)
+Test(streams_envelope, data_not_json)
 {
     expect_data_error("{'name':", "data: not JSON: ");
     expect_data_error("", "data: not JSON: ");
@@ -903,7 +903,7 @@ Test(envelope, data_not_json)
     expect_data_error("{'name':'Ann','name':'Bob','email':'a@b'}", "data: not JSON: duplicate");
 }
 
-Test(envelope, data_not_an_object)
+Test(streams_envelope, data_not_an_object)
 {
     expect_data_error("[1]", "data: expected a JSON object");
     expect_data_error("[]", "data: expected a JSON object");
@@ -912,7 +912,7 @@ Test(envelope, data_not_an_object)
     expect_data_error("'x'", "data: expected a JSON object");
 }
 
-Test(envelope, error_text_is_printable)
+Test(streams_envelope, error_text_is_printable)
 {
     static const char raw[] = "{\"name\":\x01\xff}";
     struct entry e = {0};
@@ -940,7 +940,7 @@ static char *padded_register(size_t size)
     return s;
 }
 
-Test(envelope, data_size_limit)
+Test(streams_envelope, data_size_limit)
 {
     char *fits = padded_register(STREAMS_MAX_DATA_BYTES);
     char *over = padded_register(STREAMS_MAX_DATA_BYTES + 1);
@@ -965,7 +965,7 @@ static void expect_version(const char *v, int want_rc, const char *want_err)
     expect_parse(STREAM_USERS_COMMANDS, &e, want_rc, want_err);
 }
 
-Test(envelope, version)
+Test(streams_envelope, version)
 {
     expect_version("1", 0, NULL);
     expect_version("2", -EINVAL, "v: unsupported version 2");
@@ -978,7 +978,7 @@ Test(envelope, version)
     expect_version("99999999999999999999", -EINVAL, "v: expected a version number");
 }
 
-Test(envelope, version_is_checked_before_the_rest)
+Test(streams_envelope, version_is_checked_before_the_rest)
 {
     struct entry e = {0};
 
@@ -997,7 +997,7 @@ static void expect_duplicate(const char *name, const char *value, const char *wa
     expect_parse(STREAM_USERS_COMMANDS, &e, -EINVAL, want);
 }
 
-Test(envelope, duplicate_field)
+Test(streams_envelope, duplicate_field)
 {
     expect_duplicate(ENVELOPE_TYPE, EVENT_USER_REGISTER, "type: duplicate field");
     expect_duplicate(ENVELOPE_DATA, REGISTER, "data: duplicate field");
@@ -1012,7 +1012,7 @@ Test(envelope, duplicate_field)
     }
 }
 
-Test(envelope, unknown_fields_are_ignored)
+Test(streams_envelope, unknown_fields_are_ignored)
 {
     struct entry e;
     struct envelope env;
@@ -1045,14 +1045,14 @@ static void expect_text_field(const char *name, size_t fits)
     free(over);
 }
 
-Test(envelope, text_field_limits)
+Test(streams_envelope, text_field_limits)
 {
     expect_text_field(ENVELOPE_ID, STREAMS_MAX_ID - 1);
     expect_text_field(ENVELOPE_TRACE, STREAMS_MAX_TRACE - 1);
     expect_text_field(ENVELOPE_SOURCE, STREAMS_MAX_SOURCE - 1);
 }
 
-Test(envelope, type_too_long)
+Test(streams_envelope, type_too_long)
 {
     char *type = repeat('t', STREAMS_MAX_TYPE);
     struct entry e = {0};
@@ -1063,7 +1063,7 @@ Test(envelope, type_too_long)
     free(type);
 }
 
-Test(envelope, empty_id_and_nul_bytes)
+Test(streams_envelope, empty_id_and_nul_bytes)
 {
     static const char nul_type[] = "user.register\0x";
     struct entry e;
@@ -1097,7 +1097,7 @@ static void expect_ts(const char *ts, int want_rc, long long want)
     entry_free(&e);
 }
 
-Test(envelope, timestamp)
+Test(streams_envelope, timestamp)
 {
     expect_ts("0", 0, 0);
     expect_ts("9223372036854775807", 0, 9223372036854775807LL);
@@ -1109,7 +1109,7 @@ Test(envelope, timestamp)
     expect_ts(" 1", -EINVAL, 0);
 }
 
-Test(envelope, unknown_type_is_enoent)
+Test(streams_envelope, unknown_type_is_enoent)
 {
     struct entry e = {0};
 
@@ -1123,7 +1123,7 @@ Test(envelope, unknown_type_is_enoent)
                  "type: unknown type \"order.ship\" for stream orders.events");
 }
 
-Test(envelope, bad_payload_is_einval_and_keeps_header)
+Test(streams_envelope, bad_payload_is_einval_and_keeps_header)
 {
     struct entry e = {0};
     struct envelope env;
@@ -1141,7 +1141,7 @@ Test(envelope, bad_payload_is_einval_and_keeps_header)
     entry_free(&e);
 }
 
-Test(envelope, spans_are_not_nul_terminated)
+Test(streams_envelope, spans_are_not_nul_terminated)
 {
 #define SPAN_JSON "{\"name\":\"Ann\",\"email\":\"a@b\"}"
     static const char buf[] = "typeuser.registerXdata" SPAN_JSON "}}}";
@@ -1159,7 +1159,7 @@ Test(envelope, spans_are_not_nul_terminated)
     envelope_release(&env);
 }
 
-Test(envelope, every_catalog_type_parses)
+Test(streams_envelope, every_catalog_type_parses)
 {
     for (size_t s = 0; s < ARRAY_SIZE(samples); s++) {
         struct entry e = {0};
@@ -1176,7 +1176,7 @@ Test(envelope, every_catalog_type_parses)
     }
 }
 
-Test(envelope, no_fields_no_error_buffer)
+Test(streams_envelope, no_fields_no_error_buffer)
 {
     struct envelope env;
 
