@@ -89,6 +89,7 @@ struct relay_batch {
     struct {
         int64_t seq;
         int64_t created_at;
+        int64_t replied_at; /* us: Redis's answer arrived */
         char entry_id[32];
     } rows[];
 };
@@ -230,7 +231,6 @@ static int mark_published(struct outbox *ob, const struct relay_batch *b, size_t
 static void batch_done(struct relay_batch *b)
 {
     struct outbox *ob = b->ob;
-    int64_t t = now_us();
 
     ob->inflight = 0;
     if (b->accepted > 0) {
@@ -239,7 +239,8 @@ static void batch_done(struct relay_batch *b)
         if (mark_published(ob, b, b->accepted) == 0)
             ob->published_upto = last;
         for (size_t i = 0; i < b->accepted; i++)
-            metrics_histogram_observe(ob->latency, (double)(t - b->rows[i].created_at) / 1e6);
+            metrics_histogram_observe(ob->latency,
+                                      (double)(b->rows[i].replied_at - b->rows[i].created_at) / 1e6);
         metrics_counter_add(ob->published, b->accepted);
     }
     if (b->failed) {
@@ -271,6 +272,7 @@ static void on_xadd(struct redis *r, struct redisReply *reply, void *data)
                      reply->str);
         b->failed = 1;
     } else if (!b->failed) {
+        b->rows[i].replied_at = now_us();
         b->accepted = i + 1;
         if (reply->type == REDIS_REPLY_STRING)
             snprintf(b->rows[i].entry_id, sizeof(b->rows[i].entry_id), "%s", reply->str);

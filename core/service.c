@@ -258,6 +258,9 @@ void service_open_store(struct service *svc, const char *schema)
     if (rc < 0)
         service_fatal(svc, "cannot open the database DB_PATH=%s: %s", cfg->db_path,
                       strerror(-rc));
+    rc = store_offload_checkpoints(svc->store, svc->loop);
+    if (rc < 0)
+        service_fatal(svc, "cannot set up background checkpoints for DB_PATH=%s", cfg->db_path);
     rc = outbox_new(svc, &oc, &svc->outbox);
     if (rc < 0)
         service_fatal(svc, "cannot open the outbox in DB_PATH=%s: %s", cfg->db_path,

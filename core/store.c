@@ -23,12 +23,14 @@
 #include <sys/types.h>
 
 #include <sqlite3.h>
+#include <uv.h>
 
 #include "log.h"
 
 #define STORE_MAX_HOOKS 4
 #define STORE_BUSY_TIMEOUT_MS 5000
 #define STORE_MAX_MIGRATIONS 1000
+#define STORE_CHECKPOINT_PAGES 1000 /* WAL pages that start a background checkpoint */
 
 struct store_hook {
     store_commit_cb fn;
@@ -44,6 +46,15 @@ struct store {
     size_t nstmts;
     struct store_hook hooks[STORE_MAX_HOOKS];
     size_t nhooks;
+
+    /* Checkpoints off the loop (store_offload_checkpoints): a second
+     * connection used only by a thread-pool worker, one job at a time. */
+    char *path;
+    uv_loop_t *loop;
+    sqlite3 *ckpt_db;
+    uv_work_t ckpt_work;
+    int ckpt_inflight, ckpt_rc;
+    unsigned long checkpoints;
 };
 
 /* One migration: a span of the schema text (borrowed). */
@@ -184,7 +195,8 @@ int store_open(const char *path, const char *schema, struct store **out)
         rc = -EIO;
         goto out_close;
     }
-    rc = configure(st, path);
+    st->path = strdup(path);
+    rc = st->path == NULL ? -ENOMEM : configure(st, path);
     if (rc == 0)
         rc = migrate(st, schema);
     if (rc < 0)
@@ -208,10 +220,75 @@ void store_close(struct store *st)
     sqlite3_finalize(st->commit);
     sqlite3_finalize(st->rollback);
     sqlite3_finalize(st->ping);
+    if (st->ckpt_db != NULL)
+        sqlite3_close_v2(st->ckpt_db);
+    free(st->path);
     /* close_v2: statements someone prepared behind our back cannot leak it */
     if (sqlite3_close_v2(st->db) != SQLITE_OK)
         log_error("store: close: %s", sqlite3_errmsg(st->db));
     free(st);
+}
+
+/* ------------------------------------------------------------ checkpoints */
+
+static void on_checkpoint_work(uv_work_t *w)
+{
+    struct store *st = w->data;
+    int frames, done;
+
+    /* PASSIVE: copies what it can without blocking the loop's connection,
+     * which keeps reading and writing meanwhile. */
+    st->ckpt_rc = sqlite3_wal_checkpoint_v2(st->ckpt_db, NULL, SQLITE_CHECKPOINT_PASSIVE, &frames,
+                                            &done);
+}
+
+static void on_checkpoint_done(uv_work_t *w, int status)
+{
+    struct store *st = w->data;
+
+    st->ckpt_inflight = 0;
+    st->checkpoints++;
+    if (status == 0 && st->ckpt_rc != SQLITE_OK && st->ckpt_rc != SQLITE_BUSY)
+        log_warn("store: background checkpoint failed: %s", sqlite3_errstr(st->ckpt_rc));
+}
+
+static int on_wal(void *arg, sqlite3 *db, const char *name, int pages)
+{
+    struct store *st = arg;
+
+    (void)db;
+    (void)name;
+    if (pages < STORE_CHECKPOINT_PAGES || st->ckpt_inflight)
+        return SQLITE_OK;
+    st->ckpt_work.data = st;
+    if (uv_queue_work(st->loop, &st->ckpt_work, on_checkpoint_work, on_checkpoint_done) == 0)
+        st->ckpt_inflight = 1;
+    return SQLITE_OK;
+}
+
+int store_offload_checkpoints(struct store *st, uv_loop_t *loop)
+{
+    if (is_memory_path(st->path) || st->ckpt_db != NULL)
+        return 0;
+    if (sqlite3_open_v2(st->path, &st->ckpt_db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK ||
+        sqlite3_busy_timeout(st->ckpt_db, STORE_BUSY_TIMEOUT_MS) != SQLITE_OK) {
+        log_error("store: cannot open the checkpoint connection: %s",
+                  st->ckpt_db ? sqlite3_errmsg(st->ckpt_db) : "out of memory");
+        sqlite3_close_v2(st->ckpt_db);
+        st->ckpt_db = NULL;
+        return -EIO;
+    }
+    st->loop = loop;
+    /* No more checkpoints inside COMMIT on the loop: the hook replaces
+     * SQLite's auto-checkpoint and hands the work to the thread pool. */
+    sqlite3_wal_hook(st->db, on_wal, st);
+    return 0;
+}
+
+unsigned long store_checkpoints(const struct store *st)
+{
+    return st->checkpoints;
 }
 
 struct sqlite3 *store_db(struct store *st)

@@ -21,6 +21,7 @@
 
 struct sqlite3;
 struct sqlite3_stmt;
+struct uv_loop_s;
 struct store; /* opaque */
 
 #define STORE_MAX_STATEMENTS 64
@@ -32,6 +33,16 @@ struct store; /* opaque */
 CORE_MUST_CHECK int store_open(const char *path, const char *schema, struct store **out);
 /* Finalizes every statement and closes the database. NULL is a no-op. */
 void store_close(struct store *st);
+
+/* Moves WAL checkpoints off the caller's thread: SQLite's automatic
+ * checkpoint (which fsyncs inside COMMIT) is replaced by a PASSIVE
+ * checkpoint on a second connection, run on loop's thread pool whenever the
+ * WAL passes STORE_CHECKPOINT_PAGES pages. Commits then never fsync on the
+ * loop (synchronous=NORMAL). No-op for in-memory databases. The store must
+ * be closed only after the loop has run dry. Returns 0 or -EIO. */
+CORE_MUST_CHECK int store_offload_checkpoints(struct store *st, struct uv_loop_s *loop);
+/* Background checkpoints completed so far. */
+unsigned long store_checkpoints(const struct store *st);
 
 /* The connection, borrowed, for sqlite3_* calls on prepared statements. */
 struct sqlite3 *store_db(struct store *st);
