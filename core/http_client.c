@@ -309,12 +309,6 @@ static void call_release(struct call *k)
 {
     struct http_client *c = k->c;
 
-    if (k->prev)
-        k->prev->next = k->next;
-    else
-        c->calls = k->next;
-    if (k->next)
-        k->next->prev = k->prev;
     if (k->easy != NULL) {
         curl_multi_remove_handle(c->multi, k->easy);
         curl_easy_cleanup(k->easy);
@@ -323,10 +317,21 @@ static void call_release(struct call *k)
     uv_close((uv_handle_t *)&k->timer, on_call_closed);
 }
 
-/* Fires the user callback with k->res, once, then releases k. */
+/* Fires the user callback with k->res, once, then releases k. k leaves the
+ * list of calls in flight first, so a callback that closes the client
+ * cannot finish it twice. */
 static void call_finish(struct call *k, const char *result)
 {
+    struct http_client *c = k->c;
+
     k->done = 1;
+    if (k->prev)
+        k->prev->next = k->next;
+    else
+        c->calls = k->next;
+    if (k->next)
+        k->next->prev = k->prev;
+    k->prev = k->next = NULL;
     k->res.attempts = k->attempts;
     if (k->res.error_msg == NULL)
         k->res.error_msg = "";
@@ -415,7 +420,14 @@ static int setup_easy(struct call *k, unsigned timeout_ms)
     curl_easy_setopt(e, CURLOPT_WRITEDATA, k);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, k->headers);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    if (strcmp(k->method, "GET") != 0) {
+    if (!k->idempotent) {
+        /* curl re-sends a request on its own when a reused connection turns
+         * out dead; only a fresh connection keeps a POST from arriving twice */
+        curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+    }
+    if (strcmp(k->method, "HEAD") == 0) {
+        curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    } else if (strcmp(k->method, "GET") != 0) {
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, k->method);
         if (k->body != NULL) {
             curl_easy_setopt(e, CURLOPT_POSTFIELDS, k->body);
@@ -533,7 +545,9 @@ static void attempt_done(struct call *k, CURLcode rc)
     error = classify(k, rc, status, &msg);
     retryable = error == -ETIMEDOUT || error == -ECONNREFUSED ||
                 (error == 0 && (status == 502 || status == 503 || status == 504));
-    failed = retryable || (error == 0 && status >= 500) || error == -EIO;
+    /* The breaker counts what the target did wrong: no answer, or a 5xx;
+     * not our own mistakes (-EIO: a bad URL, an unsupported scheme). */
+    failed = retryable || (error == 0 && status >= 500);
     breaker_result(c, k, failed);
     if (retryable && k->idempotent && k->attempts < c->cfg.attempts && !c->closing) {
         wait = backoff_for(k);
@@ -807,6 +821,8 @@ static void maybe_freed(struct http_client *c)
         return;
     while (c->oldest != NULL)
         cache_unlink(c, c->oldest);
+    for (size_t i = 0; i < c->ntargets && c->metrics != NULL; i++)
+        metrics_gauge_detach(c->metrics, &c->targets[i]);
     cb = c->closed_cb;
     data = c->closed_data;
     free(c);

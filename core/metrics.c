@@ -325,6 +325,20 @@ void metrics_histogram_observe(struct metrics_histogram *h, double v)
     h->sum += v;
 }
 
+void metrics_gauge_detach(struct metrics *m, const void *data)
+{
+    for (struct family *f = m->first_family; f != NULL; f = f->next) {
+        if (f->type != METRIC_GAUGE)
+            continue;
+        for (struct series *s = f->first; s != NULL; s = s->next) {
+            if (s->u.gauge.data == data) {
+                s->u.gauge.fn = NULL;
+                s->u.gauge.data = NULL;
+            }
+        }
+    }
+}
+
 int metrics_gauge(struct metrics *m, const char *name, const char *help, const char *labels,
                   metrics_gauge_cb fn, void *data)
 {
@@ -462,6 +476,8 @@ static void render_series(struct strbuf *sb, const struct series *s)
         sb_printf(sb, "%" PRIu64 "\n", s->u.counter.value);
         break;
     case METRIC_GAUGE:
+        if (s->u.gauge.fn == NULL)
+            return; /* detached: its owner is gone */
         format_double(s->u.gauge.fn(s->u.gauge.data), num, sizeof(num));
         sb_series_name(sb, s->fam->name, "", s->labels, "");
         sb_printf(sb, "%s\n", num);

@@ -43,6 +43,10 @@ typedef double (*metrics_gauge_cb)(void *data);
 CORE_MUST_CHECK int metrics_gauge(struct metrics *m, const char *name, const char *help,
                                   const char *labels, metrics_gauge_cb fn, void *data);
 
+/* Stops every gauge registered with data: its series are no longer rendered
+ * (the owner of data is going away). Registering again revives them. */
+void metrics_gauge_detach(struct metrics *m, const void *data);
+
 /* Renders every series in the text exposition format 0.0.4, grouped by name
  * with one HELP and TYPE line each. *out is new: free() it. Returns 0 or
  * -ENOMEM. */

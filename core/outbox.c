@@ -528,6 +528,7 @@ static void on_closed(uv_handle_t *h)
         return;
     cb = ob->closed_cb;
     data = ob->closed_data;
+    metrics_gauge_detach(ob->svc->metrics, ob);
     free(ob);
     cb(data);
 }

@@ -1118,6 +1118,7 @@ static void close_step(struct stream_consumer *sc)
         return;
     cb = sc->closed_cb;
     data = sc->closed_data;
+    metrics_gauge_detach(sc->svc->metrics, sc);
     free(sc);
     if (cb)
         cb(data);
