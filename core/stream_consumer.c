@@ -110,7 +110,7 @@ struct stream_consumer {
      * default): handlers of these types fail, or start after a delay. */
     const char *chaos_fail_types, *chaos_delay_types;
     unsigned chaos_delay_ms;
-    int chaos_waiting;
+    int chaos_state; /* of the entry in hand: 0 none, 1 delaying, 2 delay over */
     uint64_t last_prune;
     double pending, lag;
 
@@ -590,9 +590,9 @@ static int call_handler(struct stream_consumer *sc)
 
     if (listed(sc->chaos_fail_types, type))
         return -EIO;
-    if (!sc->msg.resumed && !sc->chaos_waiting && sc->chaos_delay_ms > 0 &&
+    if (sc->chaos_state == 0 && sc->chaos_delay_ms > 0 &&
         listed(sc->chaos_delay_types, type) && sc->msg.deliveries == 1) {
-        sc->chaos_waiting = 1;
+        sc->chaos_state = 1;
         uv_timer_start(&sc->chaos, on_chaos_timer, sc->chaos_delay_ms, 0);
         return STREAM_CONSUMER_ASYNC;
     }
@@ -630,6 +630,7 @@ static void handle_entry(struct stream_consumer *sc, struct entry *e)
     }
     memset(&sc->msg, 0, sizeof(sc->msg));
     msg_fill(sc, e, &sc->msg);
+    sc->chaos_state = 0;
     settle(sc, e, call_handler(sc));
 }
 
@@ -814,8 +815,10 @@ void stream_consumer_done(struct stream_done *done, int rc)
         settle_failed_async(sc, e, -EIO);
         return;
     }
-    sc->msg.resumed = !sc->chaos_waiting;
-    sc->chaos_waiting = 0;
+    /* after a fault-injected delay the handler runs for the first time */
+    sc->msg.resumed = sc->chaos_state != 1;
+    if (sc->chaos_state == 1)
+        sc->chaos_state = 2;
     settle(sc, e, call_handler(sc));
     if (store_commit(sc->store) < 0) {
         e->outcome = OUT_FAIL;
@@ -1160,8 +1163,11 @@ void stream_consumer_close(struct stream_consumer *sc, stream_consumer_closed_cb
     uv_timer_stop(&sc->retry);
     uv_timer_stop(&sc->claim);
     uv_timer_stop(&sc->stats);
-    if (sc->state == SC_HOLDING) {
-        batch_free(sc); /* still pending in Redis: redelivered after a restart */
+    if (sc->state == SC_HOLDING || (sc->state == SC_ASYNC && sc->chaos_state == 1)) {
+        /* nothing of ours waits on these: they stay pending in Redis and
+         * are redelivered after a restart */
+        uv_timer_stop(&sc->chaos);
+        batch_free(sc);
         sc->state = SC_WAITING;
     }
     maybe_close(sc);

@@ -553,7 +553,7 @@ static void on_register(struct http_request *req, const struct auth_claims *who,
     int rc;
 
     (void)who;
-    if (refuse_busy(u, req))
+    if (service_shed_write(u->svc, req) || refuse_busy(u, req))
         return;
     job = job_new(u, req, HASH_REGISTER);
     if (job == NULL) {

@@ -1,0 +1,383 @@
+/* api.c -- the orders service's HTTP routes (DESIGN.md §4, §8).
+ *
+ * POST /api/v1/orders {items:[{sku,qty}]} places an order for the token's
+ * user (a service token names the user with "user_id"). The body is checked
+ * first (400 for a body that is not an object, 422 with per-field messages),
+ * then the outbox backlog (503 + Retry-After while Redis is away too long),
+ * then whether the user exists, asked of the users service over HTTP: a
+ * deferred response, so the loop keeps serving meanwhile. An unknown user is
+ * 422 {"user_id": "no such user"}; users unreachable without a cached answer
+ * is 503. Otherwise the order, its order.placed and stock.reserve events and
+ * its first timeline steps commit in one transaction -> 202 with the order.
+ * A client that went away before the check answered gets no order: it never
+ * saw one accepted, so its retry cannot make a duplicate.
+ *
+ * GET /api/v1/orders/{id}: the order with its timeline, for its owner or a
+ * service token; anyone else's, unknown and malformed ids alike are 404.
+ *
+ * GET /api/v1/orders?limit=&after=[&user_id=]: the caller's orders, newest
+ * first, {"items": [...], "next": "<cursor>" | null}; a service token lists
+ * everyone's, or one user's with user_id. limit is 1..100 (default 20);
+ * after is the previous page's "next" (an opaque cursor: today the order's
+ * seq in decimal). List items carry no "timeline" (it costs a query per
+ * order); GET /orders/{id} has it.
+ *
+ * Owns one struct place per POST waiting for its user check, freed when it
+ * is answered. */
+#include "orders.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "auth.h"
+#include "http_reply.h"
+#include "http_router.h"
+#include "http_server.h"
+#include "input.h"
+#include "log.h"
+#include "service.h"
+#include "store.h"
+
+#define LIMIT_DEFAULT 20
+#define LIMIT_MAX 100
+#define QUERY_MAX 64 /* bytes of one query parameter we read */
+
+/* A POST waiting for its user check. */
+struct place {
+    struct orders *o;         /* borrowed */
+    struct http_request *req; /* answered by on_user_checked */
+    json_t *items;            /* new: the canonical items */
+    char user_id[IDS_UUID_LEN + 1];
+};
+
+static void reply_internal(struct http_request *req)
+{
+    http_reply_error(req, 500, NULL, "internal error");
+}
+
+/* The dispatcher verifies tokens on these routes; never trust a gap.
+ * Returns 1 when it answered req. */
+static int refuse_anonymous(struct http_request *req, const struct auth_claims *who)
+{
+    if (who != NULL)
+        return 0;
+    http_reply_error(req, 401, NULL, "a bearer token is required");
+    return 1;
+}
+
+/* The caller's own user id (lower case) from a user token. Returns 0, or
+ * -EINVAL when the token's subject is not a user id. */
+static int caller_id(const struct auth_claims *who, char out[IDS_UUID_LEN + 1])
+{
+    return orders_input_uuid(who->sub, strlen(who->sub), out);
+}
+
+/* ---------------------------------------------------------------------------
+ * POST /api/v1/orders
+ * ------------------------------------------------------------------------- */
+
+/* The user an order is for: the token's user, or body.user_id for a service
+ * token (required then). A user token may repeat its own id, no other.
+ * Records problems in fields. */
+static void body_user(json_t *body, const struct auth_claims *who, json_t *fields,
+                      char user_id[IDS_UUID_LEN + 1])
+{
+    const json_t *v = json_object_get(body, "user_id");
+    char given[IDS_UUID_LEN + 1];
+    int own = !who->is_service && caller_id(who, user_id) == 0;
+
+    if (v == NULL) {
+        if (who->is_service)
+            orders_input_problem(fields, "user_id", "is required with a service token");
+        return;
+    }
+    if (!json_is_string(v)) {
+        orders_input_problem(fields, "user_id", "must be a string");
+        return;
+    }
+    if (orders_input_uuid(json_string_value(v), json_string_length(v), given) < 0) {
+        orders_input_problem(fields, "user_id", "must be a UUID");
+        return;
+    }
+    if (!who->is_service && (!own || strcmp(given, user_id) != 0)) {
+        orders_input_problem(fields, "user_id", "a user may place orders only for themself");
+        return;
+    }
+    memcpy(user_id, given, sizeof(given));
+}
+
+/* Checks the body into p (user_id, items). Returns 0, or -EINVAL after
+ * answering req (400, 422 or 500). */
+static int read_place(struct http_request *req, const struct auth_claims *who, struct place *p)
+{
+    json_t *body, *fields, *v;
+    const char *key;
+
+    if (http_reply_parse_object(req, &body) < 0)
+        return -EINVAL;
+    fields = json_object();
+    if (fields == NULL) {
+        json_decref(body);
+        reply_internal(req);
+        return -EINVAL;
+    }
+    json_object_foreach(body, key, v)
+    {
+        if (strcmp(key, "items") != 0 && strcmp(key, "user_id") != 0)
+            orders_input_problem(fields, key, "unknown field");
+    }
+    if (orders_input_items(json_object_get(body, "items"), fields, &p->items) == -ENOMEM)
+        orders_input_problem(fields, "items", "could not be read (out of memory)");
+    body_user(body, who, fields, p->user_id);
+    json_decref(body);
+    if (json_object_size(fields) > 0) {
+        json_decref(p->items);
+        p->items = NULL;
+        http_reply_invalid(req, fields);
+        return -EINVAL;
+    }
+    json_decref(fields);
+    return 0;
+}
+
+static void place_free(struct place *p)
+{
+    json_decref(p->items);
+    free(p);
+}
+
+/* Creates the order in one transaction and answers 202 with it. */
+static void place_order(struct place *p)
+{
+    struct orders *o = p->o;
+    struct store *st = o->svc->store;
+    struct orders_new n = {.user_id = p->user_id, .items = p->items};
+    char id[IDS_UUID_LEN + 1], location[64];
+    json_t *order;
+    int rc = store_begin(st);
+
+    if (rc == 0 && (rc = orders_create(o, &n, id)) < 0)
+        store_rollback(st);
+    if (rc == 0)
+        rc = store_commit(st);
+    if (rc < 0) {
+        reply_internal(p->req);
+        return;
+    }
+    log_write(LOG_INFO, id, "order placed id=%s user=%s items=%zu", id, p->user_id,
+              json_array_size(p->items));
+    /* Committed: the answer is 202 even if the order cannot be read back. */
+    if (orders_get(o, id, NULL, &order) < 0)
+        order =
+            json_pack("{s:s, s:s, s:s}", "id", id, "user_id", p->user_id, "status", ORDERS_PENDING);
+    rc = snprintf(location, sizeof(location), "/api/v1/orders/%s", id);
+    if (rc > 0 && (size_t)rc < sizeof(location) &&
+        http_add_header(p->req, "Location", location) < 0)
+        log_warn("orders: no room for Location");
+    http_reply_json(p->req, 202, order);
+}
+
+static void reply_unavailable(struct http_request *req, const char *why)
+{
+    char msg[256];
+
+    snprintf(msg, sizeof(msg), "the users service is unavailable: %s", why);
+    if (http_add_header(req, "Retry-After", "1") < 0)
+        log_debug("orders: no room for Retry-After");
+    http_reply_error(req, 503, NULL, msg);
+}
+
+static void on_user_checked(struct orders *o, enum orders_user answer, const char *why, void *data)
+{
+    struct place *p = data;
+    json_t *fields;
+
+    (void)o;
+    if (http_request_aborted(p->req)) {
+        /* Nobody to tell: release the request, make no order. */
+        http_respond(p->req, 503, NULL, "", 0);
+    } else if (answer == ORDERS_USER_EXISTS) {
+        place_order(p);
+    } else if (answer == ORDERS_USER_UNAVAILABLE) {
+        reply_unavailable(p->req, why);
+    } else if ((fields = json_pack("{s:s}", "user_id", "no such user")) != NULL) {
+        http_reply_invalid(p->req, fields);
+    } else {
+        reply_internal(p->req);
+    }
+    place_free(p);
+}
+
+static void on_place(struct http_request *req, const struct auth_claims *who, void *data)
+{
+    struct orders *o = data;
+    struct place *p;
+    char own[IDS_UUID_LEN + 1];
+    int rc;
+
+    if (refuse_anonymous(req, who))
+        return;
+    if (o->stopping) {
+        http_reply_error(req, 503, NULL, "the service is stopping");
+        return;
+    }
+    if (!who->is_service && caller_id(who, own) < 0) {
+        http_reply_error(req, 403, NULL, "the token's subject is not a user");
+        return;
+    }
+    p = calloc(1, sizeof(*p));
+    if (p == NULL) {
+        reply_internal(req);
+        return;
+    }
+    p->o = o;
+    p->req = req;
+    if (read_place(req, who, p) < 0 || service_shed_write(o->svc, req)) {
+        place_free(p);
+        return;
+    }
+    rc = orders_user_check(o, p->user_id, on_user_checked, p);
+    if (rc < 0) {
+        reply_unavailable(req, rc == -ECANCELED ? "the service is stopping" : strerror(-rc));
+        place_free(p);
+    }
+}
+
+/* ---------------------------------------------------------------------------
+ * GET /api/v1/orders/{id}
+ * ------------------------------------------------------------------------- */
+
+static void on_get(struct http_request *req, const struct auth_claims *who, void *data)
+{
+    const char *raw = http_request_param(req, "id");
+    char id[IDS_UUID_LEN + 1], own[IDS_UUID_LEN + 1];
+    json_t *order;
+    int rc;
+
+    if (refuse_anonymous(req, who))
+        return;
+    if (raw == NULL || orders_input_uuid(raw, strlen(raw), id) < 0 ||
+        (!who->is_service && caller_id(who, own) < 0)) {
+        http_reply_error(req, 404, NULL, "no such order");
+        return;
+    }
+    rc = orders_get(data, id, who->is_service ? NULL : own, &order);
+    if (rc == -ENOENT)
+        http_reply_error(req, 404, NULL, "no such order");
+    else if (rc < 0)
+        reply_internal(req);
+    else
+        http_reply_json(req, 200, order);
+}
+
+/* ---------------------------------------------------------------------------
+ * GET /api/v1/orders
+ * ------------------------------------------------------------------------- */
+
+/* Parses s as a decimal integer in [min, max] (digits only). Returns 0 or
+ * -EINVAL. */
+static int parse_int(const char *s, int64_t min, int64_t max, int64_t *out)
+{
+    int64_t v = 0;
+
+    if (*s == '\0' || strlen(s) > 19)
+        return -EINVAL;
+    for (; *s != '\0'; s++) {
+        if (*s < '0' || *s > '9' || v > (INT64_MAX - (*s - '0')) / 10)
+            return -EINVAL;
+        v = v * 10 + (*s - '0');
+    }
+    if (v < min || v > max)
+        return -EINVAL;
+    *out = v;
+    return 0;
+}
+
+/* What a list request asks for. */
+struct list_query {
+    int64_t limit, before;
+    char user_id[IDS_UUID_LEN + 1]; /* "" for everyone's (service tokens) */
+};
+
+/* Reads limit, after and user_id into q, recording problems in fields. */
+static void read_list_query(struct http_request *req, json_t *fields, struct list_query *q)
+{
+    char buf[QUERY_MAX];
+    int n;
+
+    q->limit = LIMIT_DEFAULT;
+    q->before = INT64_MAX;
+    q->user_id[0] = '\0';
+    n = http_request_query(req, "limit", buf, sizeof(buf));
+    if (n != -ENOENT && (n < 0 || parse_int(buf, 1, LIMIT_MAX, &q->limit) < 0))
+        orders_input_problem(fields, "limit", "must be an integer from 1 to 100");
+    n = http_request_query(req, "after", buf, sizeof(buf));
+    if (n != -ENOENT && (n < 0 || parse_int(buf, 1, INT64_MAX, &q->before) < 0))
+        orders_input_problem(fields, "after", "must be the \"next\" of a previous page");
+    n = http_request_query(req, "user_id", buf, sizeof(buf));
+    if (n != -ENOENT && (n < 0 || orders_input_uuid(buf, (size_t)n, q->user_id) < 0))
+        orders_input_problem(fields, "user_id", "must be a UUID");
+}
+
+/* Answers {"items": items, "next": next | null}. Steals items. */
+static void reply_page(struct http_request *req, json_t *items, int64_t next)
+{
+    char cursor[24];
+    json_t *page;
+
+    snprintf(cursor, sizeof(cursor), "%" PRId64, next);
+    page = json_pack("{s:o, s:o}", "items", items, "next",
+                     next > 0 ? json_string(cursor) : json_null());
+    if (page == NULL) {
+        reply_internal(req);
+        return;
+    }
+    http_reply_json(req, 200, page);
+}
+
+static void on_list(struct http_request *req, const struct auth_claims *who, void *data)
+{
+    struct list_query q;
+    char own[IDS_UUID_LEN + 1];
+    json_t *fields, *items;
+    int64_t next;
+
+    if (refuse_anonymous(req, who))
+        return;
+    if (!who->is_service && caller_id(who, own) < 0) {
+        http_reply_error(req, 403, NULL, "the token's subject is not a user");
+        return;
+    }
+    if ((fields = json_object()) == NULL) {
+        reply_internal(req);
+        return;
+    }
+    read_list_query(req, fields, &q);
+    if (json_object_size(fields) > 0) {
+        http_reply_invalid(req, fields);
+        return;
+    }
+    json_decref(fields);
+    if (!who->is_service && q.user_id[0] != '\0' && strcmp(q.user_id, own) != 0) {
+        http_reply_error(req, 403, NULL, "a user may list only their own orders");
+        return;
+    }
+    if (orders_list(data, who->is_service ? (q.user_id[0] ? q.user_id : NULL) : own, q.before,
+                    (unsigned)q.limit, &items, &next) < 0) {
+        reply_internal(req);
+        return;
+    }
+    reply_page(req, items, next);
+}
+
+void orders_api_start(struct orders *o)
+{
+    service_route(o->svc, "POST", "/api/v1/orders", 0, on_place, o);
+    service_route(o->svc, "GET", "/api/v1/orders", 0, on_list, o);
+    service_route(o->svc, "GET", "/api/v1/orders/{id}", 0, on_get, o);
+}

@@ -1,0 +1,455 @@
+/* model.c -- the orders service's database: orders, their timelines, JSON.
+ *
+ * orders holds one row per order (seq, its insertion order, is the list
+ * cursor); order_steps holds each order's saga timeline, one row per event
+ * that moved it on, numbered 1, 2, ... per order. Writes happen inside the
+ * caller's store transaction, together with the outbox rows they announce:
+ * orders_emit appends an event and its step at once, so a state change, the
+ * events it sends and its timeline commit or vanish together.
+ *
+ * The stream entry id of an event we sent is known only once the relay has
+ * published it: reads look it up in the outbox (outbox_entry_id) and store
+ * it back into the step, so the timeline keeps it after the outbox row is
+ * pruned. The items column holds the canonical [{sku, qty}] JSON text that
+ * the input rules produced. Statements are prepared once and finalized by
+ * the store. */
+#include "orders.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+#include <sqlite3.h>
+
+#include "log.h"
+#include "outbox.h"
+#include "store.h"
+#include "stream_consumer.h"
+#include "streams/streams.h"
+
+#define BACKFILL_MAX 16 /* entry ids stored back per read; the rest on a later one */
+
+#define ORDER_COLS "seq, id, user_id, status, items, amount_cents, reason, created_at, updated_at"
+
+static const char *const sql_insert =
+    "INSERT INTO orders (id, user_id, status, items, reason, created_at, updated_at) "
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)";
+static const char *const sql_by_id = "SELECT " ORDER_COLS " FROM orders WHERE id = ?1";
+static const char *const sql_list_all =
+    "SELECT " ORDER_COLS " FROM orders WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2";
+static const char *const sql_list_user = "SELECT " ORDER_COLS " FROM orders "
+                                         "WHERE user_id = ?1 AND seq < ?2 "
+                                         "ORDER BY seq DESC LIMIT ?3";
+static const char *const sql_steps =
+    "SELECT n, step, event_type, event_id, stream, entry_id, at FROM order_steps "
+    "WHERE order_id = ?1 ORDER BY n";
+static const char *const sql_step_add =
+    "INSERT INTO order_steps (order_id, n, step, event_type, event_id, stream, entry_id, at) "
+    "SELECT ?1, COALESCE(MAX(n), 0) + 1, ?2, ?3, ?4, ?5, ?6, ?7 FROM order_steps "
+    "WHERE order_id = ?1";
+static const char *const sql_step_entry = "UPDATE order_steps SET entry_id = ?3 "
+                                          "WHERE order_id = ?1 AND n = ?2 AND entry_id IS NULL";
+
+int orders_model_prepare(struct orders *o)
+{
+    struct store *st = o->svc->store;
+    int rc = store_prepare(st, sql_insert, &o->insert);
+
+    if (rc == 0)
+        rc = store_prepare(st, sql_by_id, &o->by_id);
+    if (rc == 0)
+        rc = store_prepare(st, sql_list_all, &o->list_all);
+    if (rc == 0)
+        rc = store_prepare(st, sql_list_user, &o->list_user);
+    if (rc == 0)
+        rc = store_prepare(st, sql_steps, &o->steps);
+    if (rc == 0)
+        rc = store_prepare(st, sql_step_add, &o->step_add);
+    if (rc == 0)
+        rc = store_prepare(st, sql_step_entry, &o->step_entry);
+    if (rc < 0)
+        log_error("orders: cannot prepare statements: %s", store_errmsg(st));
+    return rc;
+}
+
+int orders_now_iso8601(char *buf, size_t len)
+{
+    struct timespec ts;
+    struct tm tm;
+    char sec[32];
+    int n;
+
+    if (clock_gettime(CLOCK_REALTIME, &ts) < 0 || gmtime_r(&ts.tv_sec, &tm) == NULL)
+        return -EIO;
+    if (strftime(sec, sizeof(sec), "%Y-%m-%dT%H:%M:%S", &tm) == 0)
+        return -EOVERFLOW;
+    n = snprintf(buf, len, "%s.%03ldZ", sec, ts.tv_nsec / 1000000);
+    return n < 0 || (size_t)n >= len ? -ENOSPC : 0;
+}
+
+/* Steps st to its end; 0 when it finished, else -EIO (logged with what). */
+static int step_done(struct orders *o, struct sqlite3_stmt *st, const char *what)
+{
+    int rc = sqlite3_step(st);
+
+    if (rc != SQLITE_DONE)
+        log_error("orders: %s: %s", what, store_errmsg(o->svc->store));
+    store_reset(st);
+    return rc == SQLITE_DONE ? 0 : -EIO;
+}
+
+/* ---------------------------------------------------------------------------
+ * Writes (inside the caller's transaction)
+ * ------------------------------------------------------------------------- */
+
+int orders_step_add(struct orders *o, const char *order_id, const char *step,
+                    const char *event_type, const char *event_id, const char *stream,
+                    const char *entry_id, const char *at)
+{
+    struct sqlite3_stmt *st = o->step_add;
+
+    sqlite3_bind_text(st, 1, order_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, step, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, event_type, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, event_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, stream, -1, SQLITE_STATIC);
+    if (entry_id != NULL)
+        sqlite3_bind_text(st, 6, entry_id, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 6);
+    sqlite3_bind_text(st, 7, at, -1, SQLITE_STATIC);
+    return step_done(o, st, "add a timeline step");
+}
+
+int orders_emit(struct orders *o, const char *order_id, const char *stream, const char *type,
+                const json_t *data, const char *step, const char *at)
+{
+    char event_id[IDS_UUID_LEN + 1];
+    int rc = outbox_append(o->svc->outbox, stream, type, data, order_id, event_id);
+
+    if (rc < 0)
+        return rc;
+    return orders_step_add(o, order_id, step, type, event_id, stream, NULL, at);
+}
+
+static int insert_order(struct orders *o, const char *id, const struct orders_new *n,
+                        const char *items, const char *at)
+{
+    struct sqlite3_stmt *st = o->insert;
+
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, n->user_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, n->reason ? ORDERS_REJECTED : ORDERS_PENDING, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, items, -1, SQLITE_STATIC);
+    if (n->reason != NULL)
+        sqlite3_bind_text(st, 5, n->reason, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 5);
+    sqlite3_bind_text(st, 6, at, -1, SQLITE_STATIC);
+    return step_done(o, st, "insert an order");
+}
+
+/* order.placed and stock.reserve: the saga's first step. */
+static int emit_placed(struct orders *o, const char *id, const struct orders_new *n, const char *at)
+{
+    json_t *placed =
+        json_pack("{s:s, s:s, s:O}", "order_id", id, "user_id", n->user_id, "items", n->items);
+    json_t *reserve = json_pack("{s:s, s:O}", "order_id", id, "items", n->items);
+    int rc = placed && reserve ? 0 : -ENOMEM;
+
+    if (rc == 0)
+        rc = orders_emit(o, id, STREAM_ORDERS_EVENTS, EVENT_ORDER_PLACED, placed,
+                         ORDERS_STEP_PLACED, at);
+    if (rc == 0)
+        rc = orders_emit(o, id, STREAM_INVENTORY_COMMANDS, EVENT_STOCK_RESERVE, reserve,
+                         ORDERS_STEP_RESERVE_STOCK, at);
+    json_decref(placed);
+    json_decref(reserve);
+    return rc;
+}
+
+static int emit_rejected(struct orders *o, const char *id, const struct orders_new *n,
+                         const char *at)
+{
+    json_t *data =
+        json_pack("{s:s, s:s, s:s}", "order_id", id, "user_id", n->user_id, "reason", n->reason);
+    int rc;
+
+    if (data == NULL)
+        return -ENOMEM;
+    rc = orders_emit(o, id, STREAM_ORDERS_EVENTS, EVENT_ORDER_REJECTED, data, ORDERS_STEP_REJECTED,
+                     at);
+    json_decref(data);
+    return rc;
+}
+
+int orders_create(struct orders *o, const struct orders_new *n, char id[IDS_UUID_LEN + 1])
+{
+    const struct stream_msg *cmd = n->cmd;
+    char at[ORDERS_TS_LEN + 1];
+    char *items;
+    int rc;
+
+    if (!store_in_txn(o->svc->store))
+        return -EINVAL;
+    if (orders_now_iso8601(at, sizeof(at)) < 0)
+        return -EIO;
+    items = json_dumps(n->items, JSON_COMPACT);
+    if (items == NULL)
+        return -ENOMEM;
+    ids_uuid4(id);
+    rc = insert_order(o, id, n, items, at);
+    free(items);
+    if (rc == 0 && cmd != NULL)
+        rc = orders_step_add(o, id, ORDERS_STEP_REQUESTED, cmd->type, cmd->id, cmd->stream,
+                             cmd->entry_id, at);
+    if (rc == 0)
+        rc = n->reason ? emit_rejected(o, id, n, at) : emit_placed(o, id, n, at);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------
+ * Reads: rows to JSON
+ * ------------------------------------------------------------------------- */
+
+static const char *col_text(struct sqlite3_stmt *st, int i)
+{
+    return (const char *)sqlite3_column_text(st, i);
+}
+
+/* A string, or null for a NULL column. NULL only on ENOMEM. */
+static json_t *col_string_or_null(struct sqlite3_stmt *st, int i)
+{
+    if (sqlite3_column_type(st, i) == SQLITE_NULL)
+        return json_null();
+    return json_string(col_text(st, i));
+}
+
+static json_t *col_integer_or_null(struct sqlite3_stmt *st, int i)
+{
+    if (sqlite3_column_type(st, i) == SQLITE_NULL)
+        return json_null();
+    return json_integer(sqlite3_column_int64(st, i));
+}
+
+/* The order on st's current row (ORDER_COLS) as JSON, without its
+ * timeline. Returns a new object, or NULL (ENOMEM, or a row we cannot read:
+ * logged). */
+static json_t *order_from_row(struct sqlite3_stmt *st)
+{
+    const char *text = col_text(st, 4);
+    json_t *items = text ? json_loads(text, JSON_REJECT_DUPLICATES, NULL) : NULL;
+    json_t *v = json_object();
+    int bad = v == NULL || !json_is_array(items);
+
+    if (bad) {
+        log_error("orders: cannot read the items of order seq %lld",
+                  (long long)sqlite3_column_int64(st, 0));
+        json_decref(items);
+        json_decref(v);
+        return NULL;
+    }
+    /* Each call steals its value, even on failure. */
+    bad |= json_object_set_new(v, "id", json_string(col_text(st, 1))) < 0;
+    bad |= json_object_set_new(v, "user_id", json_string(col_text(st, 2))) < 0;
+    bad |= json_object_set_new(v, "status", json_string(col_text(st, 3))) < 0;
+    bad |= json_object_set_new(v, "items", items) < 0;
+    bad |= json_object_set_new(v, "amount_cents", col_integer_or_null(st, 5)) < 0;
+    bad |= json_object_set_new(v, "reason", col_string_or_null(st, 6)) < 0;
+    bad |= json_object_set_new(v, "created_at", json_string(col_text(st, 7))) < 0;
+    bad |= json_object_set_new(v, "updated_at", json_string(col_text(st, 8))) < 0;
+    if (bad) {
+        json_decref(v);
+        return NULL;
+    }
+    return v;
+}
+
+/* An entry id to store back into step n once the timeline is read. */
+struct backfill {
+    int64_t n;
+    char entry_id[ORDERS_ENTRY_MAX];
+};
+
+/* The step on st's current row as JSON. A step without an entry id gets it
+ * from the outbox when its event is published, noted in *fill (*filled). */
+static json_t *step_from_row(struct orders *o, struct sqlite3_stmt *st, struct backfill *fill,
+                             int *filled)
+{
+    const char *event_id = col_text(st, 3);
+    json_t *v = json_object(), *entry;
+    int bad = 0;
+
+    *filled = 0;
+    if (sqlite3_column_type(st, 5) != SQLITE_NULL) {
+        entry = json_string(col_text(st, 5));
+    } else if (event_id != NULL && fill != NULL &&
+               outbox_entry_id(o->svc->outbox, event_id, fill->entry_id, sizeof(fill->entry_id)) ==
+                   0) {
+        fill->n = sqlite3_column_int64(st, 0);
+        *filled = 1;
+        entry = json_string(fill->entry_id);
+    } else {
+        entry = json_null();
+    }
+    /* Each call steals its value, even on failure (v NULL included). */
+    bad |= json_object_set_new(v, "step", json_string(col_text(st, 1))) < 0;
+    bad |= json_object_set_new(v, "event_type", json_string(col_text(st, 2))) < 0;
+    bad |= json_object_set_new(v, "event_id", json_string(event_id)) < 0;
+    bad |= json_object_set_new(v, "stream", json_string(col_text(st, 4))) < 0;
+    bad |= json_object_set_new(v, "entry_id", entry) < 0;
+    bad |= json_object_set_new(v, "at", json_string(col_text(st, 6))) < 0;
+    if (bad) {
+        json_decref(v);
+        return NULL;
+    }
+    return v;
+}
+
+/* Stores entry ids found in the outbox back into their steps. A failure
+ * costs only a lookup on a later read (and the id, once the outbox row is
+ * pruned). */
+static void store_backfill(struct orders *o, const char *order_id, const struct backfill *fill,
+                           size_t n)
+{
+    struct sqlite3_stmt *st = o->step_entry;
+
+    for (size_t i = 0; i < n; i++) {
+        sqlite3_bind_text(st, 1, order_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, fill[i].n);
+        sqlite3_bind_text(st, 3, fill[i].entry_id, -1, SQLITE_STATIC);
+        if (step_done(o, st, "store an entry id") < 0)
+            return;
+    }
+}
+
+/* Steps st (bound) through the steps of an order into steps, noting
+ * entry ids to store back in fill (BACKFILL_MAX, *nfill used). Returns the
+ * last sqlite3_step code, or SQLITE_NOMEM. */
+static int read_steps(struct orders *o, struct sqlite3_stmt *st, json_t *steps,
+                      struct backfill *fill, size_t *nfill)
+{
+    int rc, filled;
+
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        json_t *step = step_from_row(o, st, *nfill < BACKFILL_MAX ? &fill[*nfill] : NULL, &filled);
+
+        if (json_array_append_new(steps, step) < 0)
+            return SQLITE_NOMEM;
+        *nfill += (size_t)filled;
+    }
+    return rc;
+}
+
+/* Adds "timeline" to v, the order id's steps in order. Returns 0, -EIO or
+ * -ENOMEM. */
+static int add_timeline(struct orders *o, json_t *v, const char *id)
+{
+    struct backfill fill[BACKFILL_MAX];
+    struct sqlite3_stmt *st = o->steps;
+    json_t *steps = json_array();
+    size_t nfill = 0;
+    int rc;
+
+    if (steps == NULL)
+        return -ENOMEM;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    rc = read_steps(o, st, steps, fill, &nfill);
+    if (rc != SQLITE_DONE && rc != SQLITE_NOMEM)
+        log_error("orders: read the timeline of %s: %s", id, store_errmsg(o->svc->store));
+    store_reset(st);
+    if (rc != SQLITE_DONE) {
+        json_decref(steps);
+        return rc == SQLITE_NOMEM ? -ENOMEM : -EIO;
+    }
+    store_backfill(o, id, fill, nfill);
+    return json_object_set_new(v, "timeline", steps) < 0 ? -ENOMEM : 0;
+}
+
+/* Reads order id (without timeline) into *out when owner matches. Returns
+ * 0, -ENOENT, -EIO or -ENOMEM. */
+static int load_order(struct orders *o, const char *id, const char *owner, json_t **out)
+{
+    struct sqlite3_stmt *st = o->by_id;
+    int rc;
+
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const char *user_id = col_text(st, 2);
+
+        if (owner != NULL && (user_id == NULL || strcmp(user_id, owner) != 0))
+            rc = -ENOENT; /* another user's order: as if there were none */
+        else
+            rc = (*out = order_from_row(st)) != NULL ? 0 : -ENOMEM;
+    } else if (rc == SQLITE_DONE) {
+        rc = -ENOENT;
+    } else {
+        log_error("orders: read order %s: %s", id, store_errmsg(o->svc->store));
+        rc = -EIO;
+    }
+    store_reset(st);
+    return rc;
+}
+
+int orders_get(struct orders *o, const char *id, const char *owner, json_t **out)
+{
+    json_t *v = NULL;
+    int rc = load_order(o, id, owner, &v);
+
+    if (rc == 0)
+        rc = add_timeline(o, v, id);
+    if (rc < 0) {
+        json_decref(v);
+        return rc;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Steps st (bound) into list, at most limit rows; *last is the seq of the
+ * last one taken. Returns the last sqlite3_step code (SQLITE_ROW: more rows
+ * follow), or SQLITE_NOMEM. */
+static int read_page(struct sqlite3_stmt *st, unsigned limit, json_t *list, int64_t *last)
+{
+    unsigned count = 0;
+    int rc;
+
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW && count < limit) {
+        if (json_array_append_new(list, order_from_row(st)) < 0)
+            return SQLITE_NOMEM;
+        *last = sqlite3_column_int64(st, 0);
+        count++;
+    }
+    return rc;
+}
+
+int orders_list(struct orders *o, const char *user_id, int64_t before, unsigned limit,
+                json_t **items, int64_t *next)
+{
+    struct sqlite3_stmt *st = user_id ? o->list_user : o->list_all;
+    json_t *list = json_array();
+    int64_t last = 0;
+    int rc, i = 1;
+
+    if (list == NULL)
+        return -ENOMEM;
+    if (user_id != NULL)
+        sqlite3_bind_text(st, i++, user_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, i++, before);
+    sqlite3_bind_int64(st, i, (sqlite3_int64)limit + 1); /* one more: is there a next page? */
+    rc = read_page(st, limit, list, &last);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW && rc != SQLITE_NOMEM)
+        log_error("orders: list orders: %s", store_errmsg(o->svc->store));
+    store_reset(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        json_decref(list);
+        return rc == SQLITE_NOMEM ? -ENOMEM : -EIO;
+    }
+    *next = rc == SQLITE_ROW ? last : 0;
+    *items = list;
+    return 0;
+}

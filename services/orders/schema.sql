@@ -1,0 +1,42 @@
+-- migration: 1
+-- schema.sql -- the orders service's own database (DESIGN.md §8).
+-- Each numbered block runs once, in order, inside a transaction that also
+-- sets PRAGMA user_version; blocks are append-only: never edit an applied one.
+--
+-- orders: one row per order. seq is the insertion order: lists page on it,
+-- newest first (the cursor "next" is a seq). id and user_id are lower-case
+-- UUID strings. items is the canonical JSON [{"sku":..,"qty":..}] the input
+-- rules produced. amount_cents is NULL until inventory prices the order;
+-- reason is NULL unless the order was rejected or cancelled. Times are
+-- ISO-8601 UTC with milliseconds: 2026-11-26T04:24:11.123Z.
+CREATE TABLE orders (
+    seq          INTEGER PRIMARY KEY,
+    id           TEXT NOT NULL UNIQUE CHECK (length(id) = 36),
+    user_id      TEXT NOT NULL CHECK (length(user_id) = 36),
+    status       TEXT NOT NULL CHECK (status IN ('PENDING', 'AWAITING_PAYMENT', 'CONFIRMED',
+                                                 'REJECTED', 'CANCELLED')),
+    items        TEXT NOT NULL CHECK (json_valid(items) AND json_type(items) = 'array'),
+    amount_cents INTEGER CHECK (amount_cents IS NULL OR amount_cents > 0),
+    reason       TEXT,
+    created_at   TEXT NOT NULL,
+    updated_at   TEXT NOT NULL
+);
+-- A user's orders, newest first.
+CREATE INDEX orders_by_user ON orders (user_id, seq);
+
+-- order_steps: the saga timeline, one row per event that moved an order on,
+-- numbered n = 1, 2, ... per order in the transaction that made the step.
+-- An event the order sent (order.placed, stock.reserve, ...) gets its stream
+-- entry_id once the outbox relay has published it (NULL until then); an
+-- event it received (order.place, stock.reserved, ...) has it from the start.
+CREATE TABLE order_steps (
+    order_id   TEXT NOT NULL REFERENCES orders (id),
+    n          INTEGER NOT NULL CHECK (n > 0),
+    step       TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    event_id   TEXT NOT NULL,
+    stream     TEXT NOT NULL,
+    entry_id   TEXT,
+    at         TEXT NOT NULL,
+    PRIMARY KEY (order_id, n)
+) WITHOUT ROWID;
