@@ -25,9 +25,11 @@ CORE_SRC := $(wildcard core/*.c streams/*.c)
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
 LLHTTP_OBJ := $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o $(BUILD)/llhttp/llhttp.o
 
-SERVICES := users
-USERS_SRC := $(wildcard services/users/*.c)
-USERS_OBJ := $(USERS_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/users_schema.o
+# Every services/<name>/ with a schema.sql is a service: build/<name> from
+# its .c files and its embedded schema.
+SERVICES := $(patsubst services/%/schema.sql,%,$(wildcard services/*/schema.sql))
+service_obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard services/$(1)/*.c)) \
+              $(BUILD)/obj/gen/$(1)_schema.o
 
 UNIT_SRC := $(wildcard tests/unit/*.c)
 UNIT_OBJ := $(UNIT_SRC:%.c=$(BUILD)/obj/%.o)
@@ -56,8 +58,11 @@ $(BUILD)/libcore.a: $(CORE_OBJ) $(LLHTTP_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/users: $(USERS_OBJ) $(BUILD)/libcore.a
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(USERS_OBJ) $(BUILD)/libcore.a $(LDLIBS)
+define service_rule
+$(BUILD)/$(1): $(call service_obj,$(1)) $(BUILD)/libcore.a
+	$$(CC) $$(CFLAGS) $$(LDFLAGS) -o $$@ $(call service_obj,$(1)) $(BUILD)/libcore.a $$(LDLIBS)
+endef
+$(foreach s,$(SERVICES),$(eval $(call service_rule,$(s))))
 
 $(BUILD)/unit_tests: $(UNIT_OBJ) $(BUILD)/libcore.a
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(UNIT_OBJ) $(BUILD)/libcore.a $(LDLIBS) -lcriterion
