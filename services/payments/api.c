@@ -1,0 +1,109 @@
+/* api.c -- the payments service's HTTP routes (DESIGN.md §4, §8).
+ *
+ * GET /api/v1/accounts/{user_id} answers {user_id, balance_cents,
+ * updated_at} to the user themself or a service token; another user gets
+ * 403 (as for users), an unknown account 404. GET /api/v1/payments/{order_id}
+ * answers {order_id, user_id, amount_cents, status, reason, created_at} to
+ * the payment's user or a service token; for anyone else the payment does
+ * not exist (404, as for orders), so a user learns nothing about other
+ * users' orders. Both need a token (the dispatcher verifies it) and answer
+ * at once, from reads outside any transaction. Ids are matched in lower
+ * case. Loop thread only. */
+#include "payments.h"
+
+#include <errno.h>
+#include <string.h>
+#include <strings.h>
+
+#include <jansson.h>
+
+#include "auth.h"
+#include "http_reply.h"
+#include "http_router.h"
+#include "http_server.h"
+#include "log.h"
+#include "service.h"
+
+static void reply_internal(struct http_request *req)
+{
+    http_reply_error(req, 500, NULL, "internal error");
+}
+
+/* Answers body (stolen; NULL means ENOMEM) with 200. */
+static void reply_ok_new(struct http_request *req, json_t *body)
+{
+    if (body == NULL) {
+        log_error("payments: cannot encode an answer");
+        reply_internal(req);
+        return;
+    }
+    http_reply_json(req, 200, body);
+}
+
+/* The route param name as a lower-case UUID in id. Returns 1 when valid. */
+static int param_id(struct http_request *req, const char *name, char id[IDS_UUID_LEN + 1])
+{
+    return payments_id_lower(http_request_param(req, name), id) == 0;
+}
+
+static void on_get_account(struct http_request *req, const struct auth_claims *who, void *data)
+{
+    struct payments *p = data;
+    char id[IDS_UUID_LEN + 1];
+    struct payments_account a;
+    int valid = param_id(req, "user_id", id), rc;
+
+    if (who == NULL) { /* the dispatcher verifies tokens; never trust a gap */
+        http_reply_error(req, 401, NULL, "a bearer token is required");
+        return;
+    }
+    if (!who->is_service && (!valid || strcasecmp(who->sub, id) != 0)) {
+        http_reply_error(req, 403, NULL, "a user may read only their own account");
+        return;
+    }
+    rc = valid ? payments_account_get(p, id, &a) : -ENOENT;
+    if (rc == -ENOENT) {
+        http_reply_error(req, 404, NULL, "no such account");
+        return;
+    }
+    if (rc < 0) {
+        reply_internal(req);
+        return;
+    }
+    reply_ok_new(req, json_pack("{s:s, s:I, s:s}", "user_id", id, "balance_cents",
+                                (json_int_t)a.balance, "updated_at", a.updated_at));
+}
+
+static void on_get_payment(struct http_request *req, const struct auth_claims *who, void *data)
+{
+    struct payments *p = data;
+    char id[IDS_UUID_LEN + 1];
+    struct payments_payment pm;
+    int rc = param_id(req, "order_id", id) ? payments_payment_get(p, id, &pm) : -ENOENT;
+
+    if (who == NULL) {
+        http_reply_error(req, 401, NULL, "a bearer token is required");
+        return;
+    }
+    /* Someone else's payment is not found, exactly like a missing one. */
+    if (rc == 0 && !who->is_service && strcasecmp(who->sub, pm.user_id) != 0)
+        rc = -ENOENT;
+    if (rc == -ENOENT) {
+        http_reply_error(req, 404, NULL, "no such payment");
+        return;
+    }
+    if (rc < 0) {
+        reply_internal(req);
+        return;
+    }
+    reply_ok_new(req, json_pack("{s:s, s:s, s:I, s:s, s:s?, s:s}", "order_id", id, "user_id",
+                                pm.user_id, "amount_cents", (json_int_t)pm.amount, "status",
+                                payments_status_name(pm.status), "reason",
+                                pm.reason[0] ? pm.reason : NULL, "created_at", pm.created_at));
+}
+
+void payments_api_start(struct payments *p)
+{
+    service_route(p->svc, "GET", "/api/v1/accounts/{user_id}", 0, on_get_account, p);
+    service_route(p->svc, "GET", "/api/v1/payments/{order_id}", 0, on_get_payment, p);
+}

@@ -1,0 +1,101 @@
+/* payments.c -- the payments module's start and stop. See payments.h.
+ *
+ * Checks INITIAL_CREDIT_CENTS before the database is touched, opens the
+ * store, prepares the statements (model.c), then wires the routes (api.c)
+ * and the two consumers (events.c). The one struct payments is freed when
+ * the second consumer has released it; the statements belong to the store,
+ * which the service closes after every consumer. Also the small helpers the
+ * rest of the module shares: time stamps, ids, status names. */
+#include "payments.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "config.h"
+#include "ids.h"
+#include "log.h"
+#include "service.h"
+
+#define PAYMENTS_CREDIT_DEFAULT 10000UL
+#define PAYMENTS_CREDIT_MAX 1000000000000UL /* 10^12 cents */
+
+void payments_unref(void *data)
+{
+    struct payments *p = data;
+
+    if (--p->refs > 0)
+        return;
+    free(p);
+}
+
+int payments_now_iso8601(char *buf, size_t len)
+{
+    struct timespec ts;
+    struct tm tm;
+    char sec[32];
+    int n;
+
+    if (clock_gettime(CLOCK_REALTIME, &ts) < 0 || gmtime_r(&ts.tv_sec, &tm) == NULL)
+        return -EIO;
+    if (strftime(sec, sizeof(sec), "%Y-%m-%dT%H:%M:%S", &tm) == 0)
+        return -EOVERFLOW;
+    n = snprintf(buf, len, "%s.%03ldZ", sec, ts.tv_nsec / 1000000);
+    return n < 0 || (size_t)n >= len ? -ENOSPC : 0;
+}
+
+int payments_id_lower(const char *s, char out[IDS_UUID_LEN + 1])
+{
+    if (s == NULL || strlen(s) != IDS_UUID_LEN || !ids_is_uuid(s, IDS_UUID_LEN))
+        return -EINVAL;
+    for (size_t i = 0; i < IDS_UUID_LEN; i++)
+        out[i] = (char)tolower((unsigned char)s[i]);
+    out[IDS_UUID_LEN] = '\0';
+    return 0;
+}
+
+const char *payments_status_name(enum payments_status s)
+{
+    switch (s) {
+    case PAYMENTS_SUCCEEDED:
+        return "succeeded";
+    case PAYMENTS_FAILED:
+        return "failed";
+    case PAYMENTS_REFUNDED:
+        return "refunded";
+    }
+    return "failed"; /* not reached: every status is listed */
+}
+
+int payments_service_start(struct service *svc)
+{
+    char err[CONFIG_ERR_MAX];
+    unsigned long initial;
+    struct payments *p;
+    int rc;
+
+    /* Checked before the database is touched: a bad setting is one line. */
+    if (config_uint("INITIAL_CREDIT_CENTS", PAYMENTS_CREDIT_DEFAULT, 0, PAYMENTS_CREDIT_MAX,
+                    &initial, err, sizeof(err)) < 0)
+        service_fatal(svc, "%s", err);
+    if (svc->store == NULL)
+        service_open_store(svc, payments_schema_sql);
+    p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return -ENOMEM;
+    p->svc = svc;
+    p->initial_cents = (int64_t)initial;
+    rc = payments_model_prepare(p);
+    if (rc < 0) {
+        free(p);
+        return rc;
+    }
+    p->refs = 2; /* the two consumers'; each attach exits on failure */
+    payments_api_start(p);
+    payments_events_start(p);
+    log_info("payments: new accounts open with %lu cents", initial);
+    return 0;
+}
