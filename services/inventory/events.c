@@ -1,0 +1,653 @@
+/* events.c -- the inventory service's stream side (DESIGN.md §5, §6, §8).
+ *
+ * Consumes inventory.commands and replies on inventory.events. Every handler
+ * runs inside the consumer's open transaction, under a savepoint of its own:
+ * its stock changes, its reservation row and the outbox rows it appends
+ * commit together with the inbox row, or not at all. Payloads were checked
+ * against the catalog before a handler runs (types and ranges can be
+ * trusted; optional fields may be absent).
+ *
+ *   stock.reserve {order_id, items}  all or nothing. The first command for an
+ *       order records its outcome in reservations; a repeat (a new event id
+ *       for the same order) changes no stock and replays the recorded
+ *       outcome. Every sku must exist (else unknown_sku) and have the qty
+ *       available (else out_of_stock); then each qty moves from available to
+ *       reserved and stock.reserved carries the total at today's prices. A
+ *       refusal is recorded REJECTED and answered stock.rejected: both are
+ *       normal outcomes, not dead letters.
+ *   stock.release {order_id}  idempotent compensation: a RESERVED order's
+ *       qtys go back to available; RELEASED and REJECTED stay as they are; an
+ *       unknown order gets a RELEASED tombstone, so a reserve that arrives
+ *       later is refused ("released") and changes nothing. stock.released is
+ *       always sent. Releasing a COMMITTED order is refused (dead letter):
+ *       sold stock does not come back through a compensation.
+ *   stock.commit {order_id}  a RESERVED order's qtys move from reserved to
+ *       sold; a COMMITTED one is answered again; anything else is refused
+ *       (dead letter: the saga never asks for it).
+ *   product.restock {sku, qty, name?, price_cents?}  adds qty to available
+ *       (and restocked) of a known sku, updating name and price when given;
+ *       an unknown sku needs both and is created. Answers product.restocked.
+ *
+ * Order ids are stored and sent lower-cased. Events carry the command's
+ * trace, or else the order id (the command's event id for restocks). The
+ * products table CHECKs the stock invariant on every write. */
+#include "inventory.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+#include <sqlite3.h>
+
+#include "log.h"
+#include "outbox.h"
+#include "service.h"
+#include "store.h"
+#include "stream_consumer.h"
+#include "streams/streams.h"
+
+#define NOW "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+
+static const char *const sql_res_get =
+    "SELECT status, reason, amount_cents FROM reservations WHERE order_id = ?1";
+static const char *const sql_res_insert =
+    "INSERT INTO reservations (order_id, status, reason, amount_cents, created_at, updated_at) "
+    "VALUES (?1, ?2, ?3, ?4, " NOW ", " NOW ")";
+static const char *const sql_res_set_status =
+    "UPDATE reservations SET status = ?2, updated_at = " NOW " WHERE order_id = ?1";
+static const char *const sql_item_insert =
+    "INSERT INTO reservation_items (order_id, sku, qty) VALUES (?1, ?2, ?3)";
+static const char *const sql_product_stock =
+    "SELECT price_cents, available, initial + restocked FROM products WHERE sku = ?1";
+static const char *const sql_product_take =
+    "UPDATE products SET available = available - ?2, reserved = reserved + ?2, updated_at = " NOW
+    " WHERE sku = ?1 AND available >= ?2";
+static const char *const sql_product_insert =
+    "INSERT INTO products (sku, name, price_cents, available, restocked, created_at, updated_at) "
+    "VALUES (?1, ?2, ?3, ?4, ?4, " NOW ", " NOW ")";
+static const char *const sql_product_restock =
+    "UPDATE products SET available = available + ?2, restocked = restocked + ?2, "
+    "name = coalesce(?3, name), price_cents = coalesce(?4, price_cents), updated_at = " NOW
+    " WHERE sku = ?1 RETURNING available";
+static const char *const sql_items_release =
+    "UPDATE products SET available = products.available + i.qty, "
+    "reserved = products.reserved - i.qty, updated_at = " NOW
+    " FROM reservation_items AS i WHERE i.order_id = ?1 AND products.sku = i.sku";
+static const char *const sql_items_commit =
+    "UPDATE products SET reserved = products.reserved - i.qty, sold = products.sold + i.qty, "
+    "updated_at = " NOW
+    " FROM reservation_items AS i WHERE i.order_id = ?1 AND products.sku = i.sku";
+
+enum res_status { RES_NONE, RES_RESERVED, RES_REJECTED, RES_RELEASED, RES_COMMITTED };
+
+static const char *const res_names[] = {
+    [RES_NONE] = "NONE",         [RES_RESERVED] = "RESERVED",   [RES_REJECTED] = "REJECTED",
+    [RES_RELEASED] = "RELEASED", [RES_COMMITTED] = "COMMITTED",
+};
+
+/* A reservation row, copied out of its statement. */
+struct reservation {
+    enum res_status status;                /* RES_NONE: no row */
+    char reason[INVENTORY_REASON_MAX + 1]; /* REJECTED only, else "" */
+    int64_t amount_cents;                  /* 0 when NULL */
+};
+
+/* A product's stock, copied out of its statement. */
+struct stock {
+    int64_t price_cents, available;
+    int64_t total; /* initial + restocked: every unit there ever was */
+};
+
+/* ---------------------------------------------------------------------------
+ * Statements
+ * ------------------------------------------------------------------------- */
+
+/* Steps st to its end (binding failed: no step), logs a failure, resets st.
+ * Returns 0 or -EIO. */
+static int exec_done(struct inventory *inv, sqlite3_stmt *st, int bind_failed, const char *what)
+{
+    int rc = bind_failed ? SQLITE_MISUSE : sqlite3_step(st);
+
+    while (rc == SQLITE_ROW)
+        rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+        log_error("inventory: %s: %s", what, store_errmsg(inv->svc->store));
+    store_reset(st);
+    return rc == SQLITE_DONE ? 0 : -EIO;
+}
+
+static enum res_status res_status_of(const unsigned char *s)
+{
+    for (size_t i = RES_RESERVED; s != NULL && i < ARRAY_SIZE(res_names); i++) {
+        if (strcmp((const char *)s, res_names[i]) == 0)
+            return (enum res_status)i;
+    }
+    return RES_NONE;
+}
+
+/* Loads the reservation of oid into r (r->status RES_NONE when there is
+ * none). Returns 0 or -EIO. */
+static int res_load(struct inventory *inv, const char *oid, struct reservation *r)
+{
+    sqlite3_stmt *st = inv->res_get;
+    int rc = sqlite3_bind_text(st, 1, oid, -1, SQLITE_STATIC);
+
+    memset(r, 0, sizeof(*r));
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const unsigned char *reason = sqlite3_column_text(st, 1);
+        int n = snprintf(r->reason, sizeof(r->reason), "%s", reason ? (const char *)reason : "");
+
+        r->status = res_status_of(sqlite3_column_text(st, 0));
+        r->amount_cents = sqlite3_column_int64(st, 2);
+        /* The schema admits only the four names; only this module writes
+         * reasons, all of them short snake_case words. */
+        if (r->status == RES_NONE || n < 0 || (size_t)n >= sizeof(r->reason))
+            rc = SQLITE_CORRUPT;
+        else
+            rc = SQLITE_DONE;
+    }
+    if (rc != SQLITE_DONE)
+        log_error("inventory: read reservation %s: %s", oid, store_errmsg(inv->svc->store));
+    store_reset(st);
+    return rc == SQLITE_DONE ? 0 : -EIO;
+}
+
+/* Inserts the reservation of oid; reason NULL and amount 0 are stored NULL. */
+static int res_insert(struct inventory *inv, const char *oid, enum res_status status,
+                      const char *reason, int64_t amount_cents)
+{
+    sqlite3_stmt *st = inv->res_insert;
+    int bad = sqlite3_bind_text(st, 1, oid, -1, SQLITE_STATIC) != SQLITE_OK;
+
+    bad |= sqlite3_bind_text(st, 2, res_names[status], -1, SQLITE_STATIC) != SQLITE_OK;
+    if (reason != NULL)
+        bad |= sqlite3_bind_text(st, 3, reason, -1, SQLITE_STATIC) != SQLITE_OK;
+    if (amount_cents > 0)
+        bad |= sqlite3_bind_int64(st, 4, amount_cents) != SQLITE_OK;
+    return exec_done(inv, st, bad, "insert reservation");
+}
+
+static int res_set_status(struct inventory *inv, const char *oid, enum res_status status)
+{
+    sqlite3_stmt *st = inv->res_set_status;
+    int bad = sqlite3_bind_text(st, 1, oid, -1, SQLITE_STATIC) != SQLITE_OK;
+
+    bad |= sqlite3_bind_text(st, 2, res_names[status], -1, SQLITE_STATIC) != SQLITE_OK;
+    return exec_done(inv, st, bad, "update reservation");
+}
+
+/* Runs items_release or items_commit for oid's items, then sets status. */
+static int res_settle(struct inventory *inv, sqlite3_stmt *items, const char *oid,
+                      enum res_status status)
+{
+    int bad = sqlite3_bind_text(items, 1, oid, -1, SQLITE_STATIC) != SQLITE_OK;
+    int rc = exec_done(inv, items, bad, "move reserved stock");
+
+    return rc < 0 ? rc : res_set_status(inv, oid, status);
+}
+
+/* Looks sku up. Returns 1 (found, *s filled), 0 (no such sku) or -EIO. */
+static int stock_load(struct inventory *inv, const char *sku, struct stock *s)
+{
+    sqlite3_stmt *st = inv->product_stock;
+    int rc = sqlite3_bind_text(st, 1, sku, -1, SQLITE_STATIC);
+
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        s->price_cents = sqlite3_column_int64(st, 0);
+        s->available = sqlite3_column_int64(st, 1);
+        s->total = sqlite3_column_int64(st, 2);
+    } else if (rc != SQLITE_DONE) {
+        log_error("inventory: read stock of %s: %s", sku, store_errmsg(inv->svc->store));
+    }
+    store_reset(st);
+    return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -EIO;
+}
+
+/* ---------------------------------------------------------------------------
+ * Replies (appended to the outbox in the consumer's transaction)
+ * ------------------------------------------------------------------------- */
+
+/* Appends type with data (new: released here, NULL meaning ENOMEM). */
+static int emit(struct inventory *inv, const char *type, json_t *data, const char *trace)
+{
+    int rc = -ENOMEM;
+
+    if (data != NULL)
+        rc = outbox_append(inv->svc->outbox, STREAM_INVENTORY_EVENTS, type, data, trace, NULL);
+    json_decref(data);
+    return rc;
+}
+
+static int emit_reserved(struct inventory *inv, const char *oid, int64_t amount_cents,
+                         const char *trace)
+{
+    return emit(inv, EVENT_STOCK_RESERVED,
+                json_pack("{s:s, s:I}", "order_id", oid, "amount_cents", (json_int_t)amount_cents),
+                trace);
+}
+
+static int emit_rejected(struct inventory *inv, const char *oid, const char *reason,
+                         const char *trace)
+{
+    return emit(inv, EVENT_STOCK_REJECTED,
+                json_pack("{s:s, s:s}", "order_id", oid, "reason", reason), trace);
+}
+
+/* stock.released or stock.committed: {order_id}. */
+static int emit_order(struct inventory *inv, const char *type, const char *oid, const char *trace)
+{
+    return emit(inv, type, json_pack("{s:s}", "order_id", oid), trace);
+}
+
+/* ---------------------------------------------------------------------------
+ * The order id and the trace of a command
+ * ------------------------------------------------------------------------- */
+
+/* Copies msg's data.order_id lower-cased into oid. The catalog checked it is
+ * a UUID; anything else is refused all the same. Returns 0 or
+ * STREAM_CONSUMER_REJECT. */
+static int read_order_id(struct stream_msg *msg, char oid[STREAMS_UUID_LEN + 1])
+{
+    const char *s = json_string_value(json_object_get(msg->data, "order_id"));
+
+    if (s == NULL || strlen(s) != STREAMS_UUID_LEN)
+        return stream_msg_reject(msg, "data.order_id: expected a UUID");
+    for (size_t i = 0; i <= STREAMS_UUID_LEN; i++) {
+        char c = s[i];
+
+        if (c >= 'A' && c <= 'Z')
+            c = (char)(c - 'A' + 'a');
+        oid[i] = c;
+    }
+    return 0;
+}
+
+static const char *trace_of(const struct stream_msg *msg, const char *fallback)
+{
+    return msg->trace[0] != '\0' ? msg->trace : fallback;
+}
+
+/* ---------------------------------------------------------------------------
+ * stock.reserve
+ * ------------------------------------------------------------------------- */
+
+/* The verdict on an order's items: reason NULL when every item can be
+ * reserved, for amount_cents in all. sku (borrowed from the message) names
+ * the first item at fault, with what it wanted and what there was. */
+struct verdict {
+    const char *reason;
+    int64_t amount_cents;
+    const char *sku;
+    int64_t want, have;
+};
+
+/* Checks every item of items into v: an unknown sku outranks a short one,
+ * which outranks a total past STREAMS_MAX_INTEGER. Returns 0 or -EIO. */
+static int check_items(struct inventory *inv, const json_t *items, struct verdict *v)
+{
+    const char *unknown = NULL, *shortest = NULL;
+    int64_t want = 0, have = 0, line;
+    int too_large = 0;
+    struct stock s;
+
+    memset(v, 0, sizeof(*v));
+    for (size_t i = 0; i < json_array_size(items); i++) {
+        const json_t *it = json_array_get(items, i);
+        const char *sku = json_string_value(json_object_get(it, "sku"));
+        int64_t qty = json_integer_value(json_object_get(it, "qty"));
+        int rc;
+
+        if ((rc = stock_load(inv, sku, &s)) < 0)
+            return rc;
+        if (rc == 0) {
+            if (unknown == NULL)
+                unknown = sku;
+            continue;
+        }
+        if (s.available < qty && shortest == NULL) {
+            shortest = sku;
+            want = qty;
+            have = s.available;
+        }
+        if (__builtin_mul_overflow(s.price_cents, qty, &line) ||
+            __builtin_add_overflow(v->amount_cents, line, &v->amount_cents) ||
+            v->amount_cents > STREAMS_MAX_INTEGER)
+            too_large = 1;
+    }
+    if (unknown != NULL)
+        *v = (struct verdict){"unknown_sku", 0, unknown, 0, 0};
+    else if (shortest != NULL)
+        *v = (struct verdict){"out_of_stock", 0, shortest, want, have};
+    else if (too_large)
+        *v = (struct verdict){"amount_too_large", 0, NULL, 0, 0};
+    return 0;
+}
+
+/* Moves every item's qty from available to reserved and records it. */
+static int take_items(struct inventory *inv, const char *oid, const json_t *items)
+{
+    sqlite3_stmt *take = inv->product_take, *rec = inv->item_insert;
+
+    for (size_t i = 0; i < json_array_size(items); i++) {
+        const json_t *it = json_array_get(items, i);
+        const char *sku = json_string_value(json_object_get(it, "sku"));
+        json_int_t qty = json_integer_value(json_object_get(it, "qty"));
+        int bad, rc;
+
+        bad = sqlite3_bind_text(take, 1, sku, -1, SQLITE_STATIC) != SQLITE_OK;
+        bad |= sqlite3_bind_int64(take, 2, qty) != SQLITE_OK;
+        if ((rc = exec_done(inv, take, bad, "reserve stock")) < 0)
+            return rc;
+        /* Checked in this transaction: a miss means the database moved
+         * under us, so roll the whole order back. */
+        if (sqlite3_changes(store_db(inv->svc->store)) != 1)
+            return -EIO;
+        bad = sqlite3_bind_text(rec, 1, oid, -1, SQLITE_STATIC) != SQLITE_OK;
+        bad |= sqlite3_bind_text(rec, 2, sku, -1, SQLITE_STATIC) != SQLITE_OK;
+        bad |= sqlite3_bind_int64(rec, 3, qty) != SQLITE_OK;
+        if ((rc = exec_done(inv, rec, bad, "record reserved item")) < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* A repeated stock.reserve: no stock moves, the recorded outcome is sent
+ * again. */
+static int replay_reserve(struct inventory *inv, const char *oid, const struct reservation *r,
+                          const char *trace)
+{
+    const char *reason = r->status == RES_REJECTED ? r->reason : "released";
+
+    log_write(LOG_INFO, trace, "stock.reserve repeated for order %s: already %s, answer replayed",
+              oid, res_names[r->status]);
+    if (r->status == RES_RESERVED || r->status == RES_COMMITTED)
+        return emit_reserved(inv, oid, r->amount_cents, trace);
+    return emit_rejected(inv, oid, reason, trace);
+}
+
+static int refuse_reserve(struct inventory *inv, const char *oid, const struct verdict *v,
+                          const char *trace)
+{
+    int rc = res_insert(inv, oid, RES_REJECTED, v->reason, 0);
+
+    if (rc == 0)
+        rc = emit_rejected(inv, oid, v->reason, trace);
+    if (rc == 0 && v->want > 0)
+        log_write(LOG_INFO, trace, "stock rejected order=%s reason=%s sku=%s wanted=%lld have=%lld",
+                  oid, v->reason, v->sku, (long long)v->want, (long long)v->have);
+    else if (rc == 0)
+        log_write(LOG_INFO, trace, "stock rejected order=%s reason=%s%s%s", oid, v->reason,
+                  v->sku ? " sku=" : "", v->sku ? v->sku : "");
+    return rc;
+}
+
+static int on_reserve(struct inventory *inv, struct stream_msg *msg)
+{
+    const json_t *items = json_object_get(msg->data, "items");
+    char oid[STREAMS_UUID_LEN + 1];
+    struct reservation r;
+    struct verdict v;
+    const char *trace;
+    int rc;
+
+    if ((rc = read_order_id(msg, oid)) != 0)
+        return rc;
+    trace = trace_of(msg, oid);
+    if ((rc = res_load(inv, oid, &r)) < 0)
+        return rc;
+    if (r.status != RES_NONE)
+        return replay_reserve(inv, oid, &r, trace);
+    if ((rc = check_items(inv, items, &v)) < 0)
+        return rc;
+    if (v.reason != NULL)
+        return refuse_reserve(inv, oid, &v, trace);
+    /* The reservation first: its items reference it. */
+    if ((rc = res_insert(inv, oid, RES_RESERVED, NULL, v.amount_cents)) < 0 ||
+        (rc = take_items(inv, oid, items)) < 0 ||
+        (rc = emit_reserved(inv, oid, v.amount_cents, trace)) < 0)
+        return rc;
+    log_write(LOG_INFO, trace, "stock reserved order=%s items=%zu amount_cents=%lld", oid,
+              json_array_size(items), (long long)v.amount_cents);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * stock.release and stock.commit
+ * ------------------------------------------------------------------------- */
+
+static int on_release(struct inventory *inv, struct stream_msg *msg)
+{
+    char oid[STREAMS_UUID_LEN + 1];
+    struct reservation r;
+    const char *trace, *what;
+    int rc;
+
+    if ((rc = read_order_id(msg, oid)) != 0)
+        return rc;
+    trace = trace_of(msg, oid);
+    if ((rc = res_load(inv, oid, &r)) < 0)
+        return rc;
+    if (r.status == RES_COMMITTED)
+        return stream_msg_reject(msg, "already_committed: order %s was sold, nothing to release",
+                                 oid);
+    if (r.status == RES_NONE) {
+        what = "unknown order: tombstone recorded, a later reserve will be refused";
+        rc = res_insert(inv, oid, RES_RELEASED, NULL, 0);
+    } else if (r.status == RES_RESERVED) {
+        what = "reserved stock returned to available";
+        rc = res_settle(inv, inv->items_release, oid, RES_RELEASED);
+    } else {
+        what = r.status == RES_RELEASED ? "already released: no change" : "was rejected: no change";
+    }
+    if (rc == 0)
+        rc = emit_order(inv, EVENT_STOCK_RELEASED, oid, trace);
+    if (rc == 0)
+        log_write(LOG_INFO, trace, "stock released order=%s (%s)", oid, what);
+    return rc;
+}
+
+static int on_commit(struct inventory *inv, struct stream_msg *msg)
+{
+    char oid[STREAMS_UUID_LEN + 1];
+    struct reservation r;
+    const char *trace;
+    int rc;
+
+    if ((rc = read_order_id(msg, oid)) != 0)
+        return rc;
+    trace = trace_of(msg, oid);
+    if ((rc = res_load(inv, oid, &r)) < 0)
+        return rc;
+    if (r.status == RES_NONE)
+        return stream_msg_reject(msg, "unknown_order: no reservation for order %s", oid);
+    if (r.status != RES_RESERVED && r.status != RES_COMMITTED)
+        return stream_msg_reject(msg, "not_reserved: order %s is %s, nothing to commit", oid,
+                                 res_names[r.status]);
+    if (r.status == RES_RESERVED &&
+        (rc = res_settle(inv, inv->items_commit, oid, RES_COMMITTED)) < 0)
+        return rc;
+    if ((rc = emit_order(inv, EVENT_STOCK_COMMITTED, oid, trace)) < 0)
+        return rc;
+    log_write(LOG_INFO, trace, "stock committed order=%s%s", oid,
+              r.status == RES_COMMITTED ? " (already committed: answer replayed)" : "");
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * product.restock
+ * ------------------------------------------------------------------------- */
+
+/* What a restock asks for; name is trimmed, borrowed from the message. */
+struct restock {
+    const char *sku, *name; /* name NULL when absent */
+    size_t name_len;
+    int64_t qty, price_cents; /* price_cents 0 when absent */
+};
+
+static int is_space(char c)
+{
+    return c == ' ' || (c >= '\t' && c <= '\r');
+}
+
+static void read_restock(const struct stream_msg *msg, struct restock *rs)
+{
+    const json_t *name = json_object_get(msg->data, "name");
+
+    rs->sku = json_string_value(json_object_get(msg->data, "sku"));
+    rs->qty = json_integer_value(json_object_get(msg->data, "qty"));
+    rs->price_cents = json_integer_value(json_object_get(msg->data, "price_cents"));
+    rs->name = json_string_value(name);
+    rs->name_len = json_string_length(name);
+    /* Stored trimmed, as users stores names. */
+    while (rs->name_len > 0 && is_space(rs->name[0])) {
+        rs->name++;
+        rs->name_len--;
+    }
+    while (rs->name_len > 0 && is_space(rs->name[rs->name_len - 1]))
+        rs->name_len--;
+}
+
+/* Adds to a known sku; *available is its new level. */
+static int restock_known(struct inventory *inv, const struct restock *rs, int64_t *available)
+{
+    sqlite3_stmt *st = inv->product_restock;
+    int bad = sqlite3_bind_text(st, 1, rs->sku, -1, SQLITE_STATIC) != SQLITE_OK;
+    int rc;
+
+    bad |= sqlite3_bind_int64(st, 2, rs->qty) != SQLITE_OK;
+    if (rs->name != NULL)
+        bad |= sqlite3_bind_text(st, 3, rs->name, (int)rs->name_len, SQLITE_STATIC) != SQLITE_OK;
+    if (rs->price_cents > 0)
+        bad |= sqlite3_bind_int64(st, 4, rs->price_cents) != SQLITE_OK;
+    rc = bad ? SQLITE_MISUSE : sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *available = sqlite3_column_int64(st, 0);
+        rc = sqlite3_step(st); /* RETURNING: run the statement to its end */
+    }
+    if (rc != SQLITE_DONE)
+        log_error("inventory: restock %s: %s", rs->sku, store_errmsg(inv->svc->store));
+    store_reset(st);
+    return rc == SQLITE_DONE ? 0 : -EIO;
+}
+
+/* Creates an unknown sku with qty available. */
+static int restock_new(struct inventory *inv, const struct restock *rs)
+{
+    sqlite3_stmt *st = inv->product_insert;
+    int bad = sqlite3_bind_text(st, 1, rs->sku, -1, SQLITE_STATIC) != SQLITE_OK;
+
+    bad |= sqlite3_bind_text(st, 2, rs->name, (int)rs->name_len, SQLITE_STATIC) != SQLITE_OK;
+    bad |= sqlite3_bind_int64(st, 3, rs->price_cents) != SQLITE_OK;
+    bad |= sqlite3_bind_int64(st, 4, rs->qty) != SQLITE_OK;
+    return exec_done(inv, st, bad, "insert product");
+}
+
+static int on_restock(struct inventory *inv, struct stream_msg *msg)
+{
+    const char *trace = trace_of(msg, msg->id);
+    struct restock rs;
+    struct stock s;
+    int64_t available = 0;
+    int rc, known;
+
+    read_restock(msg, &rs);
+    if ((known = stock_load(inv, rs.sku, &s)) < 0)
+        return known;
+    if (!known && (rs.name == NULL || rs.name_len == 0 || rs.price_cents <= 0))
+        return stream_msg_reject(msg, "unknown sku %s needs name and price_cents", rs.sku);
+    if (known && s.total > STREAMS_MAX_INTEGER - rs.qty)
+        return stream_msg_reject(msg, "stock_too_large: %s would pass %lld units", rs.sku,
+                                 STREAMS_MAX_INTEGER);
+    if (known)
+        rc = restock_known(inv, &rs, &available);
+    else if ((rc = restock_new(inv, &rs)) == 0)
+        available = rs.qty;
+    if (rc < 0)
+        return rc;
+    rc = emit(inv, EVENT_PRODUCT_RESTOCKED,
+              json_pack("{s:s, s:I, s:I}", "sku", rs.sku, "qty", (json_int_t)rs.qty, "available",
+                        (json_int_t)available),
+              trace);
+    if (rc == 0)
+        log_write(LOG_INFO, trace, "product restocked sku=%s qty=%lld available=%lld%s%s", rs.sku,
+                  (long long)rs.qty, (long long)available, known ? "" : " (new product)",
+                  known && (rs.name != NULL || rs.price_cents > 0) ? " (name/price updated)" : "");
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------
+ * The consumer
+ * ------------------------------------------------------------------------- */
+
+static int dispatch(struct inventory *inv, struct stream_msg *msg)
+{
+    if (strcmp(msg->type, EVENT_STOCK_RESERVE) == 0)
+        return on_reserve(inv, msg);
+    if (strcmp(msg->type, EVENT_STOCK_RELEASE) == 0)
+        return on_release(inv, msg);
+    if (strcmp(msg->type, EVENT_STOCK_COMMIT) == 0)
+        return on_commit(inv, msg);
+    if (strcmp(msg->type, EVENT_PRODUCT_RESTOCK) == 0)
+        return on_restock(inv, msg);
+    /* The catalog lists no other command for inventory.commands:
+     * envelope_parse has dead-lettered anything else before we get here. */
+    return stream_msg_reject(msg, "no handler for %s", msg->type);
+}
+
+static int on_command(struct stream_msg *msg, void *data)
+{
+    int rc = dispatch(data, msg);
+
+    /* The consumer logs the dead letter too, but without the trace that
+     * lets one follow an order across services. */
+    if (rc == STREAM_CONSUMER_REJECT) {
+        const char *oid = json_string_value(json_object_get(msg->data, "order_id"));
+        log_write(LOG_INFO, trace_of(msg, oid != NULL ? oid : msg->id),
+                  "%s %s refused (dead letter): %s", msg->type, msg->entry_id, msg->reason);
+    }
+    return rc;
+}
+
+static void release_inventory(void *data)
+{
+    free(data);
+}
+
+int inventory_events_prepare(struct inventory *inv)
+{
+    struct store *st = inv->svc->store;
+    const struct {
+        const char *sql;
+        struct sqlite3_stmt **out;
+    } stmts[] = {
+        {sql_res_get, &inv->res_get},
+        {sql_res_insert, &inv->res_insert},
+        {sql_res_set_status, &inv->res_set_status},
+        {sql_item_insert, &inv->item_insert},
+        {sql_product_stock, &inv->product_stock},
+        {sql_product_take, &inv->product_take},
+        {sql_product_insert, &inv->product_insert},
+        {sql_product_restock, &inv->product_restock},
+        {sql_items_release, &inv->items_release},
+        {sql_items_commit, &inv->items_commit},
+    };
+    int rc = 0;
+
+    for (size_t i = 0; i < ARRAY_SIZE(stmts) && rc == 0; i++)
+        rc = store_prepare(st, stmts[i].sql, stmts[i].out);
+    if (rc < 0)
+        log_error("inventory: cannot prepare the stock statements: %s", store_errmsg(st));
+    return rc;
+}
+
+void inventory_events_attach(struct inventory *inv)
+{
+    stream_consumer_attach(inv->svc, STREAM_INVENTORY_COMMANDS, on_command, inv, release_inventory);
+}
