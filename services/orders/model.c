@@ -208,6 +208,8 @@ int orders_create(struct orders *o, const struct orders_new *n, char id[IDS_UUID
                              cmd->entry_id, at);
     if (rc == 0)
         rc = n->reason ? emit_rejected(o, id, n, at) : emit_placed(o, id, n, at);
+    if (rc == 0 && n->reason == NULL)
+        rc = orders_saga_arm(o, id);
     return rc;
 }
 

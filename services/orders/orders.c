@@ -118,6 +118,9 @@ int orders_service_start(struct service *svc)
     service_http_client(svc);
     orders_api_start(o);
     orders_events_start(o);
+    rc = orders_saga_start(o);
+    if (rc < 0)
+        return rc;
     if (strchr(o->users_url, '@') == NULL) /* never log credentials */
         log_info("orders: checking users at %s", o->users_url);
     return 0;

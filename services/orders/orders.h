@@ -61,9 +61,26 @@ CORE_MUST_CHECK int orders_service_start(struct service *svc);
 #define ORDERS_STEP_PLACED "placed"               /* order.placed sent */
 #define ORDERS_STEP_RESERVE_STOCK "reserve_stock" /* stock.reserve sent */
 #define ORDERS_STEP_REJECTED "rejected"           /* order.rejected sent */
+#define ORDERS_STEP_STOCK_RESERVED "stock_reserved"   /* stock.reserved received */
+#define ORDERS_STEP_STOCK_REJECTED "stock_rejected"   /* stock.rejected received */
+#define ORDERS_STEP_CHARGE_PAYMENT "charge_payment"   /* payment.charge sent */
+#define ORDERS_STEP_PAYMENT_SUCCEEDED "payment_succeeded"
+#define ORDERS_STEP_PAYMENT_FAILED "payment_failed"
+#define ORDERS_STEP_COMMIT_STOCK "commit_stock"       /* stock.commit sent */
+#define ORDERS_STEP_CONFIRMED "confirmed"             /* order.confirmed sent */
+#define ORDERS_STEP_RELEASE_STOCK "release_stock"     /* stock.release sent (compensation) */
+#define ORDERS_STEP_CANCELLED "cancelled"             /* order.cancelled sent */
+#define ORDERS_STEP_TIMED_OUT "timed_out"             /* order.cancelled sent, reason timeout */
+#define ORDERS_STEP_REFUND_PAYMENT "refund_payment"   /* payment.refund sent (compensation) */
+#define ORDERS_STEP_LATE_STOCK_RESERVED "late_stock_reserved"
+#define ORDERS_STEP_LATE_PAYMENT_SUCCEEDED "late_payment_succeeded"
+#define ORDERS_STEP_STOCK_RELEASED "stock_released"   /* acknowledgements */
+#define ORDERS_STEP_STOCK_COMMITTED "stock_committed"
+#define ORDERS_STEP_PAYMENT_REFUNDED "payment_refunded"
 
 /* Reasons (DESIGN.md §5). */
 #define ORDERS_REASON_UNKNOWN_USER "unknown_user"
+#define ORDERS_REASON_TIMEOUT "timeout"
 
 /* What the users service says about a user. */
 enum orders_user {
@@ -93,6 +110,12 @@ struct orders {
     unsigned refs;                  /* the stop hook's and the consumer's */
     int stopping;                   /* the stop hook ran: start no new checks */
     service_stop_done_cb stop_done; /* set by the stop hook until checks == 0 */
+
+    /* saga.c */
+    unsigned long saga_timeout_ms;  /* SAGA_TIMEOUT_MS */
+    uv_timer_t saga_timer;          /* the deadline sweep */
+    service_stop_done_cb saga_stop_done;
+    struct sqlite3_stmt *saga_load, *saga_update, *saga_arm, *saga_due;
 };
 
 /* Drops one of o's two references (the stop hook's, the consumer's); the
@@ -107,6 +130,13 @@ void orders_api_start(struct orders *o);
 /* events.c: starts consuming orders.commands (the consumer's release drops
  * a reference to o). */
 void orders_events_start(struct orders *o);
+
+/* saga.c: reads SAGA_TIMEOUT_MS (default 30000), starts the deadline sweep
+ * and consumes inventory.events and payments.events. Returns 0 or a
+ * negative errno. */
+CORE_MUST_CHECK int orders_saga_start(struct orders *o);
+/* Gives a new PENDING order its deadline (inside the open transaction). */
+CORE_MUST_CHECK int orders_saga_arm(struct orders *o, const char *order_id);
 
 /* users_check.c */
 

@@ -40,3 +40,10 @@ CREATE TABLE order_steps (
     at         TEXT NOT NULL,
     PRIMARY KEY (order_id, n)
 ) WITHOUT ROWID;
+
+-- migration: 2
+-- The saga's deadline: when the order's current step must have had its
+-- reply (ms since the epoch), NULL once the order is final. A sweep cancels
+-- orders past it, so deadlines survive restarts.
+ALTER TABLE orders ADD COLUMN deadline_ms INTEGER;
+CREATE INDEX orders_by_deadline ON orders (deadline_ms) WHERE deadline_ms IS NOT NULL;

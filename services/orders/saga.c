@@ -1,0 +1,432 @@
+/* saga.c -- orders as the orchestrator of the order saga (DESIGN.md §8).
+ *
+ *   PENDING --stock.reserved--> AWAITING_PAYMENT (sends payment.charge)
+ *           --stock.rejected--> REJECTED (order.rejected)
+ *   AWAITING_PAYMENT --payment.succeeded--> CONFIRMED (stock.commit, order.confirmed)
+ *                    --payment.failed--> CANCELLED (stock.release, order.cancelled)
+ *   PENDING or AWAITING_PAYMENT, no reply within SAGA_TIMEOUT_MS
+ *           --> CANCELLED, reason timeout (stock.release, order.cancelled)
+ *
+ * A reply to a finished saga is compensated: a late stock.reserved gets a
+ * stock.release, a late payment.succeeded a payment.refund. Replies that
+ * change nothing (a repeated stock.reserved, a payment.failed after a
+ * timeout, the acknowledgements stock.released / stock.committed /
+ * payment.refunded) are recorded in the timeline when they concern a known
+ * order, and otherwise acked.
+ *
+ * Every transition is one local transaction -- the consumer's -- with its
+ * outbox rows and its timeline steps. Deadlines live in the orders table
+ * (deadline_ms, NULL once the order is final), so a sweep timer re-arms
+ * them from the database after a restart. Loop thread only. */
+#include "orders.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include <jansson.h>
+#include <sqlite3.h>
+
+#include "config.h"
+#include "log.h"
+#include "store.h"
+#include "stream_consumer.h"
+#include "streams/streams.h"
+
+#define SAGA_SWEEP_BATCH 100
+
+/* What a loaded order looks like to the saga. */
+struct saga_order {
+    char id[IDS_UUID_LEN + 1];
+    char user_id[IDS_UUID_LEN + 1];
+    char status[24];
+    long long amount_cents; /* 0 while unknown */
+};
+
+static int64_t now_ms(void)
+{
+    struct timeval tv;
+
+    gettimeofday(&tv, NULL);
+    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+static int is_final(const struct saga_order *so)
+{
+    return strcmp(so->status, ORDERS_CONFIRMED) == 0 || strcmp(so->status, ORDERS_REJECTED) == 0 ||
+           strcmp(so->status, ORDERS_CANCELLED) == 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * The database side of a transition
+ * ------------------------------------------------------------------------- */
+
+/* Returns 0, -ENOENT or -EIO. */
+static int load(struct orders *o, const char *id, struct saga_order *so)
+{
+    struct sqlite3_stmt *st = o->saga_load;
+    int rc;
+
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        snprintf(so->id, sizeof(so->id), "%s", id);
+        snprintf(so->status, sizeof(so->status), "%s", (const char *)sqlite3_column_text(st, 0));
+        snprintf(so->user_id, sizeof(so->user_id), "%s", (const char *)sqlite3_column_text(st, 1));
+        so->amount_cents = sqlite3_column_int64(st, 2);
+        rc = 0;
+    } else {
+        rc = rc == SQLITE_DONE ? -ENOENT : -EIO;
+    }
+    store_reset(st);
+    return rc;
+}
+
+/* Moves so to status (amount_cents 0 keeps it; reason may be NULL); a
+ * non-final status gets a new deadline. */
+static int move(struct orders *o, struct saga_order *so, const char *status, long long amount_cents,
+                const char *reason, const char *at)
+{
+    struct sqlite3_stmt *st = o->saga_update;
+    int final = strcmp(status, ORDERS_CONFIRMED) == 0 || strcmp(status, ORDERS_REJECTED) == 0 ||
+                strcmp(status, ORDERS_CANCELLED) == 0;
+    int rc;
+
+    sqlite3_bind_text(st, 1, status, -1, SQLITE_STATIC);
+    if (amount_cents > 0)
+        sqlite3_bind_int64(st, 2, amount_cents);
+    if (reason != NULL)
+        sqlite3_bind_text(st, 3, reason, -1, SQLITE_STATIC);
+    if (!final)
+        sqlite3_bind_int64(st, 4, now_ms() + (int64_t)o->saga_timeout_ms);
+    sqlite3_bind_text(st, 5, at, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, so->id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -EIO;
+    store_reset(st);
+    if (rc == 0) {
+        snprintf(so->status, sizeof(so->status), "%s", status);
+        if (amount_cents > 0)
+            so->amount_cents = amount_cents;
+    }
+    return rc;
+}
+
+int orders_saga_arm(struct orders *o, const char *order_id)
+{
+    struct sqlite3_stmt *st = o->saga_arm;
+    int rc;
+
+    sqlite3_bind_int64(st, 1, now_ms() + (int64_t)o->saga_timeout_ms);
+    sqlite3_bind_text(st, 2, order_id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -EIO;
+    store_reset(st);
+    return rc;
+}
+
+/* Sends an event about so: {order_id[, user_id][, extra]} built by fmt. */
+static int send_event(struct orders *o, const struct saga_order *so, const char *stream,
+                      const char *type, json_t *data, const char *step, const char *at)
+{
+    int rc;
+
+    if (data == NULL)
+        return -ENOMEM;
+    rc = orders_emit(o, so->id, stream, type, data, step, at);
+    json_decref(data);
+    return rc;
+}
+
+static int send_release(struct orders *o, const struct saga_order *so, const char *at)
+{
+    return send_event(o, so, STREAM_INVENTORY_COMMANDS, EVENT_STOCK_RELEASE,
+                      json_pack("{s:s}", "order_id", so->id), ORDERS_STEP_RELEASE_STOCK, at);
+}
+
+static int send_final(struct orders *o, const struct saga_order *so, const char *type,
+                      const char *reason, const char *step, const char *at)
+{
+    json_t *data = reason ? json_pack("{s:s, s:s, s:s}", "order_id", so->id, "user_id", so->user_id,
+                                      "reason", reason)
+                          : json_pack("{s:s, s:s, s:I}", "order_id", so->id, "user_id", so->user_id,
+                                      "amount_cents", (json_int_t)so->amount_cents);
+
+    return send_event(o, so, STREAM_ORDERS_EVENTS, type, data, step, at);
+}
+
+/* Records the event that arrived as the order's next step. */
+static int received(struct orders *o, const struct saga_order *so, const struct stream_msg *msg,
+                    const char *step, const char *at)
+{
+    return orders_step_add(o, so->id, step, msg->type, msg->id, msg->stream, msg->entry_id, at);
+}
+
+/* ---------------------------------------------------------------------------
+ * Replies from inventory and payments
+ * ------------------------------------------------------------------------- */
+
+static int on_stock_reserved(struct orders *o, struct saga_order *so, struct stream_msg *msg,
+                             const char *at)
+{
+    json_int_t amount = json_integer_value(json_object_get(msg->data, "amount_cents"));
+    int rc;
+
+    if (strcmp(so->status, ORDERS_PENDING) == 0) {
+        if ((rc = received(o, so, msg, ORDERS_STEP_STOCK_RESERVED, at)) < 0 ||
+            (rc = move(o, so, ORDERS_AWAITING_PAYMENT, (long long)amount, NULL, at)) < 0)
+            return rc;
+        return send_event(o, so, STREAM_PAYMENTS_COMMANDS, EVENT_PAYMENT_CHARGE,
+                          json_pack("{s:s, s:s, s:I}", "order_id", so->id, "user_id", so->user_id,
+                                    "amount_cents", amount),
+                          ORDERS_STEP_CHARGE_PAYMENT, at);
+    }
+    if (strcmp(so->status, ORDERS_CANCELLED) == 0 || strcmp(so->status, ORDERS_REJECTED) == 0) {
+        /* The saga is over (a timeout): give the stock back. */
+        log_write(LOG_INFO, so->id, "late stock.reserved for a %s order: releasing", so->status);
+        if ((rc = received(o, so, msg, ORDERS_STEP_LATE_STOCK_RESERVED, at)) < 0)
+            return rc;
+        return send_release(o, so, at);
+    }
+    return STREAM_CONSUMER_SKIP; /* a repeat: the order moved on already */
+}
+
+static int on_stock_rejected(struct orders *o, struct saga_order *so, struct stream_msg *msg,
+                             const char *at)
+{
+    const char *reason = json_string_value(json_object_get(msg->data, "reason"));
+    int rc;
+
+    if (strcmp(so->status, ORDERS_PENDING) != 0)
+        return STREAM_CONSUMER_SKIP;
+    if ((rc = received(o, so, msg, ORDERS_STEP_STOCK_REJECTED, at)) < 0 ||
+        (rc = move(o, so, ORDERS_REJECTED, 0, reason, at)) < 0)
+        return rc;
+    log_write(LOG_INFO, so->id, "order rejected: %s", reason);
+    return send_final(o, so, EVENT_ORDER_REJECTED, reason, ORDERS_STEP_REJECTED, at);
+}
+
+static int on_payment_succeeded(struct orders *o, struct saga_order *so, struct stream_msg *msg,
+                                const char *at)
+{
+    int rc;
+
+    if (strcmp(so->status, ORDERS_AWAITING_PAYMENT) == 0) {
+        if ((rc = received(o, so, msg, ORDERS_STEP_PAYMENT_SUCCEEDED, at)) < 0 ||
+            (rc = move(o, so, ORDERS_CONFIRMED, 0, NULL, at)) < 0 ||
+            (rc = send_event(o, so, STREAM_INVENTORY_COMMANDS, EVENT_STOCK_COMMIT,
+                             json_pack("{s:s}", "order_id", so->id), ORDERS_STEP_COMMIT_STOCK,
+                             at)) < 0)
+            return rc;
+        log_write(LOG_INFO, so->id, "order confirmed: %lld cents", so->amount_cents);
+        return send_final(o, so, EVENT_ORDER_CONFIRMED, NULL, ORDERS_STEP_CONFIRMED, at);
+    }
+    if (strcmp(so->status, ORDERS_CANCELLED) == 0 || strcmp(so->status, ORDERS_REJECTED) == 0) {
+        /* Charged for an order that is over: pay it back. */
+        log_write(LOG_INFO, so->id, "late payment.succeeded for a %s order: refunding", so->status);
+        if ((rc = received(o, so, msg, ORDERS_STEP_LATE_PAYMENT_SUCCEEDED, at)) < 0)
+            return rc;
+        return send_event(o, so, STREAM_PAYMENTS_COMMANDS, EVENT_PAYMENT_REFUND,
+                          json_pack("{s:s}", "order_id", so->id), ORDERS_STEP_REFUND_PAYMENT, at);
+    }
+    return STREAM_CONSUMER_SKIP;
+}
+
+static int on_payment_failed(struct orders *o, struct saga_order *so, struct stream_msg *msg,
+                             const char *at)
+{
+    const char *reason = json_string_value(json_object_get(msg->data, "reason"));
+    int rc;
+
+    if (strcmp(so->status, ORDERS_AWAITING_PAYMENT) != 0)
+        return STREAM_CONSUMER_SKIP; /* nothing was charged: nothing to undo */
+    if ((rc = received(o, so, msg, ORDERS_STEP_PAYMENT_FAILED, at)) < 0 ||
+        (rc = move(o, so, ORDERS_CANCELLED, 0, reason, at)) < 0 ||
+        (rc = send_release(o, so, at)) < 0)
+        return rc;
+    log_write(LOG_INFO, so->id, "order cancelled: %s", reason);
+    return send_final(o, so, EVENT_ORDER_CANCELLED, reason, ORDERS_STEP_CANCELLED, at);
+}
+
+/* The acknowledgements of compensations and commits: timeline only. */
+static int on_ack(struct orders *o, struct saga_order *so, struct stream_msg *msg, const char *at)
+{
+    const char *step = strcmp(msg->type, EVENT_STOCK_RELEASED) == 0 ? ORDERS_STEP_STOCK_RELEASED
+                       : strcmp(msg->type, EVENT_STOCK_COMMITTED) == 0
+                           ? ORDERS_STEP_STOCK_COMMITTED
+                           : ORDERS_STEP_PAYMENT_REFUNDED;
+
+    return received(o, so, msg, step, at);
+}
+
+typedef int (*saga_handler)(struct orders *o, struct saga_order *so, struct stream_msg *msg,
+                            const char *at);
+
+static saga_handler handler_for(const char *type)
+{
+    static const struct {
+        const char *type;
+        saga_handler fn;
+    } table[] = {
+        {EVENT_STOCK_RESERVED, on_stock_reserved},
+        {EVENT_STOCK_REJECTED, on_stock_rejected},
+        {EVENT_PAYMENT_SUCCEEDED, on_payment_succeeded},
+        {EVENT_PAYMENT_FAILED, on_payment_failed},
+        {EVENT_STOCK_RELEASED, on_ack},
+        {EVENT_STOCK_COMMITTED, on_ack},
+        {EVENT_PAYMENT_REFUNDED, on_ack},
+    };
+
+    for (size_t i = 0; i < ARRAY_SIZE(table); i++) {
+        if (strcmp(table[i].type, type) == 0)
+            return table[i].fn;
+    }
+    return NULL;
+}
+
+static int on_reply(struct stream_msg *msg, void *data)
+{
+    struct orders *o = data;
+    saga_handler fn = handler_for(msg->type);
+    const char *order_id = json_string_value(json_object_get(msg->data, "order_id"));
+    char id[IDS_UUID_LEN + 1], at[ORDERS_TS_LEN + 1];
+    struct saga_order so;
+    int rc;
+
+    if (fn == NULL || order_id == NULL || strlen(order_id) != IDS_UUID_LEN)
+        return STREAM_CONSUMER_SKIP; /* product.restocked, account.*: not ours */
+    for (size_t i = 0; i <= IDS_UUID_LEN; i++)
+        id[i] = (char)(order_id[i] >= 'A' && order_id[i] <= 'F' ? order_id[i] + 32 : order_id[i]);
+    rc = load(o, id, &so);
+    if (rc == -ENOENT) {
+        log_write(LOG_DEBUG, id, "%s for an order we do not know: skipped", msg->type);
+        return STREAM_CONSUMER_SKIP;
+    }
+    if (rc < 0 || (rc = orders_now_iso8601(at, sizeof(at))) < 0)
+        return rc;
+    return fn(o, &so, msg, at);
+}
+
+/* ---------------------------------------------------------------------------
+ * Deadlines
+ * ------------------------------------------------------------------------- */
+
+/* Cancels one order whose step had no reply in time. */
+static int time_out(struct orders *o, const char *id, const char *at)
+{
+    struct saga_order so;
+    int rc = load(o, id, &so);
+
+    if (rc < 0 || is_final(&so))
+        return rc == -ENOENT ? 0 : rc;
+    log_write(LOG_INFO, so.id, "order %s timed out after %lu ms: cancelling", so.status,
+              o->saga_timeout_ms);
+    if ((rc = move(o, &so, ORDERS_CANCELLED, 0, ORDERS_REASON_TIMEOUT, at)) < 0 ||
+        (rc = send_release(o, &so, at)) < 0)
+        return rc;
+    return send_final(o, &so, EVENT_ORDER_CANCELLED, ORDERS_REASON_TIMEOUT, ORDERS_STEP_TIMED_OUT,
+                      at);
+}
+
+/* Collects up to SAGA_SWEEP_BATCH overdue order ids into ids. */
+static size_t overdue(struct orders *o, char ids[][IDS_UUID_LEN + 1])
+{
+    struct sqlite3_stmt *st = o->saga_due;
+    size_t n = 0;
+
+    sqlite3_bind_int64(st, 1, now_ms());
+    sqlite3_bind_int(st, 2, SAGA_SWEEP_BATCH);
+    while (n < SAGA_SWEEP_BATCH && sqlite3_step(st) == SQLITE_ROW)
+        snprintf(ids[n++], IDS_UUID_LEN + 1, "%s", (const char *)sqlite3_column_text(st, 0));
+    store_reset(st);
+    return n;
+}
+
+static void on_sweep(uv_timer_t *t)
+{
+    struct orders *o = t->data;
+    char ids[SAGA_SWEEP_BATCH][IDS_UUID_LEN + 1], at[ORDERS_TS_LEN + 1];
+    size_t n;
+    int rc = 0;
+
+    if (o->stopping || store_in_txn(o->svc->store) || (n = overdue(o, ids)) == 0)
+        return;
+    if (orders_now_iso8601(at, sizeof(at)) < 0 || store_begin(o->svc->store) < 0)
+        return;
+    for (size_t i = 0; i < n && rc == 0; i++)
+        rc = time_out(o, ids[i], at);
+    if (rc < 0) {
+        log_error("orders: cancelling overdue orders failed: %s", strerror(-rc));
+        store_rollback(o->svc->store);
+        return;
+    }
+    if (store_commit(o->svc->store) < 0)
+        log_error("orders: cancelling overdue orders: commit failed");
+}
+
+/* ---------------------------------------------------------------------------
+ * Life cycle
+ * ------------------------------------------------------------------------- */
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    struct orders *o = h->data;
+    service_stop_done_cb done = o->saga_stop_done;
+    struct service *svc = o->svc;
+
+    orders_unref(o);
+    done(svc);
+}
+
+static void on_saga_stop(struct service *svc, void *data, service_stop_done_cb done)
+{
+    struct orders *o = data;
+
+    (void)svc;
+    o->saga_stop_done = done;
+    uv_close((uv_handle_t *)&o->saga_timer, on_timer_closed);
+}
+
+static int saga_prepare(struct orders *o)
+{
+    struct store *st = o->svc->store;
+    int rc;
+
+    if ((rc = store_prepare(st, "SELECT status, user_id, amount_cents FROM orders WHERE id = ?",
+                            &o->saga_load)) < 0 ||
+        (rc = store_prepare(st,
+                            "UPDATE orders SET status = ?1, amount_cents = COALESCE(?2, "
+                            "amount_cents), reason = ?3, deadline_ms = ?4, updated_at = ?5 "
+                            "WHERE id = ?6",
+                            &o->saga_update)) < 0 ||
+        (rc = store_prepare(st, "UPDATE orders SET deadline_ms = ?1 WHERE id = ?2", &o->saga_arm)) <
+            0 ||
+        (rc = store_prepare(st,
+                            "SELECT id FROM orders WHERE deadline_ms IS NOT NULL AND "
+                            "deadline_ms <= ?1 ORDER BY deadline_ms LIMIT ?2",
+                            &o->saga_due)) < 0)
+        return rc;
+    return 0;
+}
+
+int orders_saga_start(struct orders *o)
+{
+    struct service *svc = o->svc;
+    char err[CONFIG_ERR_MAX];
+    unsigned long timeout, sweep;
+    int rc;
+
+    if (config_uint("SAGA_TIMEOUT_MS", 30000, 10, 86400000, &timeout, err, sizeof(err)) < 0)
+        service_fatal(svc, "%s", err);
+    o->saga_timeout_ms = timeout;
+    if ((rc = saga_prepare(o)) < 0)
+        return rc;
+    sweep = timeout / 4 < 50 ? 50 : timeout / 4 > 1000 ? 1000 : timeout / 4;
+    uv_timer_init(svc->loop, &o->saga_timer);
+    o->saga_timer.data = o;
+    /* Deadlines are rows: after a restart the first sweep finds them. */
+    uv_timer_start(&o->saga_timer, on_sweep, sweep, sweep);
+    o->refs += 3; /* the sweep's stop hook and the two consumers */
+    service_on_stop(svc, on_saga_stop, o);
+    stream_consumer_attach(svc, STREAM_INVENTORY_EVENTS, on_reply, o, orders_unref);
+    stream_consumer_attach(svc, STREAM_PAYMENTS_EVENTS, on_reply, o, orders_unref);
+    return 0;
+}
