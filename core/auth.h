@@ -45,8 +45,8 @@ CORE_MUST_CHECK int auth_sign(const struct auth *a, const char *sub, const char 
  * *claims. Returns 0, or -EACCES for any bad token: malformed, wrong alg,
  * bad signature, missing or past exp, missing sub. now is seconds since the
  * epoch (pass time(NULL); tests pass other values). */
-CORE_MUST_CHECK int auth_verify(const struct auth *a, const char *token, size_t token_len,
-                                long now, struct auth_claims *claims);
+CORE_MUST_CHECK int auth_verify(const struct auth *a, const char *token, size_t token_len, long now,
+                                struct auth_claims *claims);
 
 /* Same, from an Authorization header value: "Bearer <token>" (scheme
  * case-insensitive). -EACCES when absent (value == NULL) or malformed. */

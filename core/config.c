@@ -123,13 +123,13 @@ int config_load(struct config *cfg, const char *service, unsigned default_port, 
         return -EINVAL;
     if ((rc = config_uint("PORT", default_port, 1, 65535, &port, err, errlen)) < 0 ||
         (rc = config_str("HOST", "127.0.0.1", 1, &cfg->host, err, errlen)) < 0 ||
-        (rc = config_str("REDIS_URL", "redis://127.0.0.1:6379", 1, &cfg->redis_url, err,
-                         errlen)) < 0 ||
+        (rc = config_str("REDIS_URL", "redis://127.0.0.1:6379", 1, &cfg->redis_url, err, errlen)) <
+            0 ||
         (rc = config_str("DB_PATH", db_default, 1, &db_path, err, errlen)) < 0 ||
         (rc = config_str("JWT_SECRET", NULL, 32, &cfg->jwt_secret, err, errlen)) < 0 ||
         (rc = config_str("LOG_LEVEL", "info", 1, &cfg->log_level, err, errlen)) < 0 ||
-        (rc = config_str("CONSUMER_NAME", consumer_default, 1, &cfg->consumer_name, err,
-                         errlen)) < 0)
+        (rc = config_str("CONSUMER_NAME", consumer_default, 1, &cfg->consumer_name, err, errlen)) <
+            0)
         return rc;
     cfg->port = (unsigned)port;
     if (snprintf(cfg->db_path, sizeof(cfg->db_path), "%s", db_path) >= (int)sizeof(cfg->db_path)) {

@@ -41,7 +41,7 @@ struct config {
     unsigned stream_maxlen;
 
     /* Outbound HTTP (core/http_client) */
-    unsigned http_client_timeout_ms;  /* per attempt */
+    unsigned http_client_timeout_ms; /* per attempt */
     unsigned http_client_attempts;
     unsigned http_client_deadline_ms; /* overall, retries included */
     unsigned http_client_breaker_failures;
@@ -67,7 +67,7 @@ CORE_MUST_CHECK int config_uint(const char *name, unsigned long def, unsigned lo
 
 /* Reads name as a string; def when unset or empty. def == NULL makes it
  * required (-EINVAL when missing). min_len is checked too. */
-CORE_MUST_CHECK int config_str(const char *name, const char *def, size_t min_len,
-                               const char **out, char *err, size_t errlen);
+CORE_MUST_CHECK int config_str(const char *name, const char *def, size_t min_len, const char **out,
+                               char *err, size_t errlen);
 
 #endif

@@ -28,14 +28,14 @@
 struct target {
     char name[32];
     int state;
-    unsigned failures;    /* consecutive */
-    uint64_t open_until;  /* uv_now ms */
-    int probing;          /* the half-open probe is in flight */
-    double gauge;         /* circuit_state, read at render time */
+    unsigned failures;   /* consecutive */
+    uint64_t open_until; /* uv_now ms */
+    int probing;         /* the half-open probe is in flight */
+    double gauge;        /* circuit_state, read at render time */
 };
 
 struct cache_entry {
-    struct cache_entry *next;       /* bucket chain */
+    struct cache_entry *next;          /* bucket chain */
     struct cache_entry *older, *newer; /* age list, for eviction */
     char *url;
     int status;
@@ -144,7 +144,9 @@ static void breaker_set(struct target *t, int state)
 {
     if (t->state != state)
         log_warn("http_client: circuit to %s is now %s", t->name,
-                 state == CIRCUIT_OPEN ? "open" : state == CIRCUIT_CLOSED ? "closed" : "half-open");
+                 state == CIRCUIT_OPEN     ? "open"
+                 : state == CIRCUIT_CLOSED ? "closed"
+                                           : "half-open");
     t->state = state;
     t->gauge = state;
 }
@@ -687,8 +689,8 @@ static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
  * Life cycle
  * ------------------------------------------------------------------------- */
 
-int http_client_new(uv_loop_t *loop, const struct http_client_config *cfg,
-                    struct metrics *metrics, struct http_client **out)
+int http_client_new(uv_loop_t *loop, const struct http_client_config *cfg, struct metrics *metrics,
+                    struct http_client **out)
 {
     struct http_client *c;
 
@@ -819,8 +821,16 @@ static void maybe_freed(struct http_client *c)
 
     if (!c->closing || c->handles > 0)
         return;
-    while (c->oldest != NULL)
-        cache_unlink(c, c->oldest);
+    for (size_t i = 0; i < CACHE_BUCKETS; i++) {
+        struct cache_entry *e = c->cache[i], *next;
+
+        for (; e != NULL; e = next) {
+            next = e->next;
+            free(e->url);
+            free(e->body);
+            free(e);
+        }
+    }
     for (size_t i = 0; i < c->ntargets && c->metrics != NULL; i++)
         metrics_gauge_detach(c->metrics, &c->targets[i]);
     cb = c->closed_cb;

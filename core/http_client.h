@@ -46,28 +46,28 @@ struct http_client_config {
 };
 
 struct http_client_request {
-    const char *target;  /* breaker and metrics name, e.g. "users"; copied */
-    const char *method;  /* "GET", "POST", ... */
-    const char *url;     /* copied */
+    const char *target; /* breaker and metrics name, e.g. "users"; copied */
+    const char *method; /* "GET", "POST", ... */
+    const char *url;    /* copied */
     const char *headers[HTTP_CLIENT_MAX_HEADERS]; /* "Name: value", NULL-terminated; copied */
-    const char *body;    /* copied; may be NULL */
+    const char *body;                             /* copied; may be NULL */
     size_t body_len;
-    int idempotent;      /* retries allowed (GET, PUT, DELETE by nature) */
+    int idempotent;                 /* retries allowed (GET, PUT, DELETE by nature) */
     unsigned cache_ttl_ms;          /* GET: cache 2xx answers this long (0: no cache) */
     unsigned cache_negative_ttl_ms; /* GET: cache 404 answers this long */
     unsigned cache_stale_ms;        /* GET: serve a 2xx this old when the target fails */
 };
 
 struct http_client_response {
-    int status;          /* the HTTP status, or 0 when there was no answer */
-    int error;           /* 0, or -ETIMEDOUT, -ECONNREFUSED (connect error), -EAGAIN
-                          * (breaker open), -EMSGSIZE (body too large), -ECANCELED
-                          * (client closing), -EIO (other) */
+    int status;            /* the HTTP status, or 0 when there was no answer */
+    int error;             /* 0, or -ETIMEDOUT, -ECONNREFUSED (connect error), -EAGAIN
+                            * (breaker open), -EMSGSIZE (body too large), -ECANCELED
+                            * (client closing), -EIO (other) */
     const char *error_msg; /* "" when error == 0 */
-    const char *body;    /* borrowed for the callback; NUL-terminated */
+    const char *body;      /* borrowed for the callback; NUL-terminated */
     size_t body_len;
-    int from_cache;      /* 1 fresh from the cache, 2 stale (served because of a failure) */
-    unsigned attempts;   /* made */
+    int from_cache;    /* 1 fresh from the cache, 2 stale (served because of a failure) */
+    unsigned attempts; /* made */
 };
 
 /* Called exactly once per request, on the loop. */

@@ -15,22 +15,38 @@ static const char content_json[] = "application/json";
 const char *http_error_code(int status)
 {
     switch (status) {
-    case 400: return "bad_request";
-    case 401: return "unauthorized";
-    case 403: return "forbidden";
-    case 404: return "not_found";
-    case 405: return "method_not_allowed";
-    case 408: return "request_timeout";
-    case 409: return "conflict";
-    case 413: return "payload_too_large";
-    case 415: return "unsupported_media_type";
-    case 422: return "invalid";
-    case 429: return "too_many_requests";
-    case 431: return "headers_too_large";
-    case 502: return "bad_gateway";
-    case 503: return "unavailable";
-    case 504: return "timeout";
-    default: return status >= 500 ? "internal" : "error";
+    case 400:
+        return "bad_request";
+    case 401:
+        return "unauthorized";
+    case 403:
+        return "forbidden";
+    case 404:
+        return "not_found";
+    case 405:
+        return "method_not_allowed";
+    case 408:
+        return "request_timeout";
+    case 409:
+        return "conflict";
+    case 413:
+        return "payload_too_large";
+    case 415:
+        return "unsupported_media_type";
+    case 422:
+        return "invalid";
+    case 429:
+        return "too_many_requests";
+    case 431:
+        return "headers_too_large";
+    case 502:
+        return "bad_gateway";
+    case 503:
+        return "unavailable";
+    case 504:
+        return "timeout";
+    default:
+        return status >= 500 ? "internal" : "error";
     }
 }
 
@@ -115,8 +131,8 @@ int http_reply_parse_object(struct http_request *req, json_t **out)
     }
     v = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &jerr);
     if (v == NULL) {
-        snprintf(msg, sizeof(msg), "invalid JSON at line %d column %d: %s", jerr.line,
-                 jerr.column, jerr.text);
+        snprintf(msg, sizeof(msg), "invalid JSON at line %d column %d: %s", jerr.line, jerr.column,
+                 jerr.text);
         http_reply_error(req, 400, NULL, msg);
         return -EINVAL;
     }

@@ -30,9 +30,9 @@
 
 #include "log.h"
 
-#define LINGER_MS 2000              /* reading and dropping input after a final answer */
-#define LINGER_MAX_BYTES (1 << 20)  /* ... at most this much of it */
-#define RESPONSE_HEAD_BYTES 512     /* status line + our headers, without extras */
+#define LINGER_MS 2000             /* reading and dropping input after a final answer */
+#define LINGER_MAX_BYTES (1 << 20) /* ... at most this much of it */
+#define RESPONSE_HEAD_BYTES 512    /* status line + our headers, without extras */
 #define LISTEN_BACKLOG 1024
 
 enum conn_state {
@@ -120,29 +120,52 @@ static void server_maybe_done(struct http_server *srv);
 const char *http_status_reason(int status)
 {
     switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 413: return "Payload Too Large";
-    case 415: return "Unsupported Media Type";
-    case 422: return "Unprocessable Entity";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "Unknown";
+    case 100:
+        return "Continue";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 413:
+        return "Payload Too Large";
+    case 415:
+        return "Unsupported Media Type";
+    case 422:
+        return "Unprocessable Entity";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "Unknown";
     }
 }
 
@@ -277,11 +300,22 @@ static void conn_fail(struct http_conn *c, int status)
     int n;
 
     switch (status) {
-    case 408: code = "request_timeout", msg = "request headers not received in time"; break;
-    case 413: code = "payload_too_large", msg = "request body too large"; break;
-    case 431: code = "headers_too_large", msg = "request headers too large"; break;
-    case 503: code = "unavailable", msg = "too many connections"; break;
-    default: code = "bad_request", msg = "malformed HTTP request"; status = 400; break;
+    case 408:
+        code = "request_timeout", msg = "request headers not received in time";
+        break;
+    case 413:
+        code = "payload_too_large", msg = "request body too large";
+        break;
+    case 431:
+        code = "headers_too_large", msg = "request headers too large";
+        break;
+    case 503:
+        code = "unavailable", msg = "too many connections";
+        break;
+    default:
+        code = "bad_request", msg = "malformed HTTP request";
+        status = 400;
+        break;
     }
     n = snprintf(body, sizeof(body), "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}", code, msg);
     c->final = 1;
@@ -792,8 +826,8 @@ static void on_connection(uv_stream_t *listener, int status)
  * Requests and responses
  * ------------------------------------------------------------------------- */
 
-int http_respond(struct http_request *req, int status, const char *content_type,
-                 const char *body, size_t len)
+int http_respond(struct http_request *req, int status, const char *content_type, const char *body,
+                 size_t len)
 {
     struct http_conn *c = req->conn_;
     struct http_server *srv = c->srv;
@@ -866,7 +900,8 @@ int http_request_add_param(struct http_request *req, const char *name, const cha
 {
     struct http_param *p;
 
-    if (req->nparams == HTTP_SERVER_MAX_PARAMS || len + 1 > sizeof(req->param_buf_) - req->param_used_)
+    if (req->nparams == HTTP_SERVER_MAX_PARAMS ||
+        len + 1 > sizeof(req->param_buf_) - req->param_used_)
         return -ENOSPC;
     p = &req->params[req->nparams++];
     p->name = name;

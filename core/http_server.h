@@ -30,9 +30,9 @@
 #include "common.h"
 
 #define HTTP_SERVER_MAX_PARAMS 4
-#define HTTP_SERVER_PARAM_BYTES 256       /* all route params of one request, copied */
+#define HTTP_SERVER_PARAM_BYTES 256        /* all route params of one request, copied */
 #define HTTP_SERVER_EXTRA_HEADER_BYTES 256 /* response headers added by handlers */
-#define HTTP_SERVER_WRITE_HIGH_WATER (256 * 1024)
+#define HTTP_SERVER_WRITE_HIGH_WATER ((size_t)256 * 1024)
 #define HTTP_SERVER_READ_BYTES (64 * 1024) /* one read */
 
 struct http_server; /* opaque */
@@ -52,18 +52,18 @@ struct http_param {
 
 struct http_request {
     /* public, read-only */
-    const char *method;           /* "GET", "POST", ... */
-    const char *path;             /* NUL-terminated, without the query */
+    const char *method; /* "GET", "POST", ... */
+    const char *path;   /* NUL-terminated, without the query */
     size_t path_len;
-    const char *query;            /* after '?', NUL-terminated, "" when none */
+    const char *query; /* after '?', NUL-terminated, "" when none */
     const struct http_header *headers;
     size_t nheaders;
-    const char *body;             /* NUL-terminated (the NUL is not counted) */
+    const char *body; /* NUL-terminated (the NUL is not counted) */
     size_t body_len;
-    uint64_t start_ns;            /* uv_hrtime() when the request was complete */
+    uint64_t start_ns; /* uv_hrtime() when the request was complete */
 
     /* public, set by the router */
-    const char *route;            /* matched pattern, for metrics; "unmatched" */
+    const char *route; /* matched pattern, for metrics; "unmatched" */
     struct http_param params[HTTP_SERVER_MAX_PARAMS];
     size_t nparams;
 
@@ -80,7 +80,7 @@ struct http_request {
 
 struct http_server_config {
     const char *host;
-    unsigned port;           /* 0 picks a free port; see http_server_port() */
+    unsigned port; /* 0 picks a free port; see http_server_port() */
     unsigned max_header_bytes, max_headers, max_body_bytes, max_connections;
     unsigned header_timeout_ms, idle_timeout_ms;
 };
@@ -90,7 +90,7 @@ typedef void (*http_request_cb)(struct http_request *req, void *data);
 /* Fires once per response actually written (not for aborted requests), with
  * the status and the time from request complete to response queued. */
 typedef void (*http_response_cb)(const struct http_request *req, int status, double seconds,
-                                  void *data);
+                                 void *data);
 typedef void (*http_server_closed_cb)(void *data);
 
 /* Copies cfg (host too). Returns 0 and sets *out, or a negative errno; on
@@ -117,8 +117,8 @@ void http_server_abort(struct http_server *srv);
  * (copied). Consumes req: it must not be used after this call. Returns 0;
  * -ECONNRESET when the client was already gone (the request is released
  * all the same). */
-int http_respond(struct http_request *req, int status, const char *content_type,
-                 const char *body, size_t len);
+int http_respond(struct http_request *req, int status, const char *content_type, const char *body,
+                 size_t len);
 /* Adds a response header ("Retry-After", "5") before http_respond. Returns 0
  * or -ENOSPC past HTTP_SERVER_EXTRA_HEADER_BYTES. */
 CORE_MUST_CHECK int http_add_header(struct http_request *req, const char *name, const char *value);

@@ -60,10 +60,12 @@ static void append_escaped(char *dst, size_t cap, size_t *pos, const char *src)
             dst[p++] = '\\';
             dst[p++] = 'n';
         } else if (*s < 0x20) {
-            memcpy(dst + p, "\\u00", 4);
-            dst[p + 4] = hex[*s >> 4];
-            dst[p + 5] = hex[*s & 0xf];
-            p += 6;
+            dst[p++] = '\\';
+            dst[p++] = 'u';
+            dst[p++] = '0';
+            dst[p++] = '0';
+            dst[p++] = hex[*s >> 4];
+            dst[p++] = hex[*s & 0xf];
         } else {
             dst[p++] = (char)*s;
         }
@@ -77,7 +79,8 @@ static void append_raw(char *dst, size_t cap, size_t *pos, const char *src)
 
     if (*pos + n >= cap)
         n = cap - *pos - 1;
-    memcpy(dst + *pos, src, n);
+    /* a span of a line that is written with its length, never a C string */
+    memcpy(dst + *pos, src, n); /* NOLINT(bugprone-not-null-terminated-result) */
     *pos += n;
 }
 
@@ -95,8 +98,7 @@ static void log_vwrite(enum log_level level, const char *trace, const char *fmt,
     gettimeofday(&tv, NULL);
     gmtime_r(&tv.tv_sec, &tm);
     snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-             (int)(tv.tv_usec / 1000));
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(tv.tv_usec / 1000));
 
     append_raw(line, sizeof(line), &pos, "{\"ts\":\"");
     append_raw(line, sizeof(line), &pos, ts);
@@ -132,7 +134,7 @@ void log_write(enum log_level level, const char *trace, const char *fmt, ...)
     void fn(const char *fmt, ...)                                                                  \
     {                                                                                              \
         va_list ap;                                                                                \
-        if (lvl < log_level)                                                                       \
+        if ((lvl) < log_level)                                                                     \
             return;                                                                                \
         va_start(ap, fmt);                                                                         \
         log_vwrite(lvl, NULL, fmt, ap);                                                            \

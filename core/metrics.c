@@ -74,7 +74,8 @@ int metrics_new(struct metrics **out)
     *out = NULL;
     if (m == NULL)
         return -ENOMEM;
-    m->table = calloc(METRICS_INITIAL_TABLE, sizeof(*m->table));
+    m->table =
+        calloc(METRICS_INITIAL_TABLE, sizeof(struct series *)); /* NOLINT: an array of pointers */
     if (m->table == NULL) {
         free(m);
         return -ENOMEM;
@@ -152,7 +153,7 @@ static int table_reserve(struct metrics *m)
 
     if ((m->nseries + 1) * 2 <= m->table_size)
         return 0;
-    table = calloc(size, sizeof(*table));
+    table = calloc(size, sizeof(struct series *)); /* NOLINT: an array of pointers */
     if (table == NULL)
         return -ENOMEM;
     for (size_t i = 0; i < m->table_size; i++)

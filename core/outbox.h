@@ -29,10 +29,10 @@ struct json_t;
 struct outbox; /* opaque */
 
 struct outbox_config {
-    const char *source;        /* the service name, the envelope's `source`; copied */
-    unsigned batch;            /* rows per relay pass (pipelined XADDs), 1..1024 */
-    unsigned long maxlen;      /* XADD MAXLEN ~; 0 for none */
-    unsigned long max_backlog; /* outbox_overloaded() past this many unpublished rows */
+    const char *source;         /* the service name, the envelope's `source`; copied */
+    unsigned batch;             /* rows per relay pass (pipelined XADDs), 1..1024 */
+    unsigned long maxlen;       /* XADD MAXLEN ~; 0 for none */
+    unsigned long max_backlog;  /* outbox_overloaded() past this many unpublished rows */
     unsigned long retention_ms; /* published rows are kept this long */
 };
 
@@ -53,8 +53,7 @@ CORE_MUST_CHECK int outbox_append(struct outbox *ob, const char *stream, const c
 /* The stream entry id Redis gave the event, once published (and until the
  * row is pruned). Returns 0, -ENOENT (unknown or not yet published) or
  * -ENOSPC. */
-CORE_MUST_CHECK int outbox_entry_id(struct outbox *ob, const char *event_id, char *buf,
-                                    size_t len);
+CORE_MUST_CHECK int outbox_entry_id(struct outbox *ob, const char *event_id, char *buf, size_t len);
 
 /* Unpublished rows (committed and not yet acknowledged by Redis). */
 uint64_t outbox_backlog(const struct outbox *ob);

@@ -146,8 +146,8 @@ int redis_url_parse(const char *url, struct redis_url *out, char *err, size_t er
     }
     if (parse_hostport(out, p, (size_t)(slash - p)) < 0)
         goto out_bad;
-    if (slash < end && slash + 1 < end && parse_uint(slash + 1, (size_t)(end - slash - 1), 15,
-                                                     &out->db) < 0)
+    if (slash < end && slash + 1 < end &&
+        parse_uint(slash + 1, (size_t)(end - slash - 1), 15, &out->db) < 0)
         goto out_bad;
     return 0;
 
@@ -233,6 +233,7 @@ static void conn_drop(struct redis *r, const char *why)
  * Commands
  * ------------------------------------------------------------------------- */
 
+/* cppcheck-suppress constParameter ; hiredis's redisCallbackFn signature */
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     struct redis_cmd *cmd = privdata;
@@ -283,6 +284,7 @@ size_t redis_pending(const struct redis *r)
  * Connecting: TCP, then AUTH and SELECT, then up
  * ------------------------------------------------------------------------- */
 
+/* cppcheck-suppress constParameter ; the redis_reply_cb signature */
 static void on_handshake(struct redis *r, struct redisReply *reply, void *data)
 {
     int last = data != NULL;
@@ -346,8 +348,8 @@ static void conn_start(struct redis *r)
     if (ac == NULL || ac->err) {
         const char *why = ac ? ac->errstr : "out of memory";
 
-        log_warn("redis %s: connect to %s:%u failed at once: %s", r->name, r->url.host,
-                 r->url.port, why);
+        log_warn("redis %s: connect to %s:%u failed at once: %s", r->name, r->url.host, r->url.port,
+                 why);
         if (ac)
             redisAsyncFree(ac);
         schedule_retry(r);
@@ -428,7 +430,7 @@ int redis_listen(struct redis *r, redis_state_cb fn, void *data)
     return 0;
 }
 
-void redis_unlisten(struct redis *r, redis_state_cb fn, void *data)
+void redis_unlisten(struct redis *r, redis_state_cb fn, const void *data)
 {
     for (size_t i = 0; i < r->nlisteners; i++) {
         if (r->listeners[i].fn == fn && r->listeners[i].data == data) {

@@ -26,9 +26,9 @@ struct redisReply;
 
 struct redis_url {
     char host[256];
-    unsigned port;     /* 6379 by default */
-    unsigned db;       /* 0 by default */
-    char user[128];    /* "" when absent */
+    unsigned port;      /* 6379 by default */
+    unsigned db;        /* 0 by default */
+    char user[128];     /* "" when absent */
     char password[256]; /* "" when absent */
 };
 
@@ -63,7 +63,7 @@ void redis_start(struct redis *r);
 /* Adds a state listener. Returns 0 or -ENOSPC. */
 CORE_MUST_CHECK int redis_listen(struct redis *r, redis_state_cb fn, void *data);
 /* Removes the listener added with exactly fn and data, if any. */
-void redis_unlisten(struct redis *r, redis_state_cb fn, void *data);
+void redis_unlisten(struct redis *r, redis_state_cb fn, const void *data);
 int redis_is_up(const struct redis *r);
 
 /* Sends a command (argv/argvlen as hiredis: binary-safe). Returns 0, after

@@ -220,8 +220,7 @@ void service_init(struct service *svc, const char *name, unsigned default_port)
         service_fatal(svc, "config: JWT_SECRET must be %d to %d bytes", AUTH_MIN_SECRET,
                       AUTH_MAX_SECRET);
     svc->stats_ = calloc(1, sizeof(*svc->stats_));
-    if (svc->stats_ == NULL || metrics_new(&svc->metrics) < 0 ||
-        http_router_new(&svc->router) < 0)
+    if (svc->stats_ == NULL || metrics_new(&svc->metrics) < 0 || http_router_new(&svc->router) < 0)
         service_fatal(svc, "out of memory");
     svc->loop = uv_default_loop();
     srandom((unsigned)(uv_hrtime() ^ (uint64_t)getpid()));
@@ -256,15 +255,13 @@ void service_open_store(struct service *svc, const char *schema)
     int rc = store_open(cfg->db_path, schema, &svc->store);
 
     if (rc < 0)
-        service_fatal(svc, "cannot open the database DB_PATH=%s: %s", cfg->db_path,
-                      strerror(-rc));
+        service_fatal(svc, "cannot open the database DB_PATH=%s: %s", cfg->db_path, strerror(-rc));
     rc = store_offload_checkpoints(svc->store, svc->loop);
     if (rc < 0)
         service_fatal(svc, "cannot set up background checkpoints for DB_PATH=%s", cfg->db_path);
     rc = outbox_new(svc, &oc, &svc->outbox);
     if (rc < 0)
-        service_fatal(svc, "cannot open the outbox in DB_PATH=%s: %s", cfg->db_path,
-                      strerror(-rc));
+        service_fatal(svc, "cannot open the outbox in DB_PATH=%s: %s", cfg->db_path, strerror(-rc));
 }
 
 #define SERVICE_TOKEN_TTL 300 /* s */
@@ -418,7 +415,8 @@ static void on_stop_timeout(uv_timer_t *t)
 {
     struct service *svc = t->data;
 
-    log_warn("stop: still busy after %u ms; closing every connection", svc->cfg.shutdown_timeout_ms);
+    log_warn("stop: still busy after %u ms; closing every connection",
+             svc->cfg.shutdown_timeout_ms);
     if (svc->http_ != NULL)
         http_server_abort(svc->http_);
 }

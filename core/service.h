@@ -44,13 +44,13 @@ typedef void (*service_stop_cb)(struct service *svc, void *data, service_stop_do
 
 struct service {
     /* public */
-    uv_loop_t *loop;         /* the process's loop */
-    struct config cfg;       /* read at init */
-    struct auth auth;        /* JWT_SECRET */
-    struct metrics *metrics; /* the registry /metrics renders */
-    struct store *store;     /* NULL until service_open_store */
-    struct outbox *outbox;   /* opened with the store */
-    struct redis *redis;     /* the command connection (REDIS_URL) */
+    uv_loop_t *loop;                 /* the process's loop */
+    struct config cfg;               /* read at init */
+    struct auth auth;                /* JWT_SECRET */
+    struct metrics *metrics;         /* the registry /metrics renders */
+    struct store *store;             /* NULL until service_open_store */
+    struct outbox *outbox;           /* opened with the store */
+    struct redis *redis;             /* the command connection (REDIS_URL) */
     struct http_client *http_client; /* NULL until service_http_client */
     struct http_router *router;
 
@@ -67,9 +67,9 @@ struct service {
         void *data;
     } stop_hooks_[SERVICE_MAX_STOP_HOOKS];
     unsigned nstop_hooks_;
-    char *token_;      /* service_token's, new */
+    char *token_; /* service_token's, new */
     service_stop_done_cb client_done_;
-    long token_exp_;   /* s since the epoch */
+    long token_exp_; /* s since the epoch */
 };
 
 /* Reads the configuration of service name (default port default_port) and
@@ -115,7 +115,6 @@ void service_stop(struct service *svc);
 
 /* Exits with status 1 and one line "<service>: <message>" on stderr
  * (startup only). */
-CORE_NORETURN void service_fatal(const struct service *svc, const char *fmt, ...)
-    CORE_PRINTF(2, 3);
+CORE_NORETURN void service_fatal(const struct service *svc, const char *fmt, ...) CORE_PRINTF(2, 3);
 
 #endif

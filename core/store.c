@@ -238,8 +238,8 @@ static void on_checkpoint_work(uv_work_t *w)
 
     /* PASSIVE: copies what it can without blocking the loop's connection,
      * which keeps reading and writing meanwhile. */
-    st->ckpt_rc = sqlite3_wal_checkpoint_v2(st->ckpt_db, NULL, SQLITE_CHECKPOINT_PASSIVE, &frames,
-                                            &done);
+    st->ckpt_rc =
+        sqlite3_wal_checkpoint_v2(st->ckpt_db, NULL, SQLITE_CHECKPOINT_PASSIVE, &frames, &done);
 }
 
 static void on_checkpoint_done(uv_work_t *w, int status)
@@ -339,11 +339,13 @@ static int classify_line(const char *p, const char *end, unsigned *number)
 
     while (q < end && (*q == ' ' || *q == '\t'))
         q++;
+    /* cppcheck-suppress knownConditionTrueFalse ; q may have reached end */
     if (end - q < 2 || q[0] != '-' || q[1] != '-')
         return 0;
     q += 2;
     while (q < end && (*q == ' ' || *q == '\t'))
         q++;
+    /* cppcheck-suppress knownConditionTrueFalse ; q may have reached end */
     if (end - q < 9 || strncasecmp(q, "migration", 9) != 0)
         return 0;
     q += 9;
@@ -649,7 +651,7 @@ int store_on_commit(struct store *st, store_commit_cb fn, void *data)
     return 0;
 }
 
-void store_off_commit(struct store *st, store_commit_cb fn, void *data)
+void store_off_commit(struct store *st, store_commit_cb fn, const void *data)
 {
     for (size_t i = 0; i < st->nhooks; i++) {
         if (st->hooks[i].fn == fn && st->hooks[i].data == data) {

@@ -78,7 +78,7 @@ typedef void (*store_commit_cb)(struct store *st, void *data);
 CORE_MUST_CHECK int store_on_commit(struct store *st, store_commit_cb fn, void *data);
 
 /* Removes the hook registered with exactly fn and data, if any. */
-void store_off_commit(struct store *st, store_commit_cb fn, void *data);
+void store_off_commit(struct store *st, store_commit_cb fn, const void *data);
 
 /* Runs a quick query (SELECT 1) for readiness. Returns 0 or -EIO. */
 int store_ping(struct store *st);

@@ -90,21 +90,21 @@ struct stream_consumer {
     void *data;
 
     enum sc_state state;
-    int history;          /* reading our own pending entries */
-    char cursor[48];      /* history: the last id read */
-    int need_history;     /* XAUTOCLAIM claimed entries: read history next */
+    int history;      /* reading our own pending entries */
+    char cursor[48];  /* history: the last id read */
+    int need_history; /* XAUTOCLAIM claimed entries: read history next */
     char claim_cursor[48];
     unsigned backoff_ms;
 
     struct entry *batch;
-    size_t n, next; /* entries in hand, and the first not yet settled */
+    size_t n, next;          /* entries in hand, and the first not yet settled */
     struct stream_msg msg;   /* of the entry with an async handler */
     struct stream_done done; /* its token */
 
-    uv_timer_t retry;  /* backoff */
-    uv_timer_t claim;  /* XAUTOCLAIM and lease refresh */
-    uv_timer_t stats;  /* XINFO GROUPS, inbox pruning */
-    uv_timer_t chaos;  /* CHAOS_DELAY_MS before a handler */
+    uv_timer_t retry; /* backoff */
+    uv_timer_t claim; /* XAUTOCLAIM and lease refresh */
+    uv_timer_t stats; /* XINFO GROUPS, inbox pruning */
+    uv_timer_t chaos; /* CHAOS_DELAY_MS before a handler */
 
     /* Fault injection for tests and drills (CHAOS_* settings, off by
      * default): handlers of these types fail, or start after a delay. */
@@ -348,8 +348,9 @@ static int batch_take(struct stream_consumer *sc, const redisReply *entries)
 static void fetch_counts(struct stream_consumer *sc)
 {
     char count[16];
-    const char *argv[] = {"XPENDING", sc->stream, sc->group, sc->batch[0].entry_id,
-                          sc->batch[sc->n - 1].entry_id, count, sc->consumer};
+    const char *argv[] = {
+        "XPENDING", sc->stream,  sc->group, sc->batch[0].entry_id, sc->batch[sc->n - 1].entry_id,
+        count,      sc->consumer};
 
     snprintf(count, sizeof(count), "%zu", sc->n);
     sc->state = SC_COUNTING;
@@ -557,8 +558,8 @@ static void settle(struct stream_consumer *sc, struct entry *e, int rc)
                  sc->cfg.max_deliveries, strerror(rc < 0 ? -rc : EINVAL));
         set_outcome(e, OUT_DLQ, "dead_lettered", why);
     } else {
-        log_warn("consumer %s: %s %s failed (delivery %u of %u): %s; it stays pending",
-                 sc->stream, e->env.type, e->entry_id, e->deliveries, sc->cfg.max_deliveries,
+        log_warn("consumer %s: %s %s failed (delivery %u of %u): %s; it stays pending", sc->stream,
+                 e->env.type, e->entry_id, e->deliveries, sc->cfg.max_deliveries,
                  strerror(rc < 0 ? -rc : EINVAL));
         set_outcome(e, OUT_FAIL, "failed", NULL);
     }
@@ -590,8 +591,8 @@ static int call_handler(struct stream_consumer *sc)
 
     if (listed(sc->chaos_fail_types, type))
         return -EIO;
-    if (sc->chaos_state == 0 && sc->chaos_delay_ms > 0 &&
-        listed(sc->chaos_delay_types, type) && sc->msg.deliveries == 1) {
+    if (sc->chaos_state == 0 && sc->chaos_delay_ms > 0 && listed(sc->chaos_delay_types, type) &&
+        sc->msg.deliveries == 1) {
         sc->chaos_state = 1;
         uv_timer_start(&sc->chaos, on_chaos_timer, sc->chaos_delay_ms, 0);
         return STREAM_CONSUMER_ASYNC;
@@ -602,14 +603,14 @@ static int call_handler(struct stream_consumer *sc)
 /* Decides e inside the open transaction. */
 static void handle_entry(struct stream_consumer *sc, struct entry *e)
 {
-    char err[STREAMS_MAX_ERR + 32];
+    char err[STREAMS_MAX_ERR + 32], why[STREAMS_MAX_ERR];
     int rc;
 
     if (!e->parsed) {
-        rc = envelope_parse(sc->stream, e->entry_id, e->fields, e->nfields, &e->env, err + 11,
-                            sizeof(err) - 11);
+        rc = envelope_parse(sc->stream, e->entry_id, e->fields, e->nfields, &e->env, why,
+                            sizeof(why));
         if (rc < 0) {
-            memcpy(err, "malformed: ", 11);
+            snprintf(err, sizeof(err), "malformed: %s", why);
             set_outcome(e, OUT_DLQ, "malformed", err);
             return;
         }
@@ -899,8 +900,8 @@ static void on_claim_timer(uv_timer_t *t)
 {
     struct stream_consumer *sc = t->data;
     char idle[16], count[16];
-    const char *argv[] = {"XAUTOCLAIM", sc->stream, sc->group, sc->consumer, idle,
-                          sc->claim_cursor, "COUNT", count, "JUSTID"};
+    const char *argv[] = {"XAUTOCLAIM",     sc->stream, sc->group, sc->consumer, idle,
+                          sc->claim_cursor, "COUNT",    count,     "JUSTID"};
 
     if (sc->closing || !redis_is_up(sc->cmd))
         return;
@@ -998,9 +999,9 @@ static int prepare_all(struct stream_consumer *sc)
         return -EIO;
     }
     if ((rc = store_prepare(st, "SELECT 1 FROM inbox WHERE event_id = ?", &sc->seen_st)) < 0 ||
-        (rc = store_prepare(st,
-                            "INSERT INTO inbox(event_id, stream, processed_at) VALUES (?, ?, ?)",
-                            &sc->remember_st)) < 0 ||
+        (rc =
+             store_prepare(st, "INSERT INTO inbox(event_id, stream, processed_at) VALUES (?, ?, ?)",
+                           &sc->remember_st)) < 0 ||
         (rc = store_prepare(st,
                             "DELETE FROM inbox WHERE event_id IN (SELECT event_id FROM inbox "
                             "WHERE stream = ? AND processed_at < ? LIMIT ?)",
@@ -1084,8 +1085,8 @@ int stream_consumer_new(struct service *svc, const struct stream_consumer_config
     snprintf(sc->consumer, sizeof(sc->consumer), "%s", svc->cfg.consumer_name);
     snprintf(sc->claim_cursor, sizeof(sc->claim_cursor), "0-0");
     sc->cfg.stream = sc->stream;
-    if ((rc = read_chaos(sc)) < 0 || (rc = prepare_all(sc)) < 0 || (rc = register_metrics(sc)) < 0 ||
-        (rc = open_blocking(sc)) < 0) {
+    if ((rc = read_chaos(sc)) < 0 || (rc = prepare_all(sc)) < 0 ||
+        (rc = register_metrics(sc)) < 0 || (rc = open_blocking(sc)) < 0) {
         free(sc);
         return rc;
     }

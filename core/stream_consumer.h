@@ -49,13 +49,13 @@ struct stream_msg {
     const char *entry_id; /* the Redis entry id */
     const char *id;       /* event id: the de-duplication key */
     const char *type;
-    const char *trace;    /* "" when absent */
-    const char *source;   /* "" when absent */
-    struct json_t *data;  /* borrowed: json_incref() to keep it */
-    unsigned deliveries;  /* 1 on first delivery */
-    int resumed;          /* 1 when called again after stream_consumer_done */
-    void *ctx;            /* the handler's own, kept across an async step */
-    struct stream_done *done; /* keep it only when returning STREAM_CONSUMER_ASYNC */
+    const char *trace;              /* "" when absent */
+    const char *source;             /* "" when absent */
+    struct json_t *data;            /* borrowed: json_incref() to keep it */
+    unsigned deliveries;            /* 1 on first delivery */
+    int resumed;                    /* 1 when called again after stream_consumer_done */
+    void *ctx;                      /* the handler's own, kept across an async step */
+    struct stream_done *done;       /* keep it only when returning STREAM_CONSUMER_ASYNC */
     char reason[STREAM_MSG_REASON]; /* set by stream_msg_reject */
 };
 

@@ -57,24 +57,24 @@ CORE_MUST_CHECK int orders_service_start(struct service *svc);
 #define ORDERS_CANCELLED "CANCELLED"
 
 /* Timeline step names: what the event of the step did to the order. */
-#define ORDERS_STEP_REQUESTED "requested"         /* order.place received (orders.commands) */
-#define ORDERS_STEP_PLACED "placed"               /* order.placed sent */
-#define ORDERS_STEP_RESERVE_STOCK "reserve_stock" /* stock.reserve sent */
-#define ORDERS_STEP_REJECTED "rejected"           /* order.rejected sent */
-#define ORDERS_STEP_STOCK_RESERVED "stock_reserved"   /* stock.reserved received */
-#define ORDERS_STEP_STOCK_REJECTED "stock_rejected"   /* stock.rejected received */
-#define ORDERS_STEP_CHARGE_PAYMENT "charge_payment"   /* payment.charge sent */
+#define ORDERS_STEP_REQUESTED "requested"           /* order.place received (orders.commands) */
+#define ORDERS_STEP_PLACED "placed"                 /* order.placed sent */
+#define ORDERS_STEP_RESERVE_STOCK "reserve_stock"   /* stock.reserve sent */
+#define ORDERS_STEP_REJECTED "rejected"             /* order.rejected sent */
+#define ORDERS_STEP_STOCK_RESERVED "stock_reserved" /* stock.reserved received */
+#define ORDERS_STEP_STOCK_REJECTED "stock_rejected" /* stock.rejected received */
+#define ORDERS_STEP_CHARGE_PAYMENT "charge_payment" /* payment.charge sent */
 #define ORDERS_STEP_PAYMENT_SUCCEEDED "payment_succeeded"
 #define ORDERS_STEP_PAYMENT_FAILED "payment_failed"
-#define ORDERS_STEP_COMMIT_STOCK "commit_stock"       /* stock.commit sent */
-#define ORDERS_STEP_CONFIRMED "confirmed"             /* order.confirmed sent */
-#define ORDERS_STEP_RELEASE_STOCK "release_stock"     /* stock.release sent (compensation) */
-#define ORDERS_STEP_CANCELLED "cancelled"             /* order.cancelled sent */
-#define ORDERS_STEP_TIMED_OUT "timed_out"             /* order.cancelled sent, reason timeout */
-#define ORDERS_STEP_REFUND_PAYMENT "refund_payment"   /* payment.refund sent (compensation) */
+#define ORDERS_STEP_COMMIT_STOCK "commit_stock"     /* stock.commit sent */
+#define ORDERS_STEP_CONFIRMED "confirmed"           /* order.confirmed sent */
+#define ORDERS_STEP_RELEASE_STOCK "release_stock"   /* stock.release sent (compensation) */
+#define ORDERS_STEP_CANCELLED "cancelled"           /* order.cancelled sent */
+#define ORDERS_STEP_TIMED_OUT "timed_out"           /* order.cancelled sent, reason timeout */
+#define ORDERS_STEP_REFUND_PAYMENT "refund_payment" /* payment.refund sent (compensation) */
 #define ORDERS_STEP_LATE_STOCK_RESERVED "late_stock_reserved"
 #define ORDERS_STEP_LATE_PAYMENT_SUCCEEDED "late_payment_succeeded"
-#define ORDERS_STEP_STOCK_RELEASED "stock_released"   /* acknowledgements */
+#define ORDERS_STEP_STOCK_RELEASED "stock_released" /* acknowledgements */
 #define ORDERS_STEP_STOCK_COMMITTED "stock_committed"
 #define ORDERS_STEP_PAYMENT_REFUNDED "payment_refunded"
 
@@ -112,8 +112,8 @@ struct orders {
     service_stop_done_cb stop_done; /* set by the stop hook until checks == 0 */
 
     /* saga.c */
-    unsigned long saga_timeout_ms;  /* SAGA_TIMEOUT_MS */
-    uv_timer_t saga_timer;          /* the deadline sweep */
+    unsigned long saga_timeout_ms; /* SAGA_TIMEOUT_MS */
+    uv_timer_t saga_timer;         /* the deadline sweep */
     service_stop_done_cb saga_stop_done;
     struct sqlite3_stmt *saga_load, *saga_update, *saga_arm, *saga_due;
 };

@@ -29,8 +29,8 @@ struct users_events {
     struct sqlite3_stmt *insert, *by_email;
 };
 
-int users_emit_registered(struct service *svc, const char *id, const char *name,
-                          const char *email, const char *trace)
+int users_emit_registered(struct service *svc, const char *id, const char *name, const char *email,
+                          const char *trace)
 {
     json_t *data = json_pack("{s:s, s:s, s:s}", "user_id", id, "name", name, "email", email);
     int rc;

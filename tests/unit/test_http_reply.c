@@ -36,8 +36,8 @@ Test(http_reply, error_shape)
 
 Test(http_reply, fields_included)
 {
-    json_t *fields = json_pack("{s:s, s:s}", "email", "must be a valid address", "name",
-                               "is required");
+    json_t *fields =
+        json_pack("{s:s, s:s}", "email", "must be a valid address", "name", "is required");
     size_t len;
     char *s = http_error_body("invalid", "bad", fields, &len);
     json_t *v = parse(s, len), *f;
