@@ -44,6 +44,7 @@ USER root
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 redis-tools \
  && rm -rf /var/lib/apt/lists/*
-COPY scripts/demo /usr/local/bin/ripple-demo
+COPY scripts/demo /opt/ripple/scripts/demo
+COPY scripts/demo.d /opt/ripple/scripts/demo.d
 USER ripple
-CMD ["ripple-demo"]
+CMD ["/opt/ripple/scripts/demo"]

@@ -96,14 +96,18 @@ static int load_uints(struct config *cfg, char *err, size_t errlen)
     return 0;
 }
 
-static int default_consumer_name(char *buf, size_t len)
+/* <host>-<service>: stable across restarts, so a restarted service re-reads
+ * its own pending entries at once instead of waiting RECLAIM_IDLE_MS for the
+ * group to hand them over (DESIGN.md §4 said host-pid; a service is one
+ * process per database, so the pid adds nothing but a slower recovery). */
+static int default_consumer_name(const char *service, char *buf, size_t len)
 {
     char host[128];
 
     if (gethostname(host, sizeof(host)) < 0)
         snprintf(host, sizeof(host), "host");
     host[sizeof(host) - 1] = '\0';
-    return snprintf(buf, len, "%s-%ld", host, (long)getpid()) >= (int)len ? -EINVAL : 0;
+    return snprintf(buf, len, "%s-%s", host, service) >= (int)len ? -EINVAL : 0;
 }
 
 int config_load(struct config *cfg, const char *service, unsigned default_port, char *err,
@@ -119,7 +123,7 @@ int config_load(struct config *cfg, const char *service, unsigned default_port, 
     cfg->service = service;
     if (snprintf(db_default, sizeof(db_default), "var/%s.db", service) >= (int)sizeof(db_default))
         return -EINVAL;
-    if (default_consumer_name(consumer_default, sizeof(consumer_default)) < 0)
+    if (default_consumer_name(service, consumer_default, sizeof(consumer_default)) < 0)
         return -EINVAL;
     if ((rc = config_uint("PORT", default_port, 1, 65535, &port, err, errlen)) < 0 ||
         (rc = config_str("HOST", "127.0.0.1", 1, &cfg->host, err, errlen)) < 0 ||
