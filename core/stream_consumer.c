@@ -41,7 +41,10 @@
 #define STATS_MS 5000
 #define PRUNE_MS 60000
 #define PRUNE_BATCH 500
-#define MAX_DLQ_ARGS 1024 /* fields of one dead letter, and ids of one XACK */
+#define MAX_DLQ_ARGS 1024
+#define SC_COUNTER_SLOTS                                                                           \
+    16 /* stream_events_total series kept at hand */ /* fields of one dead letter, and ids of one  \
+                                                        XACK */
 
 static const char inbox_schema[] =
     "CREATE TABLE IF NOT EXISTS inbox ("
@@ -114,6 +117,12 @@ struct stream_consumer {
     uint64_t last_prune;
     double pending, lag;
 
+    struct {
+        char type[STREAMS_MAX_TYPE];
+        const char *result; /* a literal: compared by address */
+        struct metrics_counter *c;
+    } counters[SC_COUNTER_SLOTS];
+
     struct sqlite3_stmt *seen_st, *remember_st, *prune_st, *save_st, *release_st, *undo_st;
 
     unsigned cmd_inflight;
@@ -149,10 +158,19 @@ int stream_msg_reject(struct stream_msg *msg, const char *fmt, ...)
     return STREAM_CONSUMER_REJECT;
 }
 
+/* stream_events_total, with the last series looked up kept per (type,
+ * result): a batch of one type costs no label formatting. */
 static void count_event(struct stream_consumer *sc, const char *type, const char *result)
 {
     char labels[256], esc[STREAMS_MAX_TYPE * 2];
     struct metrics_counter *c;
+    size_t slot = (strlen(type) * 31 + (size_t)result[0] * 7 + strlen(result)) % SC_COUNTER_SLOTS;
+
+    if (sc->counters[slot].c != NULL && sc->counters[slot].result == result &&
+        strcmp(sc->counters[slot].type, type) == 0) {
+        metrics_counter_add(sc->counters[slot].c, 1);
+        return;
+    }
 
     if (metrics_escape_label(type, esc, sizeof(esc)) < 0)
         snprintf(esc, sizeof(esc), "invalid");
@@ -160,8 +178,14 @@ static void count_event(struct stream_consumer *sc, const char *type, const char
              result);
     c = metrics_counter(sc->svc->metrics, "stream_events_total",
                         "Stream entries handled, by stream, type and result.", labels);
-    if (c != NULL)
-        metrics_counter_add(c, 1);
+    if (c == NULL)
+        return;
+    metrics_counter_add(c, 1);
+    if (strlen(type) < sizeof(sc->counters[slot].type)) {
+        memcpy(sc->counters[slot].type, type, strlen(type) + 1);
+        sc->counters[slot].result = result;
+        sc->counters[slot].c = c;
+    }
 }
 
 static void entry_release(struct entry *e)

@@ -28,7 +28,6 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <sqlite3.h>
-#include <uuid/uuid.h>
 #include <uv.h>
 
 #include "auth.h"
@@ -36,6 +35,7 @@
 #include "http_reply.h"
 #include "http_router.h"
 #include "http_server.h"
+#include "ids.h"
 #include "input.h"
 #include "log.h"
 #include "service.h"
@@ -401,7 +401,6 @@ static void finish_register(struct hash_job *job)
 {
     char id[INPUT_UUID_LEN + 1], created_at[USERS_TS_LEN + 1], location[64];
     struct user_view v = {id, job->name, job->email, created_at};
-    uuid_t raw;
     int rc;
 
     if (!job->hashed || users_now_iso8601(created_at, sizeof(created_at)) < 0) {
@@ -409,8 +408,7 @@ static void finish_register(struct hash_job *job)
         reply_internal(job->req);
         return;
     }
-    uuid_generate_random(raw);
-    uuid_unparse_lower(raw, id);
+    ids_uuid4(id);
     rc = record_user(job->u, job, id, created_at);
     if (rc == -EEXIST) {
         http_reply_error(job->req, 409, NULL, "email already registered");
