@@ -655,16 +655,29 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init(c->srv->read_buf, sizeof(c->srv->read_buf));
 }
 
-static void conn_keep_rest(struct http_conn *c, const char *rest, size_t len)
+/* Appends input that arrived behind the message in hand to c->pending.
+ * Returns 0 or -ENOMEM. */
+static int conn_keep_rest(struct http_conn *c, const char *rest, size_t len)
 {
-    c->pending = malloc(len);
-    if (c->pending == NULL) {
-        conn_close(c);
-        return;
-    }
-    memcpy(c->pending, rest, len);
-    c->pending_len = len;
+    size_t live = c->pending != NULL ? c->pending_len - c->pending_off : 0;
+    char *p;
+
+    if (c->pending_off > 0 && live > 0)
+        memmove(c->pending, c->pending + c->pending_off, live);
+    p = realloc(c->pending, live + len);
+    if (p == NULL)
+        return -ENOMEM;
+    memcpy(p + live, rest, len);
+    c->pending = p;
+    c->pending_len = live + len;
     c->pending_off = 0;
+    return 0;
+}
+
+static void conn_stop_reading(struct http_conn *c)
+{
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -676,6 +689,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0 || c->closing)
         return;
     if (nread < 0) {
+        /* EOF or an error; with a request in hand this is how its handler
+         * learns the client went away (http_request_aborted) */
         conn_close(c);
         return;
     }
@@ -685,17 +700,29 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             conn_close(c);
         return;
     }
+    if (c->in_handler || c->blocked || c->pending != NULL) {
+        /* Behind a message in hand (or unparsed input): keep reading while
+         * a handler works, so a disconnect is noticed, but hold at most
+         * about one read's worth, and parse nothing out of order. */
+        if (conn_keep_rest(c, buf->base, (size_t)nread) < 0)
+            conn_close(c);
+        else if (c->blocked || c->pending_len >= HTTP_SERVER_READ_BYTES)
+            conn_stop_reading(c);
+        if (!c->closing && !c->in_handler && !c->blocked)
+            conn_resume(c);
+        return;
+    }
     if (c->state == CONN_BODY)
         conn_timer(c, c->srv->cfg.header_timeout_ms);
     used = conn_feed(c, buf->base, (size_t)nread);
-    if (c->closing || c->state == CONN_LINGER)
+    if (c->closing || c->state == CONN_LINGER || (!c->in_handler && !c->blocked))
         return;
-    if (c->in_handler || c->blocked) {
-        uv_read_stop(s);
-        c->reading = 0;
-        if (used < (size_t)nread)
-            conn_keep_rest(c, buf->base + used, (size_t)nread - used);
+    if (used < (size_t)nread && conn_keep_rest(c, buf->base + used, (size_t)nread - used) < 0) {
+        conn_close(c);
+        return;
     }
+    if (c->blocked || c->pending_len >= HTTP_SERVER_READ_BYTES)
+        conn_stop_reading(c);
 }
 
 static void conn_start_reading(struct http_conn *c)

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -55,6 +56,24 @@ CORE_NORETURN void service_fatal(const struct service *svc, const char *fmt, ...
  * ------------------------------------------------------------------------- */
 
 static void service_open_redis(struct service *svc);
+
+/* Raises the soft limit on open files to the hard one (each connection is
+ * a descriptor), and says so when HTTP_MAX_CONNECTIONS cannot be reached. */
+static void raise_fd_limit(const struct service *svc)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0 && getrlimit(RLIMIT_NOFILE, &rl) < 0)
+            return;
+    }
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < svc->cfg.http_max_connections + 64)
+        log_warn("open files are limited to %llu: fewer than HTTP_MAX_CONNECTIONS=%u can be open",
+                 (unsigned long long)rl.rlim_cur, svc->cfg.http_max_connections);
+}
 
 static void *stats_series(struct service *svc, const char *route, int status)
 {
@@ -222,6 +241,7 @@ void service_init(struct service *svc, const char *name, unsigned default_port)
     svc->stats_ = calloc(1, sizeof(*svc->stats_));
     if (svc->stats_ == NULL || metrics_new(&svc->metrics) < 0 || http_router_new(&svc->router) < 0)
         service_fatal(svc, "out of memory");
+    raise_fd_limit(svc);
     svc->loop = uv_default_loop();
     srandom((unsigned)(uv_hrtime() ^ (uint64_t)getpid()));
     service_open_redis(svc);

@@ -629,3 +629,8 @@ def run_to_exit(name, env_extra, redis=None, tmpdir=None, timeout=10):
         raise AssertionError(f"{name} did not exit within {timeout}s with env {env_extra}; "
                              f"stderr: {exc.stderr!r}") from None
     return p.returncode, p.stderr.decode(errors="replace")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: long crash/chaos tests; they run by default, -m 'not slow' skips them")

@@ -1,0 +1,870 @@
+"""orders service with a real users service and redis-server, black box:
+DESIGN.md §4 (http_client: timeout, deadline, retries, breaker, cache), §5
+(envelope), §6 (asynchronous handlers, never dead-lettering a command whose
+dependency is down) and §8 (orders: POST/GET/list, order.place, the user
+check over HTTP).
+
+Every test gets its own redis-server (the session `redis_server` of
+conftest.py is overridden at function scope below, as in test_streams.py),
+so orders.commands, its group and its pending list are the test's own.
+Each test starts users, then orders with USERS_URL pointing at it and small
+http_client settings, so failures are quick and bounded:
+
+  HTTP_CLIENT_TIMEOUT_MS 300, ATTEMPTS 3, DEADLINE_MS 1000,
+  BREAKER_FAILURES 5 (default), BREAKER_COOLDOWN_MS 500.
+
+"Users down" is SIGTERM (connections refused); "users slow" is SIGSTOP (the
+kernel still accepts connections, nobody answers) with SIGCONT in a finally.
+"Users back" is a new users process on the same port with the same database
+(services here listen on ports below the kernel's ephemeral range, and
+start_own() makes sure the process answering is the one the test started:
+see there why).
+
+Synchronisation is always a deadline poll (wait_until). Wall-clock bounds are
+only the ones the contract names, kept generous: a 503 within the client's
+deadline (+ 1.5 s slack), and GETs answered within 0.5 s while a user check
+hangs (the loop never waits for users).
+"""
+
+import json
+import random
+import re
+import signal
+import socket
+import threading
+import time
+import uuid
+
+import pytest
+import redis
+
+from conftest import (HOST, assert_error, free_port, is_uuid, raw_request, service_token,
+                      start_redis, unique_email, user_token, wait_until)
+
+ORDERS_CMDS = "orders.commands"
+ORDERS_EVENTS = "orders.events"
+ORDERS_DLQ = "orders.commands.dlq"
+INV_CMDS = "inventory.commands"
+GROUP = "orders"
+
+TIMEOUT_MS = 300
+DEADLINE_MS = 1000
+COOLDOWN_MS = 500
+CLIENT_ENV = {
+    "HTTP_CLIENT_TIMEOUT_MS": TIMEOUT_MS,
+    "HTTP_CLIENT_ATTEMPTS": 3,
+    "HTTP_CLIENT_DEADLINE_MS": DEADLINE_MS,
+    "HTTP_CLIENT_BREAKER_COOLDOWN_MS": COOLDOWN_MS,
+    "CONSUMER_BLOCK_MS": 200,
+}
+SLACK_S = 1.5      # on top of a deadline, for a loaded CI machine
+FAST_GET_S = 0.5   # "answered quickly": the loop is not waiting for users
+RECOVER_S = 20     # users back -> orders works again (breaker cooldown, held-entry backoff)
+
+ITEMS = [{"sku": "SKU-1", "qty": 2}, {"sku": "SKU-2", "qty": 1}]
+ENVELOPE_KEYS = {"type", "data", "id", "trace", "source", "ts", "v"}
+ORDER_KEYS = {"id", "user_id", "status", "items", "amount_cents", "reason", "created_at",
+              "updated_at", "timeline"}
+STEP_KEYS = {"step", "event_type", "event_id", "stream", "entry_id", "at"}
+ISO_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+# ---------------------------------------------------------------------------
+# Fixtures: a fresh redis-server per test; users + orders
+# ---------------------------------------------------------------------------
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """Overrides conftest's session server: a fresh redis-server per test."""
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    srv = start_redis(workdir)
+    yield srv
+    if srv.proc.poll() is None:
+        srv.proc.terminate()
+        try:
+            srv.proc.wait(10)
+        except Exception:  # noqa: BLE001
+            srv.proc.kill()
+            srv.proc.wait()
+
+
+@pytest.fixture
+def r(redis_server):
+    c = redis.Redis(host=HOST, port=redis_server.port, decode_responses=True,
+                    socket_timeout=10, socket_connect_timeout=2)
+    yield c
+    c.close()
+
+
+def start_own(factory, name, **env):
+    """factory(name, **env), made sure to be OUR process on its port.
+
+    conftest's launch takes any /healthz 200 on the port it picked as the
+    service it started. When another process on the host (a parallel test
+    run, scripts/bench) takes that port first, a stranger answers and the
+    test talks to the wrong service (seen: POST /api/v1/orders -> an
+    unrouted 404 while the bench ran). So wait until our process logs that
+    it listens on its port; if it exited instead (the port was taken), start
+    it again on another port. Without a PORT, the port is a stable_port(), so
+    the service can come back on it later. With a fixed PORT there is no
+    other port: fail clearly."""
+    for _ in range(3):
+        if "PORT" in env:
+            svc = factory(name, **env)
+        else:
+            try:
+                svc = factory(name, PORT=stable_port(), **env)
+            except pytest.fail.Exception:
+                continue  # taken between our check and its bind: another port
+        line = f"listening on http://{HOST}:{svc.port}"
+
+        def state():
+            if line in svc.log_text():
+                return "ours"
+            return None if svc.alive() else "exited"
+
+        if wait_until(state, 20, what=f"{name} to log {line!r}") == "ours":
+            return svc
+        if "PORT" in env:
+            pytest.fail(f"{name} could not listen on port {svc.port} again: "
+                        f"{svc.log_text()[-1000:]}")
+    pytest.fail(f"{name}: another process took its port three times")
+
+
+def stable_port():
+    """A free port below the kernel's ephemeral range: no outgoing connection
+    on the host can take it while its service is down, so the service can be
+    started again on it (users goes down and comes back on the same port)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    low = max(low, 2048)
+    for _ in range(100):
+        port = random.randrange(1024 + (low - 1024) // 2, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sk:
+            try:
+                sk.bind((HOST, port))
+            except OSError:
+                continue
+        return port
+    return free_port()
+
+
+class Stack:
+    """users + orders wired together; restart_users() brings users back on
+    the same port with the same database."""
+
+    def __init__(self, factory, orders_env):
+        self.factory = factory
+        self.users = start_own(factory, "users")
+        env = dict(CLIENT_ENV)
+        env.update(orders_env)
+        env["USERS_URL"] = self.users.base
+        self.orders = start_own(factory, "orders", **env)
+
+    def stop_users(self):
+        rc = self.users.stop()
+        assert rc == 0, f"users exited {rc} after SIGTERM"
+
+    def restart_users(self):
+        old = self.users
+        assert not old.alive()
+        self.users = start_own(self.factory, "users", PORT=old.port, DB_PATH=old.db_path)
+        return self.users
+
+    def new_user(self, prefix="buyer"):
+        """(user, token) of a new registered user."""
+        email = unique_email(prefix)
+        u = self.users.create_user(name=prefix.title(), email=email)
+        return u, self.users.login(email)
+
+
+@pytest.fixture
+def stack(service_factory):
+    return Stack(service_factory, {})
+
+
+@pytest.fixture
+def stack_factory(service_factory):
+    return lambda **orders_env: Stack(service_factory, orders_env)
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+SAMPLE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$')
+LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def samples(svc, name):
+    """[(labels dict, value)] of metric `name`."""
+    out = []
+    for line in svc.metrics().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = SAMPLE_RE.match(line)
+        if m and m.group(1) == name:
+            out.append((dict(LABEL_RE.findall(m.group(2) or "")), float(m.group(3))))
+    return out
+
+
+def metric(svc, name, **labels):
+    """Sum of the samples of `name` whose labels include `labels`; None if none."""
+    found = [v for have, v in samples(svc, name)
+             if all(have.get(k) == v for k, v in labels.items())]
+    return sum(found) if found else None
+
+
+def client_count(orders, result):
+    return metric(orders, "http_client_requests_total", target="users", result=result) or 0
+
+
+def circuit(orders):
+    return metric(orders, "circuit_state", target="users")
+
+
+def place(orders, token, items=None, **extra):
+    body = {"items": ITEMS if items is None else items}
+    body.update(extra)
+    return orders.post("/api/v1/orders", body, token=token)
+
+
+def place_ok(orders, token, items=None, **extra):
+    resp = place(orders, token, items, **extra)
+    assert resp.status == 202, resp
+    return resp.json()
+
+
+def connections_to(port):
+    """Established TCP connections (client side) to 127.0.0.1:port, from
+    /proc/net/tcp: how many requests orders has open to users."""
+    n = 0
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            parts = line.split()
+            rem, state = parts[2], parts[3]
+            if state == "01" and rem == f"0100007F:{port:04X}":
+                n += 1
+    return n
+
+
+def timed(fn, *a, **kw):
+    t0 = time.monotonic()
+    out = fn(*a, **kw)
+    return out, time.monotonic() - t0
+
+
+def entries(r, stream, trace=None, type_=None):
+    """[(entry id, fields with data parsed)] of a stream, filtered."""
+    out = []
+    for eid, f in r.xrange(stream, "-", "+"):
+        if trace is not None and f.get("trace") != trace:
+            continue
+        if type_ is not None and f.get("type") != type_:
+            continue
+        f = dict(f)
+        try:
+            f["data"] = json.loads(f.get("data", "null"))
+        except ValueError:
+            pass
+        out.append((eid, f))
+    return out
+
+
+def pending(r):
+    try:
+        return r.xpending(ORDERS_CMDS, GROUP)["pending"]
+    except redis.ResponseError:  # no group yet
+        return 0
+
+
+def orders_of(orders, user_id):
+    """Every order of user_id (service token), newest first."""
+    resp = orders.get(f"/api/v1/orders?user_id={user_id}&limit=100", token=service_token())
+    assert resp.status == 200, resp
+    return resp.json()["items"]
+
+
+def orders_of_secret(orders, user_id, secret):
+    """orders_of for a service that signs with another JWT_SECRET."""
+    resp = orders.get(f"/api/v1/orders?user_id={user_id}", token=service_token(secret=secret))
+    assert resp.status == 200, resp
+    return resp.json()["items"]
+
+
+def get_order(orders, order_id, token=None):
+    return orders.get(f"/api/v1/orders/{order_id}", token=token or service_token())
+
+
+def assert_healthy(orders, order_id=None, token=None):
+    for path in ("/healthz", "/readyz"):
+        resp = orders.get(path, timeout=5)
+        assert resp.status == 200, (path, resp)
+    if order_id is not None:
+        resp = get_order(orders, order_id, token)
+        assert resp.status == 200, resp
+
+
+def assert_unavailable(resp):
+    err = assert_error(resp, 503, "unavailable")
+    assert "users" in err["message"], err
+    assert resp.headers.get("retry-after", "").strip().isdigit(), resp.headers
+    return err
+
+
+def check_envelope(f, trace, type_, before, after):
+    assert set(f) == ENVELOPE_KEYS, sorted(f)
+    assert f["type"] == type_, f
+    assert f["trace"] == trace, f
+    assert f["source"] == "orders", f
+    assert f["v"] == "1", f
+    assert is_uuid(f["id"]) and f["id"] != trace, f
+    assert re.fullmatch(r"\d+", f["ts"]), f
+    assert before - 2 <= int(f["ts"]) / 1000.0 <= after + 2, (before, f["ts"], after)
+
+
+# ---------------------------------------------------------------------------
+# POST /api/v1/orders: the happy path, its events and its timeline
+# ---------------------------------------------------------------------------
+
+def test_order_for_real_user_202_pending_with_events(stack, r):
+    u, tok = stack.new_user()
+    before = time.time()
+    resp = place(stack.orders, tok)
+    after = time.time()
+    assert resp.status == 202, resp
+    assert resp.headers.get("content-type", "").startswith("application/json"), resp.headers
+    o = resp.json()
+    assert set(o) == ORDER_KEYS, sorted(o)
+    assert is_uuid(o["id"]), o
+    assert resp.headers.get("location") == f"/api/v1/orders/{o['id']}", resp.headers
+    assert o["user_id"] == u["id"], o
+    assert o["status"] == "PENDING", o
+    assert o["items"] == ITEMS, o
+    assert o["amount_cents"] is None and o["reason"] is None, o
+    assert ISO_RE.fullmatch(o["created_at"]) and o["updated_at"] == o["created_at"], o
+    assert [s["step"] for s in o["timeline"]] == ["placed", "reserve_stock"], o["timeline"]
+
+    # order.placed in orders.events and stock.reserve in inventory.commands,
+    # both traced with the order id
+    placed = wait_until(lambda: entries(r, ORDERS_EVENTS, o["id"]), 10, what="order.placed")
+    reserve = wait_until(lambda: entries(r, INV_CMDS, o["id"]), 10, what="stock.reserve")
+    assert len(placed) == 1 and len(reserve) == 1, (placed, reserve)
+    placed_id, pf = placed[0]
+    reserve_id, rf = reserve[0]
+    check_envelope(pf, o["id"], "order.placed", before, after)
+    check_envelope(rf, o["id"], "stock.reserve", before, after)
+    assert pf["data"] == {"order_id": o["id"], "user_id": u["id"], "items": ITEMS}, pf
+    assert rf["data"] == {"order_id": o["id"], "items": ITEMS}, rf
+    assert pf["id"] != rf["id"]
+
+    # the timeline names those events, and their entry ids once published
+    def timeline_published():
+        g = get_order(stack.orders, o["id"], tok)
+        assert g.status == 200, g
+        tl = g.json()["timeline"]
+        return tl if all(s["entry_id"] for s in tl) else None
+
+    tl = wait_until(timeline_published, 10, what="timeline entry ids")
+    for s in tl:
+        assert set(s) == STEP_KEYS, s
+        assert ISO_RE.fullmatch(s["at"]), s
+    assert [(s["step"], s["event_type"], s["event_id"], s["stream"], s["entry_id"])
+            for s in tl] == [
+        ("placed", "order.placed", pf["id"], ORDERS_EVENTS, placed_id),
+        ("reserve_stock", "stock.reserve", rf["id"], INV_CMDS, reserve_id),
+    ], tl
+    # the user check went over HTTP to users and succeeded
+    assert client_count(stack.orders, "2xx") >= 1
+
+
+def test_order_items_at_the_limits_accepted(stack):
+    _, tok = stack.new_user()
+    many = [{"sku": f"SKU-{i}", "qty": 1} for i in range(100)]
+    o = place_ok(stack.orders, tok, many)
+    assert o["items"] == many and o["status"] == "PENDING"
+    long_sku = "a-Z_0.9" + "x" * 57  # 64 characters, every allowed kind
+    o = place_ok(stack.orders, tok, [{"sku": long_sku, "qty": 1000}])
+    assert o["items"] == [{"sku": long_sku, "qty": 1000}]
+
+
+def test_service_token_orders_for_a_named_user(stack):
+    u, tok = stack.new_user()
+    o = place_ok(stack.orders, service_token(), user_id=u["id"].upper())
+    assert o["user_id"] == u["id"], o
+    assert get_order(stack.orders, o["id"], tok).status == 200
+    resp = place(stack.orders, service_token())
+    err = assert_error(resp, 422, "invalid")
+    assert set(err["fields"]) == {"user_id"}, err
+
+
+def test_unknown_user_422(stack, r):
+    ghost = str(uuid.uuid4())
+    resp = place(stack.orders, user_token(ghost))
+    err = assert_error(resp, 422, "invalid")
+    assert err.get("fields") == {"user_id": "no such user"}, err
+    resp = place(stack.orders, service_token(), user_id=ghost)
+    err = assert_error(resp, 422, "invalid")
+    assert set(err["fields"]) == {"user_id"}, err
+    assert orders_of(stack.orders, ghost) == []
+    assert client_count(stack.orders, "4xx") + client_count(stack.orders, "cache_hit") >= 2
+    assert r.xlen(INV_CMDS) == 0 and r.xlen(ORDERS_EVENTS) == 0
+
+
+# ---------------------------------------------------------------------------
+# users down, users slow, users back
+# ---------------------------------------------------------------------------
+
+def test_users_down_503_within_deadline_then_recovers(stack):
+    a, tok_a = stack.new_user("cached")
+    b, tok_b = stack.new_user("fresh")
+    first = place_ok(stack.orders, tok_a)  # a's check is now cached
+    assert circuit(stack.orders) == 0
+
+    stack.stop_users()
+    # b was never checked: no answer to fall back on -> 503 within the deadline
+    for _ in range(3):  # also trips the breaker (5 consecutive failures)
+        resp, took = timed(place, stack.orders, tok_b)
+        assert_unavailable(resp)
+        assert took < DEADLINE_MS / 1000 + SLACK_S, f"503 took {took:.2f}s"
+    assert client_count(stack.orders, "connect_error") >= 1
+    assert circuit(stack.orders) in (1, 2), "breaker still closed after failures"
+    # breaker open: still 503, still within the deadline
+    resp, took = timed(place, stack.orders, tok_b)
+    assert_unavailable(resp)
+    assert took < DEADLINE_MS / 1000 + SLACK_S, f"503 took {took:.2f}s"
+    assert orders_of(stack.orders, b["id"]) == []
+
+    # orders itself stays healthy: health, readiness, reads
+    assert_healthy(stack.orders, first["id"], tok_a)
+    assert get_order(stack.orders, first["id"]).status == 200
+    listed = stack.orders.get("/api/v1/orders", token=tok_a)
+    assert listed.status == 200 and [o["id"] for o in listed.json()["items"]] == [first["id"]]
+
+    # users back, same port and database: b can order again once the
+    # breaker's cooldown lets a probe through
+    stack.restart_users()
+
+    def ordered():
+        resp = place(stack.orders, tok_b)
+        if resp.status == 503:
+            return None
+        assert resp.status == 202, resp
+        return resp.json()
+
+    o = wait_until(ordered, RECOVER_S, interval=0.1, what="an order after users came back")
+    assert o["user_id"] == b["id"] and o["status"] == "PENDING"
+    assert circuit(stack.orders) == 0
+    assert len(orders_of(stack.orders, b["id"])) == 1, "a 503 left an order behind"
+
+
+def test_cached_user_orders_while_users_down(stack):
+    a, tok = stack.new_user()
+    place_ok(stack.orders, tok)
+    hits = client_count(stack.orders, "cache_hit")
+    stack.stop_users()
+    o, took = timed(place_ok, stack.orders, tok)
+    assert o["user_id"] == a["id"] and o["status"] == "PENDING", o
+    assert client_count(stack.orders, "cache_hit") == hits + 1, "not answered from the cache"
+    assert took < DEADLINE_MS / 1000 + SLACK_S
+    assert len(orders_of(stack.orders, a["id"])) == 2
+
+
+def test_users_slow_loop_keeps_serving(stack_factory):
+    """users SIGSTOPped: orders' user check hangs until its per-attempt
+    timeout, and meanwhile orders answers GETs at once."""
+    st = stack_factory(HTTP_CLIENT_TIMEOUT_MS=1000, HTTP_CLIENT_DEADLINE_MS=2000)
+    a, tok_a = st.new_user("owner")
+    _, tok_b = st.new_user("waiting")
+    existing = place_ok(st.orders, tok_a)
+    result = {}
+
+    def post():
+        result["resp"], result["took"] = timed(place, st.orders, tok_b)
+
+    t = threading.Thread(target=post, daemon=True)
+    st.users.send_signal(signal.SIGSTOP)
+    try:
+        t.start()
+        slowest = 0.0
+        for _ in range(10):
+            for path in ("/healthz", "/readyz", f"/api/v1/orders/{existing['id']}",
+                         "/api/v1/orders?limit=5"):
+                resp, took = timed(st.orders.get, path, token=tok_a, timeout=5)
+                assert resp.status == 200, (path, resp)
+                slowest = max(slowest, took)
+        assert t.is_alive(), ("the POST finished before the GETs did: nothing was measured "
+                              f"while a check hung ({result})")
+        assert slowest < FAST_GET_S, f"a GET took {slowest:.3f}s while a user check hung"
+        t.join(2000 / 1000 + SLACK_S + 5)
+        assert not t.is_alive(), "POST still unanswered long after the client's deadline"
+        assert_unavailable(result["resp"])
+        assert result["took"] < 2000 / 1000 + SLACK_S, result["took"]
+        assert client_count(st.orders, "timeout") >= 1
+    finally:
+        st.users.send_signal(signal.SIGCONT)
+    # users answers again: the waiting user can order
+    wait_until(lambda: place(st.orders, tok_b).status == 202, RECOVER_S, interval=0.1,
+               what="an order after SIGCONT")
+
+
+# ---------------------------------------------------------------------------
+# order.place over orders.commands
+# ---------------------------------------------------------------------------
+
+def xadd_place(r, user_id, items=None, **fields):
+    f = {"type": "order.place",
+         "data": json.dumps({"user_id": user_id, "items": ITEMS if items is None else items})}
+    f.update(fields)
+    return r.xadd(ORDERS_CMDS, f)
+
+
+def test_order_place_over_stream_known_and_unknown_user(stack, r):
+    u, tok = stack.new_user()
+    ghost = str(uuid.uuid4())
+    known_entry = xadd_place(r, u["id"])
+    ghost_entry = xadd_place(r, ghost)
+    event_id = str(uuid.uuid4())
+    dup1 = xadd_place(r, u["id"], [{"sku": "SKU-9", "qty": 3}], id=event_id)
+    dup2 = xadd_place(r, u["id"], [{"sku": "SKU-9", "qty": 3}], id=event_id)
+
+    mine = wait_until(lambda: (lambda l: l if len(l) >= 2 else None)(orders_of(stack.orders,
+                                                                               u["id"])),
+                      10, what="two orders for the known user")
+    rejected = wait_until(lambda: orders_of(stack.orders, ghost), 10, what="the rejected order")
+    wait_until(lambda: pending(r) == 0 and
+               r.xinfo_groups(ORDERS_CMDS)[0]["last-delivered-id"] == dup2, 10,
+               what="every command read and acked")
+    assert r.xlen(ORDERS_DLQ) == 0, entries(r, ORDERS_DLQ)
+    assert len(orders_of(stack.orders, u["id"])) == 2, "a duplicate event id took effect twice"
+
+    # known user: PENDING, as over HTTP, its first step the command itself
+    by_items = {json.dumps(o["items"]): o for o in mine}
+    placed = by_items[json.dumps(ITEMS)]
+    g = get_order(stack.orders, placed["id"], tok)
+    assert g.status == 200, g
+    o = g.json()
+    assert o["status"] == "PENDING" and o["user_id"] == u["id"] and o["reason"] is None, o
+    assert [s["step"] for s in o["timeline"]] == ["requested", "placed", "reserve_stock"], o
+    req = o["timeline"][0]
+    assert (req["event_type"], req["event_id"], req["stream"], req["entry_id"]) == (
+        "order.place", f"{ORDERS_CMDS}:{known_entry}", ORDERS_CMDS, known_entry), req
+    wait_until(lambda: entries(r, ORDERS_EVENTS, o["id"], "order.placed") and
+               entries(r, INV_CMDS, o["id"], "stock.reserve"), 10, what="placed + reserve")
+    dup = by_items[json.dumps([{"sku": "SKU-9", "qty": 3}])]
+    dup_req = get_order(stack.orders, dup["id"]).json()["timeline"][0]
+    assert dup_req["event_id"] == event_id and dup_req["entry_id"] == dup1, dup_req
+
+    # unknown user: REJECTED unknown_user with order.rejected, no stock.reserve
+    assert len(rejected) == 1, rejected
+    o = get_order(stack.orders, rejected[0]["id"]).json()
+    assert o["status"] == "REJECTED" and o["reason"] == "unknown_user", o
+    assert [s["step"] for s in o["timeline"]] == ["requested", "rejected"], o
+    assert o["timeline"][0]["entry_id"] == ghost_entry
+    ev = wait_until(lambda: entries(r, ORDERS_EVENTS, o["id"]), 10, what="order.rejected")
+    assert [f["type"] for _, f in ev] == ["order.rejected"], ev
+    assert ev[0][1]["data"] == {"order_id": o["id"], "user_id": ghost,
+                                "reason": "unknown_user"}, ev
+    assert entries(r, INV_CMDS, o["id"]) == []
+
+
+def test_order_place_while_users_down_waits_then_completes(stack_factory, r):
+    # MAX_DELIVERIES=2: were a wait counted as a failed delivery, the entry
+    # would be dead-lettered after the second try
+    st = stack_factory(MAX_DELIVERIES=2, RECLAIM_IDLE_MS=1000)
+    u, tok = st.new_user()  # never checked by orders: nothing cached
+    st.stop_users()
+    entry = xadd_place(r, u["id"])
+    wait_until(lambda: pending(r) == 1, 10, what="the entry read and held")
+
+    def retries():
+        return metric(st.orders, "stream_events_total", stream=ORDERS_CMDS, result="retry") or 0
+
+    # five retries (backoff 100 ms doubling): held for well over RECLAIM_IDLE_MS,
+    # so a held entry that were not kept leased would be reclaimed meanwhile
+    wait_until(lambda: retries() >= 5, 15, what="five retries of the held entry")
+    assert pending(r) == 1, "the entry left the pending list while users was down"
+    held = r.xpending_range(ORDERS_CMDS, GROUP, min="-", max="+", count=10)
+    assert [(p["message_id"], p["times_delivered"]) for p in held] == [(entry, 1)], held
+    assert r.xlen(ORDERS_DLQ) == 0, entries(r, ORDERS_DLQ)
+    assert orders_of(st.orders, u["id"]) == []
+    assert_healthy(st.orders)
+
+    st.restart_users()
+    got = wait_until(lambda: orders_of(st.orders, u["id"]), RECOVER_S, interval=0.05,
+                     what="the held order.place to complete after users came back")
+    assert len(got) == 1 and got[0]["status"] == "PENDING", got
+    wait_until(lambda: pending(r) == 0, 10, what="the entry acked")
+    assert r.xlen(ORDERS_DLQ) == 0, entries(r, ORDERS_DLQ)
+    tl = get_order(st.orders, got[0]["id"], tok).json()["timeline"]
+    assert tl[0]["step"] == "requested" and tl[0]["entry_id"] == entry, tl
+    wait_until(lambda: entries(r, ORDERS_EVENTS, got[0]["id"], "order.placed"), 10,
+               what="order.placed")
+
+
+def test_client_gone_before_the_check_answers_gets_no_order(stack_factory):
+    """api.c: a client that went away before the user check answered gets no
+    order (it never saw one accepted, so its retry cannot make a duplicate)."""
+    st = stack_factory(HTTP_CLIENT_TIMEOUT_MS=3000, HTTP_CLIENT_DEADLINE_MS=5000)
+    u, tok = st.new_user()
+    before = client_count(st.orders, "2xx")
+    st.users.send_signal(signal.SIGSTOP)
+    try:
+        c = st.orders.raw()
+        c.send(raw_request("POST", "/api/v1/orders", body={"items": ITEMS}, token=tok))
+        wait_until(lambda: connections_to(st.users.port) >= 1, 10,
+                   what="the user check in flight")
+        c.reset()
+    finally:
+        st.users.send_signal(signal.SIGCONT)
+    # users answers the check (200) after the client has gone
+    wait_until(lambda: client_count(st.orders, "2xx") > before, 10, what="the check answered")
+    assert orders_of(st.orders, u["id"]) == [], "an order was made for a client that left"
+    assert_healthy(st.orders)
+    assert place_ok(st.orders, tok)["user_id"] == u["id"]  # and the user can order now
+
+
+def test_users_refusing_our_service_token_is_503(service_factory):
+    """orders and users with different JWT_SECRETs: users answers 401 to the
+    service token, which no retry fixes: 503 (not 422), and not a breaker
+    failure."""
+    other = "another-secret-for-orders-only-0123456789"
+    users = start_own(service_factory, "users")
+    env = dict(CLIENT_ENV, USERS_URL=users.base, JWT_SECRET=other)
+    orders = start_own(service_factory, "orders", **env)
+    u = users.create_user()
+    tok = user_token(u["id"], secret=other)
+    for _ in range(6):
+        assert_unavailable(place(orders, tok))
+    assert client_count(orders, "4xx") >= 6
+    assert circuit(orders) == 0, "a 401 opened the breaker: users is up, we are misconfigured"
+    assert orders_of_secret(orders, u["id"], other) == []
+    assert "JWT_SECRET" in orders.log_text()
+
+
+def test_sigterm_with_user_checks_in_flight(stack_factory, service_factory, r):
+    """users hangs (SIGSTOP) while orders checks a user for a POST and for an
+    order.place entry; SIGTERM to orders: it answers the POST, exits 0 within
+    the client's deadline, and leaves the entry pending (not acked, not
+    dead-lettered) for its next start, which completes it."""
+    deadline_ms = 4000
+    env = {"HTTP_CLIENT_TIMEOUT_MS": 2000, "HTTP_CLIENT_DEADLINE_MS": deadline_ms,
+           "CONSUMER_NAME": "orders-e2e"}
+    st = stack_factory(**env)
+    _, tok = st.new_user("http")
+    queued, _ = st.new_user("stream")
+    result = {}
+
+    def post():
+        try:
+            result["resp"] = place(st.orders, tok)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            result["error"] = exc
+
+    t = threading.Thread(target=post, daemon=True)
+    st.users.send_signal(signal.SIGSTOP)
+    try:
+        entry = xadd_place(r, queued["id"])
+        t.start()
+        wait_until(lambda: pending(r) == 1, 10, what="the entry read")
+        # both checks in flight: orders holds two connections to the stopped users
+        wait_until(lambda: connections_to(st.users.port) >= 2, 10,
+                   what="two connections from orders to users")
+        stop_rc, took = timed(st.orders.stop)
+        t.join(10)
+        assert stop_rc == 0, f"orders exited {stop_rc}: {st.orders.log_text()[-1500:]}"
+        assert took < deadline_ms / 1000 + SLACK_S, f"stop took {took:.2f}s"
+        assert "error" not in result, f"the POST in hand got no answer: {result['error']!r}"
+        assert_error(result["resp"], 503)
+        assert pending(r) == 1, "the entry in check was acked at stop"
+        assert r.xlen(ORDERS_DLQ) == 0, entries(r, ORDERS_DLQ)
+    finally:
+        st.users.send_signal(signal.SIGCONT)
+    # the next start (same database, same consumer name) finishes the entry
+    env.update(CLIENT_ENV, USERS_URL=st.users.base, DB_PATH=st.orders.db_path,
+               HTTP_CLIENT_TIMEOUT_MS=2000, HTTP_CLIENT_DEADLINE_MS=deadline_ms)
+    again = start_own(service_factory, "orders", **env)
+    got = wait_until(lambda: orders_of(again, queued["id"]), RECOVER_S, interval=0.05,
+                     what="the pending order.place completed after the restart")
+    assert len(got) == 1 and got[0]["status"] == "PENDING", got
+    wait_until(lambda: pending(r) == 0, 10, what="the entry acked")
+    tl = get_order(again, got[0]["id"]).json()["timeline"]
+    assert tl[0]["entry_id"] == entry, tl
+
+
+# ---------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------
+
+OK = {"sku": "SKU-1", "qty": 1}
+INVALID = [
+    ({}, {"items"}),
+    ({"items": None}, {"items"}),
+    ({"items": "SKU-1"}, {"items"}),
+    ({"items": {"sku": "SKU-1", "qty": 1}}, {"items"}),
+    ({"items": []}, {"items"}),
+    ({"items": [{"sku": f"S{i}", "qty": 1} for i in range(101)]}, {"items"}),
+    ({"items": [1]}, {"items[0]"}),
+    ({"items": [{"sku": "SKU-1"}]}, {"items[0].qty"}),
+    ({"items": [{"qty": 1}]}, {"items[0].sku"}),
+    ({"items": [{"sku": "SKU-1", "qty": 0}]}, {"items[0].qty"}),
+    ({"items": [{"sku": "SKU-1", "qty": -1}]}, {"items[0].qty"}),
+    ({"items": [{"sku": "SKU-1", "qty": 1001}]}, {"items[0].qty"}),
+    ({"items": [{"sku": "SKU-1", "qty": "2"}]}, {"items[0].qty"}),
+    ({"items": [{"sku": "SKU-1", "qty": 1.5}]}, {"items[0].qty"}),
+    ({"items": [{"sku": "SKU-1", "qty": True}]}, {"items[0].qty"}),
+    ({"items": [{"sku": "SKU-1", "qty": None}]}, {"items[0].qty"}),
+    ({"items": [{"sku": "", "qty": 1}]}, {"items[0].sku"}),
+    ({"items": [{"sku": "has space", "qty": 1}]}, {"items[0].sku"}),
+    ({"items": [{"sku": 7, "qty": 1}]}, {"items[0].sku"}),
+    ({"items": [{"sku": "x" * 65, "qty": 1}]}, {"items[0].sku"}),
+    ({"items": [OK, {"sku": "SKU-2", "qty": 1}, {"sku": "SKU-1", "qty": 5}]}, {"items[2].sku"}),
+    ({"items": [{"sku": "SKU-1", "qty": 1, "color": "red"}]}, {"items[0].color"}),
+    ({"items": [OK], "coupon": "FREE"}, {"coupon"}),
+    ({"items": [OK, {"sku": "", "qty": 0}]}, {"items[1].sku", "items[1].qty"}),
+    ({"items": [], "coupon": 1}, {"items", "coupon"}),
+    ({"items": [OK], "user_id": "not-a-uuid"}, {"user_id"}),
+    ({"items": [OK], "user_id": 42}, {"user_id"}),
+    ({"items": [OK], "user_id": "OTHER"}, {"user_id"}),  # another user's id
+]
+
+
+def test_validation_422_names_the_field(stack, r):
+    u, tok = stack.new_user()
+    other = str(uuid.uuid4())
+    problems = []
+
+    def check_all():
+        for body, want in INVALID:
+            if body.get("user_id") == "OTHER":
+                body = dict(body, user_id=other)
+            resp = stack.orders.post("/api/v1/orders", body, token=tok)
+            try:
+                err = assert_error(resp, 422, "invalid")
+                fields = err.get("fields")
+                assert isinstance(fields, dict) and set(fields) == want, fields
+                assert all(isinstance(m, str) and m for m in fields.values()), fields
+            except AssertionError as exc:
+                problems.append(f"{json.dumps(body)[:120]}: {exc}")
+
+    check_all()
+    for raw in (b"[]", b"\"x\"", b"{bad json", b"", b'{"items": [], "items": []}'):
+        resp = stack.orders.post("/api/v1/orders", raw_body=raw, token=tok)
+        if resp.status != 400:
+            problems.append(f"{raw!r}: {resp}")
+    resp = stack.orders.post("/api/v1/orders", {"items": ITEMS})
+    assert_error(resp, 401, "unauthorized")
+
+    # the body is checked before the user: same answers with users down
+    stack.stop_users()
+    check_all()
+    assert not problems, "\n".join(problems)
+    assert orders_of(stack.orders, u["id"]) == []
+    assert r.xlen(ORDERS_EVENTS) == 0 and r.xlen(INV_CMDS) == 0
+
+
+# ---------------------------------------------------------------------------
+# GET /api/v1/orders/{id} and the list
+# ---------------------------------------------------------------------------
+
+def test_get_order_permissions(stack):
+    a, tok_a = stack.new_user("owner")
+    _, tok_b = stack.new_user("other")
+    o = place_ok(stack.orders, tok_a)
+    path = f"/api/v1/orders/{o['id']}"
+
+    resp = stack.orders.get(path, token=tok_a)
+    assert resp.status == 200, resp
+    got = resp.json()
+    assert {k: got[k] for k in ORDER_KEYS - {"timeline"}} == \
+        {k: o[k] for k in ORDER_KEYS - {"timeline"}}, (got, o)
+    assert stack.orders.get(path.upper().replace("/API/V1/ORDERS/", "/api/v1/orders/"),
+                            token=tok_a).status == 200, "ids are case-insensitive UUIDs"
+    assert stack.orders.get(path, token=service_token()).status == 200
+    assert_error(stack.orders.get(path, token=tok_b), 404, "not_found")
+    assert_error(stack.orders.get(path), 401, "unauthorized")
+    for bad in ("not-a-uuid", str(uuid.uuid4()), o["id"] + "0", "%00"):
+        assert_error(stack.orders.get(f"/api/v1/orders/{bad}", token=tok_a), 404, "not_found")
+        assert_error(stack.orders.get(f"/api/v1/orders/{bad}", token=service_token()), 404,
+                     "not_found")
+    # a token whose subject is neither a user id nor a service
+    assert_error(stack.orders.get(path, token=user_token("someone")), 404, "not_found")
+
+
+def test_list_pagination(stack):
+    a, tok_a = stack.new_user("pager")
+    b, tok_b = stack.new_user("neighbour")
+    made = [place_ok(stack.orders, tok_a, [{"sku": f"SKU-{i}", "qty": i + 1}])["id"]
+            for i in range(5)]
+    theirs = place_ok(stack.orders, tok_b)["id"]
+
+    pages, seen, cursor = [], [], None
+    for _ in range(10):
+        q = "/api/v1/orders?limit=2" + (f"&after={cursor}" if cursor else "")
+        resp = stack.orders.get(q, token=tok_a)
+        assert resp.status == 200, resp
+        page = resp.json()
+        assert set(page) == {"items", "next"}, page
+        assert all("timeline" not in o for o in page["items"]), page
+        assert all(o["user_id"] == a["id"] for o in page["items"]), page
+        pages.append(len(page["items"]))
+        seen += [o["id"] for o in page["items"]]
+        cursor = page["next"]
+        if cursor is None:
+            break
+        assert isinstance(cursor, str) and cursor, page
+    assert pages == [2, 2, 1], pages
+    assert seen == made[::-1], "not newest first, or duplicates/gaps across pages"
+
+    resp = stack.orders.get("/api/v1/orders", token=tok_a)
+    assert [o["id"] for o in resp.json()["items"]] == made[::-1]
+    assert resp.json()["next"] is None
+    resp = stack.orders.get("/api/v1/orders?limit=5", token=tok_a)
+    assert len(resp.json()["items"]) == 5 and resp.json()["next"] is None, resp.json()
+    resp = stack.orders.get("/api/v1/orders", token=tok_b)
+    assert [o["id"] for o in resp.json()["items"]] == [theirs]
+
+    # service token: everyone's, or one user's
+    resp = stack.orders.get("/api/v1/orders?limit=100", token=service_token())
+    assert [o["id"] for o in resp.json()["items"]] == [theirs] + made[::-1]
+    assert [o["id"] for o in orders_of(stack.orders, a["id"])] == made[::-1]
+    assert_error(stack.orders.get(f"/api/v1/orders?user_id={b['id']}", token=tok_a), 403,
+                 "forbidden")
+    assert_error(stack.orders.get("/api/v1/orders"), 401, "unauthorized")
+
+    for q, field in (("limit=0", "limit"), ("limit=101", "limit"), ("limit=abc", "limit"),
+                     ("limit=-1", "limit"), ("limit=", "limit"), ("limit=2.5", "limit"),
+                     ("after=xyz", "after"), ("after=0", "after"), ("after=-3", "after"),
+                     ("user_id=nope", "user_id")):
+        err = assert_error(stack.orders.get(f"/api/v1/orders?{q}", token=service_token()),
+                           422, "invalid")
+        assert field in err.get("fields", {}), (q, err)
+
+
+# ---------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------
+
+def test_http_client_metrics(stack):
+    _, tok = stack.new_user()
+    place_ok(stack.orders, tok)
+    place_ok(stack.orders, tok)  # from the cache
+    assert_error(place(stack.orders, user_token(str(uuid.uuid4()))), 422, "invalid")
+
+    results = {lab.get("result"): v for lab, v in samples(stack.orders,
+                                                            "http_client_requests_total")
+               if lab.get("target") == "users"}
+    assert results.get("2xx", 0) >= 1, results
+    assert results.get("cache_hit", 0) >= 1, results
+    assert results.get("4xx", 0) >= 1, results
+    assert circuit(stack.orders) == 0
+    text = stack.orders.metrics()
+    assert "# TYPE http_client_requests_total counter" in text
+    assert "# TYPE circuit_state gauge" in text
+    assert re.search(r'^http_requests_total\{[^}]*route="/api/v1/orders"[^}]*code="202"',
+                     text, re.M), text[:3000]
