@@ -8,7 +8,7 @@ FROM debian:bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       build-essential libuv1-dev libhiredis-dev libjansson-dev node-llhttp \
-      libsqlite3-dev libjwt-dev libssl-dev uuid-dev libcurl4-openssl-dev \
+      libsqlite3-dev libjwt-dev libssl-dev libcurl4-openssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Makefile ./
@@ -21,7 +21,7 @@ RUN make -j"$(nproc)" all
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      libuv1 libhiredis0.14 libjansson4 libsqlite3-0 libjwt0 libssl3 libuuid1 libcurl4 \
+      libuv1 libhiredis0.14 libjansson4 libsqlite3-0 libjwt0 libssl3 libcurl4 \
       curl ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/ripple --create-home ripple \

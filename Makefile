@@ -19,7 +19,7 @@ MODE_LDFLAGS ?=
 CPPFLAGS += -Icore -I. -isystem $(LLHTTP_INC)
 CFLAGS   += $(WARN_CFLAGS) $(MODE_CFLAGS) -MMD -MP
 LDFLAGS  += $(MODE_LDFLAGS)
-LDLIBS   += -luv -lhiredis -lcurl -ljansson -lsqlite3 -ljwt -lcrypto -luuid -lpthread -lm
+LDLIBS   += -luv -lhiredis -lcurl -ljansson -lsqlite3 -ljwt -lcrypto -lpthread -lm
 
 CORE_SRC := $(wildcard core/*.c streams/*.c)
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
@@ -34,7 +34,8 @@ service_obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard services/$(1)/*.c)) \
 UNIT_SRC := $(wildcard tests/unit/*.c)
 UNIT_OBJ := $(UNIT_SRC:%.c=$(BUILD)/obj/%.o)
 
-.PHONY: all deps test unit e2e check-san bench demo up clean format format-check
+.PHONY: all deps test unit e2e check-san check-valgrind bench demo up clean format format-check \
+        fuzz fuzz-build fuzz-replay
 all: $(BUILD)/libcore.a $(addprefix $(BUILD)/,$(SERVICES))
 
 # Third-party llhttp, compiled from Debian's node-llhttp sources (never copied).
@@ -80,6 +81,7 @@ e2e: all
 test: deps
 	$(MAKE) all $(BUILD)/unit_tests
 	$(MAKE) unit
+	$(MAKE) fuzz-replay
 	$(MAKE) e2e
 
 # The same suites under ASan + UBSan, in a build of their own.
@@ -88,6 +90,61 @@ check-san: deps
 		all build/san/unit_tests
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		$(MAKE) BUILD=build/san MODE_CFLAGS="$(SAN_CFLAGS)" MODE_LDFLAGS="-fsanitize=address,undefined" unit e2e
+
+# valgrind (STYLE.md §4: a -O0 -g build without sanitizers): the unit tests,
+# and the users service under its e2e suites, must be clean -- any error or a
+# definite/indirect leak fails. Timing bounds get RIPPLE_TIME_SLACK.
+VALGRIND := valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,indirect \
+            --error-exitcode=1
+check-valgrind: deps
+	$(MAKE) BUILD=build/vg MODE_CFLAGS="-O0 -g" all build/vg/unit_tests
+	RIPPLE_TIME_SLACK=10 $(VALGRIND) --trace-children=yes build/vg/unit_tests --jobs 1
+	RIPPLE_BIN=$(abspath build/vg) RIPPLE_VALGRIND=users RIPPLE_STARTUP_TIMEOUT=60 \
+		RIPPLE_STOP_TIMEOUT=60 $(PYTHON) -m pytest -q tests/e2e/test_users.py \
+		tests/e2e/test_streams.py $(PYTEST_ARGS)
+
+# libFuzzer targets (tests/fuzz/README.md), built with clang into build/fuzz
+# with core, streams and llhttp instrumented alongside. `make fuzz` runs each
+# target for FUZZ_SECONDS on a scratch corpus, build/fuzz/corpus/<target>,
+# seeded from tests/fuzz/corpus/<target> (which it never writes to); crashes
+# land in build/fuzz/artifacts/<target>/. `make -j2 fuzz` runs two at once;
+# FUZZ_TARGETS=fuzz_http picks some; FUZZ_ARGS passes libFuzzer flags.
+# `make fuzz-replay` runs the committed corpora and regressions once.
+FUZZ_CC      ?= clang
+FUZZ_BUILD   := build/fuzz
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?= $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_ARGS    ?=
+FUZZ_CFLAGS  := -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined \
+                -fno-sanitize-recover=all
+FUZZ_LDFLAGS := -fsanitize=fuzzer,address,undefined
+FUZZ_MAKE     = $(MAKE) BUILD=$(FUZZ_BUILD) CC=$(FUZZ_CC) MODE_CFLAGS="$(FUZZ_CFLAGS)" \
+                MODE_LDFLAGS="$(FUZZ_LDFLAGS)"
+# Per target: fuzz_http needs inputs past 4096 bytes to reach the body limit.
+FUZZ_OPTS_fuzz_http := -max_len=8192 -dict=tests/fuzz/fuzz_http.dict
+FUZZ_OPTS_fuzz_auth := -dict=tests/fuzz/fuzz_auth.dict
+FUZZ_OPTS_fuzz_envelope := -dict=tests/fuzz/fuzz_envelope.dict
+fuzz_inputs = tests/fuzz/corpus/$(1) $(wildcard tests/fuzz/regressions/$(1))
+
+$(addprefix $(BUILD)/,$(FUZZ_TARGETS)): $(BUILD)/%: $(BUILD)/obj/tests/fuzz/%.o $(BUILD)/libcore.a
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libcore.a $(LDLIBS)
+
+fuzz-build: deps
+	$(FUZZ_MAKE) $(addprefix $(FUZZ_BUILD)/,$(FUZZ_TARGETS))
+
+fuzz: $(addprefix fuzz-run-,$(FUZZ_TARGETS))
+
+fuzz-run-%: fuzz-build
+	@mkdir -p $(FUZZ_BUILD)/corpus/$* $(FUZZ_BUILD)/artifacts/$*
+	$(FUZZ_BUILD)/$* -max_total_time=$(FUZZ_SECONDS) -timeout=30 -print_final_stats=1 \
+		-artifact_prefix=$(FUZZ_BUILD)/artifacts/$*/ $(FUZZ_OPTS_$*) $(FUZZ_ARGS) \
+		$(FUZZ_BUILD)/corpus/$* $(call fuzz_inputs,$*)
+
+# A regression pass for `make test`: every committed input once, seconds.
+fuzz-replay: $(addprefix fuzz-replay-,$(FUZZ_TARGETS))
+
+fuzz-replay-%: fuzz-build
+	$(FUZZ_BUILD)/$* -runs=0 -timeout=30 $(FUZZ_OPTS_$*) $(call fuzz_inputs,$*)
 
 bench: deps all
 	scripts/bench
@@ -98,7 +155,8 @@ demo: deps all
 up: deps all
 	scripts/up
 
-FORMAT_FILES = $(wildcard core/*.[ch] services/*/*.[ch] streams/*.[ch] tests/unit/*.[ch])
+FORMAT_FILES = $(wildcard core/*.[ch] services/*/*.[ch] streams/*.[ch] tests/unit/*.[ch] \
+                          tests/fuzz/*.[ch])
 format:
 	clang-format -i $(FORMAT_FILES)
 

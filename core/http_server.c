@@ -274,17 +274,25 @@ out_close:
 }
 
 /* Writes one complete response. */
+/* Writes one complete response. A 1xx, 204 or 304 has neither a body nor
+ * Content-Length (RFC 9110 §8.6); an answer to HEAD has the length of the
+ * body it would have had, and no body. */
 static int conn_send(struct http_conn *c, int status, const char *ctype, const char *extra,
                      size_t extra_len, const char *body, size_t len)
 {
-    char head[RESPONSE_HEAD_BYTES + HTTP_SERVER_EXTRA_HEADER_BYTES];
+    char head[RESPONSE_HEAD_BYTES + HTTP_SERVER_EXTRA_HEADER_BYTES], clen[48] = "";
+    int no_body = status < 200 || status == 204 || status == 304;
     uv_buf_t bufs[2];
     int n;
 
-    n = snprintf(head, sizeof(head), "HTTP/1.1 %d %s\r\n%s%s%sContent-Length: %zu\r\n%s%.*s\r\n",
-                 status, http_status_reason(status), ctype ? "Content-Type: " : "",
-                 ctype ? ctype : "", ctype ? "\r\n" : "", len,
-                 c->final ? "Connection: close\r\n" : "", (int)extra_len, extra);
+    if (!no_body)
+        snprintf(clen, sizeof(clen), "Content-Length: %zu\r\n", len);
+    if (no_body || c->parser.method == HTTP_HEAD)
+        len = 0;
+    n = snprintf(head, sizeof(head), "HTTP/1.1 %d %s\r\n%s%s%s%s%s%.*s\r\n", status,
+                 http_status_reason(status), ctype ? "Content-Type: " : "", ctype ? ctype : "",
+                 ctype ? "\r\n" : "", clen, c->final ? "Connection: close\r\n" : "",
+                 (int)extra_len, extra);
     if (n < 0 || (size_t)n >= sizeof(head))
         return -ENOSPC;
     bufs[0] = uv_buf_init(head, (unsigned)n);

@@ -11,6 +11,10 @@
  * requests for idle_timeout_ms, is closed. While a connection's unsent output
  * exceeds HTTP_SERVER_WRITE_HIGH_WATER its reads stop (back-pressure).
  *
+ * A client that closes its side (EOF) while a handler holds its request has
+ * gone away: the request reads as aborted and gets no answer (as nginx's
+ * 499); half-closing HTTP/1.0 clients must wait for the answer first.
+ *
  * Requests and responses: on_request fires once per request with a request
  * that stays valid until http_respond() is called for it -- in the callback
  * or later, after asynchronous work (a deferred response). If the client

@@ -85,6 +85,9 @@ static void append_raw(char *dst, size_t cap, size_t *pos, const char *src)
 }
 
 static void log_vwrite(enum log_level level, const char *trace, const char *fmt, va_list ap)
+    CORE_PRINTF(3, 0);
+
+static void log_vwrite(enum log_level level, const char *trace, const char *fmt, va_list ap)
 {
     char msg[LOG_MAX_LINE];
     char line[LOG_MAX_LINE * 2 + 256];

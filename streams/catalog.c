@@ -112,7 +112,7 @@ static const struct type_spec catalog[] = {
      {REQ("order_id", K_UUID), REQ("user_id", K_UUID), REQ("reason", K_REASON)}},
 };
 
-static const struct field_spec item_fields[] = {REQ("sku", K_SKU), REQ("qty", K_QTY), {NULL}};
+static const struct field_spec item_fields[] = {REQ("sku", K_SKU), REQ("qty", K_QTY), {NULL, 0, 0}};
 
 /* ---------------------------------------------------------------------------
  * Lookups

@@ -31,7 +31,7 @@ BIN_DIR = Path(os.environ.get("RIPPLE_BIN") or REPO / "build").resolve()
 HOST = "127.0.0.1"
 JWT_SECRET = "e2e-test-secret-0123456789abcdef-0123456789"  # >= 32 bytes
 STARTUP_TIMEOUT = float(os.environ.get("RIPPLE_STARTUP_TIMEOUT", "20"))
-STOP_TIMEOUT = 15.0
+STOP_TIMEOUT = float(os.environ.get("RIPPLE_STOP_TIMEOUT", "15"))
 
 
 # ---------------------------------------------------------------------------
@@ -552,6 +552,18 @@ def service_env(redis, tmpdir, name, port, extra):
     return env
 
 
+def valgrind_prefix(name):
+    """RIPPLE_VALGRIND="users" (a comma-separated list) runs those services
+    under valgrind (make check-valgrind): any error, or a definite or
+    indirect leak at exit, makes the exit status 99, which the teardown's
+    exit-0 check reports."""
+    wanted = [n for n in os.environ.get("RIPPLE_VALGRIND", "").split(",") if n]
+    if name not in wanted:
+        return []
+    return ["valgrind", "--quiet", "--leak-check=full", "--errors-for-leak-kinds=definite,indirect",
+            "--error-exitcode=99", "--trace-children=no"]
+
+
 def launch(name, redis, tmpdir, env_extra=None, wait=True):
     """Starts build/<name>; retries on a port race. Returns a Service."""
     exe = binary(name)
@@ -563,7 +575,8 @@ def launch(name, redis, tmpdir, env_extra=None, wait=True):
         env = service_env(redis, tmpdir, name, port, env_extra)
         stderr_path = tmpdir / f"{name}-{port}.stderr"
         err = open(stderr_path, "wb")
-        proc = subprocess.Popen([str(exe)], env=env, stdout=subprocess.DEVNULL, stderr=err,
+        proc = subprocess.Popen(valgrind_prefix(name) + [str(exe)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=err,
                                 stdin=subprocess.DEVNULL, cwd=str(tmpdir))
         err.close()
         svc = Service(name, port, proc, stderr_path, env["DB_PATH"], env)
