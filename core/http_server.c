@@ -291,8 +291,8 @@ static int conn_send(struct http_conn *c, int status, const char *ctype, const c
         len = 0;
     n = snprintf(head, sizeof(head), "HTTP/1.1 %d %s\r\n%s%s%s%s%s%.*s\r\n", status,
                  http_status_reason(status), ctype ? "Content-Type: " : "", ctype ? ctype : "",
-                 ctype ? "\r\n" : "", clen, c->final ? "Connection: close\r\n" : "",
-                 (int)extra_len, extra);
+                 ctype ? "\r\n" : "", clen, c->final ? "Connection: close\r\n" : "", (int)extra_len,
+                 extra);
     if (n < 0 || (size_t)n >= sizeof(head))
         return -ENOSPC;
     bufs[0] = uv_buf_init(head, (unsigned)n);

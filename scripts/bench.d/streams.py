@@ -5,18 +5,28 @@
       XADDs N user.register entries, data {"name":"Bench i","email":"bench<i>@example.com"}
       (i = 1..N, so every email is unique), pipelined in chunks of --chunk,
       and prints `preload_s=.. xlen=..`.
-  streams.py wait --port P --pid PID --t0 EPOCH --count N --deadline S
+  streams.py wait --port P (--pid PID --t0 EPOCH | --start-file F [--ready-file R])
+                  --count N --deadline S [--events-count M]
                   [--group users] [--commands users.commands] [--events users.events]
-      polls every --interval seconds, from EPOCH (the wall-clock time the
-      service was started) until
+      polls every --interval seconds (every millisecond until the group has
+      read its first entry), from EPOCH (the wall-clock time the service was
+      started) until
         1. the group has read every entry (entries-read = N) with lag 0 and
            pending 0 (XINFO GROUPS): "consumed", then
-        2. the events stream holds N entries: "published";
+        2. the events stream holds --events-count entries (default N):
+           "published";
       and prints one line of key=value pairs: status (ok, timeout or died),
-      consumed_s, published_s (seconds since EPOCH, or nan), the service's
+      first_s (when entries-read was first seen above 0: the first batch
+      handed to the consumer), consumed_s, published_s (seconds since EPOCH,
+      or nan), first_early=1 when the very first poll already saw entries read
+      (then first_s is late), the service's
       CPU seconds (utime+stime from /proc/PID/stat) at each point, its peak
       RSS (VmHWM) and current RSS in KiB, and the last group state seen.
-      It never waits past EPOCH + S.
+      It never waits past EPOCH + S. With --start-file, it starts polling
+      before the service exists: it writes "ready" to R after its first poll
+      and reads "PID EPOCH" from F once the caller has started the service
+      and written it there (so the first batch is not missed while this
+      interpreter starts up); it gives up after 60 s without one.
   streams.py verify --port P --count N [--stream users.events] [--type user.registered]
       reads the events stream and prints entries=, distinct_ids=, distinct_emails=,
       wrong_type=, missing_emails= (emails bench1..benchN not seen).
@@ -101,17 +111,41 @@ def group_state(r, stream, group):
     return None
 
 
+def read_start_file(path):
+    """(pid, t0) from a file holding "PID EPOCH", or None while it is empty."""
+    try:
+        with open(path) as f:
+            parts = f.read().split()
+        return int(parts[0]), float(parts[1].replace(",", "."))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def cmd_wait(args):
     r = client(args.port)
-    deadline = args.t0 + args.deadline
-    consumed = published = math.nan
-    cpu_consumed = cpu_published = math.nan
+    pid, t0 = args.pid, args.t0
+    if args.start_file is None and (pid is None or t0 is None):
+        sys.exit("streams.py wait: give --pid and --t0, or --start-file")
+    first_abs = consumed_abs = published_abs = math.nan
+    cpu_consumed = cpu_published = cpu_first = math.nan
+    first_early = 0  # the first poll after the start already saw entries read
+    want_events = args.count if args.events_count is None else args.events_count
     status, state, events = "timeout", None, 0
     hwm = 0
+    polls = 0
+    wait_start = time.time() + 60  # at most this long for the start file
     while True:
         now = time.time()
-        cpu, pstate = proc_cpu_s(args.pid)
-        hwm = max(hwm, proc_status_kb(args.pid, "VmHWM"))
+        if pid is None:
+            got = read_start_file(args.start_file)
+            if got is not None:
+                pid, t0 = got
+            elif now > wait_start:
+                status = "no_start"
+                break
+        cpu, pstate = (proc_cpu_s(pid) if pid is not None else (math.nan, "R"))
+        if pid is not None:
+            hwm = max(hwm, proc_status_kb(pid, "VmHWM"))
         if pstate is None or pstate in ("Z", "X"):
             status = "died"
             break
@@ -122,22 +156,32 @@ def cmd_wait(args):
             print(f"wait: redis: {exc}", file=sys.stderr)
             status = "redis_error"
             break
-        if math.isnan(consumed) and state is not None:
+        polls += 1
+        if polls == 1 and args.ready_file:
+            with open(args.ready_file, "w") as f:
+                f.write("ready\n")
+        if math.isnan(first_abs) and state is not None and (state[0] or 0) > 0:
+            first_abs, cpu_first = now, cpu
+            first_early = int(polls == 1 or (state[0] or 0) >= args.count)
+        if math.isnan(consumed_abs) and state is not None:
             entries_read, lag, pending = state
             if entries_read == args.count and lag == 0 and pending == 0:
-                consumed, cpu_consumed = now - args.t0, cpu
-        if not math.isnan(consumed) and events >= args.count:
-            published, cpu_published = now - args.t0, cpu
+                consumed_abs, cpu_consumed = now, cpu
+        if not math.isnan(consumed_abs) and events >= want_events:
+            published_abs, cpu_published = now, cpu
             status = "ok"
             break
-        if now >= deadline:
+        if t0 is not None and now >= t0 + args.deadline:
             break
-        time.sleep(args.interval)
+        time.sleep(args.interval if not math.isnan(first_abs) else min(args.interval, 0.001))
     entries_read, lag, pending = state if state is not None else ("none", "none", "none")
-    print(f"status={status} consumed_s={consumed:.3f} published_s={published:.3f} "
+    rel = (lambda x: math.nan) if t0 is None else (lambda x: x - t0)
+    print(f"status={status} first_s={rel(first_abs):.4f} first_early={first_early} "
+          f"cpu_first_s={cpu_first:.2f} "
+          f"consumed_s={rel(consumed_abs):.3f} published_s={rel(published_abs):.3f} "
           f"cpu_consumed_s={cpu_consumed:.2f} cpu_published_s={cpu_published:.2f} "
-          f"cpu_now_s={proc_cpu_s(args.pid)[0]:.2f} hwm_kb={hwm} "
-          f"rss_kb={proc_status_kb(args.pid, 'VmRSS')} "
+          f"cpu_now_s={proc_cpu_s(pid)[0] if pid is not None else math.nan:.2f} hwm_kb={hwm} "
+          f"rss_kb={proc_status_kb(pid, 'VmRSS') if pid is not None else 0} "
           f"entries_read={entries_read} lag={lag} pending={pending} events={events}")
     return 0 if status == "ok" else 1
 
@@ -178,14 +222,17 @@ def main():
     a.add_argument("--timeout", type=float, default=300)
     w = sub.add_parser("wait")
     w.add_argument("--port", type=int, required=True)
-    w.add_argument("--pid", type=int, required=True)
-    w.add_argument("--t0", type=float, required=True)
+    w.add_argument("--pid", type=int)
+    w.add_argument("--t0", type=float)
+    w.add_argument("--start-file")
+    w.add_argument("--ready-file")
     w.add_argument("--count", type=int, required=True)
     w.add_argument("--deadline", type=float, default=180)
     w.add_argument("--interval", type=float, default=0.01)
     w.add_argument("--group", default="users")
     w.add_argument("--commands", default="users.commands")
     w.add_argument("--events", default="users.events")
+    w.add_argument("--events-count", type=int, default=None)
     v = sub.add_parser("verify")
     v.add_argument("--port", type=int, required=True)
     v.add_argument("--count", type=int, required=True)
