@@ -345,6 +345,9 @@ static void on_hash_work(uv_work_t *work)
     /* Compare even for a dummy run, in constant time, so both paths match. */
     same = CRYPTO_memcmp(job->hash, job->want, USERS_HASH_BYTES) == 0;
     job->match = job->kind == HASH_LOGIN && (job->hashed & job->found & same);
+    /* OpenSSL keeps per-thread state (its error queue) for this pool
+     * thread; libuv never ends the thread, so free it after each job. */
+    OPENSSL_thread_stop();
 }
 
 static void on_hash_done(uv_work_t *work, int status);
