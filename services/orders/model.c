@@ -200,7 +200,7 @@ int orders_create(struct orders *o, const struct orders_new *n, char id[IDS_UUID
     items = json_dumps(n->items, JSON_COMPACT);
     if (items == NULL)
         return -ENOMEM;
-    ids_uuid4(id);
+    ids_uuid7(id); /* time-ordered: its index and its steps append */
     rc = insert_order(o, id, n, items, at);
     free(items);
     if (rc == 0 && cmd != NULL)
