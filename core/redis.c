@@ -6,6 +6,12 @@
  * watchdog, redis_reset, redis_close -- goes through conn_lost(), which
  * arms the reconnect unless we are closing.
  *
+ * The context is driven by our own small event adapter (a uv_poll on its
+ * socket) rather than hiredis 0.14's adapters/libuv.h, which drops poll
+ * errors on the floor: a refused connect or a reset socket then went
+ * unnoticed until our watchdog fired. Ours hands an error to hiredis as a
+ * read, so hiredis sees the failure at once and reports it.
+ *
  * hiredis 0.14 frees the context itself after its disconnect callback (and
  * after a failed connect callback); redisAsyncFree is safe inside a reply
  * callback because hiredis defers it (REDIS_IN_CALLBACK). Each command
@@ -18,7 +24,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
@@ -49,7 +54,8 @@ struct redis {
         void *data;
     } listeners[REDIS_MAX_LISTENERS];
     size_t nlisteners;
-    int logged_down; /* "unreachable" logged once per outage */
+    int logged_down;      /* "unreachable" logged once per outage */
+    const char *drop_why; /* why we dropped the context ourselves, for the log */
 };
 
 struct redis_cmd {
@@ -59,6 +65,106 @@ struct redis_cmd {
 };
 
 static void conn_start(struct redis *r);
+
+/* ---------------------------------------------------------------------------
+ * The event adapter: hiredis asks for read/write interest, we poll
+ * ------------------------------------------------------------------------- */
+
+struct redis_events {
+    redisAsyncContext *ac; /* NULL once hiredis has cleaned up */
+    uv_poll_t poll;
+    int events;
+};
+
+static void ev_on_poll(uv_poll_t *h, int status, int events)
+{
+    struct redis_events *p = h->data;
+
+    if (p->ac == NULL)
+        return;
+    /* An error (libuv has stopped the handle): let hiredis read, so that it
+     * finds the error itself and disconnects, or fails the connect. */
+    if (status < 0)
+        events = UV_READABLE | (p->events & UV_WRITABLE);
+    if (events & UV_READABLE)
+        redisAsyncHandleRead(p->ac);
+    if (p->ac != NULL && (events & UV_WRITABLE))
+        redisAsyncHandleWrite(p->ac);
+}
+
+static void ev_update(struct redis_events *p, int events)
+{
+    p->events = events;
+    if (events)
+        uv_poll_start(&p->poll, events, ev_on_poll);
+    else
+        uv_poll_stop(&p->poll);
+}
+
+static void ev_add_read(void *data)
+{
+    struct redis_events *p = data;
+
+    ev_update(p, p->events | UV_READABLE);
+}
+
+static void ev_del_read(void *data)
+{
+    struct redis_events *p = data;
+
+    ev_update(p, p->events & ~UV_READABLE);
+}
+
+static void ev_add_write(void *data)
+{
+    struct redis_events *p = data;
+
+    ev_update(p, p->events | UV_WRITABLE);
+}
+
+static void ev_del_write(void *data)
+{
+    struct redis_events *p = data;
+
+    ev_update(p, p->events & ~UV_WRITABLE);
+}
+
+static void ev_on_close(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void ev_cleanup(void *data)
+{
+    struct redis_events *p = data;
+
+    p->ac = NULL;
+    uv_close((uv_handle_t *)&p->poll, ev_on_close);
+}
+
+static int ev_attach(redisAsyncContext *ac, uv_loop_t *loop)
+{
+    struct redis_events *p;
+
+    if (ac->ev.data != NULL)
+        return -EBUSY;
+    p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return -ENOMEM;
+    if (uv_poll_init_socket(loop, &p->poll, ac->c.fd) != 0) {
+        free(p);
+        return -EIO;
+    }
+    p->ac = ac;
+    p->poll.data = p;
+    ac->ev.addRead = ev_add_read;
+    ac->ev.delRead = ev_del_read;
+    ac->ev.addWrite = ev_add_write;
+    ac->ev.delWrite = ev_del_write;
+    ac->ev.cleanup = ev_cleanup;
+    ac->ev.data = p;
+    return 0;
+}
 
 /* ---------------------------------------------------------------------------
  * URL
@@ -209,7 +315,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
 
     (void)status;
     if (r != NULL && r->ac == ac)
-        conn_lost(r, ac->errstr[0] ? ac->errstr : "closed");
+        conn_lost(r, r->drop_why ? r->drop_why : ac->errstr[0] ? ac->errstr : "closed");
 }
 
 /* Drops the context now. A context that never connected gets no disconnect
@@ -224,7 +330,9 @@ static void conn_drop(struct redis *r, const char *why)
     connected = (ac->c.flags & REDIS_CONNECTED) != 0;
     if (!connected)
         ac->data = NULL; /* pending callbacks only */
+    r->drop_why = why;
     redisAsyncFree(ac);
+    r->drop_why = NULL;
     if (!connected || r->ac == ac)
         conn_lost(r, why);
 }
@@ -356,7 +464,7 @@ static void conn_start(struct redis *r)
         return;
     }
     ac->data = r;
-    if (redisLibuvAttach(ac, r->loop) != REDIS_OK) {
+    if (ev_attach(ac, r->loop) < 0) {
         redisAsyncFree(ac);
         schedule_retry(r);
         return;
@@ -366,6 +474,7 @@ static void conn_start(struct redis *r)
     r->ac = ac;
     r->state = REDIS_CONNECTING;
     r->pending = 0;
+    uv_update_time(r->loop); /* a slow start must not look like a slow connect */
     r->last_progress = uv_now(r->loop);
 }
 

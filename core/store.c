@@ -279,6 +279,15 @@ int store_offload_checkpoints(struct store *st, uv_loop_t *loop)
         st->ckpt_db = NULL;
         return -EIO;
     }
+    /* A connection that has never read the database has not opened its
+     * WAL index, and its checkpoints silently do nothing: read once. */
+    if (sqlite3_exec(st->ckpt_db, "SELECT count(*) FROM sqlite_master", NULL, NULL, NULL) !=
+        SQLITE_OK) {
+        log_error("store: the checkpoint connection cannot read: %s", sqlite3_errmsg(st->ckpt_db));
+        sqlite3_close_v2(st->ckpt_db);
+        st->ckpt_db = NULL;
+        return -EIO;
+    }
     st->loop = loop;
     /* No more checkpoints inside COMMIT on the loop: the hook replaces
      * SQLite's auto-checkpoint and hands the work to the thread pool. */

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include <sqlite3.h>
+#include <uv.h>
 
 #include "store.h"
 
@@ -394,4 +395,42 @@ Test(store, prepare_errors)
     cr_assert_lt(rc, 0, "the cache is bounded");
     cr_assert_eq(i, STORE_MAX_STATEMENTS - 1);
     store_close(st);
+}
+
+/* Background checkpoints really checkpoint: after many commits with the
+ * loop running, the WAL has been reset and reused instead of growing with
+ * every page ever written (the checkpoint connection must have read the
+ * database once, or SQLite's checkpoint silently does nothing). */
+Test(store, background_checkpoints_keep_the_wal_small)
+{
+    static const char schema[] = "-- migration: 1\nCREATE TABLE blob_rows (b BLOB);\n";
+    char wal[160], payload[40960];
+    struct sqlite3_stmt *ins;
+    struct store *st;
+    struct stat sb;
+    uv_loop_t loop;
+
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    cr_assert_eq(store_open(db_path, schema, &st), 0);
+    cr_assert_eq(store_offload_checkpoints(st, &loop), 0);
+    cr_assert_eq(store_prepare(st, "INSERT INTO blob_rows (b) VALUES (?)", &ins), 0);
+    memset(payload, 'x', sizeof(payload));
+    /* 400 commits of ~10 pages each: 16 MB through the WAL */
+    for (int i = 0; i < 400; i++) {
+        cr_assert_eq(store_begin(st), 0);
+        sqlite3_bind_blob(ins, 1, payload, sizeof(payload), SQLITE_STATIC);
+        cr_assert_eq(sqlite3_step(ins), SQLITE_DONE);
+        store_reset(ins);
+        cr_assert_eq(store_commit(st), 0);
+        /* an idle loop between commits: a checkpoint in flight finishes */
+        uv_run(&loop, UV_RUN_DEFAULT);
+    }
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cr_assert_gt(store_checkpoints(st), 0, "no background checkpoint ran");
+    snprintf(wal, sizeof(wal), "%s-wal", db_path);
+    cr_assert_eq(stat(wal, &sb), 0);
+    cr_assert_lt(sb.st_size, 8 * 1024 * 1024, "the WAL grew to %lld bytes: checkpoints do nothing",
+                 (long long)sb.st_size);
+    store_close(st);
+    cr_assert_eq(uv_loop_close(&loop), 0);
 }
