@@ -88,7 +88,8 @@ test: deps
 check-san: deps
 	$(MAKE) BUILD=build/san MODE_CFLAGS="$(SAN_CFLAGS)" MODE_LDFLAGS="-fsanitize=address,undefined" \
 		all build/san/unit_tests
-	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:quarantine_size_mb=32 RIPPLE_RSS_SLACK=8 \
+		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		$(MAKE) BUILD=build/san MODE_CFLAGS="$(SAN_CFLAGS)" MODE_LDFLAGS="-fsanitize=address,undefined" unit e2e
 
 # valgrind (STYLE.md §4: a -O0 -g build without sanitizers): the unit tests,
