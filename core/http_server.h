@@ -37,7 +37,7 @@
 #define HTTP_SERVER_PARAM_BYTES 256        /* all route params of one request, copied */
 #define HTTP_SERVER_EXTRA_HEADER_BYTES 256 /* response headers added by handlers */
 #define HTTP_SERVER_WRITE_HIGH_WATER ((size_t)256 * 1024)
-#define HTTP_SERVER_READ_BYTES (64 * 1024) /* one read */
+#define HTTP_SERVER_READ_BYTES ((size_t)64 * 1024) /* one read */
 
 struct http_server; /* opaque */
 struct http_conn;   /* private */
