@@ -21,6 +21,7 @@
 #include <sqlite3.h>
 #include <uv.h>
 
+#include "clock.h"
 #include "log.h"
 #include "metrics.h"
 #include "redis.h"
@@ -97,14 +98,6 @@ struct relay_batch {
 static void relay_pass(struct outbox *ob);
 static void maybe_closed(struct outbox *ob);
 
-static int64_t now_us(void)
-{
-    struct timeval tv;
-
-    gettimeofday(&tv, NULL);
-    return (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
-}
-
 /* ---------------------------------------------------------------------------
  * Appending
  * ------------------------------------------------------------------------- */
@@ -130,7 +123,7 @@ int outbox_append(struct outbox *ob, const char *stream, const char *type,
         sqlite3_bind_text(ob->insert_st, 5, trace, -1, SQLITE_STATIC);
     else
         sqlite3_bind_null(ob->insert_st, 5);
-    sqlite3_bind_int64(ob->insert_st, 6, now_us());
+    sqlite3_bind_int64(ob->insert_st, 6, clock_now_us());
     rc = sqlite3_step(ob->insert_st) == SQLITE_DONE ? 0 : -EIO;
     if (rc < 0)
         log_error("outbox: append %s to %s failed: %s", type, stream, store_errmsg(ob->store));
@@ -208,7 +201,7 @@ static void on_backoff(uv_timer_t *t)
  * transaction. */
 static int mark_published(struct outbox *ob, const struct relay_batch *b, size_t n)
 {
-    int64_t now = now_us();
+    int64_t now = clock_now_us();
     int rc;
 
     if ((rc = store_begin(ob->store)) < 0)
@@ -271,7 +264,7 @@ static void on_xadd(struct redis *r, struct redisReply *reply, void *data)
             log_warn("outbox: XADD of row %lld refused: %s", (long long)b->rows[i].seq, reply->str);
         b->failed = 1;
     } else if (!b->failed) {
-        b->rows[i].replied_at = now_us();
+        b->rows[i].replied_at = clock_now_us();
         b->accepted = i + 1;
         if (reply->type == REDIS_REPLY_STRING)
             snprintf(b->rows[i].entry_id, sizeof(b->rows[i].entry_id), "%s", reply->str);
@@ -351,7 +344,7 @@ static void relay_pass(struct outbox *ob)
 
 static void prune(struct outbox *ob)
 {
-    int64_t cutoff = now_us() - (int64_t)ob->cfg.retention_ms * 1000;
+    int64_t cutoff = clock_now_us() - (int64_t)ob->cfg.retention_ms * 1000;
     int changes;
 
     if (store_in_txn(ob->store))
@@ -404,7 +397,7 @@ static double gauge_oldest(void *data)
     if (outbox_backlog(ob) == 0)
         return 0;
     created = query_int(ob->oldest_st, 0);
-    return created > 0 ? (double)(now_us() - created) / 1e6 : 0;
+    return created > 0 ? (double)(clock_now_us() - created) / 1e6 : 0;
 }
 
 static int register_metrics(struct outbox *ob, struct metrics *m)

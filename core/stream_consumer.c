@@ -29,6 +29,7 @@
 #include <sqlite3.h>
 #include <uv.h>
 
+#include "clock.h"
 #include "log.h"
 #include "metrics.h"
 #include "redis.h"
@@ -139,14 +140,6 @@ static void maybe_close(struct stream_consumer *sc);
 /* ---------------------------------------------------------------------------
  * Helpers
  * ------------------------------------------------------------------------- */
-
-static int64_t now_ms(void)
-{
-    struct timeval tv;
-
-    gettimeofday(&tv, NULL);
-    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
-}
 
 int stream_msg_reject(struct stream_msg *msg, const char *fmt, ...)
 {
@@ -537,7 +530,7 @@ static int remember(struct stream_consumer *sc, const char *id)
 {
     sqlite3_bind_text(sc->remember_st, 1, id, -1, SQLITE_STATIC);
     sqlite3_bind_text(sc->remember_st, 2, sc->stream, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(sc->remember_st, 3, now_ms());
+    sqlite3_bind_int64(sc->remember_st, 3, clock_now_ms());
     return step_done(sc->remember_st);
 }
 
@@ -977,7 +970,7 @@ static void prune_inbox(struct stream_consumer *sc)
     if (store_in_txn(sc->store))
         return;
     sqlite3_bind_text(sc->prune_st, 1, sc->stream, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(sc->prune_st, 2, now_ms() - (int64_t)sc->cfg.inbox_retention_ms);
+    sqlite3_bind_int64(sc->prune_st, 2, clock_now_ms() - (int64_t)sc->cfg.inbox_retention_ms);
     sqlite3_bind_int(sc->prune_st, 3, PRUNE_BATCH);
     if (step_done(sc->prune_st) < 0)
         log_warn("consumer %s: inbox pruning failed: %s", sc->stream, store_errmsg(sc->store));

@@ -24,6 +24,7 @@
 #include <jansson.h>
 #include <sqlite3.h>
 
+#include "clock.h"
 #include "log.h"
 #include "outbox.h"
 #include "store.h"
@@ -73,21 +74,6 @@ int orders_model_prepare(struct orders *o)
     if (rc < 0)
         log_error("orders: cannot prepare statements: %s", store_errmsg(st));
     return rc;
-}
-
-int orders_now_iso8601(char *buf, size_t len)
-{
-    struct timespec ts;
-    struct tm tm;
-    char sec[32];
-    int n;
-
-    if (clock_gettime(CLOCK_REALTIME, &ts) < 0 || gmtime_r(&ts.tv_sec, &tm) == NULL)
-        return -EIO;
-    if (strftime(sec, sizeof(sec), "%Y-%m-%dT%H:%M:%S", &tm) == 0)
-        return -EOVERFLOW;
-    n = snprintf(buf, len, "%s.%03ldZ", sec, ts.tv_nsec / 1000000);
-    return n < 0 || (size_t)n >= len ? -ENOSPC : 0;
 }
 
 /* Steps st to its end; 0 when it finished, else -EIO (logged with what). */
@@ -189,13 +175,13 @@ static int emit_rejected(struct orders *o, const char *id, const struct orders_n
 int orders_create(struct orders *o, const struct orders_new *n, char id[IDS_UUID_LEN + 1])
 {
     const struct stream_msg *cmd = n->cmd;
-    char at[ORDERS_TS_LEN + 1];
+    char at[CLOCK_ISO8601_LEN + 1];
     char *items;
     int rc;
 
     if (!store_in_txn(o->svc->store))
         return -EINVAL;
-    if (orders_now_iso8601(at, sizeof(at)) < 0)
+    if (clock_iso8601(at, sizeof(at)) < 0)
         return -EIO;
     items = json_dumps(n->items, JSON_COMPACT);
     if (items == NULL)

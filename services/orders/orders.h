@@ -20,6 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "clock.h"
 #include "common.h"
 #include "ids.h"
 #include "service.h"
@@ -46,7 +47,6 @@ CORE_MUST_CHECK int orders_service_start(struct service *svc);
  * ------------------------------------------------------------------------- */
 
 #define ORDERS_URL_MAX 512  /* USERS_URL, bytes */
-#define ORDERS_TS_LEN 24    /* 2026-11-26T04:24:11.123Z */
 #define ORDERS_ENTRY_MAX 64 /* a Redis stream entry id, with its NUL */
 
 /* Order statuses (the CHECK in schema.sql lists the same). */
@@ -159,8 +159,6 @@ CORE_MUST_CHECK int orders_user_check(struct orders *o, const char *user_id, ord
 
 /* Prepares the module's statements. Returns 0 or -EIO (logged). */
 CORE_MUST_CHECK int orders_model_prepare(struct orders *o);
-/* Writes the current UTC time as 2026-11-26T04:24:11.123Z. */
-CORE_MUST_CHECK int orders_now_iso8601(char *buf, size_t len);
 
 /* A new order. reason NULL places it: PENDING, with order.placed
  * (orders.events) and stock.reserve (inventory.commands) in the outbox and

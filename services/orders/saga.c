@@ -27,6 +27,7 @@
 #include <jansson.h>
 #include <sqlite3.h>
 
+#include "clock.h"
 #include "config.h"
 #include "log.h"
 #include "store.h"
@@ -42,14 +43,6 @@ struct saga_order {
     char status[24];
     long long amount_cents; /* 0 while unknown */
 };
-
-static int64_t now_ms(void)
-{
-    struct timeval tv;
-
-    gettimeofday(&tv, NULL);
-    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
-}
 
 static int is_final(const struct saga_order *so)
 {
@@ -98,7 +91,7 @@ static int move(struct orders *o, struct saga_order *so, const char *status, lon
     if (reason != NULL)
         sqlite3_bind_text(st, 3, reason, -1, SQLITE_STATIC);
     if (!final)
-        sqlite3_bind_int64(st, 4, now_ms() + (int64_t)o->saga_timeout_ms);
+        sqlite3_bind_int64(st, 4, clock_now_ms() + (int64_t)o->saga_timeout_ms);
     sqlite3_bind_text(st, 5, at, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 6, so->id, -1, SQLITE_STATIC);
     rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -EIO;
@@ -116,7 +109,7 @@ int orders_saga_arm(struct orders *o, const char *order_id)
     struct sqlite3_stmt *st = o->saga_arm;
     int rc;
 
-    sqlite3_bind_int64(st, 1, now_ms() + (int64_t)o->saga_timeout_ms);
+    sqlite3_bind_int64(st, 1, clock_now_ms() + (int64_t)o->saga_timeout_ms);
     sqlite3_bind_text(st, 2, order_id, -1, SQLITE_STATIC);
     rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -EIO;
     store_reset(st);
@@ -287,7 +280,7 @@ static int on_reply(struct stream_msg *msg, void *data)
     struct orders *o = data;
     saga_handler fn = handler_for(msg->type);
     const char *order_id = json_string_value(json_object_get(msg->data, "order_id"));
-    char id[IDS_UUID_LEN + 1], at[ORDERS_TS_LEN + 1];
+    char id[IDS_UUID_LEN + 1], at[CLOCK_ISO8601_LEN + 1];
     struct saga_order so;
     int rc;
 
@@ -300,7 +293,7 @@ static int on_reply(struct stream_msg *msg, void *data)
         log_write(LOG_DEBUG, id, "%s for an order we do not know: skipped", msg->type);
         return STREAM_CONSUMER_SKIP;
     }
-    if (rc < 0 || (rc = orders_now_iso8601(at, sizeof(at))) < 0)
+    if (rc < 0 || (rc = clock_iso8601(at, sizeof(at))) < 0)
         return rc;
     return fn(o, &so, msg, at);
 }
@@ -332,7 +325,7 @@ static size_t overdue(struct orders *o, char ids[][IDS_UUID_LEN + 1])
     struct sqlite3_stmt *st = o->saga_due;
     size_t n = 0;
 
-    sqlite3_bind_int64(st, 1, now_ms());
+    sqlite3_bind_int64(st, 1, clock_now_ms());
     sqlite3_bind_int(st, 2, SAGA_SWEEP_BATCH);
     while (n < SAGA_SWEEP_BATCH && sqlite3_step(st) == SQLITE_ROW)
         snprintf(ids[n++], IDS_UUID_LEN + 1, "%s", (const char *)sqlite3_column_text(st, 0));
@@ -343,13 +336,13 @@ static size_t overdue(struct orders *o, char ids[][IDS_UUID_LEN + 1])
 static void on_sweep(uv_timer_t *t)
 {
     struct orders *o = t->data;
-    char ids[SAGA_SWEEP_BATCH][IDS_UUID_LEN + 1], at[ORDERS_TS_LEN + 1];
+    char ids[SAGA_SWEEP_BATCH][IDS_UUID_LEN + 1], at[CLOCK_ISO8601_LEN + 1];
     size_t n;
     int rc = 0;
 
     if (o->stopping || store_in_txn(o->svc->store) || (n = overdue(o, ids)) == 0)
         return;
-    if (orders_now_iso8601(at, sizeof(at)) < 0 || store_begin(o->svc->store) < 0)
+    if (clock_iso8601(at, sizeof(at)) < 0 || store_begin(o->svc->store) < 0)
         return;
     for (size_t i = 0; i < n && rc == 0; i++)
         rc = time_out(o, ids[i], at);

@@ -60,6 +60,7 @@
 
 #include <jansson.h>
 
+#include "clock.h"
 #include "log.h"
 #include "outbox.h"
 #include "service.h"
@@ -71,7 +72,7 @@ struct charge {
     char order_id[IDS_UUID_LEN + 1];
     struct payments_payment pm; /* user_id, amount; then the decision */
     const char *trace;          /* borrowed: the entry's, or order_id */
-    char at[PAYMENTS_TS_LEN + 1];
+    char at[CLOCK_ISO8601_LEN + 1];
 };
 
 /* ---------------------------------------------------------------------------
@@ -129,14 +130,14 @@ static int64_t msg_amount(const struct stream_msg *msg)
 
 static int on_registered(struct stream_msg *msg, struct payments *p)
 {
-    char user_id[IDS_UUID_LEN + 1], at[PAYMENTS_TS_LEN + 1];
+    char user_id[IDS_UUID_LEN + 1], at[CLOCK_ISO8601_LEN + 1];
     const char *trace;
     int rc = msg_id(msg, "user_id", user_id);
 
     if (rc != 0)
         return rc;
     trace = msg->trace[0] ? msg->trace : user_id;
-    if (payments_now_iso8601(at, sizeof(at)) < 0)
+    if (clock_iso8601(at, sizeof(at)) < 0)
         return -EIO;
     rc = payments_account_open(p, user_id, p->initial_cents, at);
     if (rc == 0) {
@@ -254,7 +255,7 @@ static int on_charge(struct stream_msg *msg, struct payments *p)
         return charge_replay(p, &c, &old);
     if (rc != -ENOENT)
         return rc;
-    if (payments_now_iso8601(c.at, sizeof(c.at)) < 0)
+    if (clock_iso8601(c.at, sizeof(c.at)) < 0)
         return -EIO;
     return charge_decide(p, &c);
 }
@@ -267,7 +268,7 @@ static int on_charge(struct stream_msg *msg, struct payments *p)
 static int refund_apply(struct payments *p, const char *order_id, struct payments_payment *pm,
                         const char *trace)
 {
-    char at[PAYMENTS_TS_LEN + 1];
+    char at[CLOCK_ISO8601_LEN + 1];
     struct payments_account a;
     int rc = payments_account_get(p, pm->user_id, &a);
 
@@ -285,7 +286,7 @@ static int refund_apply(struct payments *p, const char *order_id, struct payment
     }
     a.balance += pm->amount;
     a.refunded += pm->amount;
-    if (payments_now_iso8601(at, sizeof(at)) < 0)
+    if (clock_iso8601(at, sizeof(at)) < 0)
         return -EIO;
     if ((rc = payments_account_put(p, pm->user_id, &a, at)) < 0 ||
         (rc = payments_payment_set_status(p, order_id, PAYMENTS_REFUNDED, at)) < 0 ||
@@ -342,7 +343,7 @@ static int on_refund(struct stream_msg *msg, struct payments *p)
 
 static int on_credit(struct stream_msg *msg, struct payments *p)
 {
-    char user_id[IDS_UUID_LEN + 1], at[PAYMENTS_TS_LEN + 1];
+    char user_id[IDS_UUID_LEN + 1], at[CLOCK_ISO8601_LEN + 1];
     int64_t amount = msg_amount(msg);
     struct payments_account a;
     const char *trace;
@@ -366,7 +367,7 @@ static int on_credit(struct stream_msg *msg, struct payments *p)
     }
     a.balance += amount;
     a.credited += amount;
-    if (payments_now_iso8601(at, sizeof(at)) < 0)
+    if (clock_iso8601(at, sizeof(at)) < 0)
         return -EIO;
     if ((rc = payments_account_put(p, user_id, &a, at)) < 0 ||
         (rc = emit_new(p, EVENT_ACCOUNT_CREDITED,

@@ -32,21 +32,6 @@ void payments_unref(void *data)
     free(p);
 }
 
-int payments_now_iso8601(char *buf, size_t len)
-{
-    struct timespec ts;
-    struct tm tm;
-    char sec[32];
-    int n;
-
-    if (clock_gettime(CLOCK_REALTIME, &ts) < 0 || gmtime_r(&ts.tv_sec, &tm) == NULL)
-        return -EIO;
-    if (strftime(sec, sizeof(sec), "%Y-%m-%dT%H:%M:%S", &tm) == 0)
-        return -EOVERFLOW;
-    n = snprintf(buf, len, "%s.%03ldZ", sec, ts.tv_nsec / 1000000);
-    return n < 0 || (size_t)n >= len ? -ENOSPC : 0;
-}
-
 int payments_id_lower(const char *s, char out[IDS_UUID_LEN + 1])
 {
     if (s == NULL || strlen(s) != IDS_UUID_LEN || !ids_is_uuid(s, IDS_UUID_LEN))

@@ -21,6 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "clock.h"
 #include "common.h"
 #include "ids.h"
 #include "streams/streams.h"
@@ -44,7 +45,6 @@ CORE_MUST_CHECK int payments_service_start(struct service *svc);
  * Internal to the module
  * ------------------------------------------------------------------------- */
 
-#define PAYMENTS_TS_LEN 24 /* 2026-11-26T04:24:11.123Z */
 /* No running total passes this, so that the sums in the accounts CHECK
  * (two totals at a time) never overflow SQLite's 64-bit integers. */
 #define PAYMENTS_MAX_TOTAL (INT64_MAX / 4)
@@ -74,7 +74,7 @@ struct payments {
 /* An account row. */
 struct payments_account {
     int64_t balance, initial, credited, charged, refunded; /* cents */
-    char updated_at[PAYMENTS_TS_LEN + 1];
+    char updated_at[CLOCK_ISO8601_LEN + 1];
 };
 
 /* A payment row. */
@@ -83,7 +83,7 @@ struct payments_payment {
     int64_t amount; /* cents */
     enum payments_status status;
     char reason[STREAMS_MAX_REASON + 1]; /* "" unless failed */
-    char created_at[PAYMENTS_TS_LEN + 1];
+    char created_at[CLOCK_ISO8601_LEN + 1];
 };
 
 /* payments.c */
@@ -91,9 +91,6 @@ struct payments_payment {
 /* Drops one of p's references (one per consumer); the last frees p. Takes
  * void * to serve as the consumers' release callback. */
 void payments_unref(void *p);
-/* Writes the current UTC time as 2026-11-26T04:24:11.123Z. Returns 0 or a
- * negative errno. */
-CORE_MUST_CHECK int payments_now_iso8601(char *buf, size_t len);
 /* Copies the UUID s (any case) into out in lower case. Returns 0, or
  * -EINVAL when s is not a canonical UUID. */
 CORE_MUST_CHECK int payments_id_lower(const char *s, char out[IDS_UUID_LEN + 1]);
@@ -102,7 +99,7 @@ const char *payments_status_name(enum payments_status s);
 
 /* model.c: the database. Writers must be called inside an open store
  * transaction. All return 0 or a negative errno: -ENOENT (no such row),
- * -EIO (SQLite, logged). at is an ISO-8601 time from payments_now_iso8601. */
+ * -EIO (SQLite, logged). at is an ISO-8601 time from clock_iso8601. */
 
 /* Prepares the module's statements. Returns 0 or -EIO (logged). */
 CORE_MUST_CHECK int payments_model_prepare(struct payments *p);

@@ -31,6 +31,7 @@
 #include <uv.h>
 
 #include "auth.h"
+#include "clock.h"
 #include "config.h"
 #include "http_reply.h"
 #include "http_router.h"
@@ -49,7 +50,6 @@
 #define USERS_ITER_MAX 10000000
 #define USERS_TOKEN_TTL 3600   /* s */
 #define USERS_MAX_HASH_JOBS 64 /* in the thread pool at once; 503 beyond */
-#define USERS_TS_LEN 24        /* 2026-11-26T04:24:11.123Z */
 #define USERS_JSON_MAX 4096    /* one user, escaped; fits every valid row */
 #define USERS_JSON_TYPE "application/json"
 
@@ -383,30 +383,15 @@ static void maybe_stopped(struct users *u)
     done(svc);
 }
 
-int users_now_iso8601(char *buf, size_t len)
-{
-    struct timespec ts;
-    struct tm tm;
-    char sec[32];
-    int n;
-
-    if (clock_gettime(CLOCK_REALTIME, &ts) < 0 || gmtime_r(&ts.tv_sec, &tm) == NULL)
-        return -EIO;
-    if (strftime(sec, sizeof(sec), "%Y-%m-%dT%H:%M:%S", &tm) == 0)
-        return -EOVERFLOW;
-    n = snprintf(buf, len, "%s.%03ldZ", sec, ts.tv_nsec / 1000000);
-    return n < 0 || (size_t)n >= len ? -ENOSPC : 0;
-}
-
 /* The after-work end of a registration: store the user, answer 201. A client
  * that went away still gets its user: the request was accepted. */
 static void finish_register(struct hash_job *job)
 {
-    char id[INPUT_UUID_LEN + 1], created_at[USERS_TS_LEN + 1], location[64];
+    char id[INPUT_UUID_LEN + 1], created_at[CLOCK_ISO8601_LEN + 1], location[64];
     struct user_view v = {id, job->name, job->email, created_at};
     int rc;
 
-    if (!job->hashed || users_now_iso8601(created_at, sizeof(created_at)) < 0) {
+    if (!job->hashed || clock_iso8601(created_at, sizeof(created_at)) < 0) {
         log_error("users: cannot hash a password or read the clock");
         reply_internal(job->req);
         return;

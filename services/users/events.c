@@ -15,6 +15,7 @@
 #include <jansson.h>
 #include <sqlite3.h>
 
+#include "clock.h"
 #include "ids.h"
 #include "input.h"
 #include "log.h"
@@ -59,7 +60,7 @@ static int insert_imported(struct users_events *ue, const char *id, const char *
     char created_at[32];
     int rc;
 
-    if (users_now_iso8601(created_at, sizeof(created_at)) < 0)
+    if (clock_iso8601(created_at, sizeof(created_at)) < 0)
         return -EIO;
     sqlite3_bind_text(ue->insert, 1, id, -1, SQLITE_STATIC);
     sqlite3_bind_text(ue->insert, 2, name, -1, SQLITE_STATIC);

@@ -36,8 +36,5 @@ CORE_MUST_CHECK int users_emit_registered(struct service *svc, const char *id, c
 /* Starts consuming users.commands (user.register). Returns 0 or a negative
  * errno. */
 CORE_MUST_CHECK int users_events_start(struct service *svc);
-/* Writes the current UTC time as 2026-11-26T04:24:11.123Z. Returns 0 or a
- * negative errno. */
-CORE_MUST_CHECK int users_now_iso8601(char *buf, size_t len);
 
 #endif
