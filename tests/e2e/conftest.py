@@ -517,6 +517,26 @@ class Service:
         self.stopped_rc = self.proc.returncode
         return self.stopped_rc
 
+    def wait_ready(self, timeout=STARTUP_TIMEOUT):
+        """Polls /readyz until 200 (the database open and Redis connected:
+        the connection is made asynchronously after /healthz first answers).
+        Fails the test with the last answer and the stderr tail on timeout."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"{self.name} exited with {self.proc.returncode} before /readyz "
+                            f"answered 200; stderr tail:\n{self.log_text()[-2000:]}")
+            try:
+                last = self.get("/readyz", timeout=2)
+                if last.status == 200:
+                    return last
+            except OSError as e:
+                last = e
+            time.sleep(0.02)
+        pytest.fail(f"{self.name} /readyz not 200 within {timeout}s (last: {last}); "
+                    f"stderr tail:\n{self.log_text()[-2000:]}")
+
     def wait_healthy(self, timeout=STARTUP_TIMEOUT):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -624,8 +644,11 @@ def service_factory(redis_server, tmp_path):
 
 @pytest.fixture
 def users(service_factory):
-    """A users service with defaults (PBKDF2_ITERATIONS=1000)."""
-    return service_factory("users")
+    """A users service with defaults (PBKDF2_ITERATIONS=1000), ready: its
+    database open and Redis connected."""
+    svc = service_factory("users")
+    svc.wait_ready()
+    return svc
 
 
 def run_to_exit(name, env_extra, redis=None, tmpdir=None, timeout=10):

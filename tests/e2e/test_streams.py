@@ -277,8 +277,8 @@ def test_redis_outage(service_factory, redis_server, r, max_backlog):
     if max_backlog is not None:
         env["OUTBOX_MAX_BACKLOG"] = max_backlog
     svc = service_factory("users", **env)
-    rd = svc.get("/readyz")
-    assert rd.status == 200 and rd.json() == READY_BODY, rd
+    rd = svc.wait_ready()
+    assert rd.json() == READY_BODY, rd
 
     before = create_users(svc, 2, "pre")
     pre_events = wait_until(lambda: (lambda ev: ev if len(ev) == 2 else None)(registered(r)),
