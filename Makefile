@@ -89,6 +89,7 @@ check-san: deps
 	$(MAKE) BUILD=build/san MODE_CFLAGS="$(SAN_CFLAGS)" MODE_LDFLAGS="-fsanitize=address,undefined" \
 		all build/san/unit_tests
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:quarantine_size_mb=32 RIPPLE_RSS_SLACK=8 \
+		RIPPLE_TIME_SLACK=3 \
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		$(MAKE) BUILD=build/san MODE_CFLAGS="$(SAN_CFLAGS)" MODE_LDFLAGS="-fsanitize=address,undefined" unit e2e
 
@@ -100,7 +101,7 @@ VALGRIND := valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,
 check-valgrind: deps
 	$(MAKE) BUILD=build/vg MODE_CFLAGS="-O0 -g" all build/vg/unit_tests
 	RIPPLE_TIME_SLACK=10 $(VALGRIND) --trace-children=yes build/vg/unit_tests --jobs 1
-	RIPPLE_BIN=$(abspath build/vg) RIPPLE_VALGRIND=users RIPPLE_STARTUP_TIMEOUT=60 \
+	RIPPLE_BIN=$(abspath build/vg) RIPPLE_VALGRIND=users RIPPLE_STARTUP_TIMEOUT=60 RIPPLE_TIME_SLACK=10 \
 		RIPPLE_STOP_TIMEOUT=60 $(PYTHON) -m pytest -q tests/e2e/test_users.py \
 		tests/e2e/test_streams.py $(PYTEST_ARGS)
 

@@ -427,6 +427,7 @@ static void on_http_closed(void *data)
 {
     struct service *svc = data;
 
+    metrics_gauge_detach(svc->metrics, svc->http_);
     svc->http_ = NULL;
     stop_part_done(svc);
 }
@@ -482,6 +483,11 @@ static void on_stray_handle(uv_handle_t *h, void *arg)
     }
 }
 
+static double gauge_http_connections(void *data)
+{
+    return (double)http_server_connections(data);
+}
+
 static int service_listen(struct service *svc)
 {
     const struct config *cfg = &svc->cfg;
@@ -507,6 +513,11 @@ static int service_listen(struct service *svc)
         log_error("http: cannot listen on %s:%u: %s", cfg->host, cfg->port, uv_strerror(rc));
         return rc;
     }
+    rc = metrics_gauge(svc->metrics, "http_connections",
+                       "Open HTTP connections, idle keep-alive ones included.", "",
+                       gauge_http_connections, svc->http_);
+    if (rc < 0)
+        return rc;
     log_info("listening on http://%s:%u", cfg->host, http_server_port(svc->http_));
     return 0;
 }

@@ -16,6 +16,7 @@ import hmac
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -32,6 +33,10 @@ HOST = "127.0.0.1"
 JWT_SECRET = "e2e-test-secret-0123456789abcdef-0123456789"  # >= 32 bytes
 STARTUP_TIMEOUT = float(os.environ.get("RIPPLE_STARTUP_TIMEOUT", "20"))
 STOP_TIMEOUT = float(os.environ.get("RIPPLE_STOP_TIMEOUT", "15"))
+# Scales the few wall-clock bounds the tests hold (a stop that must be quick,
+# a GET that must not queue behind a hash): 1 in `make test`, larger under
+# the sanitizers and valgrind, whose builds run several times slower.
+TIME_SLACK = float(os.environ.get("RIPPLE_TIME_SLACK", "1"))
 
 
 # ---------------------------------------------------------------------------
@@ -43,6 +48,34 @@ def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
+
+
+def _ephemeral_range():
+    try:
+        lo, hi = open("/proc/sys/net/ipv4/ip_local_port_range").read().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def stable_port():
+    """A free TCP port outside the kernel's ephemeral range. A server stopped
+    by a test comes back on the same port after a pause; a port from the
+    ephemeral range (free_port) could meanwhile become some connection's
+    source port, or be handed by free_port to another test's server (other
+    sessions run e2e tests on this machine too)."""
+    lo, hi = _ephemeral_range()
+    pool = (10000, lo - 1) if lo > 12000 else (hi + 1, 65000)
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randint(*pool)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    return free_port()
 
 
 def wait_until(predicate, timeout, interval=0.02, what="condition"):
@@ -398,7 +431,7 @@ def start_redis(workdir):
         pytest.fail("redis-server is not installed (scripts/install-deps installs it)")
     last = ""
     for _ in range(3):
-        port = free_port()
+        port = stable_port()  # tests stop and restart redis on this port
         log = open(Path(workdir) / "redis.log", "ab")
         proc = subprocess.Popen(
             [exe, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",

@@ -15,7 +15,8 @@ import uuid
 
 import pytest
 
-from conftest import ConnectionClosed, raw_request, service_token, unique_email, wait_until
+from conftest import (TIME_SLACK, ConnectionClosed, raw_request, service_token, unique_email,
+                      wait_until)
 
 PASSWORD = "correct horse battery"
 SLOW_ITERATIONS = 2_000_000
@@ -47,10 +48,10 @@ def login_request(email, password=PASSWORD):
     return raw_request("POST", "/api/v1/auth/token", body={"email": email, "password": password})
 
 
-def slow_service(service_factory, **env):
+def slow_service(service_factory, iterations=SLOW_ITERATIONS, **env):
     """A users service with a deliberately slow hash and one user in it;
     returns (svc, email, seconds one hash took)."""
-    svc = service_factory("users", PBKDF2_ITERATIONS=SLOW_ITERATIONS, **env)
+    svc = service_factory("users", PBKDF2_ITERATIONS=iterations, **env)
     email = unique_email("slow")
     t0 = time.monotonic()
     svc.create_user(email=email)
@@ -367,6 +368,26 @@ def test_garbage_connections_do_not_hurt(users):
 # many connections
 # ---------------------------------------------------------------------------
 
+def test_http_connections_gauge_counts_open_connections(users):
+    def gauge():
+        found = [v for name, _, v in parse_metrics(users.get("/metrics").text)
+                 if name == "http_connections"]
+        assert len(found) == 1, found
+        return found[0]
+
+    # the /metrics request's own connection is open while it is rendered
+    wait_until(lambda: gauge() == 1, 10, what="http_connections 1 at rest")
+    conns = [users.raw() for _ in range(3)]
+    try:
+        for c in conns:
+            assert c.request("GET", "/healthz").status == 200
+        assert gauge() == 4
+    finally:
+        for c in conns:
+            c.close()
+    wait_until(lambda: gauge() == 1, 10, what="http_connections back to 1 after the closes")
+
+
 def test_300_idle_connections_do_not_block_a_client(users):
     idle = []
     try:
@@ -376,7 +397,7 @@ def test_300_idle_connections_do_not_block_a_client(users):
         r = users.get("/healthz", timeout=5)
         elapsed = time.monotonic() - t0
         assert r.status == 200
-        assert elapsed < 1.0, f"/healthz took {elapsed:.3f}s with 300 idle connections"
+        assert elapsed < 1.0 * TIME_SLACK, f"/healthz took {elapsed:.3f}s with 300 idle connections"
         # every idle connection was really accepted and is served
         for c in idle:
             c.send(raw_request("GET", "/healthz"))
@@ -507,15 +528,14 @@ def test_idle_timeout_closes_keep_alive(service_factory):
 
 
 def test_activity_resets_idle_timeout(service_factory):
-    svc = service_factory("users", HTTP_IDLE_TIMEOUT_MS=600)
+    svc = service_factory("users", HTTP_IDLE_TIMEOUT_MS=1500)
     with svc.raw() as c:
-        deadline = time.monotonic() + 2.0
-        n = 0
-        while time.monotonic() < deadline:
+        t0 = time.monotonic()
+        for n in range(8):
             assert c.request("GET", "/healthz").status == 200, n
-            n += 1
-            time.sleep(0.1)
-        assert n >= 5
+            time.sleep(0.3)  # a pause well inside the idle timeout, on purpose
+        assert c.request("GET", "/healthz").status == 200
+        assert time.monotonic() - t0 > 1.5, "the connection outlived the idle timeout"
 
 
 # ---------------------------------------------------------------------------
@@ -523,15 +543,18 @@ def test_activity_resets_idle_timeout(service_factory):
 # ---------------------------------------------------------------------------
 
 def test_login_in_progress_does_not_delay_gets(service_factory):
-    svc, email, t_hash = slow_service(service_factory)
-    if t_hash < 0.3:
+    svc, email, t_hash = slow_service(service_factory, iterations=4 * SLOW_ITERATIONS)
+    if t_hash < 0.5:  # 8M PBKDF2-SHA256 rounds take well over a second here
         pytest.skip(f"one hash took {t_hash:.3f}s: too fast to show anything")
+    # a GET queued behind the hash would take about t_hash; four of them
+    # within this bound each still leave the login unanswered
+    bound = t_hash / 5
     u_tok = service_token()
     uid_resp = None
     with svc.raw(timeout=60) as login:
         login.send(login_request(email))
         lat = []
-        for i in range(6):
+        for i in range(4):
             t0 = time.monotonic()
             if i % 2:
                 r = svc.get("/healthz", timeout=5)
@@ -546,7 +569,7 @@ def test_login_in_progress_does_not_delay_gets(service_factory):
         resp = login.read_response(timeout=60)
     assert resp.status == 200, resp
     assert "access_token" in resp.json()
-    assert max(lat) < 0.2, f"GET latencies while a login hashed: {[round(x, 3) for x in lat]}"
+    assert max(lat) < bound, f"GET latencies while a login hashed: {[round(x, 3) for x in lat]}"
 
 
 def test_many_logins_in_flight_do_not_block_gets(service_factory):
@@ -566,7 +589,8 @@ def test_many_logins_in_flight_do_not_block_gets(service_factory):
         for c in conns:
             r = c.read_response(timeout=120)
             assert r.status == 200, r
-        assert max(lat) < 0.2, f"GET latencies with 6 logins in flight: {lat}"
+        bound = max(0.2 * TIME_SLACK, t_hash / 3)  # a queued GET would take >= t_hash
+        assert max(lat) < bound, f"GET latencies with 6 logins in flight: {lat}"
     finally:
         for c in conns:
             c.close()
@@ -653,9 +677,9 @@ def test_sigterm_with_idle_connections_exits_promptly(service_factory):
             conns.append(c)
         conns.append(svc.raw())  # connected, never sent a byte
         t0 = time.monotonic()
-        rc = svc.stop(timeout=15)
+        rc = svc.stop()
         assert rc == 0, f"exit status {rc}: {svc.log_text()[-2000:]}"
-        assert time.monotonic() - t0 < 5, "idle keep-alive connections held up the stop"
+        assert time.monotonic() - t0 < 5 * TIME_SLACK, "idle keep-alive connections held up the stop"
         for c in conns:
             assert c.wait_closed(5)
     finally:

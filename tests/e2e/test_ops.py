@@ -6,7 +6,6 @@ import re
 import shutil
 import subprocess
 
-import pytest
 import redis as redislib
 
 from conftest import REPO, wait_until

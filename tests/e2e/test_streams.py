@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import (HOST, assert_error, is_uuid, service_token, start_redis, unique_email,
-                      wait_until)
+from conftest import (HOST, STOP_TIMEOUT, TIME_SLACK, assert_error, is_uuid, service_token,
+                      start_redis, unique_email, wait_until)
 
 CMDS = "users.commands"
 EVENTS = "users.events"
@@ -292,7 +292,9 @@ def test_redis_outage(service_factory, redis_server, r, max_backlog):
 
     committed, shed, gets = [], [], 0
     i = 0
-    while time.monotonic() - t_down < 5.0:
+    give_up = t_down + 60
+    while time.monotonic() - t_down < 5.0 or ((i < 12 or gets < 10)
+                                              and time.monotonic() < give_up):
         g = get_user(svc, probe["id"])
         assert g.status == 200 and g.json() == probe, f"GET during the outage: {g}"
         gets += 1
@@ -588,12 +590,14 @@ def test_dead_consumer_entry_taken_over(service_factory, r):
 
 def test_slow_handler_not_taken_over(service_factory, r):
     a = service_factory("users", CONSUMER_NAME="a", CHAOS_DELAY_TYPES="user.register",
-                        CHAOS_DELAY_MS=4000, RECLAIM_IDLE_MS=1000, **FAST)
+                        CHAOS_DELAY_MS=12000, RECLAIM_IDLE_MS=1500, **FAST)
     email = unique_email("slow")
     register_cmd(r, email, name="Slowpoke")
-    wait_until(lambda: [p for p in pending_entries(r) if p["consumer"] == "a"], 5,
+    wait_until(lambda: [p for p in pending_entries(r) if p["consumer"] == "a"], 20,
                what="the entry pending for consumer a")
-    b = service_factory("users", CONSUMER_NAME="b", RECLAIM_IDLE_MS=1000, **FAST)
+    b = service_factory("users", CONSUMER_NAME="b", RECLAIM_IDLE_MS=1500, **FAST)
+    wait_until(lambda: "b" in {c["name"] for c in r.xinfo_consumers(CMDS, GROUP)}, 20,
+               what="B consuming")
     b_up = time.monotonic()
     assert registered(r) == [], "A finished before B was up: the test proves nothing"
 
@@ -607,11 +611,11 @@ def test_slow_handler_not_taken_over(service_factory, r):
             max_idle = max(max_idle, p["time_since_delivered"])
         return registered_for(r, email)
 
-    ev = wait_until(done, 15, interval=0.05, what="A completes the slow entry")
+    ev = wait_until(done, 40, interval=0.05, what="A completes the slow entry")
     overlap = time.monotonic() - b_up
     assert overlap >= 1.5, f"B ran only {overlap:.2f}s alongside the in-flight entry"
     assert owners == {"a"}, f"entry owned by {owners} while in flight (B must not take it)"
-    assert max_idle < 1000, f"lease not refreshed: idle reached {max_idle} ms"
+    assert max_idle < 1500, f"lease not refreshed: idle reached {max_idle} ms"
     wait_until(lambda: pending_count(r) == 0, 5, what="XPENDING 0")
     assert len(ev) == 1 and len(registered(r)) == 1, registered(r)
     uid = ev[0]["data"]["user_id"]
@@ -639,7 +643,6 @@ def test_flushall_recreates_group_without_hot_loop(service_factory, r):
     wait_until(lambda: pending_count(r) == 0, 5, what="acked before the flush")
 
     assert r.flushall()
-    cpu0, t0 = cpu_seconds(svc.proc.pid), time.monotonic()
     email = unique_email("postflush")
     register_cmd(r, email, name="After")
     ev = wait_until(lambda: registered_for(r, email), 10, what="entry after FLUSHALL processed")
@@ -648,12 +651,14 @@ def test_flushall_recreates_group_without_hot_loop(service_factory, r):
     groups = [g["name"] for g in r.xinfo_groups(CMDS)]
     assert GROUP in groups, groups
     wait_until(lambda: pending_count(r) == 0, 5, what="acked after the flush")
+    # the recovery itself is done: from here on the service should be idle
+    cpu0, t0 = cpu_seconds(svc.proc.pid), time.monotonic()
     remaining = 3.0 - (time.monotonic() - t0)
     if remaining > 0:
         time.sleep(remaining)  # the observation window itself, not a sync
     cpu1, t1 = cpu_seconds(svc.proc.pid), time.monotonic()
     assert t1 - t0 >= 3.0
-    assert cpu1 - cpu0 < 0.5, f"{cpu1 - cpu0:.2f}s of CPU in {t1 - t0:.1f}s after FLUSHALL"
+    assert cpu1 - cpu0 < 0.5 * TIME_SLACK, f"{cpu1 - cpu0:.2f}s of CPU in {t1 - t0:.1f}s after FLUSHALL"
     assert svc.get("/readyz").status == 200
     assert svc.alive()
 
@@ -673,10 +678,10 @@ def test_sigterm_exits_0_with_consumer_running(service_factory, r, block_ms):
     wait_until(lambda: any(c["name"] for c in r.xinfo_consumers(CMDS, GROUP)), 5,
                what="consumer registered")
     t0 = time.monotonic()
-    rc = svc.stop(timeout=10)
+    rc = svc.stop()
     took = time.monotonic() - t0
     assert rc == 0, f"exit status {rc}: {svc.log_text()[-2000:]}"
-    assert took < 5, f"SIGTERM took {took:.1f}s"
+    assert took < 5 * TIME_SLACK, f"SIGTERM took {took:.1f}s"
     assert pending_count(r) == 0
 
 
@@ -688,15 +693,15 @@ def test_sigterm_with_slow_handler_in_flight_is_bounded(service_factory, r):
                           CHAOS_DELAY_MS=60000, SHUTDOWN_TIMEOUT_MS=1000, **FAST)
     email = unique_email("inflight")
     register_cmd(r, email, name="In Flight")
-    wait_until(lambda: [p for p in pending_entries(r) if p["consumer"] == "a"], 5,
+    wait_until(lambda: [p for p in pending_entries(r) if p["consumer"] == "a"], 20,
                what="the entry in flight on consumer a")
     t0 = time.monotonic()
-    rc = svc.stop(timeout=10)
+    rc = svc.stop()
     took = time.monotonic() - t0
-    assert rc is not None, f"no exit within 10 s of SIGTERM (SHUTDOWN_TIMEOUT_MS=1000): " \
+    assert rc is not None, f"no exit within {STOP_TIMEOUT:.0f} s of SIGTERM (SHUTDOWN_TIMEOUT_MS=1000): " \
                            f"{svc.log_text()[-1500:]}"
     assert rc == 0, f"exit status {rc}: {svc.log_text()[-1500:]}"
-    assert took < 6, f"SIGTERM took {took:.1f}s with SHUTDOWN_TIMEOUT_MS=1000"
+    assert took < 6 * TIME_SLACK, f"SIGTERM took {took:.1f}s with SHUTDOWN_TIMEOUT_MS=1000"
     pend = pending_entries(r)
     assert [p["consumer"] for p in pend] == ["a"], f"in-flight entry acked or moved: {pend}"
     assert registered(r) == [] and dlq(r) == []
