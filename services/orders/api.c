@@ -12,6 +12,13 @@
  * A client that went away before the check answered gets no order: it never
  * saw one accepted, so its retry cannot make a duplicate.
  *
+ * Idempotency-Key (optional, 1..255 printable ASCII characters, scoped to
+ * the order's user) makes a retried POST safe whatever happened to the
+ * first: a key the user has used before answers 202 with the order it made
+ * (Idempotent-Replayed: true; no user check, so even while users is down),
+ * or 422 if that order's items differ. Two POSTs racing with one key both
+ * pass the check; the unique index lets one commit and the other replays.
+ *
  * GET /api/v1/orders/{id}: the order with its timeline, for its owner or a
  * service token; anyone else's, unknown and malformed ids alike are 404.
  *
@@ -46,6 +53,7 @@
 #define LIMIT_DEFAULT 20
 #define LIMIT_MAX 100
 #define QUERY_MAX 64 /* bytes of one query parameter we read */
+#define KEY_MAX 255  /* bytes of an Idempotency-Key */
 
 /* A POST waiting for its user check. */
 struct place {
@@ -53,6 +61,7 @@ struct place {
     struct http_request *req; /* answered by on_user_checked */
     json_t *items;            /* new: the canonical items */
     char user_id[IDS_UUID_LEN + 1];
+    char key[KEY_MAX + 1]; /* Idempotency-Key, "" without one */
 };
 
 static void reply_internal(struct http_request *req)
@@ -145,10 +154,82 @@ static int read_place(struct http_request *req, const struct auth_claims *who, s
     return 0;
 }
 
+/* Reads the Idempotency-Key header into key ("" without one). Returns 0,
+ * or -EINVAL after answering 400. */
+static int read_key(struct http_request *req, char key[KEY_MAX + 1])
+{
+    size_t len, i;
+    const char *v = http_request_header(req, "idempotency-key", &len);
+
+    key[0] = '\0';
+    if (v == NULL)
+        return 0;
+    for (i = 0; i < len && len <= KEY_MAX; i++) {
+        if (v[i] < 0x20 || v[i] > 0x7e)
+            break;
+    }
+    if (len == 0 || len > KEY_MAX || i < len) {
+        http_reply_error(req, 400, NULL,
+                         "Idempotency-Key must be 1 to 255 printable ASCII characters");
+        return -EINVAL;
+    }
+    memcpy(key, v, len);
+    key[len] = '\0';
+    return 0;
+}
+
 static void place_free(struct place *p)
 {
     json_decref(p->items);
     free(p);
+}
+
+/* Answers 202 with order id (committed: even if it cannot be read back). */
+static void reply_order(struct place *p, const char *id, int replayed)
+{
+    char location[64];
+    json_t *order;
+    int rc;
+
+    if (orders_get(p->o, id, NULL, &order) < 0)
+        order = replayed ? json_pack("{s:s, s:s}", "id", id, "user_id", p->user_id)
+                         : json_pack("{s:s, s:s, s:s}", "id", id, "user_id", p->user_id, "status",
+                                     ORDERS_PENDING);
+    rc = snprintf(location, sizeof(location), "/api/v1/orders/%s", id);
+    if (rc > 0 && (size_t)rc < sizeof(location) &&
+        http_add_header(p->req, "Location", location) < 0)
+        log_warn("orders: no room for Location");
+    if (replayed && http_add_header(p->req, "Idempotent-Replayed", "true") < 0)
+        log_warn("orders: no room for Idempotent-Replayed");
+    http_reply_json(p->req, 202, order);
+}
+
+/* Answers a POST whose Idempotency-Key its user has used before: 202 with
+ * that order when the items are the same, else 422. Returns 0 when it
+ * answered, -ENOENT when the key is new. */
+static int reply_replay(struct place *p)
+{
+    char id[IDS_UUID_LEN + 1], *had = NULL, *items;
+    json_t *fields;
+    int rc = orders_find_by_key(p->o, p->user_id, p->key, id, &had);
+
+    if (rc == -ENOENT)
+        return rc;
+    items = rc == 0 ? json_dumps(p->items, JSON_COMPACT) : NULL;
+    if (items == NULL) {
+        reply_internal(p->req);
+    } else if (strcmp(items, had) == 0) {
+        log_write(LOG_INFO, id, "order replayed id=%s user=%s (Idempotency-Key)", id, p->user_id);
+        reply_order(p, id, 1);
+    } else if ((fields = json_pack("{s:s}", "Idempotency-Key",
+                                   "was used for an order with other items")) != NULL) {
+        http_reply_invalid(p->req, fields);
+    } else {
+        reply_internal(p->req);
+    }
+    free(items);
+    free(had);
+    return 0;
 }
 
 /* Creates the order in one transaction and answers 202 with it. */
@@ -156,30 +237,28 @@ static void place_order(struct place *p)
 {
     struct orders *o = p->o;
     struct store *st = o->svc->store;
-    struct orders_new n = {.user_id = p->user_id, .items = p->items};
-    char id[IDS_UUID_LEN + 1], location[64];
-    json_t *order;
+    struct orders_new n = {
+        .user_id = p->user_id, .items = p->items, .idempotency_key = p->key[0] ? p->key : NULL};
+    char id[IDS_UUID_LEN + 1];
     int rc = store_begin(st);
 
     if (rc == 0 && (rc = orders_create(o, &n, id)) < 0)
         store_rollback(st);
     if (rc == 0)
         rc = store_commit(st);
+    if (rc == -EEXIST) {
+        /* a POST with the same key committed while we checked the user */
+        log_info("orders: user %s: a concurrent POST with this Idempotency-Key won", p->user_id);
+        if (reply_replay(p) == 0)
+            return;
+    }
     if (rc < 0) {
         reply_internal(p->req);
         return;
     }
     log_write(LOG_INFO, id, "order placed id=%s user=%s items=%zu", id, p->user_id,
               json_array_size(p->items));
-    /* Committed: the answer is 202 even if the order cannot be read back. */
-    if (orders_get(o, id, NULL, &order) < 0)
-        order =
-            json_pack("{s:s, s:s, s:s}", "id", id, "user_id", p->user_id, "status", ORDERS_PENDING);
-    rc = snprintf(location, sizeof(location), "/api/v1/orders/%s", id);
-    if (rc > 0 && (size_t)rc < sizeof(location) &&
-        http_add_header(p->req, "Location", location) < 0)
-        log_warn("orders: no room for Location");
-    http_reply_json(p->req, 202, order);
+    reply_order(p, id, 0);
 }
 
 static void reply_unavailable(struct http_request *req, const char *why)
@@ -237,7 +316,8 @@ static void on_place(struct http_request *req, const struct auth_claims *who, vo
     }
     p->o = o;
     p->req = req;
-    if (read_place(req, who, p) < 0 || service_shed_write(o->svc, req)) {
+    if (read_key(req, p->key) < 0 || read_place(req, who, p) < 0 ||
+        (p->key[0] != '\0' && reply_replay(p) == 0) || service_shed_write(o->svc, req)) {
         place_free(p);
         return;
     }

@@ -36,8 +36,10 @@
 #define ORDER_COLS "seq, id, user_id, status, items, amount_cents, reason, created_at, updated_at"
 
 static const char *const sql_insert =
-    "INSERT INTO orders (id, user_id, status, items, reason, created_at, updated_at) "
-    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)";
+    "INSERT INTO orders (id, user_id, status, items, reason, created_at, updated_at, "
+    "idempotency_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)";
+static const char *const sql_by_key =
+    "SELECT id, items FROM orders WHERE user_id = ?1 AND idempotency_key = ?2";
 static const char *const sql_by_id = "SELECT " ORDER_COLS " FROM orders WHERE id = ?1";
 static const char *const sql_list_all =
     "SELECT " ORDER_COLS " FROM orders WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2";
@@ -71,6 +73,8 @@ int orders_model_prepare(struct orders *o)
         rc = store_prepare(st, sql_step_add, &o->step_add);
     if (rc == 0)
         rc = store_prepare(st, sql_step_entry, &o->step_entry);
+    if (rc == 0)
+        rc = store_prepare(st, sql_by_key, &o->by_key);
     if (rc < 0)
         log_error("orders: cannot prepare statements: %s", store_errmsg(st));
     return rc;
@@ -125,6 +129,7 @@ static int insert_order(struct orders *o, const char *id, const struct orders_ne
                         const char *items, const char *at)
 {
     struct sqlite3_stmt *st = o->insert;
+    int rc;
 
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, n->user_id, -1, SQLITE_STATIC);
@@ -135,7 +140,21 @@ static int insert_order(struct orders *o, const char *id, const struct orders_ne
     else
         sqlite3_bind_null(st, 5);
     sqlite3_bind_text(st, 6, at, -1, SQLITE_STATIC);
-    return step_done(o, st, "insert an order");
+    if (n->idempotency_key != NULL)
+        sqlite3_bind_text(st, 7, n->idempotency_key, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 7);
+    rc = sqlite3_step(st);
+    if ((rc & 0xff) == SQLITE_CONSTRAINT && n->idempotency_key != NULL) {
+        /* the user's key is taken (a POST with it committed first); the id,
+         * a fresh UUIDv7, cannot be */
+        store_reset(st);
+        return -EEXIST;
+    }
+    if (rc != SQLITE_DONE)
+        log_error("orders: insert an order: %s", store_errmsg(o->svc->store));
+    store_reset(st);
+    return rc == SQLITE_DONE ? 0 : -EIO;
 }
 
 /* order.placed and stock.reserve: the saga's first step. */
@@ -377,6 +396,34 @@ static int load_order(struct orders *o, const char *id, const char *owner, json_
         rc = -ENOENT;
     } else {
         log_error("orders: read order %s: %s", id, store_errmsg(o->svc->store));
+        rc = -EIO;
+    }
+    store_reset(st);
+    return rc;
+}
+
+int orders_find_by_key(struct orders *o, const char *user_id, const char *key,
+                       char id[IDS_UUID_LEN + 1], char **items)
+{
+    struct sqlite3_stmt *st = o->by_key;
+    int rc;
+
+    sqlite3_bind_text(st, 1, user_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, key, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const char *found = col_text(st, 0), *text = col_text(st, 1);
+
+        rc = -ENOMEM;
+        if (found != NULL && strlen(found) == IDS_UUID_LEN && text != NULL &&
+            (*items = strdup(text)) != NULL) {
+            memcpy(id, found, IDS_UUID_LEN + 1);
+            rc = 0;
+        }
+    } else if (rc == SQLITE_DONE) {
+        rc = -ENOENT;
+    } else {
+        log_error("orders: find an order by its key: %s", store_errmsg(o->svc->store));
         rc = -EIO;
     }
     store_reset(st);

@@ -103,7 +103,7 @@ struct orders {
     struct service *svc;            /* borrowed: outlives the module */
     char users_url[ORDERS_URL_MAX]; /* USERS_URL without trailing slashes */
     /* Prepared statements, owned (finalized) by the store. */
-    struct sqlite3_stmt *insert, *by_id, *list_all, *list_user;
+    struct sqlite3_stmt *insert, *by_id, *list_all, *list_user, *by_key;
     struct sqlite3_stmt *steps, *step_add, *step_entry;
     struct orders_pending_place place;
     unsigned checks;                /* user checks in flight (HTTP and stream) */
@@ -171,9 +171,11 @@ struct orders_new {
     struct json_t *items;         /* borrowed: canonical [{sku, qty}] */
     const char *reason;           /* NULL, or a snake_case reason */
     const struct stream_msg *cmd; /* borrowed, may be NULL */
+    const char *idempotency_key;  /* the client's Idempotency-Key, or NULL */
 };
 /* Creates the order (inside the caller's transaction); its id (a new UUID)
- * goes to id. */
+ * goes to id. Returns 0, -EEXIST when the user already has an order with
+ * n->idempotency_key (nothing written: roll back), or -EIO / -ENOMEM. */
 CORE_MUST_CHECK int orders_create(struct orders *o, const struct orders_new *n,
                                   char id[IDS_UUID_LEN + 1]);
 
@@ -193,6 +195,12 @@ CORE_MUST_CHECK int orders_step_add(struct orders *o, const char *order_id, cons
  * owner, when not NULL, must be its user_id, or the order is not found.
  * Entry ids of published events are looked up in the outbox and stored back.
  * Returns 0 and *out (new), -ENOENT, -EIO or -ENOMEM. Outside transactions. */
+/* The order user_id placed with Idempotency-Key key: its id, and in
+ * *items its canonical items JSON text (malloc'ed). Returns 0, -ENOENT,
+ * -EIO or -ENOMEM. */
+CORE_MUST_CHECK int orders_find_by_key(struct orders *o, const char *user_id, const char *key,
+                                       char id[IDS_UUID_LEN + 1], char **items);
+
 CORE_MUST_CHECK int orders_get(struct orders *o, const char *id, const char *owner,
                                struct json_t **out);
 /* Lists orders, newest first: those of user_id (NULL: everyone's) with seq

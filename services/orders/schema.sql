@@ -47,3 +47,11 @@ CREATE TABLE order_steps (
 -- orders past it, so deadlines survive restarts.
 ALTER TABLE orders ADD COLUMN deadline_ms INTEGER;
 CREATE INDEX orders_by_deadline ON orders (deadline_ms) WHERE deadline_ms IS NOT NULL;
+
+-- migration: 3
+-- A client's Idempotency-Key on POST /api/v1/orders, scoped to the user:
+-- a retried POST with the same key gets the order it already made, never a
+-- second one. NULL for orders placed without a key or over the stream.
+ALTER TABLE orders ADD COLUMN idempotency_key TEXT;
+CREATE UNIQUE INDEX orders_by_idempotency_key ON orders (user_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;

@@ -614,6 +614,124 @@ def test_client_gone_before_the_check_answers_gets_no_order(stack_factory):
     assert place_ok(st.orders, tok)["user_id"] == u["id"]  # and the user can order now
 
 
+# ---------------------------------------------------------------------------
+# Idempotency-Key
+# ---------------------------------------------------------------------------
+
+def place_keyed(orders, token, key, items=None, **extra):
+    body = {"items": ITEMS if items is None else items}
+    body.update(extra)
+    return orders.post("/api/v1/orders", body, token=token, headers={"Idempotency-Key": key})
+
+
+def test_idempotency_key_retry_gets_the_same_order(stack, r):
+    u, tok = stack.new_user()
+    key = f"retry-{uuid.uuid4()}"
+    first = place_keyed(stack.orders, tok, key)
+    assert first.status == 202, first
+    assert first.headers.get("idempotent-replayed") is None, first.headers
+    order = first.json()
+    again = place_keyed(stack.orders, tok, key)
+    assert again.status == 202, again
+    assert again.headers.get("idempotent-replayed") == "true", again.headers
+    assert again.headers.get("location") == f"/api/v1/orders/{order['id']}", again.headers
+    assert again.json()["id"] == order["id"] and again.json()["items"] == order["items"]
+    assert [o["id"] for o in orders_of(stack.orders, u["id"])] == [order["id"]]
+    # the same items in the same canonical form, however the JSON spelled them
+    spelled = place_keyed(stack.orders, tok, key, items=[{"qty": 2, "sku": "SKU-1"},
+                                                         {"qty": 1, "sku": "SKU-2"}])
+    assert spelled.status == 202 and spelled.json()["id"] == order["id"], spelled
+    # other items under the same key: refused, naming the header; no order
+    other = place_keyed(stack.orders, tok, key, items=[{"sku": "SKU-3", "qty": 1}])
+    err = assert_error(other, 422)
+    assert set(err["fields"]) == {"Idempotency-Key"}, err
+    # a new key is a new order; no key at all is always a new order
+    assert place_keyed(stack.orders, tok, f"other-{uuid.uuid4()}").json()["id"] != order["id"]
+    assert place_ok(stack.orders, tok)["id"] != order["id"]
+    assert len(orders_of(stack.orders, u["id"])) == 3
+    # one order.placed for the keyed order, however often it was posted
+    wait_until(lambda: entries(r, ORDERS_EVENTS, order["id"], "order.placed"), 10,
+               what="order.placed")
+    assert len(entries(r, ORDERS_EVENTS, order["id"], "order.placed")) == 1
+
+
+def test_idempotency_key_is_per_user(stack):
+    a, tok_a = stack.new_user("a")
+    b, tok_b = stack.new_user("b")
+    key = f"shared-{uuid.uuid4()}"
+    oa = place_keyed(stack.orders, tok_a, key)
+    ob = place_keyed(stack.orders, tok_b, key)
+    assert oa.status == 202 and ob.status == 202, (oa, ob)
+    assert oa.json()["id"] != ob.json()["id"]
+    assert ob.headers.get("idempotent-replayed") is None
+    assert oa.json()["user_id"] == a["id"] and ob.json()["user_id"] == b["id"]
+    # a service token ordering for a user shares that user's keys
+    sv = place_keyed(stack.orders, service_token(), key, user_id=a["id"])
+    assert sv.status == 202 and sv.json()["id"] == oa.json()["id"], sv
+    assert sv.headers.get("idempotent-replayed") == "true"
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "bad\tkey", "caf\u00e9"],
+                         ids=["empty", "too_long", "control", "non_ascii"])
+def test_idempotency_key_malformed_400(stack, key):
+    u, tok = stack.new_user()
+    with stack.orders.raw() as c:
+        resp = c.request("POST", "/api/v1/orders", body={"items": ITEMS}, token=tok,
+                         headers={"Idempotency-Key": key})
+    err = assert_error(resp, 400)
+    assert "Idempotency-Key" in err["message"], err
+    assert orders_of(stack.orders, u["id"]) == []
+    assert place_keyed(stack.orders, tok, "x" * 255).status == 202  # the longest allowed
+
+
+def test_idempotency_key_replay_needs_no_user_check(stack):
+    u, tok = stack.new_user()
+    key = f"down-{uuid.uuid4()}"
+    order = place_keyed(stack.orders, tok, key).json()
+    checks = client_count(stack.orders, "2xx") + client_count(stack.orders, "cache_hit")
+    stack.stop_users()
+    again = place_keyed(stack.orders, tok, key)
+    assert again.status == 202 and again.json()["id"] == order["id"], again
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert client_count(stack.orders, "2xx") + client_count(stack.orders, "cache_hit") == checks
+
+
+def test_idempotency_key_racing_posts_make_one_order(stack_factory):
+    """Two POSTs with one key, both past the replay lookup while users is
+    stopped: the unique index lets one commit; the other answers with it."""
+    st = stack_factory(HTTP_CLIENT_TIMEOUT_MS=5000, HTTP_CLIENT_DEADLINE_MS=8000)
+    u, tok = st.new_user()
+    key = f"race-{uuid.uuid4()}"
+    st.users.send_signal(signal.SIGSTOP)
+    conns = []
+    try:
+        for _ in range(2):
+            c = st.orders.raw(timeout=30)
+            c.send(raw_request("POST", "/api/v1/orders", body={"items": ITEMS}, token=tok,
+                               headers={"Idempotency-Key": key}))
+            conns.append(c)
+        wait_until(lambda: connections_to(st.users.port) >= 1, 10,
+                   what="the user check in flight")
+        # both POSTs read (and waiting on their checks): answered /metrics
+        # comes after them on the loop, and counts itself as the third
+        wait_until(lambda: metric(st.orders, "http_connections") == 3, 10,
+                   what="both POSTs with orders")
+    finally:
+        st.users.send_signal(signal.SIGCONT)
+    try:
+        answers = [c.read_response(timeout=30, method="POST") for c in conns]
+    finally:
+        for c in conns:
+            c.close()
+    assert [a.status for a in answers] == [202, 202], answers
+    assert answers[0].json()["id"] == answers[1].json()["id"], answers
+    replayed = sorted(a.headers.get("idempotent-replayed") or "" for a in answers)
+    assert replayed == ["", "true"], replayed
+    assert [o["id"] for o in orders_of(st.orders, u["id"])] == [answers[0].json()["id"]]
+    assert "a concurrent POST with this Idempotency-Key won" in st.orders.log_text(), \
+        "the second POST did not reach the insert: the race was not exercised"
+
+
 def test_users_refusing_our_service_token_is_503(service_factory):
     """orders and users with different JWT_SECRETs: users answers 401 to the
     service token, which no retry fixes: 503 (not 422), and not a breaker
