@@ -6,10 +6,13 @@
  * a 404 for 5 s (a user registered just now is seen soon), and while users
  * fails a 200 up to 10 minutes old still stands: users do not disappear.
  *
- * 200 means the user exists and 404 that it does not. Anything else means
- * users cannot tell us now: a transport error, a 5xx, an open breaker
- * without a cached answer, or a 401/403 -- which means the two services do
- * not share JWT_SECRET, logged as an error since no retry will fix it.
+ * 200 means the user exists, and a 404 whose error code is user_not_found
+ * that it does not. Anything else means users cannot tell us now: a
+ * transport error, a 5xx, an open breaker without a cached answer, a
+ * 401/403 (the two services do not share JWT_SECRET), or a 404 without that
+ * code: the route itself is missing, so USERS_URL names something other
+ * than users -- taken as "no such user", it would reject every order. The
+ * last two are logged as errors, since no retry will fix them.
  *
  * Owns one struct check per request, freed after its callback; o->checks
  * counts them so the module's stop waits for the last one (the client
@@ -20,6 +23,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <jansson.h>
 
 #include "auth.h"
 #include "http_client.h"
@@ -38,13 +43,32 @@ struct check {
     void *data;
 };
 
+/* 1 when a 404's body is users' {"error":{"code":"user_not_found",...}}. */
+static int says_no_such_user(const struct http_client_response *res)
+{
+    json_t *body = json_loadb(res->body, res->body_len, 0, NULL);
+    const char *code = json_string_value(json_object_get(json_object_get(body, "error"), "code"));
+    int yes = code != NULL && strcmp(code, "user_not_found") == 0;
+
+    json_decref(body);
+    return yes;
+}
+
 /* What the answer means; why says what went wrong when it is not usable. */
-static enum orders_user classify(const struct http_client_response *res, char *why, size_t len)
+static enum orders_user classify(const struct orders *o, const struct http_client_response *res,
+                                 char *why, size_t len)
 {
     if (res->error == 0 && res->status == 200)
         return ORDERS_USER_EXISTS;
-    if (res->error == 0 && res->status == 404)
-        return ORDERS_USER_UNKNOWN;
+    if (res->error == 0 && res->status == 404) {
+        if (says_no_such_user(res))
+            return ORDERS_USER_UNKNOWN;
+        log_error("%s answered 404 without \"user_not_found\" to a user check: is USERS_URL "
+                  "the users service?",
+                  o->users_url);
+        snprintf(why, len, "it has no such route (404): is USERS_URL the users service?");
+        return ORDERS_USER_UNAVAILABLE;
+    }
     if (res->error == -ECANCELED) {
         snprintf(why, len, "the service is stopping");
     } else if (res->error < 0 || res->status == 0) {
@@ -65,7 +89,7 @@ static void on_answer(const struct http_client_response *res, void *data)
     struct check *k = data;
     struct orders *o = k->o;
     char why[CHECK_WHY_MAX] = "";
-    enum orders_user answer = classify(res, why, sizeof(why));
+    enum orders_user answer = classify(o, res, why, sizeof(why));
 
     if (answer == ORDERS_USER_UNAVAILABLE)
         log_debug("user check: users is unavailable: %s", why);

@@ -48,6 +48,10 @@
 #define USERS_ITER_DEFAULT 600000
 #define USERS_ITER_MIN 1000
 #define USERS_ITER_MAX 10000000
+/* The error code of a 404 for a user: more precise than the router's
+ * not_found, so a caller (orders) can tell "no such user" from "no such
+ * route" (a USERS_URL that names another service). */
+#define USERS_NOT_FOUND "user_not_found"
 #define USERS_TOKEN_TTL 3600   /* s */
 #define USERS_MAX_HASH_JOBS 64 /* in the thread pool at once; 503 beyond */
 #define USERS_JSON_MAX 4096    /* one user, escaped; fits every valid row */
@@ -639,7 +643,7 @@ static void read_user(struct users *u, struct http_request *req, const char *id)
     if (rc == SQLITE_ROW && v.name != NULL && v.email != NULL && v.created_at != NULL) {
         respond_user(req, 200, &v);
     } else if (rc == SQLITE_DONE) {
-        http_reply_error(req, 404, NULL, "no such user");
+        http_reply_error(req, 404, USERS_NOT_FOUND, "no such user");
     } else {
         log_error("users: read user: %s", store_errmsg(u->svc->store));
         reply_internal(req);
@@ -662,7 +666,7 @@ static void on_get_user(struct http_request *req, const struct auth_claims *who,
         return;
     }
     if (!valid) {
-        http_reply_error(req, 404, NULL, "no such user");
+        http_reply_error(req, 404, USERS_NOT_FOUND, "no such user");
         return;
     }
     read_user(data, req, id);

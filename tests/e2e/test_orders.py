@@ -555,6 +555,29 @@ def test_order_place_over_stream_known_and_unknown_user(stack, r):
     assert entries(r, INV_CMDS, o["id"]) == []
 
 
+def test_users_url_naming_another_service_is_503_not_unknown_user(service_factory, r):
+    """USERS_URL that reaches a ripple service without the users route: its
+    404 is the router's not_found, not users' user_not_found. Taken as "no
+    such user" it would reject every order; it is 503 over HTTP, and an
+    order.place waits in the stream instead of ending REJECTED."""
+    users = start_own(service_factory, "users")
+    u = users.create_user(name="Misrouted", email=unique_email("misrouted"))
+    tok = users.login(u["email"])
+    env = dict(CLIENT_ENV, USERS_URL=users.base + "/elsewhere")
+    orders = start_own(service_factory, "orders", **env)
+    err = assert_unavailable(place(orders, tok))
+    assert "USERS_URL" in err["message"], err
+    assert orders_of(orders, u["id"]) == []
+    entry = xadd_place(r, u["id"])
+    wait_until(lambda: orders.log_text().count("is USERS_URL the users service?") >= 2, 10,
+               what="the stream's check logged as a misconfiguration")
+    assert orders_of(orders, u["id"]) == [], "an order.place was decided on a route's 404"
+    pend = r.xpending_range(ORDERS_CMDS, GROUP, "-", "+", 10)
+    assert [p["message_id"] for p in pend] == [entry], pend
+    assert r.xlen(ORDERS_DLQ) == 0
+    orders.expect_exit = 0
+
+
 def test_order_place_while_users_down_waits_then_completes(stack_factory, r):
     # MAX_DELIVERIES=2: were a wait counted as a failed delivery, the entry
     # would be dead-lettered after the second try

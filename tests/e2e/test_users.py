@@ -424,14 +424,14 @@ def test_other_user_403(users):
 
 def test_unknown_user_404(users):
     r = users.get(f"/api/v1/users/{uuid.uuid4()}", token=service_token())
-    assert_error(r, 404, "not_found")
+    assert_error(r, 404, "user_not_found")  # not the router's not_found: orders tells them apart
 
 
 @pytest.mark.parametrize("bad_id", ["not-a-uuid", "123", "%00", "..", "x" * 200,
                                     "00000000-0000-0000-0000-00000000000g"])
 def test_non_uuid_id_404(users, bad_id):
     r = users.get(f"/api/v1/users/{bad_id}", token=service_token())
-    assert_error(r, 404, "not_found")
+    assert_error(r, 404, "user_not_found")
 
 
 def test_uppercase_uuid_finds_user(users):
