@@ -9,6 +9,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth.h"
+#include "http_reply.h"
+#include "http_server.h"
+#include "log.h"
+
 struct http_router {
     struct http_route routes[HTTP_ROUTER_MAX_ROUTES];
     size_t nroutes;
@@ -121,6 +126,8 @@ static int route_matches(const struct http_route *rt, const char *path, size_t l
     const char *p = path + 1, *end = path + len;
     size_t i = 0, np = 0;
 
+    if (m != NULL)
+        m->nparams = 0; /* "/" below returns before the count is stored */
     if (len == 0 || path[0] != '/')
         return 0;
     if (len == 1)
@@ -200,4 +207,53 @@ int http_router_allow(const struct http_router *r, const char *path, size_t path
         used += n;
     }
     return (int)used;
+}
+
+static void reply_unrouted(const struct http_router *r, struct http_request *req, int rc)
+{
+    char allow[128];
+
+    if (rc == -EPERM) {
+        if (http_router_allow(r, req->path, req->path_len, allow, sizeof(allow)) > 0 &&
+            http_add_header(req, "Allow", allow) < 0)
+            log_debug("http: Allow header did not fit");
+        http_reply_error(req, 405, NULL, "method not allowed on this path");
+        return;
+    }
+    http_reply_error(req, 404, NULL, "no such resource");
+}
+
+void http_router_dispatch(const struct http_router *r, const struct auth *auth, long now,
+                          struct http_request *req)
+{
+    struct http_route_match m;
+    struct auth_claims claims;
+    const char *authz;
+    size_t len = 0;
+    int rc = http_router_match(r, req->method, req->path, req->path_len, &m);
+
+    if (rc < 0) {
+        reply_unrouted(r, req, rc);
+        return;
+    }
+    req->route = m.route->pattern;
+    for (size_t i = 0; i < m.nparams; i++) {
+        if (http_request_add_param(req, m.params[i].name, m.params[i].value, m.params[i].len) < 0) {
+            http_reply_error(req, 404, NULL, "no such resource");
+            return;
+        }
+    }
+    if (m.route->flags & HTTP_ROUTE_PUBLIC) {
+        m.route->handler(req, NULL, m.route->data);
+        return;
+    }
+    authz = http_request_header(req, "authorization", &len);
+    if (auth_verify_header(auth, authz, len, now, &claims) < 0) {
+        if (http_add_header(req, "WWW-Authenticate", "Bearer") < 0)
+            log_debug("http: WWW-Authenticate did not fit");
+        http_reply_error(req, 401, NULL,
+                         authz ? "invalid or expired token" : "a bearer token is required");
+        return;
+    }
+    m.route->handler(req, &claims, m.route->data);
 }

@@ -5,7 +5,8 @@
  * segments (no prefixes, a trailing slash is a different path). A path that
  * matches no pattern is -ENOENT (404); one that matches a pattern under other
  * methods only is -EPERM (405), and http_router_allow() lists them. Routes are
- * matched in the order they were added. */
+ * matched in the order they were added. http_router_dispatch() is the whole
+ * request path above the server: match, verify the token, call the handler. */
 #ifndef CORE_HTTP_ROUTER_H
 #define CORE_HTTP_ROUTER_H
 
@@ -14,6 +15,7 @@
 #include "common.h"
 
 struct http_request;
+struct auth;
 struct auth_claims;
 struct http_router; /* opaque */
 
@@ -68,5 +70,13 @@ CORE_MUST_CHECK int http_router_match(const struct http_router *r, const char *m
  * buf. Returns the length written, or -ENOSPC. */
 int http_router_allow(const struct http_router *r, const char *path, size_t path_len, char *buf,
                       size_t len);
+
+/* Answers req through r: 404 for an unknown path, 405 with Allow for a
+ * method the path does not take, 401 with WWW-Authenticate: Bearer when a
+ * route that is not public has no valid token under auth at time now (unix
+ * seconds); otherwise sets req->route and the path params and calls the
+ * route's handler with the verified claims (NULL on public routes). */
+void http_router_dispatch(const struct http_router *r, const struct auth *auth, long now,
+                          struct http_request *req);
 
 #endif

@@ -124,54 +124,11 @@ static void on_response(const struct http_request *req, int status, double secon
  * The dispatcher
  * ------------------------------------------------------------------------- */
 
-static void reply_unrouted(struct service *svc, struct http_request *req, int rc)
-{
-    char allow[128];
-
-    if (rc == -EPERM) {
-        if (http_router_allow(svc->router, req->path, req->path_len, allow, sizeof(allow)) > 0 &&
-            http_add_header(req, "Allow", allow) < 0)
-            log_debug("http: Allow header did not fit");
-        http_reply_error(req, 405, NULL, "method not allowed on this path");
-        return;
-    }
-    http_reply_error(req, 404, NULL, "no such resource");
-}
-
 static void on_request(struct http_request *req, void *data)
 {
     struct service *svc = data;
-    struct http_route_match m;
-    struct auth_claims claims;
-    const char *authz;
-    size_t len = 0;
-    int rc;
 
-    rc = http_router_match(svc->router, req->method, req->path, req->path_len, &m);
-    if (rc < 0) {
-        reply_unrouted(svc, req, rc);
-        return;
-    }
-    req->route = m.route->pattern;
-    for (size_t i = 0; i < m.nparams; i++) {
-        if (http_request_add_param(req, m.params[i].name, m.params[i].value, m.params[i].len) < 0) {
-            http_reply_error(req, 404, NULL, "no such resource");
-            return;
-        }
-    }
-    if (m.route->flags & HTTP_ROUTE_PUBLIC) {
-        m.route->handler(req, NULL, m.route->data);
-        return;
-    }
-    authz = http_request_header(req, "authorization", &len);
-    if (auth_verify_header(&svc->auth, authz, len, (long)time(NULL), &claims) < 0) {
-        if (http_add_header(req, "WWW-Authenticate", "Bearer") < 0)
-            log_debug("http: WWW-Authenticate did not fit");
-        http_reply_error(req, 401, NULL,
-                         authz ? "invalid or expired token" : "a bearer token is required");
-        return;
-    }
-    m.route->handler(req, &claims, m.route->data);
+    http_router_dispatch(svc->router, &svc->auth, (long)time(NULL), req);
 }
 
 /* ---------------------------------------------------------------------------

@@ -274,6 +274,20 @@ static const char *trace_of(const struct stream_msg *msg, const char *fallback)
     return msg->trace[0] != '\0' ? msg->trace : fallback;
 }
 
+/* The prologue of every order command: its order id into oid, its trace
+ * (the envelope's, else the order id) into *trace, and the order's
+ * reservation into *r. Returns 0, STREAM_CONSUMER_REJECT or -EIO. */
+static int load_order(struct inventory *inv, struct stream_msg *msg, char oid[STREAMS_UUID_LEN + 1],
+                      const char **trace, struct reservation *r)
+{
+    int rc = read_order_id(msg, oid);
+
+    if (rc != 0)
+        return rc;
+    *trace = trace_of(msg, oid);
+    return res_load(inv, oid, r);
+}
+
 /* ---------------------------------------------------------------------------
  * stock.reserve
  * ------------------------------------------------------------------------- */
@@ -397,10 +411,7 @@ static int on_reserve(struct inventory *inv, struct stream_msg *msg)
     const char *trace;
     int rc;
 
-    if ((rc = read_order_id(msg, oid)) != 0)
-        return rc;
-    trace = trace_of(msg, oid);
-    if ((rc = res_load(inv, oid, &r)) < 0)
+    if ((rc = load_order(inv, msg, oid, &trace, &r)) != 0)
         return rc;
     if (r.status != RES_NONE)
         return replay_reserve(inv, oid, &r, trace);
@@ -429,10 +440,7 @@ static int on_release(struct inventory *inv, struct stream_msg *msg)
     const char *trace, *what;
     int rc;
 
-    if ((rc = read_order_id(msg, oid)) != 0)
-        return rc;
-    trace = trace_of(msg, oid);
-    if ((rc = res_load(inv, oid, &r)) < 0)
+    if ((rc = load_order(inv, msg, oid, &trace, &r)) != 0)
         return rc;
     if (r.status == RES_COMMITTED)
         return stream_msg_reject(msg, "already_committed: order %s was sold, nothing to release",
@@ -460,10 +468,7 @@ static int on_commit(struct inventory *inv, struct stream_msg *msg)
     const char *trace;
     int rc;
 
-    if ((rc = read_order_id(msg, oid)) != 0)
-        return rc;
-    trace = trace_of(msg, oid);
-    if ((rc = res_load(inv, oid, &r)) < 0)
+    if ((rc = load_order(inv, msg, oid, &trace, &r)) != 0)
         return rc;
     if (r.status == RES_NONE)
         return stream_msg_reject(msg, "unknown_order: no reservation for order %s", oid);

@@ -204,28 +204,35 @@ static void reply_order(struct place *p, const char *id, int replayed)
     http_reply_json(p->req, 202, order);
 }
 
+static void reply_key_reused(struct http_request *req)
+{
+    json_t *fields =
+        json_pack("{s:s}", "Idempotency-Key", "was used for an order with other items");
+
+    if (fields != NULL)
+        http_reply_invalid(req, fields);
+    else
+        reply_internal(req);
+}
+
 /* Answers a POST whose Idempotency-Key its user has used before: 202 with
  * that order when the items are the same, else 422. Returns 0 when it
  * answered, -ENOENT when the key is new. */
 static int reply_replay(struct place *p)
 {
     char id[IDS_UUID_LEN + 1], *had = NULL, *items;
-    json_t *fields;
     int rc = orders_find_by_key(p->o, p->user_id, p->key, id, &had);
 
     if (rc == -ENOENT)
         return rc;
     items = rc == 0 ? json_dumps(p->items, JSON_COMPACT) : NULL;
     if (items == NULL) {
-        reply_internal(p->req);
-    } else if (strcmp(items, had) == 0) {
+        reply_internal(p->req); /* the lookup failed, or no memory */
+    } else if (strcmp(items, had) != 0) {
+        reply_key_reused(p->req);
+    } else {
         log_write(LOG_INFO, id, "order replayed id=%s user=%s (Idempotency-Key)", id, p->user_id);
         reply_order(p, id, 1);
-    } else if ((fields = json_pack("{s:s}", "Idempotency-Key",
-                                   "was used for an order with other items")) != NULL) {
-        http_reply_invalid(p->req, fields);
-    } else {
-        reply_internal(p->req);
     }
     free(items);
     free(had);

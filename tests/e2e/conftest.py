@@ -413,56 +413,101 @@ class RawClient:
 # ---------------------------------------------------------------------------
 
 class RedisServer:
-    def __init__(self, port, proc, workdir):
-        self.port = port
-        self.proc = proc
-        self.workdir = workdir
-        self.url = f"redis://{HOST}:{port}"
+    """A redis-server a test runs on 127.0.0.1: .port, .url, .workdir,
+    .proc; down() (SIGTERM: with AOF on, it writes its file first), up()
+    (the same port and dir, loading the AOF if on). The port is a
+    stable_port(), so nothing else takes it while the server is down."""
+
+    def __init__(self, workdir, aof=False):
+        self.workdir = Path(workdir)
+        self.aof = aof
+        self.port = None
+        self.proc = None
+
+    @property
+    def url(self):
+        return f"redis://{HOST}:{self.port}"
+
+    def args(self):
+        persist = (["--appendonly", "yes", "--appendfsync", "always"] if self.aof
+                   else ["--appendonly", "no"])
+        return [shutil.which("redis-server"), "--port", str(self.port), "--bind", HOST,
+                "--save", "", *persist, "--daemonize", "no", "--dir", str(self.workdir)]
+
+    def log_tail(self, n=2000):
+        try:
+            return (self.workdir / "redis.log").read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
 
     def ping(self):
         with socket.create_connection((HOST, self.port), timeout=1) as s:
             s.sendall(b"PING\r\n")
             return s.recv(64).startswith(b"+PONG")
 
-
-def start_redis(workdir):
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.fail("redis-server is not installed (scripts/install-deps installs it)")
-    last = ""
-    for _ in range(3):
-        port = stable_port()  # tests stop and restart redis on this port
-        log = open(Path(workdir) / "redis.log", "ab")
-        proc = subprocess.Popen(
-            [exe, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
-             "--daemonize", "no", "--dir", str(workdir)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir)
+    def _spawn(self, timeout):
+        log = open(self.workdir / "redis.log", "ab")
+        self.proc = subprocess.Popen(self.args(), stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=self.workdir)
         log.close()
-        srv = RedisServer(port, proc, workdir)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and proc.poll() is None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
             try:
-                if srv.ping():
-                    return srv
+                if self.ping():
+                    return True
             except OSError:
                 pass
             time.sleep(0.02)
-        proc.kill()
-        proc.wait()
-        last = (Path(workdir) / "redis.log").read_text(errors="replace")[-2000:]
-    pytest.fail(f"redis-server did not start: {last}")
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        return False
+
+    def start(self):
+        if shutil.which("redis-server") is None:
+            pytest.fail("redis-server is not installed (scripts/install-deps installs it)")
+        for _ in range(3):
+            self.port = stable_port()
+            if self._spawn(10):
+                return self
+        pytest.fail(f"redis-server did not start: {self.log_tail()}")
+
+    def down(self, timeout=15):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def up(self, timeout=15):
+        """Starts again on the same port and dir (loading the AOF, if on)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._spawn(max(0.5, deadline - time.monotonic())):
+                return self
+        raise AssertionError(f"redis-server did not restart on port {self.port}: "
+                             f"{self.log_tail()}")
+
+    def client(self, **kw):
+        import redis  # redis-py: only the tests that talk to Redis need it
+        kw.setdefault("socket_timeout", 10)
+        kw.setdefault("socket_connect_timeout", 2)
+        return redis.Redis(host=HOST, port=self.port, decode_responses=True, **kw)
+
+
+def start_redis(workdir, aof=False):
+    """A new RedisServer in workdir, running (fails the test if it cannot)."""
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    return RedisServer(workdir, aof).start()
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     srv = start_redis(tmp_path_factory.mktemp("redis"))
     yield srv
-    srv.proc.terminate()
-    try:
-        srv.proc.wait(10)
-    except subprocess.TimeoutExpired:
-        srv.proc.kill()
-        srv.proc.wait()
+    srv.down()
 
 
 # ---------------------------------------------------------------------------

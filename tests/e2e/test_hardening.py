@@ -34,8 +34,7 @@ def rss_kib(pid):
 def own_redis(tmp_path):
     srv = start_redis(tmp_path)
     yield srv
-    srv.proc.terminate()
-    srv.proc.wait(10)
+    srv.down()
 
 
 def test_slow_reader_costs_bounded_memory(users):

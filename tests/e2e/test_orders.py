@@ -74,17 +74,9 @@ ISO_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 @pytest.fixture
 def redis_server(tmp_path):
     """Overrides conftest's session server: a fresh redis-server per test."""
-    workdir = tmp_path / "redis"
-    workdir.mkdir()
-    srv = start_redis(workdir)
+    srv = start_redis(tmp_path / "redis")
     yield srv
-    if srv.proc.poll() is None:
-        srv.proc.terminate()
-        try:
-            srv.proc.wait(10)
-        except Exception:  # noqa: BLE001
-            srv.proc.kill()
-            srv.proc.wait()
+    srv.down()
 
 
 @pytest.fixture

@@ -33,7 +33,6 @@ import http.client
 import json
 import os
 import random
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -41,12 +40,11 @@ import threading
 import time
 import uuid
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 import redis
 
-from conftest import HOST, service_token, stable_port, unique_email, wait_until
+from conftest import HOST, service_token, stable_port, start_redis, unique_email, wait_until
 
 # The seeded catalog (services/inventory/schema.sql): sku -> (price_cents, stock).
 CATALOG = {
@@ -89,103 +87,15 @@ STEP_EVENTS = {
 SAGA_STREAMS = ("orders.commands", "inventory.commands", "payments.commands")
 
 
-
 # ---------------------------------------------------------------------------
 # A redis-server per test; optionally with AOF; stop/start on the same port
 # ---------------------------------------------------------------------------
-
-class RedisCtl:
-    """A redis-server this module runs: .port, .url, .workdir, .proc,
-    down() (SIGTERM: with AOF on it writes its file), up() (same port and
-    dir), client()."""
-
-    def __init__(self, workdir, aof):
-        self.workdir = Path(workdir)
-        self.aof = aof
-        self.port = None
-        self.proc = None
-
-    @property
-    def url(self):
-        return f"redis://{HOST}:{self.port}"
-
-    def args(self):
-        persist = (["--appendonly", "yes", "--appendfsync", "always"] if self.aof
-                   else ["--appendonly", "no"])
-        return [shutil.which("redis-server"), "--port", str(self.port), "--bind", HOST,
-                "--save", "", *persist, "--daemonize", "no", "--dir", str(self.workdir)]
-
-    def log_tail(self, n=2000):
-        try:
-            return (self.workdir / "redis.log").read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-    def ping(self):
-        c = redis.Redis(host=HOST, port=self.port, socket_timeout=1, socket_connect_timeout=1)
-        try:
-            return c.ping()
-        finally:
-            c.close()
-
-    def _spawn(self, timeout):
-        log = open(self.workdir / "redis.log", "ab")
-        self.proc = subprocess.Popen(self.args(), stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=self.workdir)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                if self.ping():
-                    return True
-            except (redis.RedisError, OSError):
-                pass
-            time.sleep(0.02)
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        return False
-
-    def start(self):
-        if shutil.which("redis-server") is None:
-            pytest.fail("redis-server is not installed (scripts/install-deps installs it)")
-        for _ in range(3):
-            self.port = stable_port()
-            if self._spawn(10):
-                return self
-        pytest.fail(f"redis-server did not start: {self.log_tail()}")
-
-    def down(self, timeout=15):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def up(self, timeout=15):
-        """Starts again on the same port and dir (loading the AOF, if on)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._spawn(max(0.5, deadline - time.monotonic())):
-                return self
-        raise AssertionError(f"redis-server did not restart on port {self.port}: "
-                             f"{self.log_tail()}")
-
-    def client(self, **kw):
-        kw.setdefault("socket_timeout", 10)
-        kw.setdefault("socket_connect_timeout", 2)
-        return redis.Redis(host=HOST, port=self.port, decode_responses=True, **kw)
-
 
 @pytest.fixture
 def redis_server(request, tmp_path):
     """Overrides conftest's session server with one per test. Indirect
     parameter "aof" turns on --appendonly yes --appendfsync always."""
-    workdir = tmp_path / "redis"
-    workdir.mkdir()
-    srv = RedisCtl(workdir, aof=getattr(request, "param", None) == "aof").start()
+    srv = start_redis(tmp_path / "redis", aof=getattr(request, "param", None) == "aof")
     yield srv
     srv.down()
 

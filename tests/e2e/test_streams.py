@@ -15,13 +15,10 @@ CPU window after FLUSHALL), never a wait for something to have happened.
 import json
 import os
 import re
-import shutil
 import signal
-import subprocess
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import redis
@@ -40,57 +37,14 @@ FAST = {"CONSUMER_BLOCK_MS": 200}
 # A fresh redis-server per test, with stop/start on the same port
 # ---------------------------------------------------------------------------
 
-def _redis_down(srv, timeout=10):
-    """SIGTERM the redis-server and wait for it to exit (no persistence:
-    --save '' --appendonly no, so its data is gone)."""
-    if srv.proc.poll() is None:
-        srv.proc.terminate()
-        try:
-            srv.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            srv.proc.kill()
-            srv.proc.wait()
-
-
-def _redis_up(srv, timeout=10):
-    """Starts redis-server again on the SAME port as before."""
-    exe = shutil.which("redis-server")
-    deadline = time.monotonic() + timeout
-    while True:
-        log = open(Path(srv.workdir) / "redis.log", "ab")
-        proc = subprocess.Popen(
-            [exe, "--port", str(srv.port), "--bind", HOST, "--save", "", "--appendonly", "no",
-             "--daemonize", "no", "--dir", str(srv.workdir)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=srv.workdir)
-        log.close()
-        srv.proc = proc
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if srv.ping():
-                    return srv
-            except OSError:
-                pass
-            time.sleep(0.02)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if time.monotonic() >= deadline:
-            tail = (Path(srv.workdir) / "redis.log").read_text(errors="replace")[-2000:]
-            raise AssertionError(f"redis-server did not restart on port {srv.port}: {tail}")
-        # e.g. the port is briefly still held: try again until the deadline
-
-
 @pytest.fixture
 def redis_server(tmp_path):
     """Overrides conftest's session server: a fresh redis-server per test
-    (--appendonly no --save '') on a free port."""
-    workdir = tmp_path / "redis"
-    workdir.mkdir()
-    srv = start_redis(workdir)
-    srv.down = lambda: _redis_down(srv)
-    srv.up = lambda: _redis_up(srv)
+    (--appendonly no --save '') on a stable port, stopped and started by
+    the tests."""
+    srv = start_redis(tmp_path / "redis")
     yield srv
-    _redis_down(srv)
+    srv.down()
 
 
 @pytest.fixture

@@ -242,57 +242,14 @@ static void on_defer(struct http_request *req, const struct auth_claims *who, vo
 }
 
 /* ---------------------------------------------------------------------------
- * The dispatcher: core/service.c's on_request, on our router and secret
+ * The dispatcher: core's, on our router and secret
  * ------------------------------------------------------------------------- */
-
-static void reply_unrouted(struct http_request *req, int rc)
-{
-    char allow[128];
-
-    if (rc == -EPERM) {
-        if (http_router_allow(g.router, req->path, req->path_len, allow, sizeof(allow)) > 0 &&
-            http_add_header(req, "Allow", allow) < 0)
-            FUZZ_CHECK(!"Allow did not fit");
-        http_reply_error(req, 405, NULL, "method not allowed on this path");
-        return;
-    }
-    http_reply_error(req, 404, NULL, "no such resource");
-}
 
 static void on_request(struct http_request *req, void *data)
 {
-    struct http_route_match m;
-    struct auth_claims claims;
-    const char *authz;
-    size_t len = 0;
-    int rc;
-
     (void)data;
     check_request(req);
-    rc = http_router_match(g.router, req->method, req->path, req->path_len, &m);
-    if (rc < 0) {
-        FUZZ_CHECK(rc == -ENOENT || rc == -EPERM);
-        reply_unrouted(req, rc);
-        return;
-    }
-    req->route = m.route->pattern;
-    for (size_t i = 0; i < m.nparams; i++) {
-        if (http_request_add_param(req, m.params[i].name, m.params[i].value, m.params[i].len) < 0) {
-            http_reply_error(req, 404, NULL, "no such resource");
-            return;
-        }
-    }
-    if (m.route->flags & HTTP_ROUTE_PUBLIC) {
-        m.route->handler(req, NULL, m.route->data);
-        return;
-    }
-    authz = http_request_header(req, "authorization", &len);
-    if (auth_verify_header(&g.auth, authz, len, FUZZ_NOW, &claims) < 0) {
-        FUZZ_CHECK(http_add_header(req, "WWW-Authenticate", "Bearer") == 0);
-        http_reply_error(req, 401, NULL, authz ? "invalid or expired token" : "token required");
-        return;
-    }
-    m.route->handler(req, &claims, m.route->data);
+    http_router_dispatch(g.router, &g.auth, FUZZ_NOW, req);
 }
 
 static void on_response(const struct http_request *req, int status, double seconds, void *data)

@@ -134,3 +134,16 @@ Test(router, first_match_wins)
     cr_assert_eq(match("GET", "/api/v1/users/me", &m), 0);
     cr_assert_eq(m.route->handler, h2, "the {id} route was added first");
 }
+
+/* "/" matches a route with no segments, and says it has no params (the
+ * count was once left as it was: garbage for a fresh match struct). */
+Test(router, root_route_has_no_params)
+{
+    struct http_route_match m;
+
+    cr_assert_eq(http_router_add(r, "GET", "/", HTTP_ROUTE_PUBLIC, h2, NULL), 0);
+    memset(&m, 0xa5, sizeof(m));
+    cr_assert_eq(match("GET", "/", &m), 0);
+    cr_assert_eq(m.route->handler, h2);
+    cr_assert_eq(m.nparams, 0);
+}
