@@ -551,9 +551,11 @@ class Service:
         return RawClient(self.port, timeout=timeout)
 
     # -- users API helpers --------------------------------------------------
-    def create_user(self, name="Test User", email=None, password="correct horse battery"):
+    def create_user(self, name="Test User", email=None, password="correct horse battery",
+                    timeout=15):
         email = email or unique_email()
-        r = self.post("/api/v1/users", {"name": name, "email": email, "password": password})
+        r = self.post("/api/v1/users", {"name": name, "email": email, "password": password},
+                      timeout=timeout)
         assert r.status == 201, f"create user: {r.status} {r.body[:300]!r}"
         return r.json()
 
