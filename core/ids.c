@@ -5,6 +5,7 @@
  * which cost ~7% of a stream consumer's CPU. */
 #include "ids.h"
 
+#include <errno.h>
 #include <string.h>
 #include <sys/time.h>
 
@@ -78,4 +79,14 @@ int ids_is_uuid(const char *s, size_t len)
         }
     }
     return 1;
+}
+
+int ids_canonical(const char *s, size_t len, char out[IDS_UUID_LEN + 1])
+{
+    if (s == NULL || !ids_is_uuid(s, len))
+        return -EINVAL;
+    for (size_t i = 0; i < IDS_UUID_LEN; i++)
+        out[i] = (char)(s[i] >= 'A' && s[i] <= 'F' ? s[i] - 'A' + 'a' : s[i]);
+    out[IDS_UUID_LEN] = '\0';
+    return 0;
 }

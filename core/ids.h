@@ -16,5 +16,9 @@ void ids_uuid4(char out[IDS_UUID_LEN + 1]);
 void ids_uuid7(char out[IDS_UUID_LEN + 1]);
 /* 1 when s[0..len) is a canonical UUID (hex digits in either case). */
 int ids_is_uuid(const char *s, size_t len);
+/* Copies the UUID s[0..len) lower-cased, with its NUL, into out: the one
+ * spelling ids are stored and compared in. s may be NULL. Returns 0, or
+ * -EINVAL when s is not a UUID. */
+int ids_canonical(const char *s, size_t len, char out[IDS_UUID_LEN + 1]);
 
 #endif

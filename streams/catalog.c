@@ -16,6 +16,8 @@
 
 #include <jansson.h>
 
+#include "ids.h"
+
 enum kind {
     K_UUID,   /* canonical 8-4-4-4-12 hex, any case */
     K_NAME,   /* trimmed, 1..STREAMS_MAX_NAME bytes, no control characters */
@@ -262,24 +264,6 @@ static void trim(const char **s, size_t *len)
         (*len)--;
 }
 
-static int is_hex(unsigned char c)
-{
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
-
-static int uuid_ok(const char *s, size_t len)
-{
-    if (len != STREAMS_UUID_LEN)
-        return 0;
-    for (size_t i = 0; i < len; i++) {
-        int dash = i == 8 || i == 13 || i == 18 || i == 23;
-
-        if (dash ? s[i] != '-' : !is_hex((unsigned char)s[i]))
-            return 0;
-    }
-    return 1;
-}
-
 static int sku_ok(const char *s, size_t len)
 {
     if (len == 0 || len > STREAMS_MAX_SKU)
@@ -358,7 +342,7 @@ static int check_string(const json_t *v, enum kind k, const char *path, const st
         return fail(c, path, "expected a string");
     switch (k) {
     case K_UUID:
-        return uuid_ok(s, len) ? 0 : fail(c, path, "expected a UUID (8-4-4-4-12 hex digits)");
+        return ids_is_uuid(s, len) ? 0 : fail(c, path, "expected a UUID (8-4-4-4-12 hex digits)");
     case K_SKU:
         return sku_ok(s, len) ? 0 : fail(c, path, "expected 1-64 of A-Z a-z 0-9 . _ -");
     case K_REASON:

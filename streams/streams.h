@@ -126,7 +126,6 @@ struct json_t;
 #define STREAMS_MAX_TYPE 64          /* type, bytes incl. NUL */
 #define STREAMS_MAX_SOURCE 64        /* source, bytes incl. NUL */
 #define STREAMS_MAX_ERR 256          /* an error buffer that holds any message */
-#define STREAMS_UUID_LEN 36          /* 8-4-4-4-12 hex digits and dashes */
 #define STREAMS_MAX_NAME 100         /* bytes, after trimming */
 #define STREAMS_MAX_EMAIL 254        /* bytes, after trimming (RFC 5321 path) */
 #define STREAMS_MAX_SKU 64           /* bytes */

@@ -253,19 +253,12 @@ static int emit_order(struct inventory *inv, const char *type, const char *oid, 
 /* Copies msg's data.order_id lower-cased into oid. The catalog checked it is
  * a UUID; anything else is refused all the same. Returns 0 or
  * STREAM_CONSUMER_REJECT. */
-static int read_order_id(struct stream_msg *msg, char oid[STREAMS_UUID_LEN + 1])
+static int read_order_id(struct stream_msg *msg, char oid[IDS_UUID_LEN + 1])
 {
-    const char *s = json_string_value(json_object_get(msg->data, "order_id"));
+    const json_t *v = json_object_get(msg->data, "order_id");
 
-    if (s == NULL || strlen(s) != STREAMS_UUID_LEN)
+    if (ids_canonical(json_string_value(v), json_string_length(v), oid) < 0)
         return stream_msg_reject(msg, "data.order_id: expected a UUID");
-    for (size_t i = 0; i <= STREAMS_UUID_LEN; i++) {
-        char c = s[i];
-
-        if (c >= 'A' && c <= 'Z')
-            c = (char)(c - 'A' + 'a');
-        oid[i] = c;
-    }
     return 0;
 }
 
@@ -277,7 +270,7 @@ static const char *trace_of(const struct stream_msg *msg, const char *fallback)
 /* The prologue of every order command: its order id into oid, its trace
  * (the envelope's, else the order id) into *trace, and the order's
  * reservation into *r. Returns 0, STREAM_CONSUMER_REJECT or -EIO. */
-static int load_order(struct inventory *inv, struct stream_msg *msg, char oid[STREAMS_UUID_LEN + 1],
+static int load_order(struct inventory *inv, struct stream_msg *msg, char oid[IDS_UUID_LEN + 1],
                       const char **trace, struct reservation *r)
 {
     int rc = read_order_id(msg, oid);
@@ -405,7 +398,7 @@ static int refuse_reserve(struct inventory *inv, const char *oid, const struct v
 static int on_reserve(struct inventory *inv, struct stream_msg *msg)
 {
     const json_t *items = json_object_get(msg->data, "items");
-    char oid[STREAMS_UUID_LEN + 1];
+    char oid[IDS_UUID_LEN + 1];
     struct reservation r;
     struct verdict v;
     const char *trace;
@@ -435,7 +428,7 @@ static int on_reserve(struct inventory *inv, struct stream_msg *msg)
 
 static int on_release(struct inventory *inv, struct stream_msg *msg)
 {
-    char oid[STREAMS_UUID_LEN + 1];
+    char oid[IDS_UUID_LEN + 1];
     struct reservation r;
     const char *trace, *what;
     int rc;
@@ -463,7 +456,7 @@ static int on_release(struct inventory *inv, struct stream_msg *msg)
 
 static int on_commit(struct inventory *inv, struct stream_msg *msg)
 {
-    char oid[STREAMS_UUID_LEN + 1];
+    char oid[IDS_UUID_LEN + 1];
     struct reservation r;
     const char *trace;
     int rc;

@@ -83,7 +83,7 @@ static int refuse_anonymous(struct http_request *req, const struct auth_claims *
  * -EINVAL when the token's subject is not a user id. */
 static int caller_id(const struct auth_claims *who, char out[IDS_UUID_LEN + 1])
 {
-    return orders_input_uuid(who->sub, strlen(who->sub), out);
+    return ids_canonical(who->sub, strlen(who->sub), out);
 }
 
 /* ---------------------------------------------------------------------------
@@ -109,7 +109,7 @@ static void body_user(json_t *body, const struct auth_claims *who, json_t *field
         orders_input_problem(fields, "user_id", "must be a string");
         return;
     }
-    if (orders_input_uuid(json_string_value(v), json_string_length(v), given) < 0) {
+    if (ids_canonical(json_string_value(v), json_string_length(v), given) < 0) {
         orders_input_problem(fields, "user_id", "must be a UUID");
         return;
     }
@@ -348,7 +348,7 @@ static void on_get(struct http_request *req, const struct auth_claims *who, void
 
     if (refuse_anonymous(req, who))
         return;
-    if (raw == NULL || orders_input_uuid(raw, strlen(raw), id) < 0 ||
+    if (raw == NULL || ids_canonical(raw, strlen(raw), id) < 0 ||
         (!who->is_service && caller_id(who, own) < 0)) {
         http_reply_error(req, 404, NULL, "no such order");
         return;
@@ -407,7 +407,7 @@ static void read_list_query(struct http_request *req, json_t *fields, struct lis
     if (n != -ENOENT && (n < 0 || parse_int(buf, 1, INT64_MAX, &q->before) < 0))
         orders_input_problem(fields, "after", "must be the \"next\" of a previous page");
     n = http_request_query(req, "user_id", buf, sizeof(buf));
-    if (n != -ENOENT && (n < 0 || orders_input_uuid(buf, (size_t)n, q->user_id) < 0))
+    if (n != -ENOENT && (n < 0 || ids_canonical(buf, (size_t)n, q->user_id) < 0))
         orders_input_problem(fields, "user_id", "must be a UUID");
 }
 

@@ -81,7 +81,7 @@ static int place_start(struct stream_msg *msg, struct orders *o)
     if (rc != 0)
         return rc;
     place_clear(pp);
-    if (orders_input_uuid(json_string_value(user), json_string_length(user), pp->user_id) < 0) {
+    if (ids_canonical(json_string_value(user), json_string_length(user), pp->user_id) < 0) {
         json_decref(items);
         return stream_msg_reject(msg, "data.user_id: must be a UUID"); /* the catalog's rule */
     }

@@ -15,21 +15,6 @@
 
 #define FIELD_MAX (ORDERS_MAX_KEY + 32) /* "items[99].<key>", cut key included */
 
-int orders_input_uuid(const char *s, size_t len, char out[IDS_UUID_LEN + 1])
-{
-    if (s == NULL || !ids_is_uuid(s, len))
-        return -EINVAL;
-    for (size_t i = 0; i < IDS_UUID_LEN; i++) {
-        char c = s[i];
-
-        if (c >= 'A' && c <= 'Z')
-            c = (char)(c - 'A' + 'a');
-        out[i] = c;
-    }
-    out[IDS_UUID_LEN] = '\0';
-    return 0;
-}
-
 /* Copies key into buf (len bytes), cut at a character boundary with "..."
  * when it does not fit in ORDERS_MAX_KEY bytes. */
 static const char *cut_key(const char *key, char *buf, size_t len)

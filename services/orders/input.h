@@ -20,10 +20,6 @@ struct json_t;
 #define ORDERS_MAX_SKU 64    /* bytes: ^[A-Za-z0-9._-]{1,64}$ */
 #define ORDERS_MAX_KEY 64    /* bytes of an unknown key echoed back in a field name */
 
-/* Checks s[0..len) is a UUID and writes it lower-cased into out. Returns 0
- * or -EINVAL. */
-CORE_MUST_CHECK int orders_input_uuid(const char *s, size_t len, char out[IDS_UUID_LEN + 1]);
-
 /* Checks items (borrowed, may be NULL when absent): a non-empty array of at
  * most ORDERS_MAX_ITEMS objects with exactly the keys sku (a string,
  * ^[A-Za-z0-9._-]{1,64}$) and qty (a JSON integer, 1..ORDERS_MAX_QTY), no

@@ -89,6 +89,7 @@ int orders_service_start(struct service *svc)
 {
     char err[CONFIG_ERR_MAX], url[ORDERS_URL_MAX];
     const char *raw;
+    unsigned long saga_timeout;
     struct orders *o;
     int rc;
 
@@ -100,6 +101,8 @@ int orders_service_start(struct service *svc)
                       "config: USERS_URL must be an http:// or https:// URL with a host, "
                       "without query or spaces, shorter than %d bytes",
                       ORDERS_URL_MAX);
+    if (config_uint("SAGA_TIMEOUT_MS", 30000, 10, 86400000, &saga_timeout, err, sizeof(err)) < 0)
+        service_fatal(svc, "%s", err);
     if (svc->store == NULL)
         service_open_store(svc, orders_schema_sql);
     o = calloc(1, sizeof(*o));
@@ -107,6 +110,7 @@ int orders_service_start(struct service *svc)
         return -ENOMEM;
     o->svc = svc;
     memcpy(o->users_url, url, sizeof(url));
+    o->saga_timeout_ms = saga_timeout;
     rc = orders_model_prepare(o);
     if (rc < 0) {
         free(o);

@@ -279,15 +279,14 @@ static int on_reply(struct stream_msg *msg, void *data)
 {
     struct orders *o = data;
     saga_handler fn = handler_for(msg->type);
-    const char *order_id = json_string_value(json_object_get(msg->data, "order_id"));
+    const json_t *order_id = json_object_get(msg->data, "order_id");
     char id[IDS_UUID_LEN + 1], at[CLOCK_ISO8601_LEN + 1];
     struct saga_order so;
     int rc;
 
-    if (fn == NULL || order_id == NULL || strlen(order_id) != IDS_UUID_LEN)
+    if (fn == NULL ||
+        ids_canonical(json_string_value(order_id), json_string_length(order_id), id) < 0)
         return STREAM_CONSUMER_SKIP; /* product.restocked, account.*: not ours */
-    for (size_t i = 0; i <= IDS_UUID_LEN; i++)
-        id[i] = (char)(order_id[i] >= 'A' && order_id[i] <= 'F' ? order_id[i] + 32 : order_id[i]);
     rc = load(o, id, &so);
     if (rc == -ENOENT) {
         log_write(LOG_DEBUG, id, "%s for an order we do not know: skipped", msg->type);
@@ -403,13 +402,9 @@ static int saga_prepare(struct orders *o)
 int orders_saga_start(struct orders *o)
 {
     struct service *svc = o->svc;
-    char err[CONFIG_ERR_MAX];
-    unsigned long timeout, sweep;
+    unsigned long timeout = o->saga_timeout_ms, sweep;
     int rc;
 
-    if (config_uint("SAGA_TIMEOUT_MS", 30000, 10, 86400000, &timeout, err, sizeof(err)) < 0)
-        service_fatal(svc, "%s", err);
-    o->saga_timeout_ms = timeout;
     if ((rc = saga_prepare(o)) < 0)
         return rc;
     sweep = timeout / 4 < 50 ? 50 : timeout / 4 > 1000 ? 1000 : timeout / 4;

@@ -43,7 +43,9 @@ static void reply_ok_new(struct http_request *req, json_t *body)
 /* The route param name as a lower-case UUID in id. Returns 1 when valid. */
 static int param_id(struct http_request *req, const char *name, char id[IDS_UUID_LEN + 1])
 {
-    return payments_id_lower(http_request_param(req, name), id) == 0;
+    const char *s = http_request_param(req, name);
+
+    return s != NULL && ids_canonical(s, strlen(s), id) == 0;
 }
 
 static void on_get_account(struct http_request *req, const struct auth_claims *who, void *data)

@@ -112,9 +112,9 @@ static int emit_payment(struct payments *p, const char *type, const char *order_
  * checked it is a UUID; a refusal guards the gap anyway. */
 static int msg_id(struct stream_msg *msg, const char *name, char out[IDS_UUID_LEN + 1])
 {
-    const char *s = json_string_value(json_object_get(msg->data, name));
+    const json_t *v = json_object_get(msg->data, name);
 
-    if (payments_id_lower(s, out) < 0)
+    if (ids_canonical(json_string_value(v), json_string_length(v), out) < 0)
         return stream_msg_reject(msg, "data.%s: expected a UUID", name);
     return 0;
 }

@@ -8,7 +8,6 @@
  * rest of the module shares: time stamps, ids, status names. */
 #include "payments.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,16 +29,6 @@ void payments_unref(void *data)
     if (--p->refs > 0)
         return;
     free(p);
-}
-
-int payments_id_lower(const char *s, char out[IDS_UUID_LEN + 1])
-{
-    if (s == NULL || strlen(s) != IDS_UUID_LEN || !ids_is_uuid(s, IDS_UUID_LEN))
-        return -EINVAL;
-    for (size_t i = 0; i < IDS_UUID_LEN; i++)
-        out[i] = (char)tolower((unsigned char)s[i]);
-    out[IDS_UUID_LEN] = '\0';
-    return 0;
 }
 
 const char *payments_status_name(enum payments_status s)

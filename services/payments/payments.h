@@ -91,9 +91,6 @@ struct payments_payment {
 /* Drops one of p's references (one per consumer); the last frees p. Takes
  * void * to serve as the consumers' release callback. */
 void payments_unref(void *p);
-/* Copies the UUID s (any case) into out in lower case. Returns 0, or
- * -EINVAL when s is not a canonical UUID. */
-CORE_MUST_CHECK int payments_id_lower(const char *s, char out[IDS_UUID_LEN + 1]);
 /* "succeeded", "failed" or "refunded". */
 const char *payments_status_name(enum payments_status s);
 

@@ -97,7 +97,7 @@ struct hash_job {
     unsigned char salt[USERS_SALT_MAX];
     unsigned char hash[USERS_HASH_BYTES]; /* computed */
     unsigned char want[USERS_HASH_BYTES]; /* login: stored */
-    char id[INPUT_UUID_LEN + 1];          /* login: the user's id */
+    char id[IDS_UUID_LEN + 1];            /* login: the user's id */
     char name[INPUT_NAME_MAX + 1];        /* register: trimmed */
     char email[INPUT_EMAIL_MAX + 1];      /* trimmed, lower-cased */
     char password[INPUT_PASSWORD_MAX];    /* not NUL-terminated; wiped */
@@ -226,11 +226,11 @@ static void load_credentials(sqlite3_stmt *st, struct hash_job *job)
     size_t salt_len = (size_t)sqlite3_column_bytes(st, 2);
     sqlite3_int64 iterations = sqlite3_column_int64(st, 3);
 
-    if (id == NULL || id_len != INPUT_UUID_LEN || hash == NULL || hash_len != USERS_HASH_BYTES)
+    if (id == NULL || id_len != IDS_UUID_LEN || hash == NULL || hash_len != USERS_HASH_BYTES)
         return;
     if (salt == NULL || salt_len > USERS_SALT_MAX || iterations < 1 || iterations > USERS_ITER_MAX)
         return;
-    memcpy(job->id, id, INPUT_UUID_LEN + 1);
+    memcpy(job->id, id, IDS_UUID_LEN + 1);
     memcpy(job->want, hash, USERS_HASH_BYTES);
     memcpy(job->salt, salt, salt_len);
     job->salt_len = salt_len;
@@ -391,7 +391,7 @@ static void maybe_stopped(struct users *u)
  * that went away still gets its user: the request was accepted. */
 static void finish_register(struct hash_job *job)
 {
-    char id[INPUT_UUID_LEN + 1], created_at[CLOCK_ISO8601_LEN + 1], location[64];
+    char id[IDS_UUID_LEN + 1], created_at[CLOCK_ISO8601_LEN + 1], location[64];
     struct user_view v = {id, job->name, job->email, created_at};
     int rc;
 
@@ -630,7 +630,7 @@ static void read_user(struct users *u, struct http_request *req, const char *id)
 {
     sqlite3_stmt *st = u->by_id;
     struct user_view v = {id, NULL, NULL, NULL};
-    int rc = sqlite3_bind_text(st, 1, id, INPUT_UUID_LEN, SQLITE_STATIC);
+    int rc = sqlite3_bind_text(st, 1, id, IDS_UUID_LEN, SQLITE_STATIC);
 
     if (rc == SQLITE_OK)
         rc = sqlite3_step(st);
@@ -654,8 +654,8 @@ static void read_user(struct users *u, struct http_request *req, const char *id)
 static void on_get_user(struct http_request *req, const struct auth_claims *who, void *data)
 {
     const char *raw = http_request_param(req, "id");
-    char id[INPUT_UUID_LEN + 1];
-    int valid = raw != NULL && input_uuid(raw, id) == 0;
+    char id[IDS_UUID_LEN + 1];
+    int valid = raw != NULL && ids_canonical(raw, strlen(raw), id) == 0;
 
     if (who == NULL) { /* the dispatcher verifies tokens; never trust a gap */
         http_reply_error(req, 401, NULL, "a bearer token is required");

@@ -101,27 +101,6 @@ void input_lower(char *dst, const char *s, size_t len)
     dst[len] = '\0';
 }
 
-static int is_hex(char c)
-{
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
-
-int input_uuid(const char *s, char *out)
-{
-    size_t i;
-
-    for (i = 0; i < INPUT_UUID_LEN && s[i] != '\0'; i++) {
-        int dash = i == 8 || i == 13 || i == 18 || i == 23;
-
-        if (dash ? s[i] != '-' : !is_hex(s[i]))
-            return -EINVAL;
-    }
-    if (i != INPUT_UUID_LEN || s[i] != '\0')
-        return -EINVAL;
-    input_lower(out, s, INPUT_UUID_LEN);
-    return 0;
-}
-
 /* Records "key": msg in fields. An ENOMEM loses only the message: callers
  * count problems by return value, so the answer stays a 422. */
 static int field_problem(json_t *fields, const char *key, const char *msg)

@@ -18,7 +18,6 @@ struct json_t;
 #define INPUT_EMAIL_MAX 254     /* bytes, after trimming (RFC 5321 path) */
 #define INPUT_PASSWORD_MIN 8    /* characters (UTF-8 code points) */
 #define INPUT_PASSWORD_MAX 1024 /* bytes */
-#define INPUT_UUID_LEN 36       /* 8-4-4-4-12 hex digits */
 
 /* Narrows (*s, *len) to drop leading and trailing ASCII white space. */
 void input_trim(const char **s, size_t *len);
@@ -34,10 +33,6 @@ const char *input_password_problem(const char *s, size_t len);
 
 /* Copies s into dst (len + 1 bytes), ASCII lower-cased and NUL-terminated. */
 void input_lower(char *dst, const char *s, size_t len);
-
-/* Checks that s (NUL-terminated) is a UUID and writes it lower-cased into
- * out (INPUT_UUID_LEN + 1 bytes). Returns 0 or -EINVAL. */
-CORE_MUST_CHECK int input_uuid(const char *s, char *out);
 
 typedef const char *(*input_problem_cb)(const char *s, size_t len);
 

@@ -232,18 +232,13 @@ class ConnectionClosed(Exception):
     pass
 
 
-class RawResponse:
-    def __init__(self, status, reason, headers, body):
-        self.status = status
-        self.reason = reason
-        self.headers = headers  # lower-cased names -> last value
-        self.body = body
+class RawResponse(Response):
+    """A Response read off a RawClient's socket, with its reason phrase;
+    headers: lower-cased names -> last value."""
 
-    def json(self):
-        try:
-            return json.loads(self.body)
-        except ValueError as exc:
-            raise AssertionError(f"body is not JSON ({exc}): {self.body[:300]!r}") from None
+    def __init__(self, status, reason, headers, body):
+        super().__init__(status, headers, body)
+        self.reason = reason
 
     def __repr__(self):
         return f"<RawResponse {self.status} {self.body[:200]!r}>"
@@ -504,10 +499,31 @@ def start_redis(workdir, aof=False):
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory):
+def session_redis(tmp_path_factory):
     srv = start_redis(tmp_path_factory.mktemp("redis"))
     yield srv
     srv.down()
+
+
+@pytest.fixture
+def redis_server(request, session_redis, tmp_path):
+    """The session's redis-server; in a module marked fresh_redis (its tests
+    stop, restart or FLUSHALL Redis, or count every entry of a stream), a
+    fresh one per test, with AOF on for the indirect parameter "aof"."""
+    if request.node.get_closest_marker("fresh_redis") is None:
+        yield session_redis
+        return
+    srv = start_redis(tmp_path / "redis", aof=getattr(request, "param", None) == "aof")
+    yield srv
+    srv.down()
+
+
+@pytest.fixture
+def r(redis_server):
+    """A redis-py client (str values) on the test's server."""
+    c = redis_server.client()
+    yield c
+    c.close()
 
 
 # ---------------------------------------------------------------------------
@@ -750,3 +766,5 @@ def run_to_exit(name, env_extra, redis=None, tmpdir=None, timeout=10):
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: long crash/chaos tests; they run by default, -m 'not slow' skips them")
+    config.addinivalue_line(
+        "markers", "fresh_redis: a redis-server of its own for each test (see redis_server)")

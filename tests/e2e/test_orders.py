@@ -37,7 +37,7 @@ import pytest
 import redis
 
 from conftest import (HOST, TIME_SLACK, assert_error, is_uuid, raw_request, service_token,
-                      stable_port, start_redis, unique_email, user_token, wait_until)
+                      stable_port, unique_email, user_token, wait_until)
 
 ORDERS_CMDS = "orders.commands"
 ORDERS_EVENTS = "orders.events"
@@ -68,23 +68,10 @@ ISO_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
 # ---------------------------------------------------------------------------
-# Fixtures: a fresh redis-server per test; users + orders
+# Fixtures: a fresh redis-server per test (redis_server, r); users + orders
 # ---------------------------------------------------------------------------
 
-@pytest.fixture
-def redis_server(tmp_path):
-    """Overrides conftest's session server: a fresh redis-server per test."""
-    srv = start_redis(tmp_path / "redis")
-    yield srv
-    srv.down()
-
-
-@pytest.fixture
-def r(redis_server):
-    c = redis.Redis(host=HOST, port=redis_server.port, decode_responses=True,
-                    socket_timeout=10, socket_connect_timeout=2)
-    yield c
-    c.close()
+pytestmark = pytest.mark.fresh_redis
 
 
 def start_own(factory, name, **env):

@@ -44,7 +44,7 @@ from datetime import datetime
 import pytest
 import redis
 
-from conftest import HOST, service_token, stable_port, start_redis, unique_email, wait_until
+from conftest import HOST, service_token, stable_port, unique_email, wait_until
 
 # The seeded catalog (services/inventory/schema.sql): sku -> (price_cents, stock).
 CATALOG = {
@@ -91,13 +91,7 @@ SAGA_STREAMS = ("orders.commands", "inventory.commands", "payments.commands")
 # A redis-server per test; optionally with AOF; stop/start on the same port
 # ---------------------------------------------------------------------------
 
-@pytest.fixture
-def redis_server(request, tmp_path):
-    """Overrides conftest's session server with one per test. Indirect
-    parameter "aof" turns on --appendonly yes --appendfsync always."""
-    srv = start_redis(tmp_path / "redis", aof=getattr(request, "param", None) == "aof")
-    yield srv
-    srv.down()
+pytestmark = pytest.mark.fresh_redis  # redis_server fresh per test; indirect "aof"
 
 
 # ---------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import pytest
 import redis
 
 from conftest import (HOST, STOP_TIMEOUT, TIME_SLACK, assert_error, is_uuid, service_token,
-                      start_redis, unique_email, wait_until)
+                      unique_email, wait_until)
 
 CMDS = "users.commands"
 EVENTS = "users.events"
@@ -37,23 +37,7 @@ FAST = {"CONSUMER_BLOCK_MS": 200}
 # A fresh redis-server per test, with stop/start on the same port
 # ---------------------------------------------------------------------------
 
-@pytest.fixture
-def redis_server(tmp_path):
-    """Overrides conftest's session server: a fresh redis-server per test
-    (--appendonly no --save '') on a stable port, stopped and started by
-    the tests."""
-    srv = start_redis(tmp_path / "redis")
-    yield srv
-    srv.down()
-
-
-@pytest.fixture
-def r(redis_server):
-    """A redis-py client (str values) on the test's server."""
-    c = redis.Redis(host=HOST, port=redis_server.port, decode_responses=True,
-                    socket_timeout=10, socket_connect_timeout=2)
-    yield c
-    c.close()
+pytestmark = pytest.mark.fresh_redis  # redis_server and r: fresh per test
 
 
 # ---------------------------------------------------------------------------
