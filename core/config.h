@@ -13,6 +13,7 @@
 #include "common.h"
 
 #define CONFIG_ERR_MAX 256
+#define CONFIG_CONSUMER_BATCH_MAX 1024 /* CONSUMER_BATCH's upper bound */
 
 struct config {
     const char *service; /* borrowed: a string literal from main */

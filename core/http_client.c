@@ -151,14 +151,20 @@ static void breaker_set(struct target *t, int state)
     t->gauge = state;
 }
 
+/* Gives back the half-open probe slot k holds, if any. */
+static void breaker_release(struct call *k)
+{
+    if (k->probe) {
+        k->t->probing = 0;
+        k->probe = 0;
+    }
+}
+
 static void breaker_result(struct http_client *c, struct call *k, int failed)
 {
     struct target *t = k->t;
 
-    if (k->probe) {
-        t->probing = 0;
-        k->probe = 0;
-    }
+    breaker_release(k);
     if (!failed) {
         t->failures = 0;
         breaker_set(t, CIRCUIT_CLOSED);
@@ -476,7 +482,7 @@ static void start_attempt(struct call *k)
     k->too_large = 0;
     k->attempts++;
     if (setup_easy(k, timeout) < 0 || curl_multi_add_handle(c->multi, k->easy) != CURLM_OK) {
-        breaker_result(c, k, 0); /* not the target's fault */
+        breaker_release(k); /* the target was not asked: no verdict on it */
         fail(k, -ENOMEM, "cannot start a transfer", "error");
     }
 }

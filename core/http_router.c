@@ -69,6 +69,7 @@ static int check_segment(char *seg)
 static int route_parse(struct http_route *rt, const char *pattern)
 {
     const char *p = pattern + 1;
+    size_t nparams = 0;
 
     if (pattern[0] != '/')
         return -EINVAL;
@@ -85,6 +86,9 @@ static int route_parse(struct http_route *rt, const char *pattern)
             return -ENOMEM;
         if (check_segment(rt->segs_[rt->nsegs_++]) < 0)
             return -EINVAL;
+        /* a request holds this many: a route with more could never match */
+        if (is_param(rt->segs_[rt->nsegs_ - 1]) && ++nparams > HTTP_SERVER_MAX_PARAMS)
+            return -ENOSPC;
         p += n + (end ? 1 : 0);
         if (end && *p == '\0')
             return -EINVAL; /* trailing slash */

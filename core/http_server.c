@@ -34,6 +34,7 @@
 #define LINGER_MAX_BYTES (1 << 20) /* ... at most this much of it */
 #define RESPONSE_HEAD_BYTES 512    /* status line + our headers, without extras */
 #define LISTEN_BACKLOG 1024
+#define BODY_KEEP_BYTES ((size_t)64 * 1024) /* a larger body buffer is freed after its answer */
 
 enum conn_state {
     CONN_IDLE,    /* between requests: idle timeout */
@@ -316,6 +317,9 @@ static void conn_fail(struct http_conn *c, int status)
         break;
     case 431:
         code = "headers_too_large", msg = "request headers too large";
+        break;
+    case 500: /* the handler's own answer did not fit its head */
+        code = "internal", msg = "internal error";
         break;
     case 503:
         code = "unavailable", msg = "too many connections";
@@ -810,6 +814,13 @@ static void conn_after_answer(struct http_conn *c)
     if (c->final) {
         conn_linger(c);
         return;
+    }
+    if (c->body_cap > BODY_KEEP_BYTES) {
+        /* one large upload must not pin its buffer for the connection's
+         * life: the request that used it is answered (consumed) */
+        free(c->body);
+        c->body = NULL;
+        c->body_cap = c->body_len = 0;
     }
     c->state = CONN_IDLE;
     conn_timer(c, c->srv->cfg.idle_timeout_ms);

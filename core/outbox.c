@@ -7,7 +7,11 @@
  * A failed or lost reply stops at that row; the rest is retried after a
  * backoff. The pass is started by the commit hook (through a uv_check, so
  * every commit of one loop iteration shares one pass), by Redis coming up,
- * and by a slow recovery sweep. */
+ * and by a slow recovery sweep.
+ *
+ * seq is a rowid without AUTOINCREMENT: SQLite gives a new row MAX(seq) + 1,
+ * so pruning never deletes the newest row -- an emptied table would start
+ * again at 1, below published_upto, and nothing new would be published. */
 #include "outbox.h"
 
 #include <errno.h>
@@ -229,12 +233,17 @@ static void batch_done(struct relay_batch *b)
     if (b->accepted > 0) {
         int64_t last = b->rows[b->accepted - 1].seq;
 
-        if (mark_published(ob, b, b->accepted) == 0)
+        if (mark_published(ob, b, b->accepted) == 0) {
             ob->published_upto = last;
-        for (size_t i = 0; i < b->accepted; i++)
-            metrics_histogram_observe(
-                ob->latency, (double)(b->rows[i].replied_at - b->rows[i].created_at) / 1e6);
-        metrics_counter_add(ob->published, b->accepted);
+            for (size_t i = 0; i < b->accepted; i++)
+                metrics_histogram_observe(
+                    ob->latency, (double)(b->rows[i].replied_at - b->rows[i].created_at) / 1e6);
+            metrics_counter_add(ob->published, b->accepted);
+        } else {
+            /* Published but not marked: they go again (at least once),
+             * after the backoff rather than in a tight loop of XADDs. */
+            b->failed = 1;
+        }
     }
     if (b->failed) {
         metrics_counter_add(ob->failed, 1);
@@ -342,6 +351,8 @@ static void relay_pass(struct outbox *ob)
  * Upkeep: recovery sweep, pruning, metrics
  * ------------------------------------------------------------------------- */
 
+/* Published rows older than the retention, in batches; never the newest
+ * row (see the top of the file). */
 static void prune(struct outbox *ob)
 {
     int64_t cutoff = clock_now_us() - (int64_t)ob->cfg.retention_ms * 1000;
@@ -359,6 +370,14 @@ static void prune(struct outbox *ob)
         log_debug("outbox: pruned %d published rows", changes);
 }
 
+/* Every minute, or as often as the retention asks, down to every sweep. */
+static uint64_t prune_every_ms(const struct outbox *ob)
+{
+    uint64_t r = ob->cfg.retention_ms;
+
+    return r >= PRUNE_EVERY_MS ? PRUNE_EVERY_MS : r > SWEEP_MS ? r : SWEEP_MS;
+}
+
 static void on_sweep(uv_timer_t *t)
 {
     struct outbox *ob = t->data;
@@ -366,7 +385,7 @@ static void on_sweep(uv_timer_t *t)
 
     if (!uv_is_active((uv_handle_t *)&ob->backoff))
         relay_pass(ob);
-    if (now - ob->last_prune >= PRUNE_EVERY_MS) {
+    if (now - ob->last_prune >= prune_every_ms(ob)) {
         ob->last_prune = now;
         prune(ob);
     }
@@ -451,7 +470,7 @@ static int prepare_all(struct outbox *ob)
         (rc = store_prepare(st,
                             "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox "
                             "WHERE published_at IS NOT NULL AND published_at < ? "
-                            "ORDER BY seq LIMIT ?)",
+                            "AND seq < (SELECT MAX(seq) FROM outbox) ORDER BY seq LIMIT ?)",
                             &ob->prune_st)) < 0)
         return rc;
     return 0;

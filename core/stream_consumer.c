@@ -42,10 +42,10 @@
 #define STATS_MS 5000
 #define PRUNE_MS 60000
 #define PRUNE_BATCH 500
-#define MAX_DLQ_ARGS 1024
-#define SC_COUNTER_SLOTS                                                                           \
-    16 /* stream_events_total series kept at hand */ /* fields of one dead letter, and ids of one  \
-                                                        XACK */
+/* Arguments of one command: a dead letter's fields, or the ids of a whole
+ * batch (XACK, XCLAIM) after the command's own head. */
+#define MAX_ARGS (CONFIG_CONSUMER_BATCH_MAX + 8)
+#define SC_COUNTER_SLOTS 16 /* stream_events_total series kept at hand */
 
 static const char inbox_schema[] =
     "CREATE TABLE IF NOT EXISTS inbox ("
@@ -659,8 +659,8 @@ static void handle_entry(struct stream_consumer *sc, struct entry *e)
 
 static void dead_letter(struct stream_consumer *sc, struct entry *e)
 {
-    const char *argv[MAX_DLQ_ARGS];
-    size_t lens[MAX_DLQ_ARGS];
+    const char *argv[MAX_ARGS];
+    size_t lens[MAX_ARGS];
     char deliveries[16];
     const char *multi = "MULTI", *exec = "EXEC";
     const char *ack[] = {"XACK", sc->stream, sc->group, e->entry_id};
@@ -670,7 +670,7 @@ static void dead_letter(struct stream_consumer *sc, struct entry *e)
     argv[n] = "XADD", lens[n++] = 4;
     argv[n] = sc->dlq, lens[n++] = strlen(sc->dlq);
     argv[n] = "*", lens[n++] = 1;
-    for (size_t i = 0; i < e->nfields && n + 8 < MAX_DLQ_ARGS; i++) {
+    for (size_t i = 0; i < e->nfields && n + 8 < MAX_ARGS; i++) {
         argv[n] = e->fields[i].name, lens[n++] = e->fields[i].name_len;
         argv[n] = e->fields[i].value, lens[n++] = e->fields[i].value_len;
     }
@@ -695,7 +695,7 @@ static void dead_letter(struct stream_consumer *sc, struct entry *e)
 /* Acks and dead-letters entries [from, to) that are settled. */
 static void acknowledge(struct stream_consumer *sc, size_t from, size_t to)
 {
-    const char *argv[MAX_DLQ_ARGS];
+    const char *argv[MAX_ARGS];
     int n = 3;
 
     argv[0] = "XACK";
@@ -707,7 +707,7 @@ static void acknowledge(struct stream_consumer *sc, size_t from, size_t to)
         count_event(sc, e->parsed ? e->env.type : "-", e->result ? e->result : "ok");
         if (e->outcome == OUT_DLQ)
             dead_letter(sc, e);
-        else if (e->outcome == OUT_ACK && n < MAX_DLQ_ARGS)
+        else if (e->outcome == OUT_ACK && n < MAX_ARGS)
             argv[n++] = e->entry_id;
     }
     if (n > 3 && redis_command(sc->cmd, NULL, NULL, n, argv, NULL) < 0)
@@ -884,10 +884,10 @@ static void on_autoclaim(struct redis *r, struct redisReply *reply, void *data)
     }
     gone = reply->elements > 2 ? reply->element[2] : NULL;
     if (gone != NULL && gone->type == REDIS_REPLY_ARRAY && gone->elements > 0) {
-        const char *argv[MAX_DLQ_ARGS] = {"XACK", sc->stream, sc->group};
+        const char *argv[MAX_ARGS] = {"XACK", sc->stream, sc->group};
         int n = 3;
 
-        for (size_t i = 0; i < gone->elements && n < MAX_DLQ_ARGS; i++) {
+        for (size_t i = 0; i < gone->elements && n < MAX_ARGS; i++) {
             if (gone->element[i]->type == REDIS_REPLY_STRING)
                 argv[n++] = gone->element[i]->str;
             count_event(sc, "-", "dangling");
@@ -901,12 +901,12 @@ static void on_autoclaim(struct redis *r, struct redisReply *reply, void *data)
  * the entries of a slow (not a dead) consumer. */
 static void refresh_lease(struct stream_consumer *sc)
 {
-    const char *argv[MAX_DLQ_ARGS] = {"XCLAIM", sc->stream, sc->group, sc->consumer, "0"};
+    const char *argv[MAX_ARGS] = {"XCLAIM", sc->stream, sc->group, sc->consumer, "0"};
     int n = 5;
 
     if (sc->batch == NULL)
         return;
-    for (size_t i = sc->next; i < sc->n && n < MAX_DLQ_ARGS - 1; i++)
+    for (size_t i = sc->next; i < sc->n && n < MAX_ARGS - 1; i++)
         argv[n++] = sc->batch[i].entry_id;
     argv[n++] = "JUSTID";
     if (n > 6 && redis_command(sc->cmd, NULL, NULL, n, argv, NULL) < 0)

@@ -54,7 +54,16 @@ static int is_final(const struct saga_order *so)
  * The database side of a transition
  * ------------------------------------------------------------------------- */
 
-/* Returns 0, -ENOENT or -EIO. */
+/* Column i as text; "" for NULL (the schema says NOT NULL, but an
+ * allocation failure inside SQLite also reads as NULL). */
+static const char *col(struct sqlite3_stmt *st, int i)
+{
+    const char *s = (const char *)sqlite3_column_text(st, i);
+
+    return s != NULL ? s : "";
+}
+
+/* Returns 0, -ENOENT or -EIO (logged). */
 static int load(struct orders *o, const char *id, struct saga_order *so)
 {
     struct sqlite3_stmt *st = o->saga_load;
@@ -64,12 +73,15 @@ static int load(struct orders *o, const char *id, struct saga_order *so)
     rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
         snprintf(so->id, sizeof(so->id), "%s", id);
-        snprintf(so->status, sizeof(so->status), "%s", (const char *)sqlite3_column_text(st, 0));
-        snprintf(so->user_id, sizeof(so->user_id), "%s", (const char *)sqlite3_column_text(st, 1));
+        snprintf(so->status, sizeof(so->status), "%s", col(st, 0));
+        snprintf(so->user_id, sizeof(so->user_id), "%s", col(st, 1));
         so->amount_cents = sqlite3_column_int64(st, 2);
         rc = 0;
+    } else if (rc == SQLITE_DONE) {
+        rc = -ENOENT;
     } else {
-        rc = rc == SQLITE_DONE ? -ENOENT : -EIO;
+        log_error("orders: load order %s: %s", id, store_errmsg(o->svc->store));
+        rc = -EIO;
     }
     store_reset(st);
     return rc;
@@ -327,7 +339,7 @@ static size_t overdue(struct orders *o, char ids[][IDS_UUID_LEN + 1])
     sqlite3_bind_int64(st, 1, clock_now_ms());
     sqlite3_bind_int(st, 2, SAGA_SWEEP_BATCH);
     while (n < SAGA_SWEEP_BATCH && sqlite3_step(st) == SQLITE_ROW)
-        snprintf(ids[n++], IDS_UUID_LEN + 1, "%s", (const char *)sqlite3_column_text(st, 0));
+        snprintf(ids[n++], IDS_UUID_LEN + 1, "%s", col(st, 0));
     store_reset(st);
     return n;
 }

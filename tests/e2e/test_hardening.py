@@ -85,6 +85,30 @@ def test_slow_reader_costs_bounded_memory(users):
     assert rss_kib(users.proc.pid) - base < 16 * 1024 * RSS_SLACK
 
 
+def test_large_uploads_do_not_pin_memory_on_idle_connections(users):
+    """48 keep-alive connections each send a 900 KB body (refused: 400, it
+    is not JSON) and then stay open. The buffer that held each body is freed
+    after its answer, not kept for the connection's life (48 x 1 MiB)."""
+    body = b"x" * 900_000
+    conns = []
+    base = rss_kib(users.proc.pid)
+    try:
+        for _ in range(48):
+            c = users.raw(timeout=30)
+            resp = c.request("POST", "/api/v1/users", body=body)
+            assert resp.status == 400, resp
+            conns.append(c)
+        assert all(c.is_open() for c in conns), "an answered connection was closed"
+        grown = rss_kib(users.proc.pid) - base
+        assert grown < 16 * 1024 * RSS_SLACK, \
+            f"RSS grew {grown // 1024} MiB with 48 idle connections after large uploads"
+        # and the connections still serve
+        assert conns[0].request("GET", "/healthz").status == 200
+    finally:
+        for c in conns:
+            c.close()
+
+
 def test_thousand_connections_at_once(users):
     """1,000 connections opened at once each get their answer."""
     n = 1000

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import threading
 import time
 import uuid
@@ -285,6 +286,41 @@ def test_redis_outage(service_factory, redis_server, r, max_backlog):
         assert svc.get("/healthz").status == 200
     finally:
         rc.close()
+
+
+# ---------------------------------------------------------------------------
+# 2b. pruning published rows does not stop publishing
+# ---------------------------------------------------------------------------
+
+def outbox_seqs(svc):
+    """The seqs in the service's outbox table (a read-only connection: WAL
+    lets it read what is committed while the service writes)."""
+    db = sqlite3.connect(f"file:{svc.db_path}?mode=ro", uri=True, timeout=10)
+    try:
+        return [row[0] for row in db.execute("SELECT seq FROM outbox ORDER BY seq")]
+    finally:
+        db.close()
+
+
+def test_outbox_pruned_to_nothing_but_its_newest_row_keeps_publishing(service_factory, r):
+    """OUTBOX_RETENTION_MS=0 prunes published rows at every sweep, all but
+    the newest: were the table emptied, SQLite would number the next row 1
+    again, below what the relay had published, and it would never go out."""
+    svc = service_factory("users", OUTBOX_RETENTION_MS=0, **FAST)
+    svc.wait_ready()
+    for _ in range(3):
+        svc.create_user(email=unique_email("prune"))
+    wait_until(lambda: len(registered(r)) == 3, 10, what="the first three events")
+    newest = wait_until(lambda: (lambda s: s if len(s) == 1 else None)(outbox_seqs(svc)), 10,
+                        what="the outbox pruned down to one row")
+    assert newest == [3], newest
+    for k in range(2):
+        email = unique_email("after-prune")
+        svc.create_user(email=email)
+        wait_until(lambda: registered_for(r, email), 10,
+                   what=f"an event appended after pruning (round {k}) published")
+        wait_until(lambda: outbox_seqs(svc) == [4 + k], 10, what="pruned again to the newest row")
+    assert metric(svc, "outbox_backlog") == 0
 
 
 # ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "http_router.h"
+#include "http_server.h"
 
 static void h1(struct http_request *req, const struct auth_claims *who, void *data)
 {
@@ -146,4 +147,13 @@ Test(router, root_route_has_no_params)
     cr_assert_eq(match("GET", "/", &m), 0);
     cr_assert_eq(m.route->handler, h2);
     cr_assert_eq(m.nparams, 0);
+}
+
+/* A request holds HTTP_SERVER_MAX_PARAMS params: a route with more would
+ * register and then answer 404 to everything, so it does not register. */
+Test(router, more_params_than_a_request_holds)
+{
+    cr_assert_eq(HTTP_SERVER_MAX_PARAMS, 4);
+    cr_assert_eq(http_router_add(r, "GET", "/p/{a}/{b}/{c}/{d}", 0, h1, NULL), 0);
+    cr_assert_eq(http_router_add(r, "GET", "/q/{a}/{b}/{c}/{d}/{e}", 0, h1, NULL), -ENOSPC);
 }
