@@ -131,7 +131,10 @@ struct json_t;
 #define STREAMS_MAX_SKU 64           /* bytes */
 #define STREAMS_MAX_REASON 64        /* bytes */
 #define STREAMS_MAX_ITEMS 100        /* entries of an items array */
-#define STREAMS_MAX_QTY 1000000      /* units of one sku in one item or restock */
+/* THE quantity limit: units of one sku in an order's item (HTTP POST
+ * /api/v1/orders and order.place alike), in stock.reserve and in a restock.
+ * A plain decimal literal: orders quotes it in its 422 message. */
+#define STREAMS_MAX_QTY 1000000
 /* The largest amount or level: 2^53 - 1, exact in every JSON reader. */
 #define STREAMS_MAX_INTEGER 9007199254740991LL
 

@@ -14,6 +14,10 @@
 #include <jansson.h>
 
 #define FIELD_MAX (ORDERS_MAX_KEY + 32) /* "items[99].<key>", cut key included */
+/* STREAMS_MAX_QTY as text, for the 422 message: the same number as the limit. */
+#define QTY_TEXT(n) #n
+#define QTY_MAX_TEXT_OF(n) QTY_TEXT(n)
+#define QTY_MAX_TEXT QTY_MAX_TEXT_OF(STREAMS_MAX_QTY)
 
 /* Copies key into buf (len bytes), cut at a character boundary with "..."
  * when it does not fit in ORDERS_MAX_KEY bytes. */
@@ -96,8 +100,8 @@ static json_int_t item_qty(const json_t *item, size_t i, json_t *fields)
         return 0;
     }
     qty = json_is_integer(v) ? json_integer_value(v) : 0;
-    if (qty < 1 || qty > ORDERS_MAX_QTY) {
-        item_problem(fields, i, "qty", "must be an integer from 1 to 1000");
+    if (qty < 1 || qty > STREAMS_MAX_QTY) {
+        item_problem(fields, i, "qty", "must be an integer from 1 to " QTY_MAX_TEXT);
         return 0;
     }
     return qty;

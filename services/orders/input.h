@@ -12,17 +12,18 @@
 
 #include "common.h"
 #include "ids.h"
+#include "streams/streams.h"
 
 struct json_t;
 
 #define ORDERS_MAX_ITEMS 100 /* per order */
-#define ORDERS_MAX_QTY 1000  /* units of one sku in one order */
 #define ORDERS_MAX_SKU 64    /* bytes: ^[A-Za-z0-9._-]{1,64}$ */
 #define ORDERS_MAX_KEY 64    /* bytes of an unknown key echoed back in a field name */
 
 /* Checks items (borrowed, may be NULL when absent): a non-empty array of at
  * most ORDERS_MAX_ITEMS objects with exactly the keys sku (a string,
- * ^[A-Za-z0-9._-]{1,64}$) and qty (a JSON integer, 1..ORDERS_MAX_QTY), no
+ * ^[A-Za-z0-9._-]{1,64}$) and qty (a JSON integer, 1..STREAMS_MAX_QTY: the one
+ * quantity limit, shared with order.place and every other catalog qty), no
  * sku twice. Returns 0 and *canon (new: the items rebuilt as [{sku, qty}]);
  * -EINVAL after recording each problem in fields (borrowed object); or
  * -ENOMEM. */

@@ -346,8 +346,8 @@ def test_order_items_at_the_limits_accepted(stack):
     o = place_ok(stack.orders, tok, many)
     assert o["items"] == many and o["status"] == "PENDING"
     long_sku = "a-Z_0.9" + "x" * 57  # 64 characters, every allowed kind
-    o = place_ok(stack.orders, tok, [{"sku": long_sku, "qty": 1000}])
-    assert o["items"] == [{"sku": long_sku, "qty": 1000}]
+    o = place_ok(stack.orders, tok, [{"sku": long_sku, "qty": 1000000}])  # STREAMS_MAX_QTY
+    assert o["items"] == [{"sku": long_sku, "qty": 1000000}]
 
 
 def test_service_token_orders_for_a_named_user(stack):
@@ -819,7 +819,7 @@ INVALID = [
     ({"items": [{"qty": 1}]}, {"items[0].sku"}),
     ({"items": [{"sku": "SKU-1", "qty": 0}]}, {"items[0].qty"}),
     ({"items": [{"sku": "SKU-1", "qty": -1}]}, {"items[0].qty"}),
-    ({"items": [{"sku": "SKU-1", "qty": 1001}]}, {"items[0].qty"}),
+    ({"items": [{"sku": "SKU-1", "qty": 1000001}]}, {"items[0].qty"}),  # STREAMS_MAX_QTY + 1
     ({"items": [{"sku": "SKU-1", "qty": "2"}]}, {"items[0].qty"}),
     ({"items": [{"sku": "SKU-1", "qty": 1.5}]}, {"items[0].qty"}),
     ({"items": [{"sku": "SKU-1", "qty": True}]}, {"items[0].qty"}),
