@@ -2,7 +2,8 @@
  *
  * GET /api/v1/accounts/{user_id} answers {user_id, balance_cents,
  * updated_at} to the user themself or a service token; another user gets
- * 403 (as for users), an unknown account 404. GET /api/v1/payments/{order_id}
+ * 403 (as for users), an unknown account 404. An id that is not a UUID names
+ * nothing: 404 for anyone, on both routes. GET /api/v1/payments/{order_id}
  * answers {order_id, user_id, amount_cents, status, reason, created_at} to
  * the payment's user or a service token; for anyone else the payment does
  * not exist (404, as for orders), so a user learns nothing about other
@@ -55,6 +56,10 @@ static void on_get_account(struct http_request *req, const struct auth_claims *w
     struct payments_account a;
     int valid = param_id(req, "user_id", id), rc;
 
+    if (!valid) { /* names no account: 404 for every caller, as in every service */
+        http_reply_error(req, 404, NULL, "no such account");
+        return;
+    }
     if (who == NULL) { /* the dispatcher verifies tokens; never trust a gap */
         http_reply_error(req, 401, NULL, "a bearer token is required");
         return;

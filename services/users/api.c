@@ -624,6 +624,10 @@ static void on_token(struct http_request *req, const struct auth_claims *who, vo
 
 /* ---------------------------------------------------------------------------
  * GET /api/v1/users/{id}
+ *
+ * An id that is not a UUID names no user: 404 user_not_found for anyone (the
+ * rule of every service's {id} routes). A well-formed id: the user themself
+ * or a service token reads it; another user gets 403.
  * ------------------------------------------------------------------------- */
 
 static void read_user(struct users *u, struct http_request *req, const char *id)
@@ -657,16 +661,16 @@ static void on_get_user(struct http_request *req, const struct auth_claims *who,
     char id[IDS_UUID_LEN + 1];
     int valid = raw != NULL && ids_canonical(raw, strlen(raw), id) == 0;
 
+    if (!valid) { /* names no user: 404 for every caller, as in every service */
+        http_reply_error(req, 404, USERS_NOT_FOUND, "no such user");
+        return;
+    }
     if (who == NULL) { /* the dispatcher verifies tokens; never trust a gap */
         http_reply_error(req, 401, NULL, "a bearer token is required");
         return;
     }
     if (!who->is_service && (!valid || strcmp(who->sub, id) != 0)) {
         http_reply_error(req, 403, NULL, "a user may read only their own record");
-        return;
-    }
-    if (!valid) {
-        http_reply_error(req, 404, USERS_NOT_FOUND, "no such user");
         return;
     }
     read_user(data, req, id);
