@@ -2,8 +2,10 @@
  *
  * Consumes orders.commands: order.place {user_id, items} (already checked
  * against the catalog's spec) places an order like POST /api/v1/orders.
- * Items must also pass the service's own rules (qty up to 1000), else the
- * command is refused once, to the dead-letter stream, with the reason. The
+ * Items must also pass the service's own rules (input.h, the same as over
+ * HTTP; qty's bound is the catalog's STREAMS_MAX_QTY, so the catalog has
+ * already held it), else the command is refused once, to the dead-letter
+ * stream, with the reason. The
  * user check is asynchronous: the handler starts it and returns
  * STREAM_CONSUMER_ASYNC, and the consumer holds the stream (entries still
  * take effect in order) while the loop keeps serving. When users answers,
