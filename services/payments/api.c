@@ -54,9 +54,9 @@ static void on_get_account(struct http_request *req, const struct auth_claims *w
     struct payments *p = data;
     char id[IDS_UUID_LEN + 1];
     struct payments_account a;
-    int valid = param_id(req, "user_id", id), rc;
+    int rc;
 
-    if (!valid) { /* names no account: 404 for every caller, as in every service */
+    if (!param_id(req, "user_id", id)) { /* names no account: 404 for anyone, as everywhere */
         http_reply_error(req, 404, NULL, "no such account");
         return;
     }
@@ -64,11 +64,11 @@ static void on_get_account(struct http_request *req, const struct auth_claims *w
         http_reply_error(req, 401, NULL, "a bearer token is required");
         return;
     }
-    if (!who->is_service && (!valid || strcasecmp(who->sub, id) != 0)) {
+    if (!who->is_service && strcasecmp(who->sub, id) != 0) {
         http_reply_error(req, 403, NULL, "a user may read only their own account");
         return;
     }
-    rc = valid ? payments_account_get(p, id, &a) : -ENOENT;
+    rc = payments_account_get(p, id, &a);
     if (rc == -ENOENT) {
         http_reply_error(req, 404, NULL, "no such account");
         return;

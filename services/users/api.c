@@ -659,9 +659,8 @@ static void on_get_user(struct http_request *req, const struct auth_claims *who,
 {
     const char *raw = http_request_param(req, "id");
     char id[IDS_UUID_LEN + 1];
-    int valid = raw != NULL && ids_canonical(raw, strlen(raw), id) == 0;
 
-    if (!valid) { /* names no user: 404 for every caller, as in every service */
+    if (raw == NULL || ids_canonical(raw, strlen(raw), id) < 0) { /* 404 for anyone */
         http_reply_error(req, 404, USERS_NOT_FOUND, "no such user");
         return;
     }
@@ -669,7 +668,7 @@ static void on_get_user(struct http_request *req, const struct auth_claims *who,
         http_reply_error(req, 401, NULL, "a bearer token is required");
         return;
     }
-    if (!who->is_service && (!valid || strcmp(who->sub, id) != 0)) {
+    if (!who->is_service && strcmp(who->sub, id) != 0) {
         http_reply_error(req, 403, NULL, "a user may read only their own record");
         return;
     }
