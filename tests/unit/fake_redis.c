@@ -173,6 +173,11 @@ static void on_connection(uv_stream_t *server, int status)
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }
 
+static void on_tick(uv_timer_t *t)
+{
+    (void)t;
+}
+
 int fake_redis_start(uv_loop_t *loop, struct fake_redis *f, fake_redis_handler handler)
 {
     struct sockaddr_in addr;
@@ -189,6 +194,8 @@ int fake_redis_start(uv_loop_t *loop, struct fake_redis *f, fake_redis_handler h
         (rc = uv_tcp_getsockname(&f->server, (struct sockaddr *)&got, &len)) < 0)
         return rc;
     f->port = ntohs(((struct sockaddr_in *)&got)->sin_port);
+    uv_timer_init(loop, &f->tick);
+    uv_timer_start(&f->tick, on_tick, 5, 5);
     return 0;
 }
 
@@ -202,4 +209,23 @@ void fake_redis_close(struct fake_redis *f)
 {
     fake_redis_drop_clients(f);
     uv_close((uv_handle_t *)&f->server, NULL);
+    uv_close((uv_handle_t *)&f->tick, NULL);
+}
+
+int fake_redis_run_until(uv_loop_t *loop, fake_redis_pred pred, const void *arg,
+                         unsigned timeout_ms)
+{
+    uint64_t end;
+
+    uv_update_time(loop);
+    end = uv_now(loop) + timeout_ms;
+    while (!pred(arg) && uv_now(loop) < end)
+        uv_run(loop, UV_RUN_ONCE);
+    return pred(arg);
+}
+
+int fake_redis_never(const void *arg)
+{
+    (void)arg;
+    return 0;
 }

@@ -5,7 +5,8 @@
  * bounded by FAKE_REDIS_MAX_ARGS and FAKE_REDIS_BUF) and answers each with the
  * reply the test's handler returns. AUTH, SELECT and PING answer as a healthy
  * primary does, and ROLE answers role_reply (a primary's by default), unless
- * the handler answers them first. It counts connections and commands. */
+ * the handler answers them first. It counts connections and commands, and
+ * runs a short tick timer so that fake_redis_run_until checks often. */
 #ifndef TESTS_UNIT_FAKE_REDIS_H
 #define TESTS_UNIT_FAKE_REDIS_H
 
@@ -24,6 +25,7 @@ extern const char FAKE_REDIS_HANG[];
 
 struct fake_redis {
     uv_tcp_t server;
+    uv_timer_t tick; /* wakes uv_run every few ms */
     int port;
     unsigned connections; /* accepted so far */
     unsigned commands;    /* received so far */
@@ -38,7 +40,15 @@ struct fake_redis {
 int fake_redis_start(uv_loop_t *loop, struct fake_redis *f, fake_redis_handler handler);
 /* Closes every connection, as a server that goes away does. */
 void fake_redis_drop_clients(struct fake_redis *f);
-/* Closes the server and its connections; run the loop afterwards. */
+/* Closes the server, its connections and its timer; run the loop
+ * afterwards. */
 void fake_redis_close(struct fake_redis *f);
+
+/* Runs loop until pred(arg) holds or timeout_ms have passed; returns
+ * pred(arg). fake_redis_never makes it a plain wait. */
+typedef int (*fake_redis_pred)(const void *arg);
+int fake_redis_run_until(uv_loop_t *loop, fake_redis_pred pred, const void *arg,
+                         unsigned timeout_ms);
+int fake_redis_never(const void *arg);
 
 #endif

@@ -27,11 +27,12 @@
 
 #define MAX_EVENTS 16
 
+#define RUN_UNTIL(x, pred, ms) fake_redis_run_until(&(x)->loop, (pred), (x), (ms))
+
 struct fx {
     uv_loop_t loop;
     struct fake_redis fake;
     struct service svc;
-    uv_timer_t tick;
     char dir[64], path[128];
     int oom_left; /* OOM answers still to give to stream "oom" */
     int bad_fixed;
@@ -40,11 +41,6 @@ struct fx {
     unsigned nids, entry;
     int closed;
 };
-
-static void on_tick(uv_timer_t *t)
-{
-    (void)t;
-}
 
 static int event_index(const struct fx *x, const char *id)
 {
@@ -82,26 +78,11 @@ static const char *on_cmd(struct fake_redis *f, int argc, char **argv)
     return reply;
 }
 
-static int redis_up(const struct fx *x)
+static int redis_up(const void *arg)
 {
+    const struct fx *x = arg;
+
     return redis_is_up(x->svc.redis);
-}
-
-static int run_until(struct fx *x, int (*pred)(const struct fx *), unsigned timeout_ms)
-{
-    uint64_t end;
-
-    uv_update_time(&x->loop);
-    end = uv_now(&x->loop) + timeout_ms;
-    while (!pred(x) && uv_now(&x->loop) < end)
-        uv_run(&x->loop, UV_RUN_ONCE);
-    return pred(x);
-}
-
-static int never(const struct fx *x)
-{
-    (void)x;
-    return 0;
 }
 
 static void fx_open(struct fx *x)
@@ -125,10 +106,8 @@ static void fx_open(struct fx *x)
     cr_assert_eq(store_open(x->path, NULL, &x->svc.store), 0);
     cr_assert_eq(redis_new(&x->loop, &rc, &x->svc.redis, err, sizeof(err)), 0, "%s", err);
     cr_assert_eq(outbox_new(&x->svc, &oc, &x->svc.outbox), 0);
-    uv_timer_init(&x->loop, &x->tick);
-    uv_timer_start(&x->tick, on_tick, 5, 5);
     redis_start(x->svc.redis);
-    cr_assert(run_until(x, redis_up, 5000));
+    cr_assert(RUN_UNTIL(x, redis_up, 5000));
 }
 
 static void on_redis_closed(void *data)
@@ -150,7 +129,6 @@ static void fx_close(struct fx *x)
 
     outbox_close(x->svc.outbox, 0, on_outbox_closed, x);
     fake_redis_close(&x->fake);
-    uv_close((uv_handle_t *)&x->tick, NULL);
     uv_run(&x->loop, UV_RUN_DEFAULT);
     cr_assert(x->closed);
     cr_assert_eq(uv_loop_close(&x->loop), 0);
@@ -198,8 +176,10 @@ static const char *row_state(struct fx *x, unsigned i, char *buf, size_t len)
     return buf;
 }
 
-static int drained(const struct fx *x)
+static int drained(const void *arg)
 {
+    const struct fx *x = arg;
+
     return outbox_backlog(x->svc.outbox) == 0;
 }
 
@@ -219,8 +199,8 @@ Test(outbox, refused_rows_are_set_aside_and_the_rest_flows_once)
 
     fx_open(&x);
     append(&x, streams, 5);
-    cr_assert(run_until(&x, drained, 5000));
-    run_until(&x, never, 300); /* several backoffs: nothing goes again */
+    cr_assert(RUN_UNTIL(&x, drained, 5000));
+    RUN_UNTIL(&x, fake_redis_never, 300); /* several backoffs: nothing goes again */
     for (unsigned i = 0; i < 5; i++)
         cr_expect_eq(x.xadds[i], 1, "event %u sent %u times", i, x.xadds[i]);
     cr_expect_str_eq(row_state(&x, 0, buf, sizeof(buf)), "published");
@@ -232,8 +212,10 @@ Test(outbox, refused_rows_are_set_aside_and_the_rest_flows_once)
     fx_close(&x);
 }
 
-static int all_published(const struct fx *x)
+static int all_published(const void *arg)
 {
+    const struct fx *x = arg;
+
     return outbox_backlog(x->svc.outbox) == 0 && outbox_set_aside(x->svc.outbox) == 0;
 }
 
@@ -246,7 +228,7 @@ Test(outbox, a_requeue_by_another_connection_is_noticed)
 
     fx_open(&x);
     append(&x, streams, 2);
-    cr_assert(run_until(&x, drained, 5000));
+    cr_assert(RUN_UNTIL(&x, drained, 5000));
     cr_assert_eq(outbox_set_aside(x.svc.outbox), 1);
     x.bad_fixed = 1; /* the operator fixed the key, and re-queues */
     cr_assert_eq(sqlite3_open(x.path, &other), SQLITE_OK);
@@ -254,7 +236,7 @@ Test(outbox, a_requeue_by_another_connection_is_noticed)
                               NULL, NULL, NULL),
                  SQLITE_OK);
     sqlite3_close(other);
-    cr_assert(run_until(&x, all_published, 5000), "the re-queued row was not published");
+    cr_assert(RUN_UNTIL(&x, all_published, 5000), "the re-queued row was not published");
     cr_expect_str_eq(row_state(&x, 0, buf, sizeof(buf)), "published");
     cr_expect_eq(x.xadds[0], 2); /* refused once, then accepted */
     cr_expect_eq(x.xadds[1], 1);
@@ -270,7 +252,7 @@ Test(outbox, a_transient_refusal_retries_that_row_alone)
     fx_open(&x);
     x.oom_left = 2;
     append(&x, streams, 3);
-    cr_assert(run_until(&x, drained, 5000));
+    cr_assert(RUN_UNTIL(&x, drained, 5000));
     cr_expect_eq(x.xadds[0], 1);
     cr_expect_eq(x.xadds[1], 3); /* OOM twice, then accepted */
     cr_expect_eq(x.xadds[2], 1, "accepted after the refused row: marked, not sent again");
@@ -280,8 +262,10 @@ Test(outbox, a_transient_refusal_retries_that_row_alone)
     fx_close(&x);
 }
 
-static int sent_three(const struct fx *x)
+static int sent_three(const void *arg)
 {
+    const struct fx *x = arg;
+
     return x->xadds[0] + x->xadds[1] + x->xadds[2] >= 3;
 }
 
@@ -296,15 +280,15 @@ Test(outbox, a_failed_mark_sends_nothing_again)
     exec(&x, "CREATE TEMP TRIGGER full_disk BEFORE UPDATE ON main.outbox "
              "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END");
     append(&x, streams, 3);
-    cr_assert(run_until(&x, sent_three, 5000));
-    run_until(&x, never, 400); /* backoffs 50 + 100 + 200 ms: three failed marks */
+    cr_assert(RUN_UNTIL(&x, sent_three, 5000));
+    RUN_UNTIL(&x, fake_redis_never, 400); /* backoffs 50 + 100 + 200 ms: three failed marks */
     for (unsigned i = 0; i < 3; i++) {
         cr_expect_eq(x.xadds[i], 1, "event %u sent %u times", i, x.xadds[i]);
         cr_expect_str_eq(row_state(&x, i, buf, sizeof(buf)), "pending");
     }
     cr_expect_eq(outbox_backlog(x.svc.outbox), 3);
     exec(&x, "DROP TRIGGER full_disk");
-    cr_assert(run_until(&x, drained, 10000), "never marked once the disk had room");
+    cr_assert(RUN_UNTIL(&x, drained, 10000), "never marked once the disk had room");
     for (unsigned i = 0; i < 3; i++) {
         cr_expect_eq(x.xadds[i], 1, "event %u sent %u times", i, x.xadds[i]);
         cr_expect_str_eq(row_state(&x, i, buf, sizeof(buf)), "published");

@@ -18,11 +18,12 @@
 #include "log.h"
 #include "redis.h"
 
+#define RUN_UNTIL(x, pred, ms) fake_redis_run_until(&(x)->loop, (pred), (x), (ms))
+
 struct fx {
     uv_loop_t loop;
     struct fake_redis fake;
     struct redis *r;
-    uv_timer_t tick; /* wakes uv_run so run_until checks often */
     int ups, downs, closed;
 };
 
@@ -35,11 +36,6 @@ static void on_state(struct redis *r, int up, void *data)
         x->ups++;
     else
         x->downs++;
-}
-
-static void on_tick(uv_timer_t *t)
-{
-    (void)t;
 }
 
 static void fx_open(struct fx *x, const char *host, fake_redis_handler handler)
@@ -56,30 +52,12 @@ static void fx_open(struct fx *x, const char *host, fake_redis_handler handler)
     snprintf(url, sizeof(url), "redis://%s:%d", host, x->fake.port);
     cr_assert_eq(redis_new(&x->loop, &cfg, &x->r, err, sizeof(err)), 0, "%s", err);
     cr_assert_eq(redis_listen(x->r, on_state, x), 0);
-    uv_timer_init(&x->loop, &x->tick);
-    uv_timer_start(&x->tick, on_tick, 5, 5);
 }
 
-/* Runs the loop until pred(x) or timeout_ms; returns pred(x). */
-static int run_until(struct fx *x, int (*pred)(const struct fx *), unsigned timeout_ms)
+static int is_up(const void *arg)
 {
-    uint64_t end;
+    const struct fx *x = arg;
 
-    uv_update_time(&x->loop);
-    end = uv_now(&x->loop) + timeout_ms;
-    while (!pred(x) && uv_now(&x->loop) < end)
-        uv_run(&x->loop, UV_RUN_ONCE);
-    return pred(x);
-}
-
-static int never(const struct fx *x)
-{
-    (void)x;
-    return 0;
-}
-
-static int is_up(const struct fx *x)
-{
     return redis_is_up(x->r);
 }
 
@@ -92,7 +70,6 @@ static void fx_close(struct fx *x)
 {
     redis_close(x->r, on_closed, x);
     fake_redis_close(&x->fake);
-    uv_close((uv_handle_t *)&x->tick, NULL);
     uv_run(&x->loop, UV_RUN_DEFAULT);
     cr_assert(x->closed);
     cr_assert_eq(uv_loop_close(&x->loop), 0);
@@ -114,6 +91,11 @@ static void on_reply(struct redis *r, struct redisReply *reply, void *data)
     o->type = reply ? reply->type : -1;
     if (reply && reply->str)
         snprintf(o->str, sizeof(o->str), "%s", reply->str);
+}
+
+static int fired(const void *arg)
+{
+    return ((const struct outcome *)arg)->fired > 0;
 }
 
 static int send_cmd(struct fx *x, const char *cmd, struct outcome *o)
@@ -160,10 +142,10 @@ Test(redis, connects_by_name)
 
     fx_open(&x, "localhost", NULL);
     redis_start(x.r);
-    cr_assert(run_until(&x, is_up, 5000), "never came up through localhost");
+    cr_assert(RUN_UNTIL(&x, is_up, 5000), "never came up through localhost");
     cr_expect_eq(x.ups, 1);
     cr_assert_eq(send_cmd(&x, "PING", &o), 0);
-    cr_assert(run_until(&x, never, 100) == 0);
+    cr_assert(fake_redis_run_until(&x.loop, fired, &o, 5000));
     cr_expect_eq(o.fired, 1);
     cr_expect_eq(o.type, REDIS_REPLY_STATUS);
     cr_expect_str_eq(o.str, "PONG");
@@ -179,8 +161,10 @@ static const char *readonly_set(struct fake_redis *f, int argc, char **argv)
     return NULL;
 }
 
-static int reconnected(const struct fx *x)
+static int reconnected(const void *arg)
 {
+    const struct fx *x = arg;
+
     return x->ups == 2;
 }
 
@@ -191,11 +175,11 @@ Test(redis, wrong_node_reply_drops_and_reconnects)
 
     fx_open(&x, "127.0.0.1", readonly_set);
     redis_start(x.r);
-    cr_assert(run_until(&x, is_up, 5000));
+    cr_assert(RUN_UNTIL(&x, is_up, 5000));
     /* pipelined: PING's answer is read after READONLY, on a dropped context */
     cr_assert_eq(send_cmd(&x, "SET", &set), 0);
     cr_assert_eq(send_cmd(&x, "PING", &ping), 0);
-    cr_assert(run_until(&x, reconnected, 5000), "no reconnect after READONLY");
+    cr_assert(RUN_UNTIL(&x, reconnected, 5000), "no reconnect after READONLY");
     cr_expect_eq(set.fired, 1);
     cr_expect_eq(set.type, REDIS_REPLY_ERROR, "the caller sees the error itself");
     cr_expect_eq(strncmp(set.str, "READONLY", 8), 0);
@@ -209,8 +193,10 @@ Test(redis, wrong_node_reply_drops_and_reconnects)
 static const char role_replica[] = "*5\r\n$5\r\nslave\r\n$9\r\n127.0.0.1\r\n:6379\r\n"
                                    "$9\r\nconnected\r\n:0\r\n";
 
-static int retried(const struct fx *x)
+static int retried(const void *arg)
 {
+    const struct fx *x = arg;
+
     return x->fake.connections >= 3;
 }
 
@@ -221,11 +207,11 @@ Test(redis, replica_never_counts_as_up)
     fx_open(&x, "127.0.0.1", NULL);
     x.fake.role_reply = role_replica;
     redis_start(x.r);
-    cr_assert(run_until(&x, retried, 5000), "no retries on a replica");
+    cr_assert(RUN_UNTIL(&x, retried, 5000), "no retries on a replica");
     cr_expect_eq(x.ups, 0);
     cr_expect_not(redis_is_up(x.r));
     x.fake.role_reply = NULL; /* promoted */
-    cr_assert(run_until(&x, is_up, 5000), "never came up on the promoted server");
+    cr_assert(RUN_UNTIL(&x, is_up, 5000), "never came up on the promoted server");
     fx_close(&x);
 }
 
@@ -236,6 +222,13 @@ static const char *hang_blpop(struct fake_redis *f, int argc, char **argv)
     return strcasecmp(argv[0], "BLPOP") == 0 ? FAKE_REDIS_HANG : NULL;
 }
 
+static int saw_blpop(const void *arg)
+{
+    const struct fx *x = arg;
+
+    return x->fake.commands >= 3; /* SELECT, ROLE, BLPOP */
+}
+
 Test(redis, halt_fails_pending_commands_and_never_reconnects)
 {
     struct fx x;
@@ -243,16 +236,16 @@ Test(redis, halt_fails_pending_commands_and_never_reconnects)
 
     fx_open(&x, "127.0.0.1", hang_blpop);
     redis_start(x.r);
-    cr_assert(run_until(&x, is_up, 5000));
+    cr_assert(RUN_UNTIL(&x, is_up, 5000));
     cr_assert_eq(send_cmd(&x, "BLPOP", &o), 0);
-    run_until(&x, never, 50);
+    cr_assert(RUN_UNTIL(&x, saw_blpop, 5000));
     cr_assert_eq(o.fired, 0);
     redis_halt(x.r);
     cr_expect_eq(o.fired, 1, "the pending command is answered at once");
     cr_expect_eq(o.type, -1);
     cr_expect_eq(x.downs, 1);
     cr_expect_eq(send_cmd(&x, "PING", &late), -ENOTCONN);
-    run_until(&x, never, 200); /* many backoffs' worth */
+    RUN_UNTIL(&x, fake_redis_never, 200); /* many backoffs' worth */
     cr_expect_eq(x.fake.connections, 1);
     cr_expect_not(redis_is_up(x.r));
     fx_close(&x);
@@ -273,9 +266,9 @@ Test(redis, server_gone_reconnects)
 
     fx_open(&x, "127.0.0.1", NULL);
     redis_start(x.r);
-    cr_assert(run_until(&x, is_up, 5000));
+    cr_assert(RUN_UNTIL(&x, is_up, 5000));
     fake_redis_drop_clients(&x.fake);
-    cr_assert(run_until(&x, reconnected, 5000));
+    cr_assert(RUN_UNTIL(&x, reconnected, 5000));
     cr_expect_eq(x.downs, 1);
     fx_close(&x);
 }
