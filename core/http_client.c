@@ -7,7 +7,15 @@
  * answers that do not come from curl (cache hits, an open breaker) on a
  * later loop turn. A call is freed in its timer's close callback, after its
  * user callback has fired exactly once. The client is freed when every
- * handle it owns has closed. */
+ * handle it owns has closed.
+ *
+ * Name resolution does not block the loop: Debian 12's libcurl4-openssl
+ * (7.88.1) is built with the threaded resolver -- curl_version_info() reports
+ * CURL_VERSION_ASYNCHDNS, with no c-ares -- so curl resolves a target's host
+ * on a thread of its own while the multi handle keeps being driven from the
+ * loop. (The Redis connection, whose hiredis 0.14 resolves synchronously,
+ * resolves with uv_getaddrinfo instead: see redis.c.) http_client_new warns
+ * once should a build of libcurl without it ever be linked. */
 #include "http_client.h"
 
 #include <errno.h>
@@ -702,6 +710,9 @@ int http_client_new(uv_loop_t *loop, const struct http_client_config *cfg, struc
 
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
         return -EIO;
+    if (!(curl_version_info(CURLVERSION_NOW)->features & CURL_VERSION_ASYNCHDNS))
+        log_warn("http_client: this libcurl resolves host names synchronously: a slow DNS "
+                 "stalls the loop (use IP addresses in *_URL settings)");
     c = calloc(1, sizeof(*c));
     if (c == NULL)
         return -ENOMEM;

@@ -1,17 +1,29 @@
 /* outbox.c -- the transactional outbox and its relay. See outbox.h.
  *
- * One relay pass at a time: select up to `batch` unpublished rows in seq
- * order, send one XADD per row down the service's command connection (hiredis
- * pipelines them), and when the last reply is in, mark the rows that were
- * accepted -- a prefix of the batch, so order holds -- in one transaction.
- * A failed or lost reply stops at that row; the rest is retried after a
- * backoff. The pass is started by the commit hook (through a uv_check, so
- * every commit of one loop iteration shares one pass), by Redis coming up,
- * and by a slow recovery sweep.
+ * One relay pass at a time: select up to `batch` pending rows (neither
+ * published nor set aside) in seq order, send one XADD per row down the
+ * service's command connection (hiredis pipelines them), and when the last
+ * reply is in, settle the pass in one transaction: exactly the rows Redis
+ * accepted are marked published (with their entry ids), and the rows it
+ * refused for a reason no retry fixes (WRONGTYPE, NOPERM, ERR) are set
+ * aside with that reason (refused_at, refused_reason) -- counted and logged
+ * once -- so the rows after them keep flowing. A row refused for now (OOM,
+ * BUSY, READONLY, LOADING, ...) or whose reply was lost stays pending and the
+ * next pass, after a backoff, starts at it. Rows pipelined after it that Redis
+ * accepted are marked, never sent again; so such a transient refusal can let
+ * a later row reach Redis before it (a crash, or a lost reply, can anyway).
  *
- * seq is a rowid without AUTOINCREMENT: SQLite gives a new row MAX(seq) + 1,
- * so pruning never deletes the newest row -- an emptied table would start
- * again at 1, below published_upto, and nothing new would be published. */
+ * A settle that fails (a full disk, an I/O error) keeps the outcomes in
+ * memory (ob->unmarked): no pass runs -- nothing is sent again -- while the
+ * mark is retried with backoff. A set-aside row waits for an operator:
+ * scripts/outbox requeue clears its refused_at from another connection, which
+ * the relay notices (PRAGMA data_version) at its next sweep.
+ *
+ * The pass is started by the commit hook (through a uv_check, so every
+ * commit of one loop iteration shares one pass), by Redis coming up, and by a
+ * slow recovery sweep. seq is a rowid without AUTOINCREMENT: SQLite gives a
+ * new row MAX(seq) + 1 and pruning never deletes the newest row, so the rows
+ * a commit appended are the seqs above the previous MAX(seq). */
 #include "outbox.h"
 
 #include <errno.h>
@@ -39,22 +51,35 @@
 #define BACKOFF_MAX_MS 5000
 #define XADD_ARGS 20
 
-static const char schema[] =
-    "CREATE TABLE IF NOT EXISTS outbox ("
-    " seq INTEGER PRIMARY KEY,"
-    " stream TEXT NOT NULL,"
-    " event_id TEXT NOT NULL UNIQUE,"
-    " type TEXT NOT NULL,"
-    " data TEXT NOT NULL,"
-    " trace TEXT,"
-    " created_at INTEGER NOT NULL," /* us since the epoch */
-    " published_at INTEGER,"        /* us, NULL until Redis accepted it */
-    " entry_id TEXT);"              /* the stream entry id Redis gave it */
-    "CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox(seq) WHERE published_at IS NULL;";
+static const char schema[] = "CREATE TABLE IF NOT EXISTS outbox ("
+                             " seq INTEGER PRIMARY KEY,"
+                             " stream TEXT NOT NULL,"
+                             " event_id TEXT NOT NULL UNIQUE,"
+                             " type TEXT NOT NULL,"
+                             " data TEXT NOT NULL,"
+                             " trace TEXT,"
+                             " created_at INTEGER NOT NULL," /* us since the epoch */
+                             " published_at INTEGER,"        /* us, NULL until Redis accepted it */
+                             " entry_id TEXT,"               /* the stream entry id Redis gave it */
+                             " refused_at INTEGER," /* us: set aside, Redis refused it for good */
+                             " refused_reason TEXT);"; /* Redis's error reply */
+
+/* Tables from before set-aside rows get their columns; then the indexes. */
+static const char schema_upgrade[] = "ALTER TABLE outbox ADD COLUMN refused_at INTEGER;"
+                                     "ALTER TABLE outbox ADD COLUMN refused_reason TEXT;";
+static const char schema_indexes[] =
+    "DROP INDEX IF EXISTS outbox_unpublished;"
+    "CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(seq) "
+    " WHERE published_at IS NULL AND refused_at IS NULL;"
+    "CREATE INDEX IF NOT EXISTS outbox_set_aside ON outbox(seq) WHERE refused_at IS NOT NULL;";
+
+#define PENDING "published_at IS NULL AND refused_at IS NULL"
 
 static const double latency_bounds[] = {0.00005, 0.0001,  0.00015, 0.0002, 0.0003, 0.0004,
                                         0.0005,  0.00075, 0.001,   0.0015, 0.002,  0.003,
                                         0.005,   0.01,    0.05,    0.25};
+
+struct relay_batch;
 
 struct outbox {
     struct service *svc;
@@ -64,39 +89,57 @@ struct outbox {
     struct outbox_config cfg;
     char maxlen[24];
 
-    struct sqlite3_stmt *insert_st, *select_st, *mark_st, *max_seq_st, *oldest_st, *prune_st;
-    struct sqlite3_stmt *entry_st;
+    struct sqlite3_stmt *insert_st, *select_st, *mark_st, *refuse_st, *max_seq_st, *oldest_st;
+    struct sqlite3_stmt *prune_st, *entry_st, *count_st, *aside_st, *version_st;
     uv_check_t wake;    /* runs the relay at the end of the loop iteration */
-    uv_timer_t sweep;   /* recovery pass and pruning */
-    uv_timer_t backoff; /* after a failed pass */
+    uv_timer_t sweep;   /* recovery pass, re-queues, pruning */
+    uv_timer_t backoff; /* after a failed pass or settle */
     uv_timer_t flush;   /* bounds outbox_close's drain */
     unsigned backoff_ms;
     uint64_t last_prune; /* uv_now ms */
 
-    int64_t max_seq;        /* highest committed seq */
-    int64_t published_upto; /* every row at or below is published */
-    int inflight;           /* a pass is waiting for replies */
+    int64_t max_seq;              /* highest committed seq */
+    uint64_t backlog;             /* rows neither published nor set aside */
+    uint64_t set_aside;           /* rows refused for good, waiting for an operator */
+    int64_t data_version;         /* PRAGMA data_version: moves when another connection commits */
+    struct relay_batch *unmarked; /* a pass whose settle failed: retried, never re-sent */
+    int mark_failing;             /* a settle failed; logged once per streak */
+    char mark_err[128];           /* why the last mark failed, for that log line */
+    int inflight;                 /* a pass is waiting for replies */
     int closing;
     unsigned pending_closes;
     outbox_closed_cb closed_cb;
     void *closed_data;
 
     struct metrics_histogram *latency;
-    struct metrics_counter *published, *failed;
+    struct metrics_counter *published, *failed, *refused, *mark_failures;
+};
+
+/* What Redis said about one row of a pass. */
+enum row_state {
+    ROW_SENT,     /* no reply yet */
+    ROW_ACCEPTED, /* to be marked published */
+    ROW_REFUSED,  /* for good: to be set aside */
+    ROW_RETRY,    /* refused for now, or the reply was lost: stays pending */
+};
+
+struct relay_row {
+    int64_t seq;
+    int64_t created_at; /* us */
+    int64_t replied_at; /* us: Redis's answer arrived */
+    enum row_state state;
+    char entry_id[32];               /* ACCEPTED: the id Redis gave it */
+    char event_id[IDS_UUID_LEN + 1]; /* for the log */
+    char stream[64];                 /* for the log (truncated) */
+    char reason[128];                /* REFUSED: Redis's error (truncated) */
 };
 
 /* One relay pass: the rows sent and their replies. */
 struct relay_batch {
     struct outbox *ob;
     size_t n, answered;
-    size_t accepted; /* replies OK before the first failure */
-    int failed;
-    struct {
-        int64_t seq;
-        int64_t created_at;
-        int64_t replied_at; /* us: Redis's answer arrived */
-        char entry_id[32];
-    } rows[];
+    int retry; /* a row stays pending: back off before the next pass */
+    struct relay_row rows[];
 };
 
 static void relay_pass(struct outbox *ob);
@@ -155,12 +198,17 @@ int outbox_entry_id(struct outbox *ob, const char *event_id, char *buf, size_t l
 
 uint64_t outbox_backlog(const struct outbox *ob)
 {
-    return ob->max_seq > ob->published_upto ? (uint64_t)(ob->max_seq - ob->published_upto) : 0;
+    return ob->backlog;
+}
+
+uint64_t outbox_set_aside(const struct outbox *ob)
+{
+    return ob->set_aside;
 }
 
 int outbox_overloaded(const struct outbox *ob)
 {
-    return ob->cfg.max_backlog > 0 && outbox_backlog(ob) > ob->cfg.max_backlog;
+    return ob->cfg.max_backlog > 0 && ob->backlog > ob->cfg.max_backlog;
 }
 
 static int64_t query_int(struct sqlite3_stmt *st, int64_t dflt)
@@ -181,102 +229,208 @@ static void on_wake(uv_check_t *h)
     relay_pass(ob);
 }
 
-/* After every commit: learn the new rows and wake the relay. */
+/* After every commit: count the rows it appended and wake the relay. */
 static void on_commit(struct store *st, void *data)
 {
     struct outbox *ob = data;
+    int64_t max;
 
     (void)st;
-    ob->max_seq = query_int(ob->max_seq_st, 0);
-    if (ob->max_seq > ob->published_upto && !uv_is_active((uv_handle_t *)&ob->wake))
+    max = query_int(ob->max_seq_st, 0);
+    if (max > ob->max_seq) {
+        ob->backlog += (uint64_t)(max - ob->max_seq);
+        ob->max_seq = max;
+    }
+    if (ob->backlog > 0 && !uv_is_active((uv_handle_t *)&ob->wake))
         uv_check_start(&ob->wake, on_wake);
 }
 
-/* ---------------------------------------------------------------------------
- * The relay
- * ------------------------------------------------------------------------- */
-
-static void on_backoff(uv_timer_t *t)
+/* Reads the counts from the table: at start, and after another connection
+ * wrote to it (an operator re-queued set-aside rows). */
+static void recount(struct outbox *ob)
 {
-    relay_pass(t->data);
+    ob->max_seq = query_int(ob->max_seq_st, 0);
+    ob->backlog = (uint64_t)query_int(ob->count_st, 0);
+    ob->set_aside = (uint64_t)query_int(ob->aside_st, 0);
 }
 
-/* Marks the first n rows of b published, with their entry ids, in one
- * transaction. */
-static int mark_published(struct outbox *ob, const struct relay_batch *b, size_t n)
+/* ---------------------------------------------------------------------------
+ * Settling a pass: mark what Redis accepted, set aside what it refused
+ * ------------------------------------------------------------------------- */
+
+static int mark_row(struct outbox *ob, const struct relay_row *row, int64_t now)
 {
-    int64_t now = clock_now_us();
+    struct sqlite3_stmt *st = row->state == ROW_ACCEPTED ? ob->mark_st : ob->refuse_st;
     int rc;
 
+    sqlite3_bind_int64(st, 1, now);
+    if (row->state == ROW_ACCEPTED)
+        sqlite3_bind_text(st, 2, row->entry_id, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_text(st, 2, row->reason, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, row->seq);
+    rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -EIO;
+    if (rc < 0) /* before the reset and the rollback clear the message */
+        snprintf(ob->mark_err, sizeof(ob->mark_err), "%s", store_errmsg(ob->store));
+    store_reset(st);
+    return rc;
+}
+
+/* Writes the outcome of every accepted or refused row of b in one
+ * transaction (none when there is nothing to write). */
+static int mark_rows(struct outbox *ob, const struct relay_batch *b)
+{
+    int64_t now = clock_now_us();
+    size_t todo = 0;
+    int rc;
+
+    for (size_t i = 0; i < b->n; i++)
+        todo += b->rows[i].state == ROW_ACCEPTED || b->rows[i].state == ROW_REFUSED;
+    if (todo == 0)
+        return 0;
+    snprintf(ob->mark_err, sizeof(ob->mark_err), "BEGIN or COMMIT failed");
     if ((rc = store_begin(ob->store)) < 0)
         return rc;
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        sqlite3_bind_int64(ob->mark_st, 1, now);
-        sqlite3_bind_text(ob->mark_st, 2, b->rows[i].entry_id, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(ob->mark_st, 3, b->rows[i].seq);
-        rc = sqlite3_step(ob->mark_st) == SQLITE_DONE ? 0 : -EIO;
-        store_reset(ob->mark_st);
+    for (size_t i = 0; i < b->n && rc == 0; i++) {
+        if (b->rows[i].state == ROW_ACCEPTED || b->rows[i].state == ROW_REFUSED)
+            rc = mark_row(ob, &b->rows[i], now);
     }
     if (rc < 0) {
-        log_error("outbox: marking rows published failed: %s", store_errmsg(ob->store));
         store_rollback(ob->store);
         return rc;
     }
     return store_commit(ob->store);
 }
 
+/* The pass is settled: counts, metrics and one line per row set aside. */
+static void account(struct outbox *ob, const struct relay_batch *b)
+{
+    uint64_t published = 0, refused = 0;
+
+    for (size_t i = 0; i < b->n; i++) {
+        const struct relay_row *row = &b->rows[i];
+
+        if (row->state == ROW_ACCEPTED) {
+            metrics_histogram_observe(ob->latency,
+                                      (double)(row->replied_at - row->created_at) / 1e6);
+            published++;
+        } else if (row->state == ROW_REFUSED) {
+            log_error("outbox: row %lld (event %s) set aside: Redis refused it for %s: %s; "
+                      "`scripts/outbox requeue` sends it again once that is fixed",
+                      (long long)row->seq, row->event_id, row->stream, row->reason);
+            refused++;
+        }
+    }
+    ob->backlog -= published + refused > ob->backlog ? ob->backlog : published + refused;
+    ob->set_aside += refused;
+    metrics_counter_add(ob->published, published);
+    metrics_counter_add(ob->refused, refused);
+}
+
+/* Settles ob->unmarked. On success frees it and returns 0; on failure keeps
+ * it (its rows are not sent again meanwhile) and returns the error. */
+static int settle(struct outbox *ob)
+{
+    struct relay_batch *b = ob->unmarked;
+    int rc = mark_rows(ob, b);
+
+    if (rc < 0) {
+        metrics_counter_add(ob->mark_failures, 1);
+        if (!ob->mark_failing)
+            log_error("outbox: cannot record what Redis answered (%s): the rows it accepted are "
+                      "not sent again; retrying the mark with backoff",
+                      ob->mark_err);
+        ob->mark_failing = 1;
+        return rc;
+    }
+    if (ob->mark_failing)
+        log_info("outbox: recorded what Redis accepted after failed attempts");
+    ob->mark_failing = 0;
+    ob->unmarked = NULL;
+    account(ob, b);
+    free(b);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * The relay
+ * ------------------------------------------------------------------------- */
+
+static void on_backoff(uv_timer_t *t);
+
+static void back_off(struct outbox *ob)
+{
+    metrics_counter_add(ob->failed, 1);
+    ob->backoff_ms = ob->backoff_ms ? ob->backoff_ms * 2 : BACKOFF_MIN_MS;
+    if (ob->backoff_ms > BACKOFF_MAX_MS)
+        ob->backoff_ms = BACKOFF_MAX_MS;
+    if (!ob->closing)
+        uv_timer_start(&ob->backoff, on_backoff, ob->backoff_ms, 0);
+}
+
+static void on_backoff(uv_timer_t *t)
+{
+    struct outbox *ob = t->data;
+
+    if (ob->unmarked != NULL) {
+        if (settle(ob) < 0) {
+            back_off(ob);
+            return;
+        }
+        ob->backoff_ms = 0;
+    }
+    relay_pass(ob);
+}
+
 static void batch_done(struct relay_batch *b)
 {
     struct outbox *ob = b->ob;
+    int retry = b->retry;
 
     ob->inflight = 0;
-    if (b->accepted > 0) {
-        int64_t last = b->rows[b->accepted - 1].seq;
-
-        if (mark_published(ob, b, b->accepted) == 0) {
-            ob->published_upto = last;
-            for (size_t i = 0; i < b->accepted; i++)
-                metrics_histogram_observe(
-                    ob->latency, (double)(b->rows[i].replied_at - b->rows[i].created_at) / 1e6);
-            metrics_counter_add(ob->published, b->accepted);
-        } else {
-            /* Published but not marked: they go again (at least once),
-             * after the backoff rather than in a tight loop of XADDs. */
-            b->failed = 1;
-        }
-    }
-    if (b->failed) {
-        metrics_counter_add(ob->failed, 1);
-        ob->backoff_ms = ob->backoff_ms ? ob->backoff_ms * 2 : BACKOFF_MIN_MS;
-        if (ob->backoff_ms > BACKOFF_MAX_MS)
-            ob->backoff_ms = BACKOFF_MAX_MS;
-        if (!ob->closing)
-            uv_timer_start(&ob->backoff, on_backoff, ob->backoff_ms, 0);
-    } else {
+    ob->unmarked = b;
+    if (settle(ob) < 0)
+        retry = 1;
+    if (retry)
+        back_off(ob);
+    else
         ob->backoff_ms = 0;
-    }
-    free(b);
     if (ob->closing)
         maybe_closed(ob);
-    else if (!uv_is_active((uv_handle_t *)&ob->backoff) && outbox_backlog(ob) > 0)
+    else if (!uv_is_active((uv_handle_t *)&ob->backoff))
         relay_pass(ob);
+}
+
+static void note_refusal(struct relay_batch *b, struct relay_row *row, const char *err)
+{
+    if (redis_error_class(err) == REDIS_ERROR_PERMANENT) {
+        row->state = ROW_REFUSED;
+        snprintf(row->reason, sizeof(row->reason), "%s", err);
+        return;
+    }
+    if (!b->retry)
+        log_warn("outbox: XADD of row %lld to %s refused for now: %s (retrying after a backoff)",
+                 (long long)row->seq, row->stream, err);
+    row->state = ROW_RETRY;
+    b->retry = 1;
 }
 
 static void on_xadd(struct redis *r, struct redisReply *reply, void *data)
 {
     struct relay_batch *b = data;
-    size_t i = b->answered++;
+    struct relay_row *row = &b->rows[b->answered++];
 
     (void)r;
-    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
-        if (!b->failed && reply != NULL)
-            log_warn("outbox: XADD of row %lld refused: %s", (long long)b->rows[i].seq, reply->str);
-        b->failed = 1;
-    } else if (!b->failed) {
-        b->rows[i].replied_at = clock_now_us();
-        b->accepted = i + 1;
+    if (reply == NULL) {
+        row->state = ROW_RETRY; /* lost with the connection: accepted or not, it goes again */
+        b->retry = 1;
+    } else if (reply->type == REDIS_REPLY_ERROR) {
+        note_refusal(b, row, reply->str);
+    } else {
+        row->state = ROW_ACCEPTED;
+        row->replied_at = clock_now_us();
         if (reply->type == REDIS_REPLY_STRING)
-            snprintf(b->rows[i].entry_id, sizeof(b->rows[i].entry_id), "%s", reply->str);
+            snprintf(row->entry_id, sizeof(row->entry_id), "%s", reply->str);
     }
     if (b->answered == b->n)
         batch_done(b);
@@ -314,26 +468,36 @@ static int send_row(struct outbox *ob, struct relay_batch *b, struct sqlite3_stm
     return redis_command(ob->redis, on_xadd, b, n, argv, len);
 }
 
+/* Fills the next row of b from the current result row of st. */
+static void keep_row(struct relay_batch *b, struct sqlite3_stmt *st)
+{
+    struct relay_row *row = &b->rows[b->n++];
+
+    memset(row, 0, sizeof(*row));
+    row->seq = sqlite3_column_int64(st, 0);
+    row->created_at = sqlite3_column_int64(st, 6);
+    row->state = ROW_SENT;
+    snprintf(row->stream, sizeof(row->stream), "%s", (const char *)sqlite3_column_text(st, 1));
+    snprintf(row->event_id, sizeof(row->event_id), "%s", (const char *)sqlite3_column_text(st, 2));
+}
+
 static void relay_pass(struct outbox *ob)
 {
     struct relay_batch *b;
+    size_t cap = ob->backlog < ob->cfg.batch ? (size_t)ob->backlog : ob->cfg.batch;
     int rc = 0;
 
-    if (ob->inflight || !redis_is_up(ob->redis) || outbox_backlog(ob) == 0)
+    if (ob->inflight || ob->unmarked != NULL || !redis_is_up(ob->redis) || cap == 0)
         return;
-    b = malloc(sizeof(*b) + ob->cfg.batch * sizeof(b->rows[0]));
+    b = calloc(1, sizeof(*b) + cap * sizeof(b->rows[0]));
     if (b == NULL)
         return;
-    memset(b, 0, sizeof(*b));
     b->ob = ob;
-    sqlite3_bind_int64(ob->select_st, 1, ob->cfg.batch);
+    sqlite3_bind_int64(ob->select_st, 1, (sqlite3_int64)cap);
     while (rc == 0 && sqlite3_step(ob->select_st) == SQLITE_ROW) {
         rc = send_row(ob, b, ob->select_st);
-        if (rc == 0) {
-            b->rows[b->n].seq = sqlite3_column_int64(ob->select_st, 0);
-            b->rows[b->n].created_at = sqlite3_column_int64(ob->select_st, 6);
-            b->n++;
-        }
+        if (rc == 0)
+            keep_row(b, ob->select_st);
     }
     store_reset(ob->select_st);
     if (b->n == 0) {
@@ -343,16 +507,16 @@ static void relay_pass(struct outbox *ob)
     }
     ob->inflight = 1;
     if (rc < 0)
-        b->failed = 1; /* the rows sent still get their replies */
+        b->retry = 1; /* the rows sent still get their replies */
     /* b now belongs to the XADD callbacks: the last reply frees it */
 } /* NOLINT(clang-analyzer-unix.Malloc) */
 
 /* ---------------------------------------------------------------------------
- * Upkeep: recovery sweep, pruning, metrics
+ * Upkeep: recovery sweep, re-queues, pruning, metrics
  * ------------------------------------------------------------------------- */
 
 /* Published rows older than the retention, in batches; never the newest
- * row (see the top of the file). */
+ * row (see the top of the file). Set-aside rows stay until re-queued. */
 static void prune(struct outbox *ob)
 {
     int64_t cutoff = clock_now_us() - (int64_t)ob->cfg.retention_ms * 1000;
@@ -378,11 +542,27 @@ static uint64_t prune_every_ms(const struct outbox *ob)
     return r >= PRUNE_EVERY_MS ? PRUNE_EVERY_MS : r > SWEEP_MS ? r : SWEEP_MS;
 }
 
+/* Another connection committed (scripts/outbox requeue): count again, once
+ * no pass is in flight or waiting for its mark (their rows are counted in
+ * the backlog until settled). */
+static void notice_other_writers(struct outbox *ob)
+{
+    int64_t v = query_int(ob->version_st, ob->data_version);
+
+    if (v == ob->data_version || ob->inflight || ob->unmarked != NULL || store_in_txn(ob->store))
+        return;
+    ob->data_version = v;
+    recount(ob);
+    log_debug("outbox: another connection wrote: %llu rows pending, %llu set aside",
+              (unsigned long long)ob->backlog, (unsigned long long)ob->set_aside);
+}
+
 static void on_sweep(uv_timer_t *t)
 {
     struct outbox *ob = t->data;
     uint64_t now = uv_now(t->loop);
 
+    notice_other_writers(ob);
     if (!uv_is_active((uv_handle_t *)&ob->backoff))
         relay_pass(ob);
     if (now - ob->last_prune >= prune_every_ms(ob)) {
@@ -396,7 +576,7 @@ static void on_redis_state(struct redis *r, int up, void *data)
     struct outbox *ob = data;
 
     (void)r;
-    if (up && !ob->closing) {
+    if (up && !ob->closing && ob->unmarked == NULL) {
         ob->backoff_ms = 0;
         uv_timer_stop(&ob->backoff);
         relay_pass(ob);
@@ -408,29 +588,53 @@ static double gauge_backlog(void *data)
     return (double)outbox_backlog(data);
 }
 
+static double gauge_set_aside(void *data)
+{
+    return (double)outbox_set_aside(data);
+}
+
 static double gauge_oldest(void *data)
 {
     struct outbox *ob = data;
     int64_t created;
 
-    if (outbox_backlog(ob) == 0)
+    if (ob->backlog == 0)
         return 0;
     created = query_int(ob->oldest_st, 0);
     return created > 0 ? (double)(clock_now_us() - created) / 1e6 : 0;
 }
 
-static int register_metrics(struct outbox *ob, struct metrics *m)
+static int register_counters(struct outbox *ob, struct metrics *m)
 {
     ob->latency = metrics_histogram(m, "outbox_publish_latency_seconds",
                                     "Time from outbox append to Redis accepting the XADD.", "",
                                     latency_bounds, ARRAY_SIZE(latency_bounds));
     ob->published = metrics_counter(m, "outbox_published_total", "Outbox rows published.", "");
-    ob->failed = metrics_counter(m, "outbox_publish_failures_total",
-                                 "Relay passes stopped by a refused or lost XADD.", "");
-    if (ob->latency == NULL || ob->published == NULL || ob->failed == NULL)
+    ob->failed =
+        metrics_counter(m, "outbox_publish_failures_total",
+                        "Relay passes stopped by a refused or lost XADD, or a failed mark.", "");
+    ob->refused =
+        metrics_counter(m, "outbox_refused_total",
+                        "Outbox rows Redis refused for a reason no retry fixes; set aside.", "");
+    ob->mark_failures =
+        metrics_counter(m, "outbox_mark_failures_total",
+                        "Failed transactions recording which rows Redis accepted (retried; the "
+                        "rows are not sent again meanwhile).",
+                        "");
+    if (ob->latency == NULL || ob->published == NULL || ob->failed == NULL || ob->refused == NULL ||
+        ob->mark_failures == NULL)
         return -ENOMEM;
-    if (metrics_gauge(m, "outbox_backlog", "Committed outbox rows not yet published.", "",
+    return 0;
+}
+
+static int register_metrics(struct outbox *ob, struct metrics *m)
+{
+    if (register_counters(ob, m) < 0 ||
+        metrics_gauge(m, "outbox_backlog", "Committed outbox rows not yet published.", "",
                       gauge_backlog, ob) < 0 ||
+        metrics_gauge(m, "outbox_set_aside",
+                      "Outbox rows Redis refused for good, waiting to be re-queued.", "",
+                      gauge_set_aside, ob) < 0 ||
         metrics_gauge(m, "outbox_oldest_unpublished_age_seconds",
                       "Age of the oldest unpublished outbox row.", "", gauge_oldest, ob) < 0)
         return -ENOMEM;
@@ -441,31 +645,73 @@ static int register_metrics(struct outbox *ob, struct metrics *m)
  * Life cycle
  * ------------------------------------------------------------------------- */
 
+static int exec_sql(struct outbox *ob, const char *sql, const char *what)
+{
+    if (sqlite3_exec(store_db(ob->store), sql, NULL, NULL, NULL) != SQLITE_OK) {
+        log_error("outbox: cannot %s: %s", what, store_errmsg(ob->store));
+        return -EIO;
+    }
+    return 0;
+}
+
+/* The table, its set-aside columns on a table from an older build, and its
+ * indexes. */
+static int create_table(struct outbox *ob)
+{
+    struct sqlite3_stmt *has;
+    int rc;
+
+    if ((rc = exec_sql(ob, schema, "create its table")) < 0)
+        return rc;
+    rc = store_prepare(ob->store,
+                       "SELECT COUNT(*) FROM pragma_table_info('outbox') WHERE name = 'refused_at'",
+                       &has);
+    if (rc < 0)
+        return rc;
+    if (query_int(has, 0) == 0 &&
+        (rc = exec_sql(ob, schema_upgrade, "add the set-aside columns")) < 0)
+        return rc;
+    return exec_sql(ob, schema_indexes, "create its indexes");
+}
+
+static int prepare_relay(struct outbox *ob)
+{
+    struct store *st = ob->store;
+    int rc;
+
+    if ((rc = store_prepare(st,
+                            "SELECT seq, stream, event_id, type, data, trace, created_at "
+                            "FROM outbox WHERE " PENDING " ORDER BY seq LIMIT ?",
+                            &ob->select_st)) < 0 ||
+        (rc = store_prepare(st, "UPDATE outbox SET published_at = ?, entry_id = ? WHERE seq = ?",
+                            &ob->mark_st)) < 0 ||
+        (rc =
+             store_prepare(st, "UPDATE outbox SET refused_at = ?, refused_reason = ? WHERE seq = ?",
+                           &ob->refuse_st)) < 0 ||
+        (rc = store_prepare(st, "SELECT COUNT(*) FROM outbox WHERE " PENDING, &ob->count_st)) < 0 ||
+        (rc = store_prepare(st, "SELECT COUNT(*) FROM outbox WHERE refused_at IS NOT NULL",
+                            &ob->aside_st)) < 0 ||
+        (rc = store_prepare(st, "PRAGMA data_version", &ob->version_st)) < 0)
+        return rc;
+    return 0;
+}
+
 static int prepare_all(struct outbox *ob)
 {
     struct store *st = ob->store;
     int rc;
 
-    if (sqlite3_exec(store_db(st), schema, NULL, NULL, NULL) != SQLITE_OK) {
-        log_error("outbox: cannot create its table: %s", store_errmsg(st));
-        return -EIO;
-    }
+    if ((rc = create_table(ob)) < 0 || (rc = prepare_relay(ob)) < 0)
+        return rc;
     if ((rc = store_prepare(st,
                             "INSERT INTO outbox(stream, event_id, type, data, trace, created_at) "
                             "VALUES (?, ?, ?, ?, ?, ?)",
                             &ob->insert_st)) < 0 ||
-        (rc = store_prepare(st,
-                            "SELECT seq, stream, event_id, type, data, trace, created_at "
-                            "FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT ?",
-                            &ob->select_st)) < 0 ||
-        (rc = store_prepare(st, "UPDATE outbox SET published_at = ?, entry_id = ? WHERE seq = ?",
-                            &ob->mark_st)) < 0 ||
         (rc = store_prepare(st, "SELECT MAX(seq) FROM outbox", &ob->max_seq_st)) < 0 ||
         (rc = store_prepare(st, "SELECT entry_id FROM outbox WHERE event_id = ?", &ob->entry_st)) <
             0 ||
         (rc = store_prepare(st,
-                            "SELECT created_at FROM outbox WHERE published_at IS NULL "
-                            "ORDER BY seq LIMIT 1",
+                            "SELECT created_at FROM outbox WHERE " PENDING " ORDER BY seq LIMIT 1",
                             &ob->oldest_st)) < 0 ||
         (rc = store_prepare(st,
                             "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox "
@@ -476,23 +722,18 @@ static int prepare_all(struct outbox *ob)
     return 0;
 }
 
-/* Where the relay starts: below the first unpublished row. */
-static int load_position(struct outbox *ob)
+/* What waits from before the start. */
+static void load_counts(struct outbox *ob)
 {
-    struct sqlite3_stmt *first;
-    int64_t f;
-    int rc;
-
-    rc = store_prepare(ob->store, "SELECT MIN(seq) FROM outbox WHERE published_at IS NULL", &first);
-    if (rc < 0)
-        return rc;
-    ob->max_seq = query_int(ob->max_seq_st, 0);
-    f = query_int(first, 0);
-    ob->published_upto = f > 0 ? f - 1 : ob->max_seq;
-    if (outbox_backlog(ob) > 0)
+    ob->data_version = query_int(ob->version_st, 0);
+    recount(ob);
+    if (ob->backlog > 0)
         log_info("outbox: %llu rows from before the start wait to be published",
-                 (unsigned long long)outbox_backlog(ob));
-    return 0;
+                 (unsigned long long)ob->backlog);
+    if (ob->set_aside > 0)
+        log_warn("outbox: %llu rows are set aside (Redis refused them); `scripts/outbox list` "
+                 "shows them",
+                 (unsigned long long)ob->set_aside);
 }
 
 int outbox_new(struct service *svc, const struct outbox_config *cfg, struct outbox **out)
@@ -511,13 +752,13 @@ int outbox_new(struct service *svc, const struct outbox_config *cfg, struct outb
     snprintf(ob->source, sizeof(ob->source), "%s", cfg->source);
     ob->cfg.source = ob->source;
     snprintf(ob->maxlen, sizeof(ob->maxlen), "%lu", cfg->maxlen);
-    if ((rc = prepare_all(ob)) < 0 || (rc = load_position(ob)) < 0 ||
-        (rc = register_metrics(ob, svc->metrics)) < 0 ||
+    if ((rc = prepare_all(ob)) < 0 || (rc = register_metrics(ob, svc->metrics)) < 0 ||
         (rc = store_on_commit(ob->store, on_commit, ob)) < 0 ||
         (rc = redis_listen(ob->redis, on_redis_state, ob)) < 0) {
         free(ob); /* statements belong to the store, which finalizes them */
         return rc;
     }
+    load_counts(ob);
     uv_check_init(svc->loop, &ob->wake);
     uv_timer_init(svc->loop, &ob->sweep);
     uv_timer_init(svc->loop, &ob->backoff);
@@ -540,8 +781,19 @@ static void on_closed(uv_handle_t *h)
     cb = ob->closed_cb;
     data = ob->closed_data;
     metrics_gauge_detach(ob->svc->metrics, ob);
+    free(ob->unmarked);
     free(ob);
     cb(data);
+}
+
+/* A last try at a failed mark; what stays unmarked goes out again at the
+ * next start (consumers de-duplicate by event id). */
+static void settle_before_close(struct outbox *ob)
+{
+    if (ob->unmarked == NULL || settle(ob) == 0)
+        return;
+    log_warn("outbox: stopping with a pass Redis answered but not recorded; its accepted rows "
+             "go out again at the next start");
 }
 
 /* Closes once nothing is in flight and there is nothing more to send (or no
@@ -550,15 +802,16 @@ static void maybe_closed(struct outbox *ob)
 {
     if (ob->pending_closes > 0 || ob->inflight)
         return;
+    settle_before_close(ob);
     if (uv_is_active((uv_handle_t *)&ob->flush) && redis_is_up(ob->redis) && !ob->backoff_ms &&
-        outbox_backlog(ob) > 0) {
+        ob->unmarked == NULL && ob->backlog > 0) {
         relay_pass(ob);
         if (ob->inflight)
             return;
     }
-    if (outbox_backlog(ob) > 0)
+    if (ob->backlog > 0)
         log_warn("outbox: stopping with %llu rows unpublished; they go out at the next start",
-                 (unsigned long long)outbox_backlog(ob));
+                 (unsigned long long)ob->backlog);
     ob->pending_closes = 4;
     uv_close((uv_handle_t *)&ob->wake, on_closed);
     uv_close((uv_handle_t *)&ob->sweep, on_closed);

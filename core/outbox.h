@@ -3,18 +3,27 @@
  * DESIGN.md §7. outbox_append inserts a row into the service's outbox table
  * inside the caller's open store transaction, so the event exists if and only
  * if the state change committed. After every commit the relay is woken in the
- * same loop iteration (a uv_check handle, not a poll): it reads unpublished
- * rows in seq order, pipelines XADD ... MAXLEN ~ <maxlen> with the envelope
- * fields of DESIGN.md §5, and marks the rows published once Redis has
- * answered. While Redis is down, rows wait; the relay retries with backoff
- * and drains the backlog in order on reconnect and at start. A crash between
- * XADD and the mark publishes a row twice: consumers de-duplicate by event id.
+ * same loop iteration (a uv_check handle, not a poll): it reads pending rows
+ * in seq order, pipelines XADD ... MAXLEN ~ <maxlen> with the envelope fields
+ * of DESIGN.md §5, and once Redis has answered marks published exactly the
+ * rows it accepted. A row Redis refuses for a reason no retry fixes
+ * (WRONGTYPE, NOPERM, an ERR) is set aside with its reason -- counted
+ * (outbox_refused_total), logged once -- and the rows after it keep flowing;
+ * an operator re-queues it (scripts/outbox requeue). A row refused for now
+ * (OOM, BUSY, READONLY, ...) or whose reply was lost stops the pass there and
+ * is retried after a backoff. While Redis is down, rows wait and drain in
+ * order on reconnect and at start. An accepted row is not sent again, even
+ * while recording the acceptance fails (a full disk: the mark is retried with
+ * backoff); only a crash between XADD and the mark publishes a row twice, and
+ * consumers de-duplicate by event id.
  *
  * SQLite has one writer, so seq order is commit order and the relay never
  * skips a row that committed late. Published rows are pruned after
- * OUTBOX_RETENTION_MS in small batches. Metrics: outbox_backlog,
- * outbox_oldest_unpublished_age_seconds, outbox_publish_latency_seconds
- * (append to XADD reply) and outbox_published_total. Loop thread only. */
+ * OUTBOX_RETENTION_MS in small batches; set-aside rows are kept. Metrics:
+ * outbox_backlog, outbox_set_aside, outbox_oldest_unpublished_age_seconds,
+ * outbox_publish_latency_seconds (append to XADD reply), outbox_published_total,
+ * outbox_refused_total, outbox_publish_failures_total and
+ * outbox_mark_failures_total. Loop thread only. */
 #ifndef CORE_OUTBOX_H
 #define CORE_OUTBOX_H
 
@@ -55,15 +64,18 @@ CORE_MUST_CHECK int outbox_append(struct outbox *ob, const char *stream, const c
  * -ENOSPC. */
 CORE_MUST_CHECK int outbox_entry_id(struct outbox *ob, const char *event_id, char *buf, size_t len);
 
-/* Unpublished rows (committed and not yet acknowledged by Redis). */
+/* Pending rows: committed, neither accepted by Redis nor set aside. */
 uint64_t outbox_backlog(const struct outbox *ob);
+/* Rows set aside (Redis refused them for good), waiting to be re-queued. */
+uint64_t outbox_set_aside(const struct outbox *ob);
 /* 1 when the backlog is past max_backlog: HTTP writes should answer 503. */
 int outbox_overloaded(const struct outbox *ob);
 
-/* Stops the relay: waits for the XADDs in flight and, while Redis is up,
- * tries to drain the backlog for up to flush_ms; then closes its handles,
- * frees ob and calls done(data). Rows left unpublished stay in the table and
- * are published at the next start. */
+/* Stops the relay: waits for the XADDs in flight (a halted Redis connection
+ * answers them at once with NULL) and, while Redis is up, tries to drain
+ * the backlog for up to flush_ms; then closes its handles, frees ob and calls
+ * done(data). Rows left unpublished stay in the table and are published at
+ * the next start. */
 typedef void (*outbox_closed_cb)(void *data);
 void outbox_close(struct outbox *ob, unsigned flush_ms, outbox_closed_cb done, void *data);
 

@@ -1,10 +1,15 @@
 /* redis.c -- a Redis connection with reconnect. See redis.h.
  *
- * States: DOWN (a backoff timer is armed), CONNECTING (hiredis context
- * exists, TCP and then AUTH/SELECT in progress), UP. Every way of losing
- * the context -- hiredis's disconnect callback, a failed connect, our
- * watchdog, redis_reset, redis_close -- goes through conn_lost(), which
- * arms the reconnect unless we are closing.
+ * States: DOWN (a backoff timer is armed, or the next address is about to
+ * be tried), RESOLVING (uv_getaddrinfo runs on the thread pool: hiredis 0.14
+ * would resolve synchronously, on the loop, on every connect), CONNECTING
+ * (hiredis context on a numeric address exists, TCP and then AUTH, SELECT
+ * and ROLE in progress), UP. Every way of losing the context -- hiredis's
+ * disconnect callback, a failed connect, our watchdog, a wrong-node reply,
+ * redis_reset, redis_halt, redis_close -- goes through conn_lost(), which
+ * tries the next address of the last resolution at once, or arms the
+ * backoff (after which the name is resolved again), unless we are halted
+ * or closing.
  *
  * The context is driven by our own small event adapter (a uv_poll on its
  * socket) rather than hiredis 0.14's adapters/libuv.h, which drops poll
@@ -14,12 +19,15 @@
  *
  * hiredis 0.14 frees the context itself after its disconnect callback (and
  * after a failed connect callback); redisAsyncFree is safe inside a reply
- * callback because hiredis defers it (REDIS_IN_CALLBACK). Each command
+ * callback because hiredis defers it (REDIS_IN_CALLBACK) until the callback
+ * returns, then gives every pending callback a NULL reply. Each command
  * carries a small struct with our callback, so a NULL reply (connection
  * lost) reaches the caller exactly once. */
 #include "redis.h"
 
 #include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,7 +39,9 @@
 
 #define WATCHDOG_MS 500
 
-enum redis_state { REDIS_DOWN, REDIS_CONNECTING, REDIS_UP };
+#define ADDR_LEN 46 /* INET6_ADDRSTRLEN */
+
+enum redis_state { REDIS_DOWN, REDIS_RESOLVING, REDIS_CONNECTING, REDIS_UP };
 
 struct redis {
     uv_loop_t *loop;
@@ -56,6 +66,15 @@ struct redis {
     size_t nlisteners;
     int logged_down;      /* "unreachable" logged once per outage */
     const char *drop_why; /* why we dropped the context ourselves, for the log */
+    int halted;           /* redis_halt: never connect again */
+
+    /* The name is resolved off the loop on every (re)connect; the addresses
+     * of one resolution are tried in turn. */
+    uv_getaddrinfo_t resolver;
+    int resolving;                         /* resolver in flight (may outlive a halt) */
+    char addrs[REDIS_MAX_ADDRS][ADDR_LEN]; /* numeric */
+    unsigned naddrs, next_addr;            /* next_addr == naddrs: resolve again */
+    char addr[ADDR_LEN];                   /* the address of the current context, for logs */
 };
 
 struct redis_cmd {
@@ -265,6 +284,38 @@ out_bad:
 }
 
 /* ---------------------------------------------------------------------------
+ * Error replies
+ * ------------------------------------------------------------------------- */
+
+/* Does msg start with the word w (followed by a space or its end)? */
+static int first_word_is(const char *msg, const char *w)
+{
+    size_t n = strlen(w);
+
+    return strncmp(msg, w, n) == 0 && (msg[n] == ' ' || msg[n] == '\0');
+}
+
+enum redis_error_class redis_error_class(const char *msg)
+{
+    static const char *const wrong_node[] = {"READONLY", "LOADING", "MASTERDOWN"};
+    static const char *const permanent[] = {"ERR", "WRONGTYPE", "NOPERM", "EXECABORT"};
+
+    if (msg == NULL)
+        return REDIS_ERROR_TRANSIENT;
+    for (size_t i = 0; i < ARRAY_SIZE(wrong_node); i++) {
+        if (first_word_is(msg, wrong_node[i]))
+            return REDIS_ERROR_WRONG_NODE;
+    }
+    for (size_t i = 0; i < ARRAY_SIZE(permanent); i++) {
+        if (first_word_is(msg, permanent[i]))
+            return REDIS_ERROR_PERMANENT;
+    }
+    /* OOM, BUSY, TRYAGAIN, MISCONF, NOAUTH, CLUSTERDOWN, ... and anything we
+     * do not know: retrying loses nothing, setting aside might */
+    return REDIS_ERROR_TRANSIENT;
+}
+
+/* ---------------------------------------------------------------------------
  * State
  * ------------------------------------------------------------------------- */
 
@@ -288,24 +339,45 @@ static void schedule_retry(struct redis *r)
     uv_timer_start(&r->retry_timer, on_retry, delay, 0);
 }
 
+/* A connect attempt failed: says so once per outage (quietly while another
+ * address of the same resolution is left to try). */
+static void log_unreachable(struct redis *r, const char *why, int more)
+{
+    if (r->closing || r->halted)
+        return;
+    if (more) {
+        log_debug("redis %s: cannot connect to %s:%u at %s: %s (trying the next address)", r->name,
+                  r->url.host, r->url.port, r->addr, why);
+    } else if (!r->logged_down) {
+        log_warn("redis %s: cannot connect to %s:%u%s%s: %s (retrying)", r->name, r->url.host,
+                 r->url.port, r->addr[0] ? " at " : "", r->addr, why);
+        r->logged_down = 1;
+    }
+}
+
 /* The context is gone (hiredis frees it, or already has). */
 static void conn_lost(struct redis *r, const char *why)
 {
     int was_up = r->state == REDIS_UP;
+    int more = !was_up && r->next_addr < r->naddrs;
 
     r->ac = NULL;
     r->state = REDIS_DOWN;
     r->pending = 0;
     if (was_up) {
-        if (!r->closing)
-            log_warn("redis %s: connection lost: %s", r->name, why);
+        r->naddrs = r->next_addr = 0; /* reconnect by name: it may point elsewhere now */
+        if (!r->closing && !r->halted)
+            log_warn("redis %s: connection to %s:%u lost: %s", r->name, r->url.host, r->url.port,
+                     why);
         notify(r, 0);
-    } else if (!r->logged_down && !r->closing) {
-        log_warn("redis %s: cannot connect to %s:%u: %s (retrying)", r->name, r->url.host,
-                 r->url.port, why);
-        r->logged_down = 1;
+    } else {
+        log_unreachable(r, why, more);
     }
-    if (!r->closing)
+    if (r->closing || r->halted)
+        return;
+    if (more)
+        uv_timer_start(&r->retry_timer, on_retry, 0, 0); /* the next address, at once */
+    else
         schedule_retry(r);
 }
 
@@ -341,19 +413,40 @@ static void conn_drop(struct redis *r, const char *why)
  * Commands
  * ------------------------------------------------------------------------- */
 
+/* An error reply that says this server cannot serve us (demoted to a
+ * replica, loading its data set): drop the connection once the caller has
+ * seen the reply, so that we reconnect, resolving the name again, and are
+ * not ready meanwhile. */
+static void drop_if_wrong_node(struct redis *r, const redisAsyncContext *ac, const char *err)
+{
+    char why[128];
+
+    if (r->ac != ac || r->closing || r->halted)
+        return;
+    snprintf(why, sizeof(why), "the server answered %.100s", err);
+    conn_drop(r, why);
+}
+
 /* cppcheck-suppress constParameter ; hiredis's redisCallbackFn signature */
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     struct redis_cmd *cmd = privdata;
     struct redis *r = cmd->r;
+    const redisReply *rep = reply;
+    int wrong_node = 0;
 
-    if (reply != NULL && r->ac == ac) {
+    if (rep != NULL && r->ac == ac) {
         r->pending--;
         r->last_progress = uv_now(r->loop);
+        wrong_node =
+            rep->type == REDIS_REPLY_ERROR && redis_error_class(rep->str) == REDIS_ERROR_WRONG_NODE;
     }
     if (cmd->cb)
         cmd->cb(r, reply, cmd->data);
     free(cmd);
+    /* rep lives until we return: hiredis frees it after this callback */
+    if (wrong_node)
+        drop_if_wrong_node(r, ac, rep->str);
 }
 
 static int send_argv(struct redis *r, redis_reply_cb cb, void *data, int argc, const char **argv,
@@ -389,36 +482,100 @@ size_t redis_pending(const struct redis *r)
 }
 
 /* ---------------------------------------------------------------------------
- * Connecting: TCP, then AUTH and SELECT, then up
+ * Connecting: resolve, TCP, then AUTH, SELECT and ROLE, then up
  * ------------------------------------------------------------------------- */
 
-/* cppcheck-suppress constParameter ; the redis_reply_cb signature */
-static void on_handshake(struct redis *r, struct redisReply *reply, void *data)
+static void conn_up(struct redis *r)
 {
-    int last = data != NULL;
-
-    if (reply == NULL || r->state != REDIS_CONNECTING)
-        return;
-    if (reply->type == REDIS_REPLY_ERROR) {
-        log_error("redis %s: %s refused: %s", r->name, last ? "SELECT/PING" : "AUTH", reply->str);
-        conn_drop(r, "handshake refused");
-        return;
-    }
-    if (!last)
-        return;
     r->state = REDIS_UP;
     r->backoff_ms = 0;
     r->logged_down = 0;
-    log_info("redis %s: connected to %s:%u db %u", r->name, r->url.host, r->url.port, r->url.db);
+    log_info("redis %s: connected to %s:%u (%s) db %u", r->name, r->url.host, r->url.port, r->addr,
+             r->url.db);
     notify(r, 1);
+}
+
+/* AUTH and SELECT: any error ends the attempt. */
+static void handshake_step(struct redis *r, const struct redisReply *reply, const char *what)
+{
+    char why[160];
+
+    if (reply == NULL || r->state != REDIS_CONNECTING || reply->type != REDIS_REPLY_ERROR)
+        return;
+    if (redis_error_class(reply->str) != REDIS_ERROR_WRONG_NODE)
+        log_error("redis %s: %s refused: %s", r->name, what, reply->str);
+    snprintf(why, sizeof(why), "%s refused: %.100s", what, reply->str);
+    conn_drop(r, why);
+}
+
+/* cppcheck-suppress constParameter ; the redis_reply_cb signature */
+static void on_auth(struct redis *r, struct redisReply *reply, void *data)
+{
+    (void)data;
+    handshake_step(r, reply, "AUTH");
+}
+
+/* cppcheck-suppress constParameter ; the redis_reply_cb signature */
+static void on_select(struct redis *r, struct redisReply *reply, void *data)
+{
+    (void)data;
+    handshake_step(r, reply, "SELECT");
+}
+
+/* The last step: only a primary will do (a replica answers every write
+ * with READONLY). A server that will not say (ROLE refused by an ACL) is
+ * taken at its word; a wrong-node error is not. */
+/* cppcheck-suppress constParameter ; the redis_reply_cb signature */
+static void on_role(struct redis *r, struct redisReply *reply, void *data)
+{
+    const struct redisReply *role;
+    char why[160];
+
+    (void)data;
+    if (reply == NULL || r->state != REDIS_CONNECTING)
+        return;
+    if (reply->type == REDIS_REPLY_ERROR &&
+        redis_error_class(reply->str) == REDIS_ERROR_WRONG_NODE) {
+        snprintf(why, sizeof(why), "ROLE refused: %.100s", reply->str);
+        conn_drop(r, why);
+        return;
+    }
+    role = reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 ? reply->element[0] : NULL;
+    if (role != NULL && role->type == REDIS_REPLY_STRING && strcmp(role->str, "master") != 0) {
+        snprintf(why, sizeof(why), "the server is a %.20s, not a primary", role->str);
+        conn_drop(r, why);
+        return;
+    }
+    conn_up(r);
+}
+
+static int send_handshake(struct redis *r)
+{
+    const char *argv[3];
+    char db[16];
+    int n = 0, rc = 0;
+
+    if (r->url.password[0]) {
+        argv[n++] = "AUTH";
+        if (r->url.user[0])
+            argv[n++] = r->url.user;
+        argv[n++] = r->url.password;
+        rc = send_argv(r, on_auth, NULL, n, argv, NULL);
+    }
+    snprintf(db, sizeof(db), "%u", r->url.db);
+    argv[0] = "SELECT";
+    argv[1] = db;
+    if (rc == 0)
+        rc = send_argv(r, on_select, NULL, 2, argv, NULL);
+    argv[0] = "ROLE";
+    if (rc == 0)
+        rc = send_argv(r, on_role, NULL, 1, argv, NULL);
+    return rc;
 }
 
 static void on_connect(const redisAsyncContext *ac, int status)
 {
     struct redis *r = ac->data;
-    char db[16];
-    const char *argv[3];
-    int rc = 0;
 
     if (r == NULL || r->ac != ac)
         return;
@@ -428,45 +585,30 @@ static void on_connect(const redisAsyncContext *ac, int status)
         return;
     }
     r->last_progress = uv_now(r->loop);
-    if (r->url.password[0]) {
-        int n = 0;
-
-        argv[n++] = "AUTH";
-        if (r->url.user[0])
-            argv[n++] = r->url.user;
-        argv[n++] = r->url.password;
-        rc = send_argv(r, on_handshake, NULL, n, argv, NULL);
-    }
-    snprintf(db, sizeof(db), "%u", r->url.db);
-    argv[0] = "SELECT";
-    argv[1] = db;
-    if (rc == 0)
-        rc = send_argv(r, on_handshake, r, 2, argv, NULL);
-    if (rc < 0)
+    if (send_handshake(r) < 0)
         conn_drop(r, "could not send the handshake");
 }
 
-static void conn_start(struct redis *r)
+/* Connects hiredis to one numeric address (hiredis resolves nothing then). */
+static void conn_connect(struct redis *r, const char *addr)
 {
     redisAsyncContext *ac;
 
-    if (r->closing || r->ac != NULL)
-        return;
-    ac = redisAsyncConnect(r->url.host, (int)r->url.port);
+    snprintf(r->addr, sizeof(r->addr), "%s", addr);
+    ac = redisAsyncConnect(addr, (int)r->url.port);
     if (ac == NULL || ac->err) {
-        const char *why = ac ? ac->errstr : "out of memory";
+        char why[160];
 
-        log_warn("redis %s: connect to %s:%u failed at once: %s", r->name, r->url.host, r->url.port,
-                 why);
+        snprintf(why, sizeof(why), "%s", ac ? ac->errstr : "out of memory");
         if (ac)
             redisAsyncFree(ac);
-        schedule_retry(r);
+        conn_lost(r, why);
         return;
     }
     ac->data = r;
     if (ev_attach(ac, r->loop) < 0) {
         redisAsyncFree(ac);
-        schedule_retry(r);
+        conn_lost(r, "cannot poll the socket");
         return;
     }
     redisAsyncSetConnectCallback(ac, on_connect);
@@ -478,9 +620,104 @@ static void conn_start(struct redis *r)
     r->last_progress = uv_now(r->loop);
 }
 
+/* Keeps the numeric addresses of res, in its order, without repeats. */
+static void keep_addrs(struct redis *r, const struct addrinfo *res)
+{
+    char buf[ADDR_LEN];
+
+    for (; res != NULL && r->naddrs < REDIS_MAX_ADDRS; res = res->ai_next) {
+        int rc = -1;
+        unsigned i;
+
+        if (res->ai_family == AF_INET)
+            rc = uv_ip4_name((const struct sockaddr_in *)res->ai_addr, buf, sizeof(buf));
+        else if (res->ai_family == AF_INET6)
+            rc = uv_ip6_name((const struct sockaddr_in6 *)res->ai_addr, buf, sizeof(buf));
+        for (i = 0; rc == 0 && i < r->naddrs && strcmp(r->addrs[i], buf) != 0; i++)
+            ;
+        if (rc == 0 && i == r->naddrs)
+            memcpy(r->addrs[r->naddrs++], buf, sizeof(buf));
+    }
+}
+
+static void close_step(struct redis *r);
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct redis *r = container_of(req, struct redis, resolver);
+    char why[300];
+
+    r->resolving = 0;
+    if (r->closing) {
+        uv_freeaddrinfo(res);
+        close_step(r);
+        return;
+    }
+    r->state = REDIS_DOWN;
+    if (status == 0 && !r->halted)
+        keep_addrs(r, res);
+    uv_freeaddrinfo(res);
+    if (r->halted)
+        return;
+    if (r->naddrs == 0) {
+        snprintf(why, sizeof(why), "cannot resolve %s: %s", r->url.host,
+                 status < 0 ? uv_strerror(status) : "no IPv4 or IPv6 address");
+        conn_lost(r, why);
+        return;
+    }
+    conn_start(r);
+}
+
+static int is_numeric(const char *host)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+
+    return uv_inet_pton(AF_INET, host, buf) == 0 || uv_inet_pton(AF_INET6, host, buf) == 0;
+}
+
+/* Resolves the name on the thread pool (a numeric host needs no resolver). */
+static void conn_resolve(struct redis *r)
+{
+    struct addrinfo hints;
+    char port[8];
+    int rc;
+
+    r->naddrs = r->next_addr = 0;
+    r->addr[0] = '\0';
+    if (is_numeric(r->url.host) && strlen(r->url.host) < sizeof(r->addrs[0])) {
+        memcpy(r->addrs[0], r->url.host, strlen(r->url.host) + 1);
+        r->naddrs = 1;
+        conn_start(r);
+        return;
+    }
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_protocol = IPPROTO_TCP;
+    snprintf(port, sizeof(port), "%u", r->url.port);
+    rc = uv_getaddrinfo(r->loop, &r->resolver, on_resolved, r->url.host, port, &hints);
+    if (rc < 0) {
+        conn_lost(r, uv_strerror(rc));
+        return;
+    }
+    r->state = REDIS_RESOLVING;
+    r->resolving = 1;
+}
+
+static void conn_start(struct redis *r)
+{
+    if (r->closing || r->halted || r->state != REDIS_DOWN)
+        return;
+    if (r->next_addr < r->naddrs)
+        conn_connect(r, r->addrs[r->next_addr++]);
+    else
+        conn_resolve(r);
+}
+
 /* Connect and command timeouts: a peer that stops answering (a paused or
  * partitioned Redis) is treated as lost, so callers get their NULL replies
- * and the reconnect logic takes over. */
+ * and the reconnect logic takes over. A slow resolver is not timed: it runs
+ * off the loop, and glibc bounds it (resolv.conf timeout and attempts). */
 static void on_watchdog(uv_timer_t *t)
 {
     struct redis *r = t->data;
@@ -561,9 +798,19 @@ void redis_reset(struct redis *r)
     conn_drop(r, "reset");
 }
 
-static void on_timer_closed(uv_handle_t *h)
+void redis_halt(struct redis *r)
 {
-    struct redis *r = h->data;
+    if (r->halted)
+        return;
+    r->halted = 1;
+    uv_timer_stop(&r->retry_timer);
+    conn_drop(r, "stopping");
+}
+
+/* One of the closes redis_close waits for is done (two timers, and a
+ * resolution in flight); the last frees r. */
+static void close_step(struct redis *r)
+{
     redis_closed_cb cb;
     void *data;
 
@@ -576,6 +823,11 @@ static void on_timer_closed(uv_handle_t *h)
         cb(data);
 }
 
+static void on_timer_closed(uv_handle_t *h)
+{
+    close_step(h->data);
+}
+
 void redis_close(struct redis *r, redis_closed_cb closed_cb, void *data)
 {
     r->closing = 1;
@@ -584,6 +836,11 @@ void redis_close(struct redis *r, redis_closed_cb closed_cb, void *data)
     r->nlisteners = 0; /* nobody is told about a loss we cause */
     conn_drop(r, "closing");
     r->pending_closes = 2;
+    if (r->resolving) {
+        /* its callback still comes (canceled, or with a result we drop) */
+        r->pending_closes++;
+        uv_cancel((uv_req_t *)&r->resolver);
+    }
     uv_close((uv_handle_t *)&r->retry_timer, on_timer_closed);
     uv_close((uv_handle_t *)&r->watchdog_timer, on_timer_closed);
 }

@@ -1,12 +1,16 @@
 /* redis.h -- one Redis connection on the service loop, kept up forever.
  *
- * Wraps a hiredis async context on its libuv adapter (the only file that
- * includes adapters/libuv.h is redis.c). The connection is made from
- * REDIS_URL (redis://[[user]:password@]host[:port][/db]), authenticated and
- * switched to its db before it counts as up. When it is lost -- or a command
- * waits past command_timeout_ms, or connecting takes longer than
- * connect_timeout_ms -- every pending callback gets a NULL reply, listeners
- * hear "down", and a reconnect is tried after a capped, jittered backoff.
+ * Wraps a hiredis async context driven by the service loop. The connection
+ * is made from REDIS_URL (redis://[[user]:password@]host[:port][/db]): the
+ * host name is resolved off the loop (uv_getaddrinfo on the thread pool) on
+ * every (re)connect, hiredis connects to the numeric address, and when an
+ * address fails the next one is tried. The connection is authenticated,
+ * switched to its db and checked to be a primary (ROLE) before it counts as
+ * up. When it is lost -- or a command waits past command_timeout_ms, or
+ * connecting takes longer than connect_timeout_ms, or any reply says "wrong
+ * node" (READONLY, LOADING, MASTERDOWN) -- every pending callback gets a NULL
+ * reply, listeners hear "down", and a reconnect (re-resolving the name) is
+ * tried after a capped, jittered backoff.
  *
  * A blocking read (XREADGROUP BLOCK) must use a connection of its own: give
  * it a command_timeout_ms longer than its BLOCK. Loop thread only. */
@@ -23,6 +27,14 @@ struct redis; /* opaque */
 struct redisReply;
 
 #define REDIS_MAX_LISTENERS 8
+#define REDIS_MAX_ADDRS 8 /* addresses of one resolution tried in turn */
+
+/* What an error reply means for the command that got it. */
+enum redis_error_class {
+    REDIS_ERROR_PERMANENT,  /* no retry fixes it: WRONGTYPE, NOPERM, ERR (syntax, bad value) */
+    REDIS_ERROR_TRANSIENT,  /* may pass: OOM, BUSY, TRYAGAIN, MISCONF, NOAUTH, anything unknown */
+    REDIS_ERROR_WRONG_NODE, /* not a usable primary: READONLY, LOADING, MASTERDOWN */
+};
 
 struct redis_url {
     char host[256];
@@ -49,6 +61,11 @@ typedef void (*redis_reply_cb)(struct redis *r, struct redisReply *reply, void *
  * down (up = 0). */
 typedef void (*redis_state_cb)(struct redis *r, int up, void *data);
 typedef void (*redis_closed_cb)(void *data);
+
+/* Classifies an error reply by its first word (msg is reply->str; NULL is
+ * transient). Wrong-node errors also make the connection drop and reconnect
+ * on its own (see the top of this file). */
+enum redis_error_class redis_error_class(const char *msg);
 
 /* Parses url. Returns 0, or -EINVAL with a message in err. */
 CORE_MUST_CHECK int redis_url_parse(const char *url, struct redis_url *out, char *err,
@@ -77,6 +94,11 @@ size_t redis_pending(const struct redis *r);
 /* Drops the connection now (pending callbacks get NULL), as if lost; the
  * usual reconnect follows. */
 void redis_reset(struct redis *r);
+
+/* Drops the connection now (pending callbacks get NULL, listeners hear
+ * "down") and never reconnects: redis_command fails with -ENOTCONN from
+ * then on. For a stop deadline: r stays valid until redis_close. */
+void redis_halt(struct redis *r);
 
 /* Closes for good: pending callbacks get NULL, no reconnect, handles are
  * closed, r is freed, then closed_cb(data) fires. */

@@ -347,7 +347,7 @@ static void close_handle(struct service *svc, uv_handle_t *h)
     uv_close(h, on_handle_closed);
 }
 
-#define OUTBOX_FLUSH_MS 2000 /* at most, while stopping */
+#define OUTBOX_FLUSH_MS 2000 /* at most, while stopping (and never past the deadline) */
 
 static void on_redis_closed(void *data)
 {
@@ -368,6 +368,16 @@ static void on_outbox_closed(void *data)
     redis_close(svc->redis, on_redis_closed, svc);
 }
 
+/* How long the outbox may drain: OUTBOX_FLUSH_MS, cut short by the stop
+ * deadline (0 past it: close at once). */
+static unsigned flush_budget_ms(const struct service *svc)
+{
+    uint64_t now = uv_now(svc->loop);
+    uint64_t left = svc->stop_deadline_ > now ? svc->stop_deadline_ - now : 0;
+
+    return left < OUTBOX_FLUSH_MS ? (unsigned)left : OUTBOX_FLUSH_MS;
+}
+
 /* Called as each part of the first phase (HTTP, stop hooks) is done; the
  * last one moves on to the outbox, then Redis. */
 static void stop_part_done(struct service *svc)
@@ -375,7 +385,7 @@ static void stop_part_done(struct service *svc)
     if (--svc->stops_pending_ > 0)
         return;
     if (svc->outbox != NULL)
-        outbox_close(svc->outbox, OUTBOX_FLUSH_MS, on_outbox_closed, svc);
+        outbox_close(svc->outbox, flush_budget_ms(svc), on_outbox_closed, svc);
     else
         on_outbox_closed(svc);
 }
@@ -389,14 +399,22 @@ static void on_http_closed(void *data)
     stop_part_done(svc);
 }
 
+/* The deadline bounds everything, whatever Redis does: HTTP connections are
+ * closed, and the Redis command connection is dropped for good, so every
+ * reply still awaited -- a consumer's ack, the relay's XADDs -- arrives now
+ * as NULL and the consumers and the outbox close (unpublished rows stay in
+ * the outbox for the next start). Each consumer closes its own blocking
+ * connection as it closes. */
 static void on_stop_timeout(uv_timer_t *t)
 {
     struct service *svc = t->data;
 
-    log_warn("stop: still busy after %u ms; closing every connection",
+    log_warn("stop: still busy after %u ms; closing every connection, Redis's too",
              svc->cfg.shutdown_timeout_ms);
     if (svc->http_ != NULL)
         http_server_abort(svc->http_);
+    if (svc->redis != NULL)
+        redis_halt(svc->redis);
 }
 
 void service_stop(struct service *svc)
@@ -409,6 +427,8 @@ void service_stop(struct service *svc)
     uv_signal_stop(&svc->sigterm_);
     uv_signal_stop(&svc->sigint_);
     svc->stop_timer_.data = svc;
+    uv_update_time(svc->loop);
+    svc->stop_deadline_ = uv_now(svc->loop) + svc->cfg.shutdown_timeout_ms;
     uv_timer_start(&svc->stop_timer_, on_stop_timeout, svc->cfg.shutdown_timeout_ms, 0);
     if (svc->http_ != NULL)
         http_server_close(svc->http_, on_http_closed, svc);

@@ -59,6 +59,7 @@ struct service {
     struct service_stats *stats_;
     uv_signal_t sigterm_, sigint_;
     uv_timer_t stop_timer_;
+    uint64_t stop_deadline_; /* uv_now ms: SHUTDOWN_TIMEOUT_MS after the stop began */
     int stopping_;
     unsigned closing_handles_;
     unsigned stops_pending_;
@@ -110,7 +111,10 @@ int service_shed_write(struct service *svc, struct http_request *req);
 
 /* Starts the graceful stop, as a signal does. The order: stop accepting and
  * finish HTTP requests and stop hooks (consumers) together; then flush the
- * outbox; then close Redis; then the loop runs dry. */
+ * outbox; then close Redis; then the loop runs dry. SHUTDOWN_TIMEOUT_MS
+ * bounds it all: at that deadline HTTP connections are closed and the Redis
+ * connection is halted (replies still awaited arrive as NULL), so a hung
+ * Redis cannot hold the stop; unpublished rows stay in the outbox. */
 void service_stop(struct service *svc);
 
 /* Exits with status 1 and one line "<service>: <message>" on stderr

@@ -1,0 +1,297 @@
+/* test_outbox.c -- core/outbox's relay against a scripted Redis
+ * (fake_redis.c) on a private loop, with its store in a fresh mkdtemp
+ * directory: exactly the rows Redis accepted are marked, rows refused for
+ * good are set aside and the rest keep flowing, a row refused for now is
+ * retried alone, a failed mark (a trigger makes it fail as a full disk would)
+ * sends nothing again, and a re-queue by another connection is noticed.
+ * Every test closes everything and asserts uv_loop_close() == 0. */
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <jansson.h>
+#include <sqlite3.h>
+#include <uv.h>
+
+#include "fake_redis.h"
+#include "log.h"
+#include "metrics.h"
+#include "outbox.h"
+#include "redis.h"
+#include "service.h"
+#include "store.h"
+
+#define MAX_EVENTS 16
+
+#define RUN_UNTIL(x, pred, ms) fake_redis_run_until(&(x)->loop, (pred), (x), (ms))
+
+struct fx {
+    uv_loop_t loop;
+    struct fake_redis fake;
+    struct service svc;
+    char dir[64], path[128];
+    int oom_left; /* OOM answers still to give to stream "oom" */
+    int bad_fixed;
+    char ids[MAX_EVENTS][IDS_UUID_LEN + 1];
+    unsigned xadds[MAX_EVENTS]; /* per event, by order of append */
+    unsigned nids, entry;
+    int closed;
+};
+
+static int event_index(const struct fx *x, const char *id)
+{
+    for (unsigned i = 0; i < x->nids; i++) {
+        if (strcmp(x->ids[i], id) == 0)
+            return (int)i;
+    }
+    return -1;
+}
+
+/* XADD <stream> MAXLEN ~ N * type T data D id I ...: counts per event id;
+ * stream "bad" is of the wrong type, stream "oom" is out of memory for
+ * oom_left answers. */
+static const char *on_cmd(struct fake_redis *f, int argc, char **argv)
+{
+    struct fx *x = f->data;
+    static char reply[64];
+    int i;
+
+    if (strcasecmp(argv[0], "XADD") != 0)
+        return NULL;
+    for (i = 2; i + 1 < argc && strcmp(argv[i], "id") != 0; i++)
+        ;
+    if (i + 1 < argc && event_index(x, argv[i + 1]) >= 0)
+        x->xadds[event_index(x, argv[i + 1])]++;
+    if (strcmp(argv[1], "bad") == 0 && !x->bad_fixed)
+        return "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n";
+    if (strcmp(argv[1], "oom") == 0 && x->oom_left > 0) {
+        x->oom_left--;
+        return "-OOM command not allowed when used memory > 'maxmemory'.\r\n";
+    }
+    x->entry++;
+    snprintf(reply, sizeof(reply), "$%d\r\n%u-0\r\n", snprintf(NULL, 0, "%u-0", x->entry),
+             x->entry);
+    return reply;
+}
+
+static int redis_up(const void *arg)
+{
+    const struct fx *x = arg;
+
+    return redis_is_up(x->svc.redis);
+}
+
+static void fx_open(struct fx *x)
+{
+    struct outbox_config oc = {.source = "test", .batch = 64, .retention_ms = 3600000};
+    struct redis_config rc = {.name = "test", .backoff_min_ms = 10, .backoff_max_ms = 40};
+    char url[64], err[256];
+
+    memset(x, 0, sizeof(*x));
+    log_set_level(LOG_ERROR);
+    snprintf(x->dir, sizeof(x->dir), "/tmp/ripple-outbox-XXXXXX");
+    cr_assert_not_null(mkdtemp(x->dir));
+    snprintf(x->path, sizeof(x->path), "%s/test.db", x->dir);
+    cr_assert_eq(uv_loop_init(&x->loop), 0);
+    cr_assert_eq(fake_redis_start(&x->loop, &x->fake, on_cmd), 0);
+    x->fake.data = x;
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", x->fake.port);
+    rc.url = url;
+    x->svc.loop = &x->loop;
+    cr_assert_eq(metrics_new(&x->svc.metrics), 0);
+    cr_assert_eq(store_open(x->path, NULL, &x->svc.store), 0);
+    cr_assert_eq(redis_new(&x->loop, &rc, &x->svc.redis, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(outbox_new(&x->svc, &oc, &x->svc.outbox), 0);
+    redis_start(x->svc.redis);
+    cr_assert(RUN_UNTIL(x, redis_up, 5000));
+}
+
+static void on_redis_closed(void *data)
+{
+    ((struct fx *)data)->closed = 1;
+}
+
+static void on_outbox_closed(void *data)
+{
+    struct fx *x = data;
+
+    x->svc.outbox = NULL;
+    redis_close(x->svc.redis, on_redis_closed, x);
+}
+
+static void fx_close(struct fx *x)
+{
+    char cmd[160];
+
+    outbox_close(x->svc.outbox, 0, on_outbox_closed, x);
+    fake_redis_close(&x->fake);
+    uv_run(&x->loop, UV_RUN_DEFAULT);
+    cr_assert(x->closed);
+    cr_assert_eq(uv_loop_close(&x->loop), 0);
+    store_close(x->svc.store);
+    metrics_free(x->svc.metrics);
+    if (snprintf(cmd, sizeof(cmd), "rm -rf '%s'", x->dir) < (int)sizeof(cmd))
+        cr_expect_eq(system(cmd), 0);
+}
+
+/* Appends one event per stream, in one transaction. */
+static void append(struct fx *x, const char *const *streams, size_t n)
+{
+    json_t *data = json_pack("{s:i}", "n", 1);
+
+    cr_assert_eq(store_begin(x->svc.store), 0);
+    for (size_t i = 0; i < n; i++) {
+        cr_assert_lt(x->nids, MAX_EVENTS);
+        cr_assert_eq(
+            outbox_append(x->svc.outbox, streams[i], "test.event", data, NULL, x->ids[x->nids]), 0);
+        x->nids++;
+    }
+    cr_assert_eq(store_commit(x->svc.store), 0);
+    json_decref(data);
+}
+
+/* "published", "aside: <reason>" or "pending" for event i. */
+static const char *row_state(struct fx *x, unsigned i, char *buf, size_t len)
+{
+    sqlite3_stmt *st;
+
+    cr_assert_eq(sqlite3_prepare_v2(store_db(x->svc.store),
+                                    "SELECT published_at IS NOT NULL, refused_reason "
+                                    "FROM outbox WHERE event_id = ?",
+                                    -1, &st, NULL),
+                 SQLITE_OK);
+    sqlite3_bind_text(st, 1, x->ids[i], -1, SQLITE_STATIC);
+    cr_assert_eq(sqlite3_step(st), SQLITE_ROW);
+    if (sqlite3_column_int(st, 0))
+        snprintf(buf, len, "published");
+    else if (sqlite3_column_type(st, 1) != SQLITE_NULL)
+        snprintf(buf, len, "aside: %.40s", (const char *)sqlite3_column_text(st, 1));
+    else
+        snprintf(buf, len, "pending");
+    sqlite3_finalize(st);
+    return buf;
+}
+
+static int drained(const void *arg)
+{
+    const struct fx *x = arg;
+
+    return outbox_backlog(x->svc.outbox) == 0;
+}
+
+static void exec(struct fx *x, const char *sql)
+{
+    cr_assert_eq(sqlite3_exec(store_db(x->svc.store), sql, NULL, NULL, NULL), SQLITE_OK, "%s: %s",
+                 sql, sqlite3_errmsg(store_db(x->svc.store)));
+}
+
+TestSuite(outbox, .timeout = 20);
+
+Test(outbox, refused_rows_are_set_aside_and_the_rest_flows_once)
+{
+    static const char *const streams[] = {"a", "bad", "a", "bad", "b"};
+    struct fx x;
+    char buf[80];
+
+    fx_open(&x);
+    append(&x, streams, 5);
+    cr_assert(RUN_UNTIL(&x, drained, 5000));
+    RUN_UNTIL(&x, fake_redis_never, 300); /* several backoffs: nothing goes again */
+    for (unsigned i = 0; i < 5; i++)
+        cr_expect_eq(x.xadds[i], 1, "event %u sent %u times", i, x.xadds[i]);
+    cr_expect_str_eq(row_state(&x, 0, buf, sizeof(buf)), "published");
+    cr_expect_eq(strncmp(row_state(&x, 1, buf, sizeof(buf)), "aside: WRONGTYPE", 16), 0, "%s", buf);
+    cr_expect_str_eq(row_state(&x, 2, buf, sizeof(buf)), "published");
+    cr_expect_eq(strncmp(row_state(&x, 3, buf, sizeof(buf)), "aside: WRONGTYPE", 16), 0, "%s", buf);
+    cr_expect_str_eq(row_state(&x, 4, buf, sizeof(buf)), "published");
+    cr_expect_eq(outbox_set_aside(x.svc.outbox), 2);
+    fx_close(&x);
+}
+
+static int all_published(const void *arg)
+{
+    const struct fx *x = arg;
+
+    return outbox_backlog(x->svc.outbox) == 0 && outbox_set_aside(x->svc.outbox) == 0;
+}
+
+Test(outbox, a_requeue_by_another_connection_is_noticed)
+{
+    static const char *const streams[] = {"bad", "a"};
+    struct fx x;
+    sqlite3 *other;
+    char buf[80];
+
+    fx_open(&x);
+    append(&x, streams, 2);
+    cr_assert(RUN_UNTIL(&x, drained, 5000));
+    cr_assert_eq(outbox_set_aside(x.svc.outbox), 1);
+    x.bad_fixed = 1; /* the operator fixed the key, and re-queues */
+    cr_assert_eq(sqlite3_open(x.path, &other), SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(other, "UPDATE outbox SET refused_at = NULL, refused_reason = NULL",
+                              NULL, NULL, NULL),
+                 SQLITE_OK);
+    sqlite3_close(other);
+    cr_assert(RUN_UNTIL(&x, all_published, 5000), "the re-queued row was not published");
+    cr_expect_str_eq(row_state(&x, 0, buf, sizeof(buf)), "published");
+    cr_expect_eq(x.xadds[0], 2); /* refused once, then accepted */
+    cr_expect_eq(x.xadds[1], 1);
+    fx_close(&x);
+}
+
+Test(outbox, a_transient_refusal_retries_that_row_alone)
+{
+    static const char *const streams[] = {"a", "oom", "a"};
+    struct fx x;
+    char buf[80];
+
+    fx_open(&x);
+    x.oom_left = 2;
+    append(&x, streams, 3);
+    cr_assert(RUN_UNTIL(&x, drained, 5000));
+    cr_expect_eq(x.xadds[0], 1);
+    cr_expect_eq(x.xadds[1], 3); /* OOM twice, then accepted */
+    cr_expect_eq(x.xadds[2], 1, "accepted after the refused row: marked, not sent again");
+    for (unsigned i = 0; i < 3; i++)
+        cr_expect_str_eq(row_state(&x, i, buf, sizeof(buf)), "published");
+    cr_expect_eq(outbox_set_aside(x.svc.outbox), 0);
+    fx_close(&x);
+}
+
+static int sent_three(const void *arg)
+{
+    const struct fx *x = arg;
+
+    return x->xadds[0] + x->xadds[1] + x->xadds[2] >= 3;
+}
+
+/* The mark's transaction fails as on a full disk; Redis has the rows. */
+Test(outbox, a_failed_mark_sends_nothing_again)
+{
+    static const char *const streams[] = {"a", "b", "a"};
+    struct fx x;
+    char buf[80];
+
+    fx_open(&x);
+    exec(&x, "CREATE TEMP TRIGGER full_disk BEFORE UPDATE ON main.outbox "
+             "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END");
+    append(&x, streams, 3);
+    cr_assert(RUN_UNTIL(&x, sent_three, 5000));
+    RUN_UNTIL(&x, fake_redis_never, 400); /* backoffs 50 + 100 + 200 ms: three failed marks */
+    for (unsigned i = 0; i < 3; i++) {
+        cr_expect_eq(x.xadds[i], 1, "event %u sent %u times", i, x.xadds[i]);
+        cr_expect_str_eq(row_state(&x, i, buf, sizeof(buf)), "pending");
+    }
+    cr_expect_eq(outbox_backlog(x.svc.outbox), 3);
+    exec(&x, "DROP TRIGGER full_disk");
+    cr_assert(RUN_UNTIL(&x, drained, 10000), "never marked once the disk had room");
+    for (unsigned i = 0; i < 3; i++) {
+        cr_expect_eq(x.xadds[i], 1, "event %u sent %u times", i, x.xadds[i]);
+        cr_expect_str_eq(row_state(&x, i, buf, sizeof(buf)), "published");
+    }
+    fx_close(&x);
+}
