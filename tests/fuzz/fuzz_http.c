@@ -54,6 +54,9 @@
 #define MAX_CONNS 4
 #define HEADER_TIMEOUT_MS 10
 #define IDLE_TIMEOUT_MS 10
+/* Below HEADER_TIMEOUT_MS, so a stalled body meets its total deadline (not
+ * the per-read gap) when a client waits for the server (end mode 7). */
+#define BODY_TIMEOUT_MS 5
 
 #define MAX_WRITES 8
 #define SPINS_PER_WRITE 4 /* UV_RUN_NOWAIT passes after each write */
@@ -297,6 +300,7 @@ static void server_start(void)
         .max_body_bytes = MAX_BODY_BYTES,
         .max_connections = MAX_CONNS,
         .header_timeout_ms = HEADER_TIMEOUT_MS,
+        .body_timeout_ms = BODY_TIMEOUT_MS,
         .idle_timeout_ms = IDLE_TIMEOUT_MS,
     };
 
