@@ -104,8 +104,9 @@ typedef void (*http_response_cb)(const struct http_request *req, int status, dou
 typedef void (*http_server_closed_cb)(void *data);
 
 /* Copies cfg (host too). Returns 0 and sets *out, or a negative errno
- * (-EINVAL for a zero timeout or limit); on error nothing is allocated and no
- * callback ever fires. on_response may be NULL. */
+ * (-EINVAL for a timeout, max_headers or max_connections of 0, or
+ * max_header_bytes below 64); on error nothing is allocated and no callback
+ * ever fires. on_response may be NULL. */
 CORE_MUST_CHECK int http_server_new(uv_loop_t *loop, const struct http_server_config *cfg,
                                     http_request_cb on_request, http_response_cb on_response,
                                     void *data, struct http_server **out);
