@@ -12,7 +12,11 @@
  *
  * Work per token: one HMAC, two small jansson parses, no other heap use; all
  * buffers are on the stack, bounded by AUTH_MAX_TOKEN. No state, no logging
- * (a bad token is the caller's 401, not an error of ours). */
+ * (a bad token is the caller's 401, not an error of ours).
+ *
+ * Identities are compared here too (auth_user_id, auth_is_subject), on
+ * canonical UUIDs from core/ids, so that no service compares a sub with
+ * strcmp in one place and strcasecmp in another. */
 #include "auth.h"
 
 #include <errno.h>
@@ -336,4 +340,20 @@ int auth_verify_header(const struct auth *a, const char *value, size_t len, long
     if (i == end)
         return -EACCES;
     return auth_verify(a, value + i, end - i, now, claims);
+}
+
+int auth_user_id(const struct auth_claims *who, char out[IDS_UUID_LEN + 1])
+{
+    if (who == NULL || who->is_service)
+        return -EINVAL;
+    return ids_canonical(who->sub, strnlen(who->sub, sizeof(who->sub)), out);
+}
+
+int auth_is_subject(const struct auth_claims *who, const char *id)
+{
+    char mine[IDS_UUID_LEN + 1], theirs[IDS_UUID_LEN + 1];
+
+    if (id == NULL || auth_user_id(who, mine) < 0 || ids_canonical(id, strlen(id), theirs) < 0)
+        return 0;
+    return memcmp(mine, theirs, IDS_UUID_LEN) == 0;
 }

@@ -15,6 +15,7 @@
 #include <stddef.h>
 
 #include "common.h"
+#include "ids.h"
 
 #define AUTH_MIN_SECRET 32
 #define AUTH_MAX_SECRET 512
@@ -52,5 +53,19 @@ CORE_MUST_CHECK int auth_verify(const struct auth *a, const char *token, size_t 
  * case-insensitive). -EACCES when absent (value == NULL) or malformed. */
 CORE_MUST_CHECK int auth_verify_header(const struct auth *a, const char *value, size_t len,
                                        long now, struct auth_claims *claims);
+
+/* Identities: which user a token speaks for. User ids are UUIDs, and a UUID
+ * names the same thing in upper or lower case (RFC 9562 §4), so the token's
+ * sub and the id it is compared with are both canonicalised (ids_canonical)
+ * first. Every service compares identities through these two, and nowhere
+ * else. What a service token may see is each route's own rule. */
+
+/* The user id of a user token, lower-cased, in out. Returns 0, or -EINVAL
+ * for a service token, who == NULL, or a sub that is not a UUID. */
+CORE_MUST_CHECK int auth_user_id(const struct auth_claims *who, char out[IDS_UUID_LEN + 1]);
+
+/* 1 when who is a user token for user id (a UUID in either case; NULL or
+ * anything else is nobody), 0 otherwise, service tokens included. */
+int auth_is_subject(const struct auth_claims *who, const char *id);
 
 #endif

@@ -30,6 +30,7 @@ struct config {
     unsigned http_max_body_bytes;   /* 413 beyond */
     unsigned http_max_connections;  /* 503 beyond */
     unsigned http_header_timeout_ms;
+    unsigned http_body_timeout_ms; /* a request's body, in all: 408 beyond */
     unsigned http_idle_timeout_ms;
     unsigned shutdown_timeout_ms; /* graceful stop gives up after this */
 

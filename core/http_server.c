@@ -38,8 +38,8 @@
 
 enum conn_state {
     CONN_IDLE,    /* between requests: idle timeout */
-    CONN_HEAD,    /* reading request line + headers: header timeout */
-    CONN_BODY,    /* reading the body: header timeout per read */
+    CONN_HEAD,    /* reading request line + headers: header timeout, in all */
+    CONN_BODY,    /* reading the body: body timeout in all, header timeout per read */
     CONN_HANDLER, /* the request is with its handler */
     CONN_LINGER,  /* final answer sent; dropping input until EOF or timeout */
 };
@@ -79,7 +79,9 @@ struct http_conn {
     unsigned final : 1;      /* the answer in hand is the last on this connection */
     unsigned blocked : 1;    /* reads stopped for back-pressure */
     unsigned reject : 1;     /* over max_connections: answer 503 and close */
+    unsigned begun : 1;      /* a request has begun on this connection */
     int error_status;        /* set by a parser callback that failed */
+    uint64_t body_deadline;  /* uv_now() ms by which the body must be in */
 
     /* head: request target, then per header a lower-cased name and a value,
      * each NUL-terminated. Fixed capacity, allocated on first use. */
@@ -178,6 +180,19 @@ static void conn_timer(struct http_conn *c, unsigned ms)
         uv_timer_stop(&c->timer);
     else
         uv_timer_start(&c->timer, on_timer, ms, 0);
+}
+
+/* While a body arrives: the next read must come within header_timeout_ms,
+ * and the whole body by body_deadline, whichever is sooner. Re-arming per
+ * read alone would let a client trickle a byte at a time for ever. */
+static void conn_body_timer(struct http_conn *c)
+{
+    uint64_t now = uv_now(c->srv->loop);
+    uint64_t left = c->body_deadline > now ? c->body_deadline - now : 0;
+    unsigned gap = c->srv->cfg.header_timeout_ms;
+
+    /* past the deadline: fire on the next iteration (0 would stop it) */
+    conn_timer(c, left >= gap ? gap : left > 0 ? (unsigned)left : 1);
 }
 
 /* ---------------------------------------------------------------------------
@@ -310,7 +325,9 @@ static void conn_fail(struct http_conn *c, int status)
 
     switch (status) {
     case 408:
-        code = "request_timeout", msg = "request headers not received in time";
+        code = "request_timeout";
+        msg = c->state == CONN_BODY ? "request body not received in time"
+                                    : "request headers not received in time";
         break;
     case 413:
         code = "payload_too_large", msg = "request body too large";
@@ -381,7 +398,12 @@ static int on_message_begin(llhttp_t *p)
     c->head_len = c->head_bytes = c->url_len = c->nhdrs = c->body_len = 0;
     c->in_value = 0;
     c->state = CONN_HEAD;
-    conn_timer(c, srv->cfg.header_timeout_ms);
+    /* The header deadline counts from the request's first byte; for a
+     * connection's first request, from the accept (its timer runs since):
+     * waiting before the first byte must not buy a second header timeout. */
+    if (c->begun)
+        conn_timer(c, srv->cfg.header_timeout_ms);
+    c->begun = 1;
     return 0;
 }
 
@@ -515,6 +537,8 @@ static int on_headers_complete(llhttp_t *p)
         return -1;
     }
     c->state = CONN_BODY;
+    c->body_deadline = uv_now(c->srv->loop) + c->srv->cfg.body_timeout_ms;
+    conn_body_timer(c);
     expect = http_request_header(&c->req, "expect", &len);
     if (expect != NULL && len == 12 && strncasecmp(expect, "100-continue", 12) == 0) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -725,7 +749,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (c->state == CONN_BODY)
-        conn_timer(c, c->srv->cfg.header_timeout_ms);
+        conn_body_timer(c);
     used = conn_feed(c, buf->base, (size_t)nread);
     if (c->closing || c->state == CONN_LINGER || (!c->in_handler && !c->blocked))
         return;
@@ -992,7 +1016,8 @@ int http_server_new(uv_loop_t *loop, const struct http_server_config *cfg,
 {
     struct http_server *srv;
 
-    if (cfg->max_header_bytes < 64 || cfg->max_headers == 0 || cfg->max_connections == 0)
+    if (cfg->max_header_bytes < 64 || cfg->max_headers == 0 || cfg->max_connections == 0 ||
+        cfg->header_timeout_ms == 0 || cfg->body_timeout_ms == 0 || cfg->idle_timeout_ms == 0)
         return -EINVAL;
     srv = calloc(1, sizeof(*srv));
     if (srv == NULL)

@@ -6,10 +6,14 @@
  * request line + headers past max_header_bytes or max_headers -> 431, body
  * past max_body_bytes -> 413, malformed -> 400, connections past
  * max_connections -> 503; after any of these the connection is closed once
- * the answer is written. A connection that does not deliver a request's
- * headers within header_timeout_ms (slowloris), or stays idle between
- * requests for idle_timeout_ms, is closed. While a connection's unsent output
- * exceeds HTTP_SERVER_WRITE_HIGH_WATER its reads stop (back-pressure).
+ * the answer is written. Timeouts (slowloris): a request's line and headers
+ * must arrive within header_timeout_ms in all, counted from the request's
+ * first byte (on a new connection, from the accept); its body within
+ * body_timeout_ms in all, counted from the end of the headers, with no gap
+ * between reads longer than header_timeout_ms. Past either, 408 and close.
+ * A connection idle between requests for idle_timeout_ms is closed. While a
+ * connection's unsent output exceeds HTTP_SERVER_WRITE_HIGH_WATER its reads
+ * stop (back-pressure).
  *
  * A client that closes its side (EOF) while a handler holds its request has
  * gone away: the request reads as aborted and gets no answer (as nginx's
@@ -86,7 +90,9 @@ struct http_server_config {
     const char *host;
     unsigned port; /* 0 picks a free port; see http_server_port() */
     unsigned max_header_bytes, max_headers, max_body_bytes, max_connections;
-    unsigned header_timeout_ms, idle_timeout_ms;
+    unsigned header_timeout_ms; /* ms: request line + headers, in all */
+    unsigned body_timeout_ms;   /* ms: the body, in all */
+    unsigned idle_timeout_ms;   /* ms: between requests */
 };
 
 /* Fires once per complete request. */
@@ -97,9 +103,10 @@ typedef void (*http_response_cb)(const struct http_request *req, int status, dou
                                  void *data);
 typedef void (*http_server_closed_cb)(void *data);
 
-/* Copies cfg (host too). Returns 0 and sets *out, or a negative errno; on
- * error nothing is allocated and no callback ever fires. on_response may be
- * NULL. */
+/* Copies cfg (host too). Returns 0 and sets *out, or a negative errno
+ * (-EINVAL for a timeout, max_headers or max_connections of 0, or
+ * max_header_bytes below 64); on error nothing is allocated and no callback
+ * ever fires. on_response may be NULL. */
 CORE_MUST_CHECK int http_server_new(uv_loop_t *loop, const struct http_server_config *cfg,
                                     http_request_cb on_request, http_response_cb on_response,
                                     void *data, struct http_server **out);

@@ -477,6 +477,7 @@ static int service_listen(struct service *svc)
         .max_connections = cfg->http_max_connections,
         .header_timeout_ms = cfg->http_header_timeout_ms,
         .idle_timeout_ms = cfg->http_idle_timeout_ms,
+        .body_timeout_ms = cfg->http_body_timeout_ms,
     };
     int rc;
 

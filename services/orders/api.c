@@ -83,7 +83,7 @@ static int refuse_anonymous(struct http_request *req, const struct auth_claims *
  * -EINVAL when the token's subject is not a user id. */
 static int caller_id(const struct auth_claims *who, char out[IDS_UUID_LEN + 1])
 {
-    return ids_canonical(who->sub, strlen(who->sub), out);
+    return auth_user_id(who, out);
 }
 
 /* ---------------------------------------------------------------------------
@@ -113,7 +113,7 @@ static void body_user(json_t *body, const struct auth_claims *who, json_t *field
         orders_input_problem(fields, "user_id", "must be a UUID");
         return;
     }
-    if (!who->is_service && (!own || strcmp(given, user_id) != 0)) {
+    if (!who->is_service && (!own || !auth_is_subject(who, given))) {
         orders_input_problem(fields, "user_id", "a user may place orders only for themself");
         return;
     }
@@ -450,7 +450,7 @@ static void on_list(struct http_request *req, const struct auth_claims *who, voi
         return;
     }
     json_decref(fields);
-    if (!who->is_service && q.user_id[0] != '\0' && strcmp(q.user_id, own) != 0) {
+    if (!who->is_service && q.user_id[0] != '\0' && !auth_is_subject(who, q.user_id)) {
         http_reply_error(req, 403, NULL, "a user may list only their own orders");
         return;
     }

@@ -14,7 +14,6 @@
 
 #include <errno.h>
 #include <string.h>
-#include <strings.h>
 
 #include <jansson.h>
 
@@ -64,7 +63,7 @@ static void on_get_account(struct http_request *req, const struct auth_claims *w
         http_reply_error(req, 401, NULL, "a bearer token is required");
         return;
     }
-    if (!who->is_service && strcasecmp(who->sub, id) != 0) {
+    if (!who->is_service && !auth_is_subject(who, id)) {
         http_reply_error(req, 403, NULL, "a user may read only their own account");
         return;
     }
@@ -93,7 +92,7 @@ static void on_get_payment(struct http_request *req, const struct auth_claims *w
         return;
     }
     /* Someone else's payment is not found, exactly like a missing one. */
-    if (rc == 0 && !who->is_service && strcasecmp(who->sub, pm.user_id) != 0)
+    if (rc == 0 && !who->is_service && !auth_is_subject(who, pm.user_id))
         rc = -ENOENT;
     if (rc == -ENOENT) {
         http_reply_error(req, 404, NULL, "no such payment");

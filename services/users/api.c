@@ -668,7 +668,7 @@ static void on_get_user(struct http_request *req, const struct auth_claims *who,
         http_reply_error(req, 401, NULL, "a bearer token is required");
         return;
     }
-    if (!who->is_service && strcmp(who->sub, id) != 0) {
+    if (!who->is_service && !auth_is_subject(who, id)) {
         http_reply_error(req, 403, NULL, "a user may read only their own record");
         return;
     }

@@ -767,3 +767,129 @@ def test_readyz_200_raw(users):
     with users.raw() as c:
         r = c.request("GET", "/readyz")
         assert r.status == 200, r
+
+
+# ---------------------------------------------------------------------------
+# total deadlines: a trickling client cannot hold a connection (issue 12)
+# ---------------------------------------------------------------------------
+
+class Trickler:
+    """Sends data on c one byte every `gap` seconds from a thread, until the
+    data runs out, the socket fails or stop() is called."""
+
+    def __init__(self, c, data, gap=0.1):
+        self.c, self.data, self.gap = c, data, gap
+        self.first_sent = None  # time.monotonic() of the first byte
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        for b in self.data:
+            if self.done.is_set():
+                return
+            try:
+                self.c.sock.send(bytes([b]))
+            except OSError:
+                return
+            if self.first_sent is None:
+                self.first_sent = time.monotonic()
+            self.done.wait(self.gap)
+
+    def stop(self):
+        self.done.set()
+        self.thread.join(5)
+
+
+def read_error_or_fail(c, timeout, what):
+    try:
+        return c.read_response(timeout=timeout)
+    except TimeoutError:
+        raise AssertionError(f"no answer within {timeout:.1f}s: {what}") from None
+    except ConnectionClosed as exc:
+        raise AssertionError(f"closed without an answer ({exc}): {what}") from None
+
+
+def test_trickled_body_408_at_body_deadline(service_factory):
+    """A body trickled a byte every 100 ms (well inside the 500 ms per-read
+    gap) gets 408 once HTTP_BODY_TIMEOUT_MS has passed since its headers, and
+    the connection closes; other clients are served meanwhile and after."""
+    body_timeout = 1.0
+    svc = service_factory("users", HTTP_BODY_TIMEOUT_MS=int(body_timeout * 1000),
+                          HTTP_HEADER_TIMEOUT_MS=500)
+    c = svc.raw(timeout=30)
+    trickle = None
+    try:
+        c.send(b"POST /api/v1/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: 100000\r\n\r\n")
+        t0 = time.monotonic()
+        trickle = Trickler(c, b'{"name":"' + b"n" * 99990)
+        assert svc.get("/healthz", timeout=5).status == 200  # served while the body trickles
+        resp = read_error_or_fail(c, body_timeout + 3 * TIME_SLACK,
+                                  f"a trickled body outlived HTTP_BODY_TIMEOUT_MS={body_timeout}s")
+        elapsed = time.monotonic() - t0
+        err = assert_raw_error(resp, 408, "request_timeout")
+        assert "body" in err["message"], err
+        assert resp.headers.get("connection") == "close", resp.headers
+        # the deadline is the body's total, not a gap between reads: the
+        # trickle never paused for the 500 ms gap, so nothing fired before it
+        assert elapsed >= body_timeout - 0.05, f"408 after {elapsed:.2f}s, before the deadline"
+        assert c.wait_closed(5), "connection still open 5s after the 408"
+    finally:
+        if trickle:
+            trickle.stop()
+        c.close()
+    assert svc.get("/healthz").status == 200
+    assert svc.create_user()["id"]  # a body sent at once is still accepted
+
+
+def test_stalled_body_408_after_read_gap(service_factory):
+    """A body that stops arriving gets 408 after HTTP_HEADER_TIMEOUT_MS (the
+    gap allowed between reads), long before the body's total deadline."""
+    svc = service_factory("users", HTTP_BODY_TIMEOUT_MS=600000, HTTP_HEADER_TIMEOUT_MS=300)
+    with svc.raw(timeout=30) as c:
+        c.send(b"POST /api/v1/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: 100\r\n\r\n{\"name\":")
+        resp = read_error_or_fail(c, 5, "a stalled body was not timed out (gap 300 ms)")
+        err = assert_raw_error(resp, 408, "request_timeout")
+        assert "body" in err["message"], err
+        assert c.wait_closed(5)
+    assert svc.get("/healthz").status == 200
+
+
+def test_header_deadline_counts_from_accept(service_factory):
+    """On a new connection the header deadline runs from the accept: saying
+    nothing for 2 s and then trickling the request line must not buy a second
+    HTTP_HEADER_TIMEOUT_MS. With 3 s, the 408 comes 3 s after the connect;
+    a deadline counted from the first byte could not answer before
+    first byte + 3 s (here about 5 s after the connect)."""
+    timeout = 3.0
+    svc = service_factory("users", HTTP_HEADER_TIMEOUT_MS=int(timeout * 1000))
+    c = svc.raw(timeout=30)
+    trickle = None
+    try:
+        t0 = time.monotonic()
+        assert not c.wait_closed(2.0), "closed before the header timeout"
+        trickle = Trickler(c, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"z" * 1000)
+        try:
+            resp = c.read_response(timeout=2 * timeout + 5 * TIME_SLACK)
+        except ConnectionClosed:
+            resp = None
+        got = time.monotonic() - t0
+        wait_until(lambda: trickle.first_sent is not None, 5, what="the first byte sent")
+        first = trickle.first_sent - t0
+        if first >= timeout:  # the client was held up past the deadline itself
+            assert resp is None or resp.status == 408, resp
+            return
+        assert resp is not None, "closed without a 408"
+        err = assert_raw_error(resp, 408, "request_timeout")
+        assert "headers" in err["message"], err
+        assert got < first + timeout - 0.25, (
+            f"408 {got:.2f}s after the connect, first byte at {first:.2f}s: the deadline "
+            f"restarted at the first byte")
+        assert c.wait_closed(5)
+    finally:
+        if trickle:
+            trickle.stop()
+        c.close()
+    assert svc.get("/healthz").status == 200

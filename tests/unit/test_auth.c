@@ -415,3 +415,80 @@ Test(auth, bearer_header_parsing)
     cr_assert_eq(verify_header(NULL, &c), -EACCES);
     free(tok);
 }
+
+/* ---------------------------------------------------------------------------
+ * Identities: one comparison, on canonical UUIDs
+ * ------------------------------------------------------------------------- */
+
+#define UID_LOWER "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+#define UID_UPPER "0A1B2C3D-4E5F-4A6B-8C7D-9E0F1A2B3C4D"
+#define UID_MIXED "0a1B2c3D-4e5F-4A6b-8c7D-9e0F1a2B3c4D"
+#define UID_OTHER "11111111-2222-4333-8444-555555555555"
+
+static struct auth_claims claims_for(const char *sub, int is_service)
+{
+    struct auth_claims c = {.is_service = is_service, .exp = 1};
+
+    snprintf(c.sub, sizeof(c.sub), "%s", sub);
+    return c;
+}
+
+Test(auth, user_id_is_the_canonical_sub)
+{
+    static const char *const subs[] = {UID_LOWER, UID_UPPER, UID_MIXED};
+    char out[IDS_UUID_LEN + 1];
+
+    for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
+        struct auth_claims c = claims_for(subs[i], 0);
+
+        cr_assert_eq(auth_user_id(&c, out), 0, "%s", subs[i]);
+        cr_assert_str_eq(out, UID_LOWER);
+    }
+}
+
+Test(auth, user_id_refuses_services_and_non_uuids)
+{
+    static const char *const subs[] = {"user-7", "", UID_LOWER "x", UID_LOWER " ",
+                                       "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4g"};
+    struct auth_claims svc = claims_for(UID_LOWER, 1);
+    char out[IDS_UUID_LEN + 1];
+
+    cr_assert_eq(auth_user_id(&svc, out), -EINVAL);
+    cr_assert_eq(auth_user_id(NULL, out), -EINVAL);
+    for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
+        struct auth_claims c = claims_for(subs[i], 0);
+
+        cr_assert_eq(auth_user_id(&c, out), -EINVAL, "\"%s\"", subs[i]);
+    }
+}
+
+/* The same user in any case of sub and id, both ways; users, payments and
+ * orders all ask this one function. */
+Test(auth, is_subject_ignores_uuid_case)
+{
+    static const char *const spellings[] = {UID_LOWER, UID_UPPER, UID_MIXED};
+
+    for (size_t i = 0; i < 3; i++) {
+        struct auth_claims c = claims_for(spellings[i], 0);
+
+        for (size_t k = 0; k < 3; k++)
+            cr_assert(auth_is_subject(&c, spellings[k]), "sub %s, id %s", spellings[i],
+                      spellings[k]);
+        cr_assert_not(auth_is_subject(&c, UID_OTHER));
+    }
+}
+
+Test(auth, is_subject_is_nobody_for_services_and_non_uuids)
+{
+    struct auth_claims svc = claims_for(UID_LOWER, 1);
+    struct auth_claims odd = claims_for("user-7", 0);
+    struct auth_claims user = claims_for(UID_LOWER, 0);
+
+    cr_assert_not(auth_is_subject(&svc, UID_LOWER), "a service token is not a user");
+    cr_assert_not(auth_is_subject(&odd, "user-7"), "equal strings that are not UUIDs");
+    cr_assert_not(auth_is_subject(NULL, UID_LOWER));
+    cr_assert_not(auth_is_subject(&user, NULL));
+    cr_assert_not(auth_is_subject(&user, ""));
+    cr_assert_not(auth_is_subject(&user, UID_LOWER "0"));
+    cr_assert_not(auth_is_subject(&user, "0a1b2c3d4e5f4a6b8c7d9e0f1a2b3c4d"));
+}

@@ -26,6 +26,7 @@ static const char *const vars[] = {
     "HTTP_MAX_CONNECTIONS",
     "HTTP_HEADER_TIMEOUT_MS",
     "HTTP_IDLE_TIMEOUT_MS",
+    "HTTP_BODY_TIMEOUT_MS",
     "SHUTDOWN_TIMEOUT_MS",
     "CONSUMER_BATCH",
     "MAX_DELIVERIES",
@@ -78,6 +79,7 @@ Test(config, defaults)
     cr_assert_eq(cfg.http_max_connections, 4096);
     cr_assert_eq(cfg.http_header_timeout_ms, 10000);
     cr_assert_eq(cfg.http_idle_timeout_ms, 60000);
+    cr_assert_eq(cfg.http_body_timeout_ms, 30000);
     cr_assert_eq(cfg.consumer_batch, 128);
     cr_assert_eq(cfg.max_deliveries, 5);
     cr_assert_eq(cfg.reclaim_idle_ms, 30000);
@@ -172,6 +174,8 @@ Test(config, numeric_limits_named)
     expect_error("CONSUMER_BATCH", "0", "CONSUMER_BATCH");
     expect_error("CONSUMER_BATCH", "1025", "CONSUMER_BATCH");
     expect_error("MAX_DELIVERIES", "-3", "MAX_DELIVERIES");
+    expect_error("HTTP_BODY_TIMEOUT_MS", "0", "HTTP_BODY_TIMEOUT_MS");
+    expect_error("HTTP_BODY_TIMEOUT_MS", "3600001", "HTTP_BODY_TIMEOUT_MS");
 }
 
 Test(config, config_uint_and_config_str)
