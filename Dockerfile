@@ -4,7 +4,8 @@
 #   build    Debian bookworm with the -dev packages of DESIGN.md §3; make.
 #   base     bookworm-slim, only the shared libraries the services link, the
 #            non-root user and the healthcheck probe (shared by both below).
-#   demo     base + bash tools for scripts/demo (compose profile "demo").
+#   demo     base + what scripts/demo uses (python3, redis-cli, curl), for
+#            the compose profile "demo".
 #   runtime  base + the four binaries: what compose runs; the default target.
 #
 # Layer order keeps rebuilds quick: every apt layer comes before anything
