@@ -1,8 +1,18 @@
-# syntax=docker/dockerfile:1
 # ripple: one image, four services (users, orders, inventory, payments).
-# Build stage: Debian bookworm with the -dev packages of DESIGN.md §3.
-# Runtime stage: bookworm-slim with only the shared libraries, a non-root
-# user, and the four binaries. compose.yaml picks the service by command.
+#
+# Stages:
+#   build    Debian bookworm with the -dev packages of DESIGN.md §3; make.
+#   base     bookworm-slim, only the shared libraries the services link, the
+#            non-root user and the healthcheck probe (shared by both below).
+#   demo     base + what scripts/demo uses (python3, redis-cli, curl), for
+#            the compose profile "demo".
+#   runtime  base + the four binaries: what compose runs; the default target.
+#
+# Layer order keeps rebuilds quick: every apt layer comes before anything
+# copied from the repository, so a source change recompiles and re-copies,
+# and never reinstalls a package. No `# syntax=` line: BuildKit would fetch
+# a frontend image for it, and the classic builder (DOCKER_BUILDKIT=0) has
+# everything this file uses.
 
 FROM debian:bookworm AS build
 RUN apt-get update \
@@ -16,35 +26,46 @@ COPY scripts/embed-sql scripts/embed-sql
 COPY core core
 COPY streams streams
 COPY services services
-RUN make -j"$(nproc)" all
+RUN make -j"$(nproc)" all \
+ && strip --strip-debug build/users build/orders build/inventory build/payments
 
-FROM debian:bookworm-slim AS runtime
+# The runtime libraries of the link line (-luv -lhiredis -lcurl -ljansson
+# -lsqlite3 -ljwt -lcrypto) and nothing else: no curl, no CA bundle (the
+# services speak plain HTTP to each other; add ca-certificates for an https
+# USERS_URL). The healthcheck is a bash probe, as bash is in every Debian.
+FROM debian:bookworm-slim AS base
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libuv1 libhiredis0.14 libjansson4 libsqlite3-0 libjwt0 libssl3 libcurl4 \
-      curl ca-certificates \
- && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --home-dir /var/lib/ripple --create-home ripple \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log \
+ && groupadd --system --gid 10001 ripple \
+ && useradd --system --uid 10001 --gid ripple --home-dir /var/lib/ripple --create-home \
+      --shell /usr/sbin/nologin ripple \
  && mkdir -p /var/lib/ripple/data \
  && chown ripple:ripple /var/lib/ripple/data
+COPY scripts/compose.d/healthcheck /usr/local/bin/ripple-healthcheck
+ENV HOST=0.0.0.0
+
+# The demo scenario (compose profile "demo"): what scripts/demo uses, run
+# against the stack's URLs (DEMO_EXTERNAL=1).
+FROM base AS demo
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 redis-tools curl \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log
+COPY scripts/demo /opt/ripple/scripts/demo
+COPY scripts/demo.d /opt/ripple/scripts/demo.d
+USER ripple
+WORKDIR /var/lib/ripple
+CMD ["/opt/ripple/scripts/demo"]
+
+FROM base AS runtime
 COPY --from=build /src/build/users /src/build/orders /src/build/inventory /src/build/payments \
      /usr/local/bin/
 USER ripple
 WORKDIR /var/lib/ripple
-ENV HOST=0.0.0.0
-# Each service's port comes from PORT; compose sets it (and a healthcheck).
-HEALTHCHECK --interval=5s --timeout=2s --retries=5 \
-  CMD curl -fsS "http://127.0.0.1:${PORT:-8001}/healthz" || exit 1
+VOLUME /var/lib/ripple/data
+# Each service's port comes from PORT (compose sets it, and a healthcheck of
+# its own with a shorter interval).
+HEALTHCHECK --interval=5s --timeout=3s --retries=5 \
+  CMD ["ripple-healthcheck"]
 CMD ["users"]
-
-# The demo scenario (compose profile "demo"): the runtime image plus the
-# tools scripts/demo uses, run against the stack's URLs.
-FROM runtime AS demo
-USER root
-RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 redis-tools \
- && rm -rf /var/lib/apt/lists/*
-COPY scripts/demo /opt/ripple/scripts/demo
-COPY scripts/demo.d /opt/ripple/scripts/demo.d
-USER ripple
-CMD ["/opt/ripple/scripts/demo"]

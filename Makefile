@@ -35,7 +35,7 @@ UNIT_SRC := $(wildcard tests/unit/*.c)
 UNIT_OBJ := $(UNIT_SRC:%.c=$(BUILD)/obj/%.o)
 
 .PHONY: all deps test unit e2e check-san check-valgrind bench demo up clean format format-check \
-        fuzz fuzz-build fuzz-replay
+        fuzz fuzz-build fuzz-replay compose-test
 all: $(BUILD)/libcore.a $(addprefix $(BUILD)/,$(SERVICES))
 
 # Third-party llhttp, compiled from Debian's node-llhttp sources (never copied).
@@ -156,6 +156,12 @@ demo: deps all
 
 up: deps all
 	scripts/up
+
+# The container stack for real (scripts/compose-test): a Docker engine (one
+# is installed and started when none answers, as root), the base images or
+# local stand-ins, the images built, the demo and a crash test in containers.
+compose-test: deps
+	scripts/compose-test
 
 FORMAT_FILES = $(wildcard core/*.[ch] services/*/*.[ch] streams/*.[ch] tests/unit/*.[ch] \
                           tests/fuzz/*.[ch])
