@@ -283,6 +283,7 @@ static int listen_all(struct host *h)
             return rc;
         }
     }
+    log_scope(NULL);
     if (h->n > 1)
         log_info("hosting %zu modules in one process", h->n);
     return 0;

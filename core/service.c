@@ -214,7 +214,11 @@ const char *service_setting_str(const struct service *svc, const char *var, cons
 static void service_open_redis(struct service *svc)
 {
     struct redis_config rc = {
-        .url = svc->cfg.redis_url, .name = "commands", .command_timeout_ms = 10000};
+        .url = svc->cfg.redis_url,
+        .name = "commands",
+        .log_scope = svc->module->name,
+        .command_timeout_ms = 10000,
+    };
     char err[CONFIG_ERR_MAX];
 
     if (redis_new(svc->loop, &rc, &svc->redis, err, sizeof(err)) < 0)
