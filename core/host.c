@@ -256,8 +256,11 @@ static void start_all(struct host *h)
 {
     int shared = h->n > 1;
 
-    for (size_t i = 0; i < h->n; i++)
+    for (size_t i = 0; i < h->n; i++) {
         service_init(&h->svcs[i], &h->loop, h->sel[i], shared);
+        h->svcs[i].peers = h->svcs;
+        h->svcs[i].n_peers = h->n;
+    }
     for (size_t i = 0; i < h->n; i++) {
         int rc;
 

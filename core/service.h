@@ -61,6 +61,12 @@ struct service {
     struct redis *redis;             /* the command connection (REDIS_URL) */
     struct http_client *http_client; /* NULL until service_http_client */
     struct http_router *router;
+    /* The host's services, this one included (borrowed, n_peers of them):
+     * what a module may know of the modules hosted beside it -- their
+     * names (peers[i].module->name) and where they listen (cfg.host,
+     * cfg.port) -- never their internals. */
+    const struct service *peers;
+    size_t n_peers;
 
     /* private */
     struct http_server *http_;
