@@ -25,18 +25,20 @@ CORE_SRC := $(wildcard core/*.c streams/*.c)
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
 LLHTTP_OBJ := $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o $(BUILD)/llhttp/llhttp.o
 
-# Every services/<name>/ with a schema.sql is a service: build/<name> from
-# its .c files and its embedded schema.
-SERVICES := $(patsubst services/%/schema.sql,%,$(wildcard services/*/schema.sql))
-service_obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard services/$(1)/*.c)) \
-              $(BUILD)/obj/gen/$(1)_schema.o
+# Every services/<name>/ is a module (core/module.h): its .c files, and its
+# schema.sql embedded when it has one. build/ripple hosts any set of them
+# (`build/ripple all`); build/<name> is a host of that one module.
+MODULES := $(patsubst services/%/,%,$(sort $(dir $(wildcard services/*/*.c))))
+module_obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard services/$(1)/*.c)) \
+             $(if $(wildcard services/$(1)/schema.sql),$(BUILD)/obj/gen/$(1)_schema.o)
+ALL_MODULE_OBJ = $(foreach m,$(MODULES),$(call module_obj,$(m)))
 
 UNIT_SRC := $(wildcard tests/unit/*.c)
 UNIT_OBJ := $(UNIT_SRC:%.c=$(BUILD)/obj/%.o)
 
 .PHONY: all deps test unit e2e check-san check-valgrind bench demo up clean format format-check \
         fuzz fuzz-build fuzz-replay compose-test
-all: $(BUILD)/libcore.a $(addprefix $(BUILD)/,$(SERVICES))
+all: $(BUILD)/libcore.a $(BUILD)/ripple $(addprefix $(BUILD)/,$(MODULES))
 
 # Third-party llhttp, compiled from Debian's node-llhttp sources (never copied).
 $(BUILD)/llhttp/%.o: $(LLHTTP_SRC)/%.c
@@ -59,11 +61,23 @@ $(BUILD)/libcore.a: $(CORE_OBJ) $(LLHTTP_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
-define service_rule
-$(BUILD)/$(1): $(call service_obj,$(1)) $(BUILD)/libcore.a
-	$$(CC) $$(CFLAGS) $$(LDFLAGS) -o $$@ $(call service_obj,$(1)) $(BUILD)/libcore.a $$(LDLIBS)
+$(BUILD)/gen/host_all.c: scripts/gen-host
+	@mkdir -p $(@D)
+	scripts/gen-host $(MODULES) > $@
+
+$(BUILD)/gen/host_%.c: scripts/gen-host
+	@mkdir -p $(@D)
+	scripts/gen-host $* > $@
+
+$(BUILD)/ripple: $(ALL_MODULE_OBJ) $(BUILD)/obj/gen/host_all.o $(BUILD)/libcore.a
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libcore.a $(LDLIBS)
+
+define module_rule
+$(BUILD)/$(1): $(call module_obj,$(1)) $(BUILD)/obj/gen/host_$(1).o $(BUILD)/libcore.a
+	$$(CC) $$(CFLAGS) $$(LDFLAGS) -o $$@ $(call module_obj,$(1)) $(BUILD)/obj/gen/host_$(1).o \
+		$(BUILD)/libcore.a $$(LDLIBS)
 endef
-$(foreach s,$(SERVICES),$(eval $(call service_rule,$(s))))
+$(foreach m,$(MODULES),$(eval $(call module_rule,$(m))))
 
 $(BUILD)/unit_tests: $(UNIT_OBJ) $(BUILD)/libcore.a
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(UNIT_OBJ) $(BUILD)/libcore.a $(LDLIBS) -lcriterion

@@ -7,10 +7,27 @@
 #include <string.h>
 #include <unistd.h>
 
-int config_uint(const char *name, unsigned long def, unsigned long min, unsigned long max,
-                unsigned long *out, char *err, size_t errlen)
+/* The value of <prefix><name> when it is set and not empty, else of <name>;
+ * the name read goes to used (for messages). */
+static const char *lookup(const char *prefix, const char *name, char used[CONFIG_NAME_MAX])
 {
-    const char *s = getenv(name);
+    const char *v;
+
+    if (prefix != NULL && *prefix != '\0' &&
+        snprintf(used, CONFIG_NAME_MAX, "%s%s", prefix, name) < CONFIG_NAME_MAX) {
+        v = getenv(used);
+        if (v != NULL && *v != '\0')
+            return v;
+    }
+    snprintf(used, CONFIG_NAME_MAX, "%s", name);
+    return getenv(name);
+}
+
+int config_uint_for(const char *prefix, const char *name, unsigned long def, unsigned long min,
+                    unsigned long max, unsigned long *out, char *err, size_t errlen)
+{
+    char used[CONFIG_NAME_MAX];
+    const char *s = lookup(prefix, name, used);
     char *end;
     unsigned long v;
 
@@ -21,7 +38,7 @@ int config_uint(const char *name, unsigned long def, unsigned long min, unsigned
     errno = 0;
     v = strtoul(s, &end, 10);
     if (*s < '0' || *s > '9' || errno != 0 || *end != '\0' || end == s || v < min || v > max) {
-        snprintf(err, errlen, "config: %s=\"%.64s\" must be an integer from %lu to %lu", name, s,
+        snprintf(err, errlen, "config: %s=\"%.64s\" must be an integer from %lu to %lu", used, s,
                  min, max);
         return -EINVAL;
     }
@@ -29,23 +46,52 @@ int config_uint(const char *name, unsigned long def, unsigned long min, unsigned
     return 0;
 }
 
-int config_str(const char *name, const char *def, size_t min_len, const char **out, char *err,
-               size_t errlen)
+int config_str_for(const char *prefix, const char *name, const char *def, size_t min_len,
+                   const char **out, char *err, size_t errlen)
 {
-    const char *s = getenv(name);
+    char used[CONFIG_NAME_MAX];
+    const char *s = lookup(prefix, name, used);
 
     if (s == NULL || *s == '\0') {
         if (def == NULL) {
-            snprintf(err, errlen, "config: %s is required", name);
+            snprintf(err, errlen, "config: %s is required", used);
             return -EINVAL;
         }
         s = def;
     }
     if (strlen(s) < min_len) {
-        snprintf(err, errlen, "config: %s must be at least %zu bytes", name, min_len);
+        snprintf(err, errlen, "config: %s must be at least %zu bytes", used, min_len);
         return -EINVAL;
     }
     *out = s;
+    return 0;
+}
+
+int config_uint(const char *name, unsigned long def, unsigned long min, unsigned long max,
+                unsigned long *out, char *err, size_t errlen)
+{
+    return config_uint_for(NULL, name, def, min, max, out, err, errlen);
+}
+
+int config_str(const char *name, const char *def, size_t min_len, const char **out, char *err,
+               size_t errlen)
+{
+    return config_str_for(NULL, name, def, min_len, out, err, errlen);
+}
+
+int config_prefix(const char *module, char *buf, size_t len)
+{
+    size_t n = strlen(module);
+
+    if (n == 0 || n + 2 > len)
+        return -EINVAL;
+    for (size_t i = 0; i < n; i++) {
+        char c = module[i];
+
+        buf[i] = c >= 'a' && c <= 'z' ? (char)(c - 'a' + 'A') : c == '-' ? '_' : c;
+    }
+    buf[n] = '_';
+    buf[n + 1] = '\0';
     return 0;
 }
 
@@ -88,7 +134,7 @@ static int load_uints(struct config *cfg, char *err, size_t errlen)
     for (size_t i = 0; i < ARRAY_SIZE(uint_settings); i++) {
         const struct uint_setting *s = &uint_settings[i];
         unsigned long v;
-        int rc = config_uint(s->name, s->def, s->min, s->max, &v, err, errlen);
+        int rc = config_uint_for(cfg->prefix, s->name, s->def, s->min, s->max, &v, err, errlen);
 
         if (rc < 0)
             return rc;
@@ -111,36 +157,77 @@ static int default_consumer_name(const char *service, char *buf, size_t len)
     return snprintf(buf, len, "%s-%s", host, service) >= (int)len ? -EINVAL : 0;
 }
 
-int config_load(struct config *cfg, const char *service, unsigned default_port, char *err,
-                size_t errlen)
+/* In a host of several modules, settings that cannot be shared must be
+ * given per module. */
+static int refuse_bare(const char *name, const char *prefix, char *err, size_t errlen)
 {
-    static char consumer_default[192];
-    const char *db_path;
-    char db_default[256];
+    const char *v = getenv(name);
+
+    if (v == NULL || *v == '\0')
+        return 0;
+    snprintf(err, errlen,
+             "config: %s applies to every module of this host and they cannot share it; "
+             "set %s%s (and the same for each module) instead",
+             name, prefix, name);
+    return -EINVAL;
+}
+
+static int load_strings(struct config *cfg, char *err, size_t errlen)
+{
+    char db_default[256], consumer_default[192];
+    const char *consumer, *db_path;
+    int rc;
+
+    if (snprintf(db_default, sizeof(db_default), "var/%s.db", cfg->service) >=
+            (int)sizeof(db_default) ||
+        default_consumer_name(cfg->service, consumer_default, sizeof(consumer_default)) < 0) {
+        snprintf(err, errlen, "config: the module name \"%.32s\" is too long", cfg->service);
+        return -EINVAL;
+    }
+    if ((rc = config_str_for(cfg->prefix, "HOST", "127.0.0.1", 1, &cfg->host, err, errlen)) < 0 ||
+        (rc = config_str("REDIS_URL", "redis://127.0.0.1:6379", 1, &cfg->redis_url, err, errlen)) <
+            0 ||
+        (rc = config_str_for(cfg->prefix, "DB_PATH", db_default, 1, &db_path, err, errlen)) < 0 ||
+        (rc = config_str("JWT_SECRET", NULL, 32, &cfg->jwt_secret, err, errlen)) < 0 ||
+        (rc = config_str("LOG_LEVEL", "info", 1, &cfg->log_level, err, errlen)) < 0 ||
+        (rc = config_str_for(cfg->prefix, "CONSUMER_NAME", consumer_default, 1, &consumer, err,
+                             errlen)) < 0)
+        return rc;
+    /* copied: db_default lives on this stack */
+    if (snprintf(cfg->db_path, sizeof(cfg->db_path), "%s", db_path) >= (int)sizeof(cfg->db_path)) {
+        snprintf(err, errlen, "config: %sDB_PATH is longer than %zu bytes", cfg->prefix,
+                 sizeof(cfg->db_path) - 1);
+        return -EINVAL;
+    }
+    if (snprintf(cfg->consumer_name, sizeof(cfg->consumer_name), "%s", consumer) >=
+        (int)sizeof(cfg->consumer_name)) {
+        snprintf(err, errlen, "config: %sCONSUMER_NAME is longer than %zu bytes", cfg->prefix,
+                 sizeof(cfg->consumer_name) - 1);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int config_load(struct config *cfg, const char *service, unsigned default_port, int shared,
+                char *err, size_t errlen)
+{
     unsigned long port;
     int rc;
 
     memset(cfg, 0, sizeof(*cfg));
     cfg->service = service;
-    if (snprintf(db_default, sizeof(db_default), "var/%s.db", service) >= (int)sizeof(db_default))
-        return -EINVAL;
-    if (default_consumer_name(service, consumer_default, sizeof(consumer_default)) < 0)
-        return -EINVAL;
-    if ((rc = config_uint("PORT", default_port, 1, 65535, &port, err, errlen)) < 0 ||
-        (rc = config_str("HOST", "127.0.0.1", 1, &cfg->host, err, errlen)) < 0 ||
-        (rc = config_str("REDIS_URL", "redis://127.0.0.1:6379", 1, &cfg->redis_url, err, errlen)) <
-            0 ||
-        (rc = config_str("DB_PATH", db_default, 1, &db_path, err, errlen)) < 0 ||
-        (rc = config_str("JWT_SECRET", NULL, 32, &cfg->jwt_secret, err, errlen)) < 0 ||
-        (rc = config_str("LOG_LEVEL", "info", 1, &cfg->log_level, err, errlen)) < 0 ||
-        (rc = config_str("CONSUMER_NAME", consumer_default, 1, &cfg->consumer_name, err, errlen)) <
-            0)
-        return rc;
-    cfg->port = (unsigned)port;
-    if (snprintf(cfg->db_path, sizeof(cfg->db_path), "%s", db_path) >= (int)sizeof(cfg->db_path)) {
-        snprintf(err, errlen, "config: DB_PATH is longer than %zu bytes", sizeof(cfg->db_path) - 1);
+    if (config_prefix(service, cfg->prefix, sizeof(cfg->prefix)) < 0) {
+        snprintf(err, errlen, "config: the module name \"%.32s\" is too long or empty", service);
         return -EINVAL;
     }
+    if (shared && ((rc = refuse_bare("PORT", cfg->prefix, err, errlen)) < 0 ||
+                   (rc = refuse_bare("DB_PATH", cfg->prefix, err, errlen)) < 0))
+        return rc;
+    if ((rc = config_uint_for(cfg->prefix, "PORT", default_port, 1, 65535, &port, err, errlen)) <
+            0 ||
+        (rc = load_strings(cfg, err, errlen)) < 0)
+        return rc;
+    cfg->port = (unsigned)port;
     if (strcmp(cfg->log_level, "debug") != 0 && strcmp(cfg->log_level, "info") != 0 &&
         strcmp(cfg->log_level, "warn") != 0 && strcmp(cfg->log_level, "error") != 0) {
         snprintf(err, errlen, "config: LOG_LEVEL=\"%.32s\" must be debug, info, warn or error",

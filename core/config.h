@@ -1,10 +1,15 @@
 /* config.h -- typed lookup of the environment, checked once at start.
  *
- * DESIGN.md §4: configuration is environment only. Every lookup has a default
- * (or is required) and a range; a bad value is an error that names the
- * variable, so the service can stop with one clear line. struct config holds
- * the settings every service shares; a service reads its own extras with the
- * typed helpers (config_uint, config_str). Nothing here exits: service.c does. */
+ * DESIGN.md §4, §11: configuration is environment only. Every lookup has a
+ * default (or is required) and a range; a bad value is an error that names
+ * the variable, so the host can stop with one clear line. A setting of a
+ * module is looked up as <MODULE>_<VAR> first (ORDERS_DB_PATH, USERS_PORT:
+ * the module's name upper-cased, '-' as '_'), then as <VAR>; REDIS_URL,
+ * JWT_SECRET and LOG_LEVEL are shared by every module and read unprefixed.
+ * In a host of several modules a bare PORT or DB_PATH is refused: it cannot
+ * apply to all of them. struct config holds the settings every module
+ * shares; a module reads its own extras with the typed helpers
+ * (config_uint_for, config_str_for). Nothing here exits: service.c does. */
 #ifndef CORE_CONFIG_H
 #define CORE_CONFIG_H
 
@@ -15,8 +20,11 @@
 #define CONFIG_ERR_MAX 256
 #define CONFIG_CONSUMER_BATCH_MAX 1024 /* CONSUMER_BATCH's upper bound */
 
+#define CONFIG_NAME_MAX 64 /* bytes of a variable's name, prefix included */
+
 struct config {
-    const char *service; /* borrowed: a string literal from main */
+    const char *service; /* borrowed: the module's name (static storage) */
+    char prefix[32];     /* "ORDERS_": the module's prefix */
     const char *host;    /* borrowed from the environment or a literal */
     unsigned port;
     const char *redis_url;
@@ -34,8 +42,8 @@ struct config {
     unsigned http_idle_timeout_ms;
     unsigned shutdown_timeout_ms; /* graceful stop gives up after this */
 
-    /* Streams (used from the streams issue on; read and checked now). */
-    const char *consumer_name;
+    /* Streams */
+    char consumer_name[192];
     unsigned consumer_batch;
     unsigned consumer_block_ms; /* XREADGROUP BLOCK */
     unsigned max_deliveries;
@@ -56,11 +64,17 @@ struct config {
     unsigned inbox_retention_ms;  /* processed event ids kept for de-duplication */
 };
 
-/* Reads the shared settings for service (e.g. "users") whose default port is
- * default_port. Returns 0, or -EINVAL with a one-line message in err naming
- * the variable. cfg's strings are borrowed from the environment. */
+/* Reads the settings of module service (e.g. "users", static storage)
+ * whose default port is default_port; shared is 1 in a host of several
+ * modules (a bare PORT or DB_PATH is then refused). Returns 0, or -EINVAL
+ * with a one-line message in err naming the variable. cfg's strings are
+ * borrowed from the environment. */
 CORE_MUST_CHECK int config_load(struct config *cfg, const char *service, unsigned default_port,
-                                char *err, size_t errlen);
+                                int shared, char *err, size_t errlen);
+
+/* Writes the prefix of module's settings ("ORDERS_" for "orders") into buf.
+ * Returns 0, or -EINVAL when module is empty or buf too small. */
+CORE_MUST_CHECK int config_prefix(const char *module, char *buf, size_t len);
 
 /* Reads name as an unsigned integer in [min, max]; def when unset or empty.
  * Returns 0, or -EINVAL with a message in err. */
@@ -71,5 +85,14 @@ CORE_MUST_CHECK int config_uint(const char *name, unsigned long def, unsigned lo
  * required (-EINVAL when missing). min_len is checked too. */
 CORE_MUST_CHECK int config_str(const char *name, const char *def, size_t min_len, const char **out,
                                char *err, size_t errlen);
+
+/* The same for a module's setting: <prefix><name> when it is set, else
+ * <name>. prefix is a config's prefix ("" or NULL: name only). Messages name
+ * the variable that was read. */
+CORE_MUST_CHECK int config_uint_for(const char *prefix, const char *name, unsigned long def,
+                                    unsigned long min, unsigned long max, unsigned long *out,
+                                    char *err, size_t errlen);
+CORE_MUST_CHECK int config_str_for(const char *prefix, const char *name, const char *def,
+                                   size_t min_len, const char **out, char *err, size_t errlen);
 
 #endif

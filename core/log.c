@@ -14,12 +14,21 @@
 
 static enum log_level log_level = LOG_INFO;
 static char log_service[32] = "ripple";
+static const char *log_current; /* borrowed; NULL: log_service */
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
 void log_set_service(const char *name)
 {
     snprintf(log_service, sizeof(log_service), "%s", name);
+}
+
+const char *log_scope(const char *name)
+{
+    const char *prev = log_current;
+
+    log_current = name;
+    return prev;
 }
 
 void log_set_level(enum log_level level)
@@ -108,7 +117,7 @@ static void log_vwrite(enum log_level level, const char *trace, const char *fmt,
     append_raw(line, sizeof(line), &pos, "\",\"level\":\"");
     append_raw(line, sizeof(line), &pos, level_names[level]);
     append_raw(line, sizeof(line), &pos, "\",\"service\":\"");
-    append_escaped(line, sizeof(line), &pos, log_service);
+    append_escaped(line, sizeof(line), &pos, log_current ? log_current : log_service);
     append_raw(line, sizeof(line), &pos, "\",\"msg\":\"");
     append_escaped(line, sizeof(line), &pos, msg);
     if (trace != NULL) {

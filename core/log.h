@@ -1,9 +1,15 @@
 /* log.h -- one JSON object per line on stderr: ts, level, service, msg, trace.
  *
- * The level and the service name are the only process-wide state besides the
- * loop. The level is checked before anything is formatted. Messages are
- * formatted into a bounded buffer (longer ones are cut, never overflowed) and
- * JSON-escaped. Never pass tokens, passwords or request bodies. */
+ * The level, the host's label and the current scope are the only
+ * process-wide state besides the loop. The `service` of a line is the
+ * module the loop is working for (DESIGN.md §11: a host runs several
+ * modules on one loop): every callback through which the loop enters one
+ * module's objects -- its HTTP server, Redis connections, consumers, outbox,
+ * timers -- sets the scope first with log_scope(). Without a scope a line
+ * carries the host's label. The level is checked before anything is
+ * formatted. Messages are formatted into a bounded buffer (longer ones are
+ * cut, never overflowed) and JSON-escaped. Never pass tokens, passwords or
+ * request bodies. Loop thread only (a thread-pool job must not log). */
 #ifndef CORE_LOG_H
 #define CORE_LOG_H
 
@@ -13,8 +19,14 @@ enum log_level { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR };
 
 #define LOG_MAX_LINE 2048 /* bytes of one formatted message before escaping */
 
-/* Sets the service name written in every line (copied, at most 31 bytes). */
+/* Sets the host's label, written when no scope is set (copied, at most 31
+ * bytes): the module's name in a host of one, "ripple" in a host of several. */
 void log_set_service(const char *name);
+/* Sets the scope: lines name this module until the next call. name is
+ * borrowed and must live as long as the process logs (a module's name, in
+ * static storage); NULL goes back to the host's label. Returns the previous
+ * scope, so a caller may restore it. */
+const char *log_scope(const char *name);
 void log_set_level(enum log_level level);
 enum log_level log_get_level(void);
 /* Parses "debug", "info", "warn" or "error". Returns 0, or -EINVAL. */

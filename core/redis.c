@@ -47,6 +47,7 @@ struct redis {
     uv_loop_t *loop;
     struct redis_url url;
     char name[32];
+    const char *log_scope; /* borrowed: a module's name */
     unsigned connect_timeout_ms, command_timeout_ms, backoff_min_ms, backoff_max_ms;
     unsigned backoff_ms; /* next delay before jitter */
     redisAsyncContext *ac;
@@ -101,6 +102,8 @@ static void ev_on_poll(uv_poll_t *h, int status, int events)
 
     if (p->ac == NULL)
         return;
+    if (p->ac->data != NULL && ((struct redis *)p->ac->data)->log_scope != NULL)
+        log_scope(((struct redis *)p->ac->data)->log_scope);
     /* An error (libuv has stopped the handle): let hiredis read, so that it
      * finds the error itself and disconnects, or fails the connect. */
     if (status < 0)
@@ -327,7 +330,11 @@ static void notify(struct redis *r, int up)
 
 static void on_retry(uv_timer_t *t)
 {
-    conn_start(t->data);
+    struct redis *r = t->data;
+
+    if (r->log_scope != NULL)
+        log_scope(r->log_scope);
+    conn_start(r);
 }
 
 static void schedule_retry(struct redis *r)
@@ -723,6 +730,8 @@ static void on_watchdog(uv_timer_t *t)
     struct redis *r = t->data;
     uint64_t idle = uv_now(r->loop) - r->last_progress;
 
+    if (r->log_scope != NULL)
+        log_scope(r->log_scope);
     if (r->state == REDIS_CONNECTING && idle > r->connect_timeout_ms)
         conn_drop(r, "connect timed out");
     else if (r->state == REDIS_UP && r->command_timeout_ms && r->pending > 0 &&
@@ -749,6 +758,7 @@ int redis_new(uv_loop_t *loop, const struct redis_config *cfg, struct redis **ou
     }
     r->loop = loop;
     snprintf(r->name, sizeof(r->name), "%s", cfg->name ? cfg->name : "main");
+    r->log_scope = cfg->log_scope;
     r->connect_timeout_ms = cfg->connect_timeout_ms ? cfg->connect_timeout_ms : 2000;
     r->command_timeout_ms = cfg->command_timeout_ms;
     r->backoff_min_ms = cfg->backoff_min_ms ? cfg->backoff_min_ms : 100;

@@ -47,6 +47,8 @@ struct redis_url {
 struct redis_config {
     const char *url;             /* copied (parsed) */
     const char *name;            /* for logs, e.g. "commands"; copied */
+    const char *log_scope;       /* the module whose lines these are (log_scope); borrowed,
+                                    static storage; NULL: whatever scope is current */
     unsigned connect_timeout_ms; /* 0: 2000 */
     unsigned command_timeout_ms; /* 0: no watchdog */
     unsigned backoff_min_ms;     /* 0: 100 */

@@ -1,13 +1,15 @@
-/* service.c -- process lifecycle and the HTTP dispatcher. See service.h.
+/* service.c -- a hosted module's life cycle and its HTTP dispatcher. See
+ * service.h.
  *
- * Owns the loop (uv_default_loop), the signal handles, the stop timer, the
- * HTTP server and the registry of metrics. Stopping is a state: the first
- * signal starts it, the HTTP server finishes what it has in hand, stop hooks
- * report back, and when nothing is left the loop runs dry and is closed. */
+ * Owns the module's stop timer, HTTP server, registry of metrics, store,
+ * outbox and Redis connection; the loop and the signals are the host's.
+ * Stopping is a state: service_stop starts it, the HTTP server finishes what
+ * it has in hand, stop hooks report back, the outbox flushes, Redis closes,
+ * and the host is told. Every callback that enters this file from the loop
+ * sets the log scope to the module first. */
 #include "service.h"
 
 #include <errno.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,24 +58,6 @@ CORE_NORETURN void service_fatal(const struct service *svc, const char *fmt, ...
  * ------------------------------------------------------------------------- */
 
 static void service_open_redis(struct service *svc);
-
-/* Raises the soft limit on open files to the hard one (each connection is
- * a descriptor), and says so when HTTP_MAX_CONNECTIONS cannot be reached. */
-static void raise_fd_limit(const struct service *svc)
-{
-    struct rlimit rl;
-
-    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
-        return;
-    if (rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        if (setrlimit(RLIMIT_NOFILE, &rl) < 0 && getrlimit(RLIMIT_NOFILE, &rl) < 0)
-            return;
-    }
-    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < svc->cfg.http_max_connections + 64)
-        log_warn("open files are limited to %llu: fewer than HTTP_MAX_CONNECTIONS=%u can be open",
-                 (unsigned long long)rl.rlim_cur, svc->cfg.http_max_connections);
-}
 
 static void *stats_series(struct service *svc, const char *route, int status)
 {
@@ -128,6 +112,7 @@ static void on_request(struct http_request *req, void *data)
 {
     struct service *svc = data;
 
+    log_scope(svc->module->name);
     http_router_dispatch(svc->router, &svc->auth, (long)time(NULL), req);
 }
 
@@ -180,48 +165,70 @@ static void on_metrics(struct http_request *req, const struct auth_claims *who, 
  * Set-up
  * ------------------------------------------------------------------------- */
 
-void service_init(struct service *svc, const char *name, unsigned default_port)
+void service_init(struct service *svc, uv_loop_t *loop, const struct module *m, int shared)
 {
     char err[CONFIG_ERR_MAX];
-    enum log_level level;
 
     memset(svc, 0, sizeof(*svc));
-    if (config_load(&svc->cfg, name, default_port, err, sizeof(err)) < 0)
+    svc->module = m;
+    svc->loop = loop;
+    log_scope(m->name);
+    if (config_load(&svc->cfg, m->name, m->default_port, shared, err, sizeof(err)) < 0)
         service_fatal(svc, "%s", err);
-    if (log_parse_level(svc->cfg.log_level, &level) < 0)
-        service_fatal(svc, "config: LOG_LEVEL is not a level");
-    log_set_service(name);
-    log_set_level(level);
     if (auth_init(&svc->auth, svc->cfg.jwt_secret) < 0)
         service_fatal(svc, "config: JWT_SECRET must be %d to %d bytes", AUTH_MIN_SECRET,
                       AUTH_MAX_SECRET);
     svc->stats_ = calloc(1, sizeof(*svc->stats_));
     if (svc->stats_ == NULL || metrics_new(&svc->metrics) < 0 || http_router_new(&svc->router) < 0)
         service_fatal(svc, "out of memory");
-    raise_fd_limit(svc);
-    svc->loop = uv_default_loop();
-    srandom((unsigned)(uv_hrtime() ^ (uint64_t)getpid()));
+    uv_timer_init(loop, &svc->stop_timer_);
+    svc->stop_timer_.data = svc;
     service_open_redis(svc);
-    /* Writes to a socket the peer closed must fail with EPIPE, not kill us. */
-    signal(SIGPIPE, SIG_IGN);
     service_route(svc, "GET", "/healthz", HTTP_ROUTE_PUBLIC, on_healthz, svc);
     service_route(svc, "GET", "/readyz", HTTP_ROUTE_PUBLIC, on_readyz, svc);
     service_route(svc, "GET", "/metrics", HTTP_ROUTE_PUBLIC, on_metrics, svc);
 }
 
+unsigned long service_setting_uint(const struct service *svc, const char *var, unsigned long def,
+                                   unsigned long min, unsigned long max)
+{
+    char err[CONFIG_ERR_MAX];
+    unsigned long v;
+
+    if (config_uint_for(svc->cfg.prefix, var, def, min, max, &v, err, sizeof(err)) < 0)
+        service_fatal(svc, "%s", err);
+    return v;
+}
+
+const char *service_setting_str(const struct service *svc, const char *var, const char *def,
+                                size_t min_len)
+{
+    char err[CONFIG_ERR_MAX];
+    const char *v;
+
+    if (config_str_for(svc->cfg.prefix, var, def, min_len, &v, err, sizeof(err)) < 0)
+        service_fatal(svc, "%s", err);
+    return v;
+}
+
 static void service_open_redis(struct service *svc)
 {
     struct redis_config rc = {
-        .url = svc->cfg.redis_url, .name = "commands", .command_timeout_ms = 10000};
+        .url = svc->cfg.redis_url,
+        .name = "commands",
+        .log_scope = svc->module->name,
+        .command_timeout_ms = 10000,
+    };
     char err[CONFIG_ERR_MAX];
 
     if (redis_new(svc->loop, &rc, &svc->redis, err, sizeof(err)) < 0)
         service_fatal(svc, "%s", err);
 }
 
-void service_open_store(struct service *svc, const char *schema)
+void service_open_store(struct service *svc)
 {
     const struct config *cfg = &svc->cfg;
+    const char *schema = svc->module->schema;
     struct outbox_config oc = {
         .source = cfg->service,
         .batch = cfg->outbox_batch,
@@ -229,8 +236,11 @@ void service_open_store(struct service *svc, const char *schema)
         .max_backlog = cfg->outbox_max_backlog,
         .retention_ms = cfg->outbox_retention_ms,
     };
-    int rc = store_open(cfg->db_path, schema, &svc->store);
+    int rc;
 
+    if (schema == NULL)
+        service_fatal(svc, "the module declares no schema: it has no database to open");
+    rc = store_open(cfg->db_path, schema, &svc->store);
     if (rc < 0)
         service_fatal(svc, "cannot open the database DB_PATH=%s: %s", cfg->db_path, strerror(-rc));
     rc = store_offload_checkpoints(svc->store, svc->loop);
@@ -331,39 +341,34 @@ void service_on_stop(struct service *svc, service_stop_cb fn, void *data)
  * Stopping
  * ------------------------------------------------------------------------- */
 
-static void on_handle_closed(uv_handle_t *h)
+#define OUTBOX_FLUSH_MS 2000 /* at most, while stopping (and never past the deadline) */
+
+/* The last step: the stop timer is closed, nothing of ours is left on the
+ * loop but the store, which service_release closes. */
+static void on_stop_timer_closed(uv_handle_t *h)
 {
     struct service *svc = h->data;
 
-    svc->closing_handles_--;
+    log_scope(svc->module->name);
+    log_info("stopped");
+    if (svc->stopped_cb_ != NULL)
+        svc->stopped_cb_(svc, svc->stopped_data_);
 }
-
-static void close_handle(struct service *svc, uv_handle_t *h)
-{
-    if (uv_is_closing(h))
-        return;
-    h->data = svc;
-    svc->closing_handles_++;
-    uv_close(h, on_handle_closed);
-}
-
-#define OUTBOX_FLUSH_MS 2000 /* at most, while stopping (and never past the deadline) */
 
 static void on_redis_closed(void *data)
 {
     struct service *svc = data;
 
+    log_scope(svc->module->name);
     svc->redis = NULL;
-    close_handle(svc, (uv_handle_t *)&svc->stop_timer_);
-    close_handle(svc, (uv_handle_t *)&svc->sigterm_);
-    close_handle(svc, (uv_handle_t *)&svc->sigint_);
-    log_info("stopped");
+    uv_close((uv_handle_t *)&svc->stop_timer_, on_stop_timer_closed);
 }
 
 static void on_outbox_closed(void *data)
 {
     struct service *svc = data;
 
+    log_scope(svc->module->name);
     svc->outbox = NULL;
     redis_close(svc->redis, on_redis_closed, svc);
 }
@@ -382,6 +387,7 @@ static unsigned flush_budget_ms(const struct service *svc)
  * last one moves on to the outbox, then Redis. */
 static void stop_part_done(struct service *svc)
 {
+    log_scope(svc->module->name);
     if (--svc->stops_pending_ > 0)
         return;
     if (svc->outbox != NULL)
@@ -409,6 +415,7 @@ static void on_stop_timeout(uv_timer_t *t)
 {
     struct service *svc = t->data;
 
+    log_scope(svc->module->name);
     log_warn("stop: still busy after %u ms; closing every connection, Redis's too",
              svc->cfg.shutdown_timeout_ms);
     if (svc->http_ != NULL)
@@ -417,16 +424,16 @@ static void on_stop_timeout(uv_timer_t *t)
         redis_halt(svc->redis);
 }
 
-void service_stop(struct service *svc)
+void service_stop(struct service *svc, service_stopped_cb stopped, void *data)
 {
     if (svc->stopping_)
         return;
+    log_scope(svc->module->name);
     svc->stopping_ = 1;
+    svc->stopped_cb_ = stopped;
+    svc->stopped_data_ = data;
     log_info("stopping: finishing the requests in hand");
     svc->stops_pending_ = 1 + svc->nstop_hooks_ + 1; /* http, hooks, this function */
-    uv_signal_stop(&svc->sigterm_);
-    uv_signal_stop(&svc->sigint_);
-    svc->stop_timer_.data = svc;
     uv_update_time(svc->loop);
     svc->stop_deadline_ = uv_now(svc->loop) + svc->cfg.shutdown_timeout_ms;
     uv_timer_start(&svc->stop_timer_, on_stop_timeout, svc->cfg.shutdown_timeout_ms, 0);
@@ -439,26 +446,9 @@ void service_stop(struct service *svc)
     stop_part_done(svc);
 }
 
-static void on_signal(uv_signal_t *s, int signum)
-{
-    struct service *svc = s->data;
-
-    log_info("received %s", signum == SIGTERM ? "SIGTERM" : "SIGINT");
-    service_stop(svc);
-}
-
 /* ---------------------------------------------------------------------------
  * Running
  * ------------------------------------------------------------------------- */
-
-static void on_stray_handle(uv_handle_t *h, void *arg)
-{
-    (void)arg;
-    if (!uv_is_closing(h)) {
-        log_warn("stop: closing a handle left open (type %s)", uv_handle_type_name(h->type));
-        uv_close(h, NULL);
-    }
-}
 
 static double gauge_http_connections(void *data)
 {
@@ -500,7 +490,7 @@ static int service_listen(struct service *svc)
     return 0;
 }
 
-static void service_release(struct service *svc)
+void service_release(struct service *svc)
 {
     store_close(svc->store);
     svc->store = NULL;
@@ -514,30 +504,9 @@ static void service_release(struct service *svc)
     svc->token_ = NULL;
 }
 
-int service_run(struct service *svc)
+int service_start(struct service *svc)
 {
-    int listen_rc, rc;
-
-    uv_signal_init(svc->loop, &svc->sigterm_);
-    uv_signal_init(svc->loop, &svc->sigint_);
-    uv_timer_init(svc->loop, &svc->stop_timer_);
-    svc->sigterm_.data = svc->sigint_.data = svc;
-    uv_signal_start(&svc->sigterm_, on_signal, SIGTERM);
-    uv_signal_start(&svc->sigint_, on_signal, SIGINT);
-
+    log_scope(svc->module->name);
     redis_start(svc->redis);
-    listen_rc = service_listen(svc);
-    if (listen_rc < 0)
-        service_stop(svc);
-    uv_run(svc->loop, UV_RUN_DEFAULT);
-
-    uv_walk(svc->loop, on_stray_handle, NULL);
-    uv_run(svc->loop, UV_RUN_DEFAULT);
-    service_release(svc);
-    rc = uv_loop_close(svc->loop);
-    if (rc < 0) {
-        log_error("stop: the loop did not close: %s", uv_strerror(rc));
-        return 1;
-    }
-    return listen_rc < 0 ? 1 : 0;
+    return service_listen(svc);
 }

@@ -1068,6 +1068,7 @@ static int open_blocking(struct stream_consumer *sc)
     struct redis_config rc = {
         .url = sc->svc->cfg.redis_url,
         .name = sc->stream,
+        .log_scope = sc->svc->module->name,
         .command_timeout_ms = sc->cfg.block_ms + 10000,
     };
     char err[CONFIG_ERR_MAX];

@@ -84,7 +84,7 @@ def cmd_product(path):
 
 def cmd_order(path):
     o = load(path)
-    line = f"order {o['id'][:8]}  {o['status']}"
+    line = f"order {o['id']}  {o['status']}"
     if o.get("amount_cents") is not None:
         line += f"  amount {money(o['amount_cents'])}"
     if o.get("reason"):

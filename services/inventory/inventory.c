@@ -33,8 +33,7 @@ int inventory_service_start(struct service *svc)
     struct inventory *inv;
     int rc;
 
-    if (svc->store == NULL)
-        service_open_store(svc, inventory_schema_sql);
+    service_open_store(svc);
     inv = calloc(1, sizeof(*inv));
     if (inv == NULL)
         return -ENOMEM;
@@ -50,3 +49,11 @@ int inventory_service_start(struct service *svc)
     inventory_events_attach(inv);
     return 0;
 }
+
+const struct module inventory_module = {
+    .abi = MODULE_ABI,
+    .name = "inventory",
+    .default_port = 8003,
+    .schema = inventory_schema_sql,
+    .start = inventory_service_start,
+};

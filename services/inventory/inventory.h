@@ -13,15 +13,18 @@
 #include <stddef.h>
 
 #include "common.h"
+#include "module.h"
 
 struct service;
 struct sqlite3_stmt;
 
+/* The module's descriptor (core/module.h): what a host runs. */
+extern const struct module inventory_module;
+
 /* The text of schema.sql, embedded by the Makefile (scripts/embed-sql). */
 extern const char inventory_schema_sql[];
 
-/* Unless svc->store is already open (a host that opened it itself), opens
- * cfg.db_path and migrates it with inventory_schema_sql (seeding the catalog
+/* Opens cfg.db_path and migrates it with inventory_schema_sql (seeding the catalog
  * on the first start). Prepares the module's statements, adds the public
  * product routes and attaches the inventory.commands consumer, whose release
  * frees the module's state once the service has stopped. Returns 0,

@@ -87,24 +87,19 @@ static void on_stop(struct service *svc, void *data, service_stop_done_cb done)
 
 int orders_service_start(struct service *svc)
 {
-    char err[CONFIG_ERR_MAX], url[ORDERS_URL_MAX];
-    const char *raw;
-    unsigned long saga_timeout;
+    /* Checked before the database is touched: a bad setting is one line. */
+    const char *raw = service_setting_str(svc, "USERS_URL", USERS_URL_DEFAULT, 1);
+    unsigned long saga_timeout = service_setting_uint(svc, "SAGA_TIMEOUT_MS", 30000, 10, 86400000);
+    char url[ORDERS_URL_MAX];
     struct orders *o;
     int rc;
 
-    /* Checked before the database is touched: a bad setting is one line. */
-    if (config_str("USERS_URL", USERS_URL_DEFAULT, 1, &raw, err, sizeof(err)) < 0)
-        service_fatal(svc, "%s", err);
     if (users_url_check(raw, url) < 0)
         service_fatal(svc,
-                      "config: USERS_URL must be an http:// or https:// URL with a host, "
-                      "without query or spaces, shorter than %d bytes",
-                      ORDERS_URL_MAX);
-    if (config_uint("SAGA_TIMEOUT_MS", 30000, 10, 86400000, &saga_timeout, err, sizeof(err)) < 0)
-        service_fatal(svc, "%s", err);
-    if (svc->store == NULL)
-        service_open_store(svc, orders_schema_sql);
+                      "config: %sUSERS_URL (or USERS_URL) must be an http:// or https:// URL "
+                      "with a host, without query or spaces, shorter than %d bytes",
+                      svc->cfg.prefix, ORDERS_URL_MAX);
+    service_open_store(svc);
     o = calloc(1, sizeof(*o));
     if (o == NULL)
         return -ENOMEM;
@@ -129,3 +124,11 @@ int orders_service_start(struct service *svc)
         log_info("orders: checking users at %s", o->users_url);
     return 0;
 }
+
+const struct module orders_module = {
+    .abi = MODULE_ABI,
+    .name = "orders",
+    .default_port = 8002,
+    .schema = orders_schema_sql,
+    .start = orders_service_start,
+};

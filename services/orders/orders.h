@@ -30,12 +30,14 @@ struct sqlite3_stmt;
 struct stream_msg;
 struct stream_done;
 
+/* The module's descriptor (core/module.h): what a host runs. */
+extern const struct module orders_module;
+
 /* The text of schema.sql, embedded by the Makefile (scripts/embed-sql). */
 extern const char orders_schema_sql[];
 
 /* Reads USERS_URL (default http://127.0.0.1:8001; http:// or https://) and
- * then, unless svc->store is already open (a host that opened it itself),
- * opens cfg.db_path and migrates it with orders_schema_sql: a bad setting
+ * then opens cfg.db_path and migrates it with orders_schema_sql: a bad setting
  * stops the process with one line naming it before the database is
  * touched. Prepares the module's statements, adds the routes, a stop hook
  * and the orders.commands consumer, and creates the service's HTTP client.

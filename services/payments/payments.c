@@ -46,17 +46,13 @@ const char *payments_status_name(enum payments_status s)
 
 int payments_service_start(struct service *svc)
 {
-    char err[CONFIG_ERR_MAX];
-    unsigned long initial;
+    /* Checked before the database is touched: a bad setting is one line. */
+    unsigned long initial = service_setting_uint(svc, "INITIAL_CREDIT_CENTS",
+                                                 PAYMENTS_CREDIT_DEFAULT, 0, PAYMENTS_CREDIT_MAX);
     struct payments *p;
     int rc;
 
-    /* Checked before the database is touched: a bad setting is one line. */
-    if (config_uint("INITIAL_CREDIT_CENTS", PAYMENTS_CREDIT_DEFAULT, 0, PAYMENTS_CREDIT_MAX,
-                    &initial, err, sizeof(err)) < 0)
-        service_fatal(svc, "%s", err);
-    if (svc->store == NULL)
-        service_open_store(svc, payments_schema_sql);
+    service_open_store(svc);
     p = calloc(1, sizeof(*p));
     if (p == NULL)
         return -ENOMEM;
@@ -73,3 +69,11 @@ int payments_service_start(struct service *svc)
     log_info("payments: new accounts open with %lu cents", initial);
     return 0;
 }
+
+const struct module payments_module = {
+    .abi = MODULE_ABI,
+    .name = "payments",
+    .default_port = 8004,
+    .schema = payments_schema_sql,
+    .start = payments_service_start,
+};

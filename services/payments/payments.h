@@ -23,17 +23,20 @@
 
 #include "clock.h"
 #include "common.h"
+#include "module.h"
 #include "ids.h"
 #include "streams/streams.h"
 
 struct service;
 struct sqlite3_stmt;
 
+/* The module's descriptor (core/module.h): what a host runs. */
+extern const struct module payments_module;
+
 /* The text of schema.sql, embedded by the Makefile (scripts/embed-sql). */
 extern const char payments_schema_sql[];
 
-/* Reads INITIAL_CREDIT_CENTS (default 10000, 0..10^12) and then, unless
- * svc->store is already open (a host that opened it itself), opens
+/* Reads INITIAL_CREDIT_CENTS (default 10000, 0..10^12) and then opens
  * cfg.db_path and migrates it with payments_schema_sql: a bad setting stops
  * the process with one line naming it before the database is touched.
  * Prepares the module's statements, adds the routes and the consumers of

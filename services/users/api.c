@@ -707,17 +707,13 @@ static int prepare_statements(struct users *u)
 
 int users_service_start(struct service *svc)
 {
-    char err[CONFIG_ERR_MAX];
-    unsigned long iterations;
+    /* Checked before the database is touched: a bad setting is one line. */
+    unsigned long iterations = service_setting_uint(svc, "PBKDF2_ITERATIONS", USERS_ITER_DEFAULT,
+                                                    USERS_ITER_MIN, USERS_ITER_MAX);
     struct users *u;
     int rc;
 
-    /* Checked before the database is touched: a bad setting is one line. */
-    if (config_uint("PBKDF2_ITERATIONS", USERS_ITER_DEFAULT, USERS_ITER_MIN, USERS_ITER_MAX,
-                    &iterations, err, sizeof(err)) < 0)
-        service_fatal(svc, "%s", err);
-    if (svc->store == NULL)
-        service_open_store(svc, users_schema_sql);
+    service_open_store(svc);
     u = calloc(1, sizeof(*u));
     if (u == NULL)
         return -ENOMEM;
@@ -734,3 +730,11 @@ int users_service_start(struct service *svc)
     service_on_stop(svc, on_stop, u);
     return users_events_start(svc);
 }
+
+const struct module users_module = {
+    .abi = MODULE_ABI,
+    .name = "users",
+    .default_port = 8001,
+    .schema = users_schema_sql,
+    .start = users_service_start,
+};

@@ -11,14 +11,17 @@
 #include <stddef.h>
 
 #include "common.h"
+#include "module.h"
 
 struct service;
+
+/* The module's descriptor (core/module.h): what a host runs. */
+extern const struct module users_module;
 
 /* The text of schema.sql, embedded by the Makefile (scripts/embed-sql). */
 extern const char users_schema_sql[];
 
-/* Reads PBKDF2_ITERATIONS (default 600000, 1000..10000000) and then, unless
- * svc->store is already open (a host that opened it itself), opens
+/* Reads PBKDF2_ITERATIONS (default 600000, 1000..10000000) and then opens
  * cfg.db_path and migrates it with users_schema_sql: a bad setting stops the
  * process with one line naming it before the database is touched. Prepares
  * the module's statements, adds the routes and a stop hook that waits for

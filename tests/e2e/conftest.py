@@ -538,11 +538,14 @@ def binary(name):
 
 
 class Service:
-    """A running service binary. Attributes: name, host, port, base, proc,
+    """A running service binary, or one module of a host (module=True: proc
+    is the host's, shared with its other modules, and the log is the host's
+    lines of this module). Attributes: name, host, port, base, proc,
     stderr_path, db_path, env."""
 
-    def __init__(self, name, port, proc, stderr_path, db_path, env):
+    def __init__(self, name, port, proc, stderr_path, db_path, env, module=False):
         self.name = name
+        self.module = module
         self.host = HOST
         self.port = port
         self.base = f"http://{HOST}:{port}"
@@ -585,7 +588,11 @@ class Service:
         return self.proc.poll() is None
 
     def log_text(self):
-        return Path(self.stderr_path).read_text(errors="replace")
+        text = Path(self.stderr_path).read_text(errors="replace")
+        if not self.module:
+            return text
+        tag = f'"service":"{self.name}"'
+        return "".join(ln for ln in text.splitlines(keepends=True) if tag in ln)
 
     def log_lines(self):
         return [ln for ln in self.log_text().splitlines() if ln.strip()]
@@ -647,10 +654,15 @@ class Service:
         return False
 
 
+MODULE_NAMES = ("users", "orders", "inventory", "payments")
+MODULE_PREFIXES = tuple(m.upper() + "_" for m in MODULE_NAMES)
+TOPOLOGIES = ("split", "monolith")
+
+
 def service_env(redis, tmpdir, name, port, extra):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("HTTP_", "PBKDF2", "JWT_", "DB_PATH", "REDIS_URL", "LOG_LEVEL",
-                                "SHUTDOWN_", "PORT", "HOST"))}
+                                "SHUTDOWN_", "PORT", "HOST", "RIPPLE_SERVICES") + MODULE_PREFIXES)}
     env.update({
         "PORT": str(port),
         "HOST": HOST,
@@ -734,6 +746,78 @@ def service_factory(redis_server, tmp_path):
                 problems.append(f"{svc.name} on port {svc.port}: exit status {rc} after "
                                 f"SIGTERM, expected {svc.expect_exit}; stderr tail:\n"
                                 f"{svc.log_text()[-2000:]}")
+    if problems:
+        pytest.fail("\n".join(problems))
+
+
+def launch_host(names, redis, tmpdir, shared=None, per=None, ports=None, db_paths=None,
+                wait=True):
+    """Starts ONE build/ripple process hosting the modules names (DESIGN.md
+    §11): shared settings as they are, per[name] settings with the module's
+    prefix (ORDERS_SAGA_TIMEOUT_MS), each module on its own port (ports[name]
+    or a stable_port()) and database. Returns {name: Service} views that
+    share the process."""
+    exe = binary("ripple")
+    tmpdir = Path(tmpdir)
+    tmpdir.mkdir(parents=True, exist_ok=True)
+    per, ports, db_paths = per or {}, dict(ports or {}), dict(db_paths or {})
+    env = service_env(redis, tmpdir, "ripple", 0, dict(shared or {}))
+    env.pop("PORT", None)
+    env.pop("DB_PATH", None)
+    for n in names:
+        pre = n.upper().replace("-", "_") + "_"
+        ports.setdefault(n, stable_port())
+        db_paths.setdefault(n, str(tmpdir / f"{n}.db"))
+        env[pre + "PORT"] = str(ports[n])
+        env[pre + "DB_PATH"] = db_paths[n]
+        for k, v in per.get(n, {}).items():
+            if v is None:
+                env.pop(pre + k, None)
+            else:
+                env[pre + k] = str(v)
+    stderr_path = tmpdir / f"ripple-{ports[names[0]]}-{time.monotonic_ns()}.stderr"
+    err = open(stderr_path, "wb")
+    proc = subprocess.Popen([str(exe), *names], env=env, stdout=subprocess.DEVNULL, stderr=err,
+                            stdin=subprocess.DEVNULL, cwd=str(tmpdir))
+    err.close()
+    views = {n: Service(n, ports[n], proc, stderr_path, db_paths[n], env, module=True)
+             for n in names}
+    if wait:
+        for n in names:
+            if not views[n].wait_healthy():
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                pytest.fail(f"host of {names}: {n} did not answer /healthz; stderr:\n"
+                            f"{Path(stderr_path).read_text(errors='replace')[-3000:]}")
+    return views
+
+
+@pytest.fixture
+def host_factory(redis_server, tmp_path):
+    """start(names, shared={}, per={}, ports={}, db_paths={}) -> {name:
+    Service} of one host process. Every host started is sent SIGTERM at
+    teardown and must exit 0 (unless a view's expect_exit is None)."""
+    started = []
+    counter = [0]
+
+    def start(names, **kw):
+        counter[0] += 1
+        views = launch_host(list(names), redis_server, tmp_path / f"host{counter[0]}", **kw)
+        started.append(views)
+        return views
+
+    yield start
+
+    problems = []
+    for views in started:
+        first = next(iter(views.values()))
+        if first.proc.poll() is None:
+            rc = first.stop()
+            if all(v.expect_exit is not None for v in views.values()) and rc != 0:
+                problems.append(f"host of {list(views)}: exit status {rc} after SIGTERM; "
+                                f"stderr tail:\n"
+                                f"{Path(first.stderr_path).read_text(errors='replace')[-2000:]}")
     if problems:
         pytest.fail("\n".join(problems))
 

@@ -36,7 +36,7 @@ import uuid
 import pytest
 import redis
 
-from conftest import (HOST, TIME_SLACK, assert_error, is_uuid, raw_request, service_token,
+from conftest import (HOST, TIME_SLACK, TOPOLOGIES, assert_error, is_uuid, raw_request, service_token,
                       stable_port, unique_email, user_token, wait_until)
 
 ORDERS_CMDS = "orders.commands"
@@ -111,14 +111,25 @@ def start_own(factory, name, **env):
 
 
 class Stack:
-    """users + orders wired together; restart_users() brings users back on
-    the same port with the same database."""
+    """users + orders wired together, as two processes (split) or as the two
+    modules of one host (monolith, DESIGN.md §11: orders still asks users
+    over HTTP, on loopback); restart_users() brings users back on the same
+    port with the same database (split only)."""
 
-    def __init__(self, factory, orders_env):
+    def __init__(self, factory, orders_env, host_factory=None):
         self.factory = factory
-        self.users = start_own(factory, "users")
         env = dict(CLIENT_ENV)
         env.update(orders_env)
+        if host_factory is not None:
+            port = stable_port()
+            env["USERS_URL"] = f"http://{HOST}:{port}"
+            views = host_factory(["users", "orders"], per={"orders": env},
+                                 ports={"users": port})
+            self.users, self.orders = views["users"], views["orders"]
+            self.users.wait_ready()
+            self.orders.wait_ready()
+            return
+        self.users = start_own(factory, "users")
         env["USERS_URL"] = self.users.base
         self.orders = start_own(factory, "orders", **env)
 
@@ -139,9 +150,15 @@ class Stack:
         return u, self.users.login(email)
 
 
-@pytest.fixture
-def stack(service_factory):
-    return Stack(service_factory, {})
+@pytest.fixture(params=TOPOLOGIES)
+def stack(request, service_factory, host_factory):
+    """users + orders, split and as one monolith: each test using it runs in
+    both topologies, unless it stops users alone (split only)."""
+    return Stack(service_factory, {}, host_factory if request.param == "monolith" else None)
+
+
+# users stopped or frozen while orders runs: only in the split topology
+split_only = pytest.mark.parametrize("stack", ["split"], indirect=True)
 
 
 @pytest.fixture
@@ -377,6 +394,7 @@ def test_unknown_user_422(stack, r):
 # users down, users slow, users back
 # ---------------------------------------------------------------------------
 
+@split_only
 def test_users_down_503_within_deadline_then_recovers(stack):
     a, tok_a = stack.new_user("cached")
     b, tok_b = stack.new_user("fresh")
@@ -420,6 +438,7 @@ def test_users_down_503_within_deadline_then_recovers(stack):
     assert len(orders_of(stack.orders, b["id"])) == 1, "a 503 left an order behind"
 
 
+@split_only
 def test_cached_user_orders_while_users_down(stack):
     a, tok = stack.new_user()
     place_ok(stack.orders, tok)
@@ -686,6 +705,7 @@ def test_idempotency_key_malformed_400(stack, key):
     assert place_keyed(stack.orders, tok, "x" * 255).status == 202  # the longest allowed
 
 
+@split_only
 def test_idempotency_key_replay_needs_no_user_check(stack):
     u, tok = stack.new_user()
     key = f"down-{uuid.uuid4()}"
@@ -839,6 +859,7 @@ INVALID = [
 ]
 
 
+@split_only
 def test_validation_422_names_the_field(stack, r):
     u, tok = stack.new_user()
     other = str(uuid.uuid4())

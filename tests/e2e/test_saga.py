@@ -44,7 +44,7 @@ from datetime import datetime
 import pytest
 import redis
 
-from conftest import HOST, service_token, stable_port, unique_email, wait_until
+from conftest import HOST, TOPOLOGIES, service_token, stable_port, unique_email, wait_until
 
 # The seeded catalog (services/inventory/schema.sql): sku -> (price_cents, stock).
 CATALOG = {
@@ -119,12 +119,17 @@ def parse_ts(s):
 
 
 class Stack:
-    """users, inventory, payments and orders on one redis-server.
+    """users, inventory, payments and orders on one redis-server, as four
+    processes (topology "split") or as the four modules of one host process
+    (topology "monolith", DESIGN.md §11).
 
     .svc[name] is the running incarnation; .lives[name] every one (for logs).
-    restart(name) starts the service again on the same port and DB file."""
+    restart(name) starts the service again on the same port and DB file; in
+    a monolith, kill9(name) and restart(name) act on the whole host."""
 
-    def __init__(self, start, redis_srv, env, per_service):
+    def __init__(self, start, redis_srv, env, per_service, topology="split", host_start=None):
+        self.topology = topology
+        self._host_start = host_start
         self._start = start
         self.redis = redis_srv
         self.env = dict(env)
@@ -142,7 +147,24 @@ class Stack:
             env["USERS_URL"] = self.svc["users"].base
         return env
 
+    def _launch_host(self, ports=None, db_paths=None):
+        ports = dict(ports or {n: stable_port() for n in SERVICES})
+        per = {n: dict(self.per[n]) for n in SERVICES}
+        per["orders"]["USERS_URL"] = f"http://{HOST}:{ports['users']}"
+        views = self._host_start(SERVICES, shared=self.env, per=per, ports=ports,
+                                 db_paths=db_paths)
+        with self.lock:
+            for name in SERVICES:
+                self.svc[name] = views[name]
+                self.lives[name].append(views[name])
+        return views
+
     def boot(self):
+        if self.topology == "monolith":
+            self._launch_host()
+            for name in SERVICES:
+                self.wait_ready(name)
+            return self
         for name in SERVICES:
             for attempt in range(3):
                 try:
@@ -168,13 +190,21 @@ class Stack:
         /readyz. The previous incarnation must have exited."""
         old = self.svc[name]
         assert old.proc.poll() is not None, f"{name} is still running"
+        if self.topology == "monolith":
+            self._launch_host(ports={n: self.svc[n].port for n in SERVICES},
+                              db_paths={n: self.svc[n].db_path for n in SERVICES})
+            for n in SERVICES:
+                self.wait_ready(n, timeout)
+            return self.svc[name]
         svc = self._launch(name, PORT=old.port, DB_PATH=old.db_path)
         self.wait_ready(name, timeout)
         return svc
 
     def kill9(self, name):
         svc = self.svc[name]
-        svc.expect_exit = None
+        for other in self.svc.values():
+            if other.proc is svc.proc:  # a host's modules die together
+                other.expect_exit = None
         svc.proc.kill()
         svc.proc.wait(10)
 
@@ -355,9 +385,10 @@ class Stack:
         return "\n".join(parts)
 
 
-@pytest.fixture
-def stack_factory(service_factory, redis_server):
-    """start(saga_timeout_ms=None, initial_credit=None) -> a booted Stack."""
+@pytest.fixture(params=TOPOLOGIES)
+def stack_factory(request, service_factory, host_factory, redis_server):
+    """start(saga_timeout_ms=None, initial_credit=None) -> a booted Stack, in
+    each topology: every saga test runs split and as one monolith."""
     made = []
 
     def start(saga_timeout_ms=None, initial_credit=None, **env):
@@ -366,7 +397,8 @@ def stack_factory(service_factory, redis_server):
             per["orders"]["SAGA_TIMEOUT_MS"] = saga_timeout_ms
         if initial_credit is not None:
             per["payments"]["INITIAL_CREDIT_CENTS"] = initial_credit
-        st = Stack(service_factory, redis_server, {**FAST, **env}, per)
+        st = Stack(service_factory, redis_server, {**FAST, **env}, per, request.param,
+                   host_factory)
         made.append(st)
         return st.boot()
 
@@ -820,6 +852,8 @@ def test_restock_and_credit_by_xadd_enable_an_order(stack_factory):
 # 6. a late payment.succeeded for a cancelled order is refunded
 # ---------------------------------------------------------------------------
 
+# One service frozen or stopped while the others run: split topology only.
+@pytest.mark.parametrize("stack_factory", ["split"], indirect=True)
 def test_late_payment_after_timeout_is_refunded(stack_factory):
     timeout_ms = 5000
     st = stack_factory(saga_timeout_ms=timeout_ms)
@@ -870,6 +904,8 @@ def test_late_payment_after_timeout_is_refunded(stack_factory):
 #    service comes back
 # ---------------------------------------------------------------------------
 
+# One service frozen or stopped while the others run: split topology only.
+@pytest.mark.parametrize("stack_factory", ["split"], indirect=True)
 def test_no_reply_times_out_and_is_compensated(stack_factory):
     timeout_ms = 3000
     st = stack_factory(saga_timeout_ms=timeout_ms)

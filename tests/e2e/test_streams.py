@@ -24,8 +24,8 @@ import uuid
 import pytest
 import redis
 
-from conftest import (HOST, STOP_TIMEOUT, TIME_SLACK, assert_error, is_uuid, service_token,
-                      unique_email, wait_until)
+from conftest import (HOST, MODULE_NAMES, STOP_TIMEOUT, TIME_SLACK, TOPOLOGIES, assert_error,
+                      is_uuid, service_token, unique_email, wait_until)
 
 CMDS = "users.commands"
 EVENTS = "users.events"
@@ -210,12 +210,19 @@ def test_events_in_creation_order(service_factory, r):
 READY_BODY = {"status": "ready", "checks": {"database": "ok", "redis": "ok"}}
 
 
+@pytest.mark.parametrize("topology", TOPOLOGIES)
 @pytest.mark.parametrize("max_backlog", [None, 3], ids=["default_backlog", "backlog_3_sheds"])
-def test_redis_outage(service_factory, redis_server, r, max_backlog):
+def test_redis_outage(service_factory, host_factory, redis_server, r, max_backlog, topology):
+    """users alone, or users as one of the four modules of a monolith (which
+    all lose Redis together): writes commit, reads serve, the backlog sheds
+    past its threshold, and everything is published in order afterwards."""
     env = dict(FAST)
     if max_backlog is not None:
         env["OUTBOX_MAX_BACKLOG"] = max_backlog
-    svc = service_factory("users", **env)
+    if topology == "monolith":
+        svc = host_factory(MODULE_NAMES, shared=FAST, per={"users": env})["users"]
+    else:
+        svc = service_factory("users", **env)
     rd = svc.wait_ready()
     assert rd.json() == READY_BODY, rd
 

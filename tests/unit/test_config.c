@@ -32,6 +32,13 @@ static const char *const vars[] = {
     "MAX_DELIVERIES",
     "RECLAIM_IDLE_MS",
     "STREAM_MAXLEN",
+    "ORDERS_PORT",
+    "ORDERS_DB_PATH",
+    "ORDERS_HOST",
+    "ORDERS_CONSUMER_BATCH",
+    "ORDERS_REDIS_URL",
+    "USERS_PORT",
+    "EMAIL_SENDER_PORT",
 };
 
 static struct config cfg;
@@ -49,7 +56,7 @@ TestSuite(config, .init = setup);
 
 static int load(const char *service, unsigned port)
 {
-    return config_load(&cfg, service, port, err, sizeof(err));
+    return config_load(&cfg, service, port, 0, err, sizeof(err));
 }
 
 /* Loading with name=value must fail and the message must contain want. */
@@ -84,8 +91,8 @@ Test(config, defaults)
     cr_assert_eq(cfg.max_deliveries, 5);
     cr_assert_eq(cfg.reclaim_idle_ms, 30000);
     cr_assert_eq(cfg.stream_maxlen, 1000000);
-    cr_assert_not_null(cfg.consumer_name);
     cr_assert_neq(cfg.consumer_name[0], '\0');
+    cr_assert_str_eq(cfg.prefix, "USERS_");
 }
 
 Test(config, db_path_default_follows_service)
@@ -195,4 +202,61 @@ Test(config, config_uint_and_config_str)
     cr_assert_eq(config_str("RIPPLE_TEST_UNSET", NULL, 1, &s, err, sizeof(err)), -EINVAL);
     cr_assert_not_null(strstr(err, "RIPPLE_TEST_UNSET is required"), "%s", err);
     cr_assert_eq(config_str("RIPPLE_TEST_N", NULL, 3, &s, err, sizeof(err)), -EINVAL);
+}
+
+/* DESIGN.md §11: <MODULE>_<VAR> wins over <VAR> for that module only. */
+Test(config, prefixed_names_win)
+{
+    cr_assert_eq(setenv("PORT", "9000", 1), 0);
+    cr_assert_eq(setenv("ORDERS_PORT", "9002", 1), 0);
+    cr_assert_eq(setenv("CONSUMER_BATCH", "16", 1), 0);
+    cr_assert_eq(setenv("ORDERS_CONSUMER_BATCH", "32", 1), 0);
+    cr_assert_eq(setenv("ORDERS_DB_PATH", "/tmp/o.db", 1), 0);
+    cr_assert_eq(load("orders", 8002), 0, "%s", err);
+    cr_assert_eq(cfg.port, 9002);
+    cr_assert_eq(cfg.consumer_batch, 32);
+    cr_assert_str_eq(cfg.db_path, "/tmp/o.db");
+    cr_assert_eq(load("users", 8001), 0, "%s", err);
+    cr_assert_eq(cfg.port, 9000, "another module falls back to the bare name");
+    cr_assert_eq(cfg.consumer_batch, 16);
+    cr_assert_str_eq(cfg.db_path, "var/users.db");
+}
+
+Test(config, prefixed_error_names_the_prefixed_variable)
+{
+    cr_assert_eq(setenv("ORDERS_CONSUMER_BATCH", "0", 1), 0);
+    cr_assert_eq(load("orders", 8002), -EINVAL);
+    cr_assert_not_null(strstr(err, "ORDERS_CONSUMER_BATCH"), "%s", err);
+}
+
+Test(config, shared_settings_are_never_prefixed)
+{
+    cr_assert_eq(setenv("ORDERS_REDIS_URL", "redis://elsewhere:1", 1), 0);
+    cr_assert_eq(load("orders", 8002), 0, "%s", err);
+    cr_assert_str_eq(cfg.redis_url, "redis://127.0.0.1:6379");
+}
+
+Test(config, several_modules_refuse_bare_port_and_db_path)
+{
+    cr_assert_eq(config_load(&cfg, "orders", 8002, 1, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(setenv("PORT", "9000", 1), 0);
+    cr_assert_eq(config_load(&cfg, "orders", 8002, 1, err, sizeof(err)), -EINVAL);
+    cr_assert_not_null(strstr(err, "PORT"), "%s", err);
+    cr_assert_not_null(strstr(err, "ORDERS_PORT"), "the message says what to set: %s", err);
+    cr_assert_eq(unsetenv("PORT"), 0);
+    cr_assert_eq(setenv("DB_PATH", "/tmp/x.db", 1), 0);
+    cr_assert_eq(config_load(&cfg, "orders", 8002, 1, err, sizeof(err)), -EINVAL);
+    cr_assert_not_null(strstr(err, "ORDERS_DB_PATH"), "%s", err);
+}
+
+Test(config, prefix_of_a_dashed_name)
+{
+    char buf[32];
+
+    cr_assert_eq(config_prefix("email-sender", buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "EMAIL_SENDER_");
+    cr_assert_eq(setenv("EMAIL_SENDER_PORT", "9100", 1), 0);
+    cr_assert_eq(load("email-sender", 8100), 0, "%s", err);
+    cr_assert_eq(cfg.port, 9100);
+    cr_assert_eq(config_prefix("", buf, sizeof(buf)), -EINVAL);
 }

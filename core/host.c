@@ -1,0 +1,340 @@
+/* host.c -- one process hosting a set of modules. See host.h.
+ *
+ * Owns the loop (a uv_loop_t of its own: nothing in core/ uses the default
+ * loop), the SIGTERM/SIGINT handles and the array of services. The
+ * selection is checked in full before anything is read from the
+ * environment; settings are all checked before any module starts; every
+ * module has started before any listens. A stop is a count: each service
+ * reports back once it has stopped, and the last one closes the signal
+ * handles so the loop runs dry. */
+#include "host.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <uv.h>
+
+#include "config.h"
+#include "log.h"
+#include "service.h"
+
+struct host {
+    uv_loop_t loop;
+    uv_signal_t sigterm, sigint;
+    const struct module *sel[HOST_MAX_MODULES]; /* borrowed */
+    size_t n;
+    struct service *svcs; /* n of them */
+    size_t running;       /* services not yet stopped */
+    int stopping;
+};
+
+CORE_NORETURN static void host_fatal(const char *fmt, ...) CORE_PRINTF(1, 2);
+
+static void host_fatal(const char *fmt, ...)
+{
+    va_list ap;
+
+    fputs("ripple: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    exit(1);
+}
+
+/* ---------------------------------------------------------------------------
+ * Which modules
+ * ------------------------------------------------------------------------- */
+
+/* "users, orders, ..." of every module linked in, for messages. */
+static void known_list(const struct module *const *all, size_t n, char *buf, size_t len)
+{
+    size_t pos = 0;
+
+    buf[0] = '\0';
+    for (size_t i = 0; i < n && pos < len; i++) {
+        int w = snprintf(buf + pos, len - pos, "%s%s", i ? ", " : "", all[i]->name);
+
+        if (w < 0)
+            break;
+        pos += (size_t)w;
+    }
+}
+
+static int name_ok(const char *s)
+{
+    if (*s < 'a' || *s > 'z')
+        return 0;
+    for (; *s; s++) {
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+static const struct module *find(const struct module *const *all, size_t n, const char *name,
+                                 size_t len)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (strlen(all[i]->name) == len && strncmp(all[i]->name, name, len) == 0)
+            return all[i];
+    }
+    return NULL;
+}
+
+/* Adds the module called name[0..len) (or every module, for "all"). */
+static void pick(struct host *h, const struct module *const *all, size_t n, const char *name,
+                 size_t len)
+{
+    char known[512];
+    const struct module *m;
+
+    if (len == 3 && strncmp(name, "all", 3) == 0) {
+        for (size_t i = 0; i < n; i++)
+            pick(h, all, n, all[i]->name, strlen(all[i]->name));
+        return;
+    }
+    m = find(all, n, name, len);
+    if (m == NULL) {
+        known_list(all, n, known, sizeof(known));
+        host_fatal("unknown module \"%.*s\"; this host knows: %s (or all)",
+                   (int)(len > 64 ? 64 : len), name, known);
+    }
+    for (size_t i = 0; i < h->n; i++) {
+        if (h->sel[i] == m)
+            return; /* named twice (or by all and by name): hosted once */
+    }
+    if (h->n == HOST_MAX_MODULES)
+        host_fatal("more than %d modules", HOST_MAX_MODULES);
+    h->sel[h->n++] = m;
+}
+
+static void pick_list(struct host *h, const struct module *const *all, size_t n, const char *list)
+{
+    for (const char *p = list; *p;) {
+        size_t len = strcspn(p, ", ");
+
+        if (len > 0)
+            pick(h, all, n, p, len);
+        p += len;
+        p += strspn(p, ", ");
+    }
+}
+
+static void check_modules(const struct module *const *all, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (all[i]->abi != MODULE_ABI)
+            host_fatal("module %s was built for runtime ABI %u; this host runs ABI %u: rebuild it",
+                       all[i]->name ? all[i]->name : "?", all[i]->abi, MODULE_ABI);
+        if (all[i]->name == NULL || !name_ok(all[i]->name) || all[i]->start == NULL)
+            host_fatal("module %zu has no valid name ([a-z][a-z0-9-]*) or no start function", i);
+    }
+}
+
+/* argv's names; else the binary's own name when it is a module's; else
+ * RIPPLE_SERVICES; else the only module linked in. */
+static void select_modules(struct host *h, int argc, char **argv, const struct module *const *all,
+                           size_t n)
+{
+    const char *self = argc > 0 ? strrchr(argv[0], '/') : NULL;
+    const char *env = getenv("RIPPLE_SERVICES");
+    char known[512];
+
+    check_modules(all, n);
+    self = self ? self + 1 : argc > 0 ? argv[0] : "";
+    for (int i = 1; i < argc; i++)
+        pick_list(h, all, n, argv[i]);
+    if (h->n == 0 && find(all, n, self, strlen(self)) != NULL)
+        pick(h, all, n, self, strlen(self));
+    if (h->n == 0 && env != NULL)
+        pick_list(h, all, n, env);
+    if (h->n == 0 && n == 1)
+        pick(h, all, n, all[0]->name, strlen(all[0]->name));
+    if (h->n == 0) {
+        known_list(all, n, known, sizeof(known));
+        host_fatal("name the modules to host, as arguments or in RIPPLE_SERVICES: all, or some "
+                   "of %s",
+                   known);
+    }
+}
+
+/* ---------------------------------------------------------------------------
+ * Process-wide settings
+ * ------------------------------------------------------------------------- */
+
+static void set_logging(const struct host *h)
+{
+    const char *s = getenv("LOG_LEVEL");
+    enum log_level level = LOG_INFO;
+
+    if (s != NULL && *s != '\0' && log_parse_level(s, &level) < 0)
+        host_fatal("config: LOG_LEVEL=\"%.32s\" must be debug, info, warn or error", s);
+    log_set_level(level);
+    log_set_service(h->n == 1 ? h->sel[0]->name : "ripple");
+}
+
+/* Raises the soft limit on open files to the hard one (each connection is
+ * a descriptor), and says so when the modules' HTTP_MAX_CONNECTIONS cannot
+ * all be reached. */
+static void raise_fd_limit(const struct host *h)
+{
+    unsigned long want = 64;
+    struct rlimit rl;
+
+    for (size_t i = 0; i < h->n; i++)
+        want += h->svcs[i].cfg.http_max_connections + 32;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0 && getrlimit(RLIMIT_NOFILE, &rl) < 0)
+            return;
+    }
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want)
+        log_warn("open files are limited to %llu: fewer than HTTP_MAX_CONNECTIONS can be open",
+                 (unsigned long long)rl.rlim_cur);
+}
+
+/* ---------------------------------------------------------------------------
+ * Stopping
+ * ------------------------------------------------------------------------- */
+
+static void on_stopped(struct service *svc, void *data)
+{
+    struct host *h = data;
+
+    (void)svc;
+    if (--h->running > 0)
+        return;
+    log_scope(NULL);
+    uv_close((uv_handle_t *)&h->sigterm, NULL);
+    uv_close((uv_handle_t *)&h->sigint, NULL);
+}
+
+static void host_stop(struct host *h)
+{
+    if (h->stopping)
+        return;
+    h->stopping = 1;
+    uv_signal_stop(&h->sigterm);
+    uv_signal_stop(&h->sigint);
+    h->running = h->n;
+    for (size_t i = 0; i < h->n; i++)
+        service_stop(&h->svcs[i], on_stopped, h);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    struct host *h = s->data;
+
+    log_scope(NULL);
+    log_info("received %s", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    host_stop(h);
+}
+
+static void on_stray_handle(uv_handle_t *handle, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(handle)) {
+        log_warn("stop: closing a handle left open (type %s)", uv_handle_type_name(handle->type));
+        uv_close(handle, NULL);
+    }
+}
+
+/* ---------------------------------------------------------------------------
+ * Running
+ * ------------------------------------------------------------------------- */
+
+static void start_all(struct host *h)
+{
+    int shared = h->n > 1;
+
+    for (size_t i = 0; i < h->n; i++) {
+        service_init(&h->svcs[i], &h->loop, h->sel[i], shared);
+        h->svcs[i].peers = h->svcs;
+        h->svcs[i].n_peers = h->n;
+    }
+    for (size_t i = 0; i < h->n; i++) {
+        int rc;
+
+        log_scope(h->sel[i]->name);
+        rc = h->sel[i]->start(&h->svcs[i]);
+        if (rc < 0)
+            service_fatal(&h->svcs[i], "cannot start: %s", strerror(-rc));
+    }
+    log_scope(NULL);
+}
+
+/* Listens on every module's port; on a failure, stops them all. Returns 0
+ * or the failure. */
+static int listen_all(struct host *h)
+{
+    for (size_t i = 0; i < h->n; i++) {
+        int rc = service_start(&h->svcs[i]);
+
+        if (rc < 0) {
+            log_scope(NULL);
+            log_error("%s could not start: stopping every module", h->sel[i]->name);
+            host_stop(h);
+            return rc;
+        }
+    }
+    log_scope(NULL);
+    if (h->n > 1)
+        log_info("hosting %zu modules in one process", h->n);
+    return 0;
+}
+
+int host_main(int argc, char **argv, const struct module *const *modules, size_t n)
+{
+    struct host h;
+    int rc, failed;
+
+    if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        char known[512];
+
+        known_list(modules, n, known, sizeof(known));
+        printf("usage: %s [all | MODULE...]   (or RIPPLE_SERVICES=a,b)\nmodules: %s\n", argv[0],
+               known);
+        return 2;
+    }
+    memset(&h, 0, sizeof(h));
+    select_modules(&h, argc, argv, modules, n);
+    set_logging(&h);
+    if ((rc = uv_loop_init(&h.loop)) < 0)
+        host_fatal("cannot create the loop: %s", uv_strerror(rc));
+    srandom((unsigned)(uv_hrtime() ^ (uint64_t)getpid()));
+    /* Writes to a socket the peer closed must fail with EPIPE, not kill us. */
+    signal(SIGPIPE, SIG_IGN);
+    h.svcs = calloc(h.n, sizeof(*h.svcs));
+    if (h.svcs == NULL)
+        host_fatal("out of memory");
+    start_all(&h);
+    raise_fd_limit(&h);
+    uv_signal_init(&h.loop, &h.sigterm);
+    uv_signal_init(&h.loop, &h.sigint);
+    h.sigterm.data = h.sigint.data = &h;
+    uv_signal_start(&h.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&h.sigint, on_signal, SIGINT);
+    failed = listen_all(&h) < 0;
+
+    uv_run(&h.loop, UV_RUN_DEFAULT);
+    uv_walk(&h.loop, on_stray_handle, NULL);
+    uv_run(&h.loop, UV_RUN_DEFAULT);
+    for (size_t i = 0; i < h.n; i++)
+        service_release(&h.svcs[i]);
+    free(h.svcs);
+    rc = uv_loop_close(&h.loop);
+    if (rc < 0) {
+        log_error("stop: the loop did not close: %s", uv_strerror(rc));
+        return 1;
+    }
+    return failed ? 1 : 0;
+}
