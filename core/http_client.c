@@ -457,6 +457,9 @@ static int setup_easy(struct call *k, unsigned timeout_ms)
 static void on_call_timer(uv_timer_t *t)
 {
     struct call *k = t->data;
+
+    if (k->c->cfg.log_scope != NULL)
+        log_scope(k->c->cfg.log_scope);
     const struct cache_entry *e = k->attempts == 0 ? cache_lookup(k->c, k, 0) : NULL;
 
     if (e != NULL) {
@@ -623,6 +626,8 @@ static void on_poll(uv_poll_t *h, int status, int events)
     struct sock *s = h->data;
     int flags = 0, running;
 
+    if (s->c->cfg.log_scope != NULL)
+        log_scope(s->c->cfg.log_scope);
     if (status < 0)
         flags = CURL_CSELECT_ERR;
     if (events & UV_READABLE)
@@ -683,6 +688,8 @@ static void on_timeout(uv_timer_t *t)
     struct http_client *c = t->data;
     int running;
 
+    if (c->cfg.log_scope != NULL)
+        log_scope(c->cfg.log_scope);
     curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
     check_done(c);
 }

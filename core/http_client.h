@@ -43,6 +43,7 @@ struct http_client_config {
     unsigned breaker_cooldown_ms; /* open -> one probe after this */
     size_t max_response_bytes;
     size_t max_cache_entries;
+    const char *log_scope; /* the module whose lines these are (log.h); borrowed, static */
 };
 
 struct http_client_request {

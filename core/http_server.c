@@ -174,6 +174,13 @@ const char *http_status_reason(int status)
 
 static void on_timer(uv_timer_t *t);
 
+/* The module this server's lines (and its handlers' lines) belong to. */
+static void scope(const struct http_server *srv)
+{
+    if (srv->cfg.log_scope != NULL)
+        log_scope(srv->cfg.log_scope);
+}
+
 static void conn_timer(struct http_conn *c, unsigned ms)
 {
     if (ms == 0)
@@ -229,6 +236,7 @@ static void on_write(uv_write_t *req, int status)
     free(w);
     if (c->closing)
         return;
+    scope(c->srv);
     if (status < 0) {
         conn_close(c);
         return;
@@ -724,6 +732,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     (void)buf; /* the server's shared buffer: nothing to free */
     if (nread == 0 || c->closing)
         return;
+    scope(c->srv);
     if (nread < 0) {
         /* EOF or an error; with a request in hand this is how its handler
          * learns the client went away (http_request_aborted) */
@@ -822,6 +831,7 @@ static void on_timer(uv_timer_t *t)
 
     if (c->closing)
         return;
+    scope(c->srv);
     if (c->state == CONN_HEAD || c->state == CONN_BODY) {
         log_debug("http: closing a connection whose request did not arrive in time");
         conn_fail(c, 408);
@@ -857,6 +867,7 @@ static void on_connection(uv_stream_t *listener, int status)
     struct http_server *srv = listener->data;
     struct http_conn *c;
 
+    scope(srv);
     if (status < 0 || srv->closing) {
         log_warn("http: accept failed: %s", uv_strerror(status));
         return;

@@ -93,6 +93,7 @@ struct http_server_config {
     unsigned header_timeout_ms; /* ms: request line + headers, in all */
     unsigned body_timeout_ms;   /* ms: the body, in all */
     unsigned idle_timeout_ms;   /* ms: between requests */
+    const char *log_scope;      /* the module whose lines these are (log.h); borrowed, static */
 };
 
 /* Fires once per complete request. */

@@ -221,10 +221,18 @@ static int64_t query_int(struct sqlite3_stmt *st, int64_t dflt)
     return v;
 }
 
+/* The module this outbox's lines belong to (log.h). */
+static void scope(const struct outbox *ob)
+{
+    if (ob->cfg.log_scope != NULL)
+        log_scope(ob->cfg.log_scope);
+}
+
 static void on_wake(uv_check_t *h)
 {
     struct outbox *ob = h->data;
 
+    scope(ob);
     uv_check_stop(h);
     relay_pass(ob);
 }
@@ -372,6 +380,7 @@ static void on_backoff(uv_timer_t *t)
 {
     struct outbox *ob = t->data;
 
+    scope(ob);
     if (ob->unmarked != NULL) {
         if (settle(ob) < 0) {
             back_off(ob);
@@ -560,6 +569,8 @@ static void notice_other_writers(struct outbox *ob)
 static void on_sweep(uv_timer_t *t)
 {
     struct outbox *ob = t->data;
+
+    scope(ob);
     uint64_t now = uv_now(t->loop);
 
     notice_other_writers(ob);
@@ -821,6 +832,7 @@ static void maybe_closed(struct outbox *ob)
 
 static void on_flush_timeout(uv_timer_t *t)
 {
+    scope(t->data);
     maybe_closed(t->data);
 }
 

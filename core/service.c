@@ -231,6 +231,7 @@ void service_open_store(struct service *svc)
     const char *schema = svc->module->schema;
     struct outbox_config oc = {
         .source = cfg->service,
+        .log_scope = svc->module->name,
         .batch = cfg->outbox_batch,
         .maxlen = cfg->stream_maxlen,
         .max_backlog = cfg->outbox_max_backlog,
@@ -280,6 +281,7 @@ struct http_client *service_http_client(struct service *svc)
         .breaker_cooldown_ms = cfg->http_client_breaker_cooldown_ms,
         .max_response_bytes = 1 << 20,
         .max_cache_entries = 100000,
+        .log_scope = svc->module->name,
     };
     int rc;
 
@@ -467,6 +469,7 @@ static int service_listen(struct service *svc)
         .max_connections = cfg->http_max_connections,
         .header_timeout_ms = cfg->http_header_timeout_ms,
         .idle_timeout_ms = cfg->http_idle_timeout_ms,
+        .log_scope = svc->module->name,
         .body_timeout_ms = cfg->http_body_timeout_ms,
     };
     int rc;

@@ -351,6 +351,7 @@ static void on_sweep(uv_timer_t *t)
     size_t n;
     int rc = 0;
 
+    log_scope(o->svc->module->name);
     if (o->stopping || store_in_txn(o->svc->store) || (n = overdue(o, ids)) == 0)
         return;
     if (clock_iso8601(at, sizeof(at)) < 0 || store_begin(o->svc->store) < 0)

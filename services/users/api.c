@@ -454,6 +454,7 @@ static void on_hash_done(uv_work_t *work, int status)
     struct hash_job *job = container_of(work, struct hash_job, work);
     struct users *u = job->u;
 
+    log_scope(u->svc->module->name);
     if (status == UV_ECANCELED)
         http_reply_error(job->req, 503, NULL, "the service is stopping");
     else if (job->kind == HASH_REGISTER)
