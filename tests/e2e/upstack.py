@@ -9,7 +9,8 @@ up" line, and stops it with SIGTERM (it must exit 0).
 
 Launchers: RIPPLE_UP_LAUNCHERS lists the topologies to run the tests in, as
 "name=command args;name=command args" (commands run from the repository's
-root); the default is "split=scripts/up". launcher_params() turns them into
+root); the default is both topologies of DESIGN.md §11, "split=scripts/up;
+monolith=env TOPOLOGY=monolith scripts/up". launcher_params() turns them into
 pytest params.
 """
 
@@ -34,12 +35,14 @@ PORT_VARS = {"users": "USERS_PORT", "orders": "ORDERS_PORT", "inventory": "INVEN
 SCRUB = ("REDIS_URL", "REDIS_PORT", "DB_PATH", "PORT", "HOST", "UP_DIR", "USERS_URL",
          "SAGA_TIMEOUT_MS", "CHAOS_", "HTTP_", "OUTBOX_", "INBOX_", "CONSUMER_", "MAX_DELIVERIES",
          "RECLAIM_IDLE_MS", "STREAM_MAXLEN", "INITIAL_CREDIT_CENTS", "LOG_LEVEL", "JWT_SECRET",
-         "USERS_PORT", "ORDERS_PORT", "INVENTORY_PORT", "PAYMENTS_PORT")
+         "USERS_PORT", "ORDERS_PORT", "INVENTORY_PORT", "PAYMENTS_PORT", "TOPOLOGY",
+         "RIPPLE_SERVICES", "USERS_", "ORDERS_", "INVENTORY_", "PAYMENTS_")
 UP_LINE = "ripple is up"
 
 
 def launchers():
-    spec = os.environ.get("RIPPLE_UP_LAUNCHERS") or "split=scripts/up"
+    spec = (os.environ.get("RIPPLE_UP_LAUNCHERS") or
+            "split=scripts/up;monolith=env TOPOLOGY=monolith scripts/up")
     out = []
     for part in spec.split(";"):
         if part.strip():
