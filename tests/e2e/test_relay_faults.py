@@ -325,14 +325,18 @@ def lookups(env):
 
 
 def worst_healthz(svc, seconds):
-    """The slowest /healthz answer over a window of `seconds`."""
+    """The slowest /healthz answer over a window of `seconds`, on one
+    keep-alive connection: a new connection per probe would also time the
+    kernel's handshake, and on a loaded host a lost SYN costs a 1 s
+    retransmission that says nothing about the loop."""
     worst = 0.0
     end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        t0 = time.monotonic()
-        assert svc.get("/healthz", timeout=30).status == 200
-        worst = max(worst, time.monotonic() - t0)
-        time.sleep(0.05)
+    with svc.raw(timeout=30) as c:
+        while time.monotonic() < end:
+            t0 = time.monotonic()
+            assert c.request("GET", "/healthz", timeout=30).status == 200
+            worst = max(worst, time.monotonic() - t0)
+            time.sleep(0.05)  # probe pacing inside the window
     return worst
 
 
