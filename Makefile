@@ -36,7 +36,7 @@ ALL_MODULE_OBJ = $(foreach m,$(MODULES),$(call module_obj,$(m)))
 UNIT_SRC := $(wildcard tests/unit/*.c)
 UNIT_OBJ := $(UNIT_SRC:%.c=$(BUILD)/obj/%.o)
 
-.PHONY: all deps test unit e2e check-san check-valgrind bench demo up clean format format-check \
+.PHONY: FORCE all deps test unit e2e check-san check-valgrind bench demo up clean format format-check \
         fuzz fuzz-build fuzz-replay compose-test
 all: $(BUILD)/libcore.a $(BUILD)/ripple $(addprefix $(BUILD)/,$(MODULES))
 
@@ -61,7 +61,13 @@ $(BUILD)/libcore.a: $(CORE_OBJ) $(LLHTTP_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/gen/host_all.c: scripts/gen-host
+# The list of modules, rewritten only when it changes: a module added or
+# removed regenerates build/ripple's main.
+$(BUILD)/gen/modules.list: FORCE
+	@mkdir -p $(@D)
+	@echo "$(MODULES)" | cmp -s - $@ || echo "$(MODULES)" > $@
+
+$(BUILD)/gen/host_all.c: scripts/gen-host $(BUILD)/gen/modules.list
 	@mkdir -p $(@D)
 	scripts/gen-host $(MODULES) > $@
 
@@ -188,4 +194,6 @@ format-check:
 clean:
 	rm -rf build
 
--include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+# This build's dependency files only (build/san and build/fuzz are builds of
+# their own below build/).
+-include $(shell find $(BUILD)/obj $(BUILD)/llhttp -name '*.d' 2>/dev/null)
