@@ -22,12 +22,12 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Makefile ./
-COPY scripts/embed-sql scripts/embed-sql
+COPY scripts/embed-sql scripts/gen-host scripts/
 COPY core core
 COPY streams streams
 COPY services services
 RUN make -j"$(nproc)" all \
- && strip --strip-debug build/users build/orders build/inventory build/payments
+ && strip --strip-debug build/ripple build/users build/orders build/inventory build/payments
 
 # The runtime libraries of the link line (-luv -lhiredis -lcurl -ljansson
 # -lsqlite3 -ljwt -lcrypto) and nothing else: no curl, no CA bundle (the
@@ -59,8 +59,8 @@ WORKDIR /var/lib/ripple
 CMD ["/opt/ripple/scripts/demo"]
 
 FROM base AS runtime
-COPY --from=build /src/build/users /src/build/orders /src/build/inventory /src/build/payments \
-     /usr/local/bin/
+COPY --from=build /src/build/ripple /src/build/users /src/build/orders /src/build/inventory \
+     /src/build/payments /usr/local/bin/
 USER ripple
 WORKDIR /var/lib/ripple
 VOLUME /var/lib/ripple/data
