@@ -102,8 +102,22 @@ deps:
 unit: $(BUILD)/unit_tests
 	$(BUILD)/unit_tests --jobs 2
 
-e2e: all
-	RIPPLE_BIN=$(abspath $(BUILD)) $(PYTHON) -m pytest -q tests/e2e $(PYTEST_ARGS)
+e2e: all browser-deps
+	RIPPLE_REQUIRE_BROWSER=1 RIPPLE_BIN=$(abspath $(BUILD)) $(PYTHON) -m pytest -q tests/e2e \
+		$(PYTEST_ARGS)
+
+# The console's browser test (tests/e2e/test_console_browser.py): Debian's
+# chromium, and playwright-core from npm pinned in tests/browser/.
+.PHONY: browser-deps console-screenshot
+browser-deps:
+	@scripts/install-deps --quiet --with chromium
+	@tests/browser/setup --quiet
+
+# Regenerates docs/console.png and docs/console-saga.png (README) from the
+# browser test's screenshots.
+console-screenshot: all browser-deps
+	RIPPLE_REQUIRE_BROWSER=1 RIPPLE_CONSOLE_SCREENSHOT=$(abspath docs) RIPPLE_BIN=$(abspath $(BUILD)) \
+		$(PYTHON) -m pytest -q tests/e2e/test_console_browser.py
 
 test: deps
 	$(MAKE) all $(BUILD)/unit_tests
