@@ -18,6 +18,7 @@
 #include "console.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -314,11 +315,11 @@ double console_rss_bytes(void)
     int n;
 
     if (f == NULL)
-        return 0.0 / 0.0;
+        return NAN;
     n = fscanf(f, "%lu %lu", &size, &resident);
     fclose(f);
     if (n != 2)
-        return 0.0 / 0.0;
+        return NAN;
     return (double)resident * (double)sysconf(_SC_PAGESIZE);
 }
 

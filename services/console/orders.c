@@ -151,7 +151,7 @@ static json_t *saga_json(json_t *order)
     json_array_foreach(timeline, i, e)
     {
         at = iso_ms(json_string_value(json_object_get(e, "at")));
-        if (start < 0)
+        if (i == 0)
             start = at;
         json_array_append_new(steps, step_json(e, i + 1, start, prev, lanes));
         prev = at;
