@@ -372,3 +372,37 @@ def test_the_page_and_its_assets_are_served_from_the_binary(service_factory, tmp
         assert r.body == open(src, "rb").read(), f"{name} differs from its source"
     for name in ("streams.lua", "replay.lua", "nothing.js", "..%2Fconsole.c"):
         assert_error(con.get("/assets/" + name), 404)
+
+
+# ---------------------------------------------------------------------------
+# Stopping with a report in flight
+# ---------------------------------------------------------------------------
+
+def test_sigterm_with_a_report_in_flight_answers_it_and_exits_0(service_factory):
+    """A service that accepts and never answers holds the console's scrape;
+    SIGTERM cancels it (the HTTP client closes), the waiting request still
+    gets an answer, and the console exits 0 with nothing leaked (ASan in
+    make check-san)."""
+    import socket
+    import threading
+
+    silent = socket.socket()
+    silent.bind((HOST, 0))
+    silent.listen(8)
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(silent.accept()), daemon=True).start()
+    con = service_factory("console", CONSOLE_SERVICES=f"silent=http://{HOST}:"
+                                                      f"{silent.getsockname()[1]}")
+    answers = []
+    t = threading.Thread(target=lambda: answers.append(
+        con.get("/api/v1/console/services", timeout=20)), daemon=True)
+    t.start()
+    try:
+        wait_until(lambda: accepted, 10, what="the console's scrape to connect")
+        assert con.stop() == 0
+        t.join(20)
+        assert answers and answers[0].status in (200, 503), answers
+    finally:
+        silent.close()
+        for conn, _ in accepted:
+            conn.close()
