@@ -77,9 +77,10 @@ static void on_replayed(struct redis *r, redisReply *reply, void *data)
     console_maybe_stopped(c);
 }
 
-/* Checks the request; answers it and returns -EPERM/-EINVAL when refused. */
+/* Checks the request; answers it and returns -EPERM/-EINVAL when refused.
+ * *len gets the length of the stream's name without a .dlq suffix. */
 static int replay_check(struct console *c, struct http_request *req, const struct auth_claims *who,
-                        const char *stream, const char *id)
+                        const char *stream, const char *id, size_t *out_len)
 {
     size_t sfx = strlen(STREAMS_DLQ_SUFFIX), len = stream ? strlen(stream) : 0;
 
@@ -99,6 +100,7 @@ static int replay_check(struct console *c, struct http_request *req, const struc
                          "expected /api/v1/console/streams/<stream>/dlq/<entry id>/replay");
         return -EINVAL;
     }
+    *out_len = len;
     return 0;
 }
 
@@ -128,17 +130,13 @@ static void on_replay(struct http_request *req, const struct auth_claims *who, v
         http_reply_error(req, 503, NULL, "the console is stopping");
         return;
     }
-    if (replay_check(c, req, who, stream, id) < 0)
+    if (replay_check(c, req, who, stream, id, &len) < 0)
         return;
     rp = calloc(1, sizeof(*rp));
     if (rp == NULL) {
         http_reply_error(req, 500, NULL, "out of memory");
         return;
     }
-    len = strlen(stream);
-    if (len > strlen(STREAMS_DLQ_SUFFIX) &&
-        strcmp(stream + len - strlen(STREAMS_DLQ_SUFFIX), STREAMS_DLQ_SUFFIX) == 0)
-        len -= strlen(STREAMS_DLQ_SUFFIX);
     *rp = (struct replay){.c = c, .req = req};
     memcpy(rp->stream, stream, len);
     snprintf(rp->id, sizeof(rp->id), "%s", id);
