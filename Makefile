@@ -30,7 +30,13 @@ LLHTTP_OBJ := $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o $(BUILD)/llhttp/llhtt
 # (`build/ripple all`); build/<name> is a host of that one module.
 MODULES := $(patsubst services/%/,%,$(sort $(dir $(wildcard services/*/*.c))))
 module_obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard services/$(1)/*.c)) \
-             $(if $(wildcard services/$(1)/schema.sql),$(BUILD)/obj/gen/$(1)_schema.o)
+             $(if $(wildcard services/$(1)/schema.sql),$(BUILD)/obj/gen/$(1)_schema.o) \
+             $(if $(wildcard services/$(1)/assets),$(BUILD)/obj/gen/$(1)_assets.o)
+# A module's assets/ (its page, scripts), plus the files ASSETS_EXTRA_<name>
+# lists, are embedded by scripts/embed-assets as <name>_assets[], declared in
+# services/<name>/<name>.h: a binary serves them without any installed file.
+ASSETS_EXTRA_console := scripts/dlq.d/replay.lua
+module_assets = $(sort $(wildcard services/$(1)/assets/*)) $(ASSETS_EXTRA_$(1))
 ALL_MODULE_OBJ = $(foreach m,$(MODULES),$(call module_obj,$(m)))
 
 UNIT_SRC := $(wildcard tests/unit/*.c)
@@ -78,6 +84,13 @@ $(BUILD)/gen/host_%.c: scripts/gen-host
 $(BUILD)/ripple: $(ALL_MODULE_OBJ) $(BUILD)/obj/gen/host_all.o $(BUILD)/libcore.a
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libcore.a $(LDLIBS)
 
+define assets_rule
+$(BUILD)/gen/$(1)_assets.c: scripts/embed-assets $(call module_assets,$(1))
+	@mkdir -p $$(@D)
+	scripts/embed-assets $(subst -,_,$(1)) services/$(1)/$(1).h $(call module_assets,$(1)) > $$@
+endef
+$(foreach m,$(MODULES),$(if $(wildcard services/$(m)/assets),$(eval $(call assets_rule,$(m)))))
+
 define module_rule
 $(BUILD)/$(1): $(call module_obj,$(1)) $(BUILD)/obj/gen/host_$(1).o $(BUILD)/libcore.a
 	$$(CC) $$(CFLAGS) $$(LDFLAGS) -o $$@ $(call module_obj,$(1)) $(BUILD)/obj/gen/host_$(1).o \
@@ -95,8 +108,22 @@ deps:
 unit: $(BUILD)/unit_tests
 	$(BUILD)/unit_tests --jobs 2
 
-e2e: all
-	RIPPLE_BIN=$(abspath $(BUILD)) $(PYTHON) -m pytest -q tests/e2e $(PYTEST_ARGS)
+e2e: all browser-deps
+	RIPPLE_REQUIRE_BROWSER=1 RIPPLE_BIN=$(abspath $(BUILD)) $(PYTHON) -m pytest -q tests/e2e \
+		$(PYTEST_ARGS)
+
+# The console's browser test (tests/e2e/test_console_browser.py): Debian's
+# chromium, and playwright-core from npm pinned in tests/browser/.
+.PHONY: browser-deps console-screenshot
+browser-deps:
+	@scripts/install-deps --quiet --with chromium
+	@tests/browser/setup --quiet
+
+# Regenerates docs/console.png and docs/console-saga.png (README) from the
+# browser test's screenshots.
+console-screenshot: all browser-deps
+	RIPPLE_REQUIRE_BROWSER=1 RIPPLE_CONSOLE_SCREENSHOT=$(abspath docs) RIPPLE_BIN=$(abspath $(BUILD)) \
+		$(PYTHON) -m pytest -q tests/e2e/test_console_browser.py
 
 test: deps
 	$(MAKE) all $(BUILD)/unit_tests
