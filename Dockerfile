@@ -22,12 +22,14 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Makefile ./
-COPY scripts/embed-sql scripts/gen-host scripts/
+COPY scripts/embed-sql scripts/gen-host scripts/embed-assets scripts/
+COPY scripts/dlq.d scripts/dlq.d
 COPY core core
 COPY streams streams
 COPY services services
 RUN make -j"$(nproc)" all \
- && strip --strip-debug build/ripple build/users build/orders build/inventory build/payments
+ && strip --strip-debug build/ripple build/users build/orders build/inventory build/payments \
+      build/console
 
 # The runtime libraries of the link line (-luv -lhiredis -lcurl -ljansson
 # -lsqlite3 -ljwt -lcrypto) and nothing else: no curl, no CA bundle (the
@@ -60,7 +62,7 @@ CMD ["/opt/ripple/scripts/demo"]
 
 FROM base AS runtime
 COPY --from=build /src/build/ripple /src/build/users /src/build/orders /src/build/inventory \
-     /src/build/payments /usr/local/bin/
+     /src/build/payments /src/build/console /usr/local/bin/
 USER ripple
 WORKDIR /var/lib/ripple
 VOLUME /var/lib/ripple/data

@@ -10,11 +10,11 @@
 #include "service.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -120,6 +120,22 @@ static void on_request(struct http_request *req, void *data)
  * Built-in routes: /healthz, /readyz, /metrics
  * ------------------------------------------------------------------------- */
 
+/* process_resident_memory_bytes: /proc/self/statm's resident pages. NaN
+ * when it cannot be read (not Linux). */
+static double gauge_rss(void *data)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long size, resident;
+    int n;
+
+    (void)data;
+    if (f == NULL)
+        return NAN;
+    n = fscanf(f, "%lu %lu", &size, &resident);
+    fclose(f);
+    return n == 2 ? (double)resident * (double)sysconf(_SC_PAGESIZE) : NAN;
+}
+
 static void on_healthz(struct http_request *req, const struct auth_claims *who, void *data)
 {
     static const char body[] = "{\"status\":\"ok\"}";
@@ -132,7 +148,8 @@ static void on_healthz(struct http_request *req, const struct auth_claims *who, 
 static void on_readyz(struct http_request *req, const struct auth_claims *who, void *data)
 {
     struct service *svc = data;
-    int db_ok = svc->store != NULL && store_ping(svc->store) == 0;
+    int stateless = svc->module->schema == NULL; /* no database to check */
+    int db_ok = stateless || (svc->store != NULL && store_ping(svc->store) == 0);
     int redis_ok = redis_is_up(svc->redis);
     int ready = db_ok && redis_ok && !svc->stopping_;
     char body[160];
@@ -142,7 +159,10 @@ static void on_readyz(struct http_request *req, const struct auth_claims *who, v
     n = snprintf(body, sizeof(body),
                  "{\"status\":\"%s\",\"checks\":{\"database\":\"%s\",\"redis\":\"%s\"}}",
                  ready ? "ready" : (svc->stopping_ ? "stopping" : "unavailable"),
-                 db_ok ? "ok" : "down", redis_ok ? "ok" : "down");
+                 stateless ? "none"
+                 : db_ok   ? "ok"
+                           : "down",
+                 redis_ok ? "ok" : "down");
     http_respond(req, ready ? 200 : 503, "application/json", body, (size_t)n);
 }
 
@@ -183,6 +203,11 @@ void service_init(struct service *svc, uv_loop_t *loop, const struct module *m, 
         service_fatal(svc, "out of memory");
     uv_timer_init(loop, &svc->stop_timer_);
     svc->stop_timer_.data = svc;
+    if (metrics_gauge(svc->metrics, "process_resident_memory_bytes",
+                      "Resident memory of the process (in a host of several modules: all of "
+                      "them).",
+                      "", gauge_rss, svc) < 0)
+        service_fatal(svc, "out of memory");
     service_open_redis(svc);
     service_route(svc, "GET", "/healthz", HTTP_ROUTE_PUBLIC, on_healthz, svc);
     service_route(svc, "GET", "/readyz", HTTP_ROUTE_PUBLIC, on_readyz, svc);

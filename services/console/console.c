@@ -323,12 +323,6 @@ double console_rss_bytes(void)
     return (double)resident * (double)sysconf(_SC_PAGESIZE);
 }
 
-static double gauge_rss(void *data)
-{
-    (void)data;
-    return console_rss_bytes();
-}
-
 void console_maybe_stopped(struct console *c)
 {
     void (*done)(struct service *) = c->stop_done;
@@ -362,12 +356,6 @@ static int console_start(struct service *svc)
         return -ENOMEM;
     c->svc = svc;
     settings_read(c);
-    if (metrics_gauge(svc->metrics, "process_resident_memory_bytes",
-                      "Resident memory of this process (in a monolith: every module's).", "",
-                      gauge_rss, c) < 0) {
-        free(c);
-        return -ENOMEM;
-    }
     /* Before the client's own hook: nothing new starts once the stop began. */
     service_on_stop(svc, on_stop, c);
     service_http_client(svc);

@@ -223,8 +223,8 @@ def test_services_of_a_monolith(monolith):
     for name, s in by.items():
         assert s["health"] == "up" and s["ready"] is True, s
         assert s["url"] == monolith[name].base and s["hosted"] == "this process"
-        # One process: one RSS for all its modules, the host's.
-        assert s["rss"]["source"] == "host process" and s["rss"]["bytes"] > 1 << 20, s
+        # One process: one RSS for all its modules, the host's, from each /metrics.
+        assert s["rss"]["source"] == "metrics" and s["rss"]["bytes"] > 1 << 20, s
         assert s["outbox"]["backlog"] == 0, s
     # Rates come from two scrapes; traffic in between shows.
     for _ in range(20):
@@ -253,7 +253,9 @@ def test_services_split_remote_and_down(service_factory):
     by = {s["name"]: s for s in report(con, "services")["items"]}
     assert by["inventory"]["health"] == "up" and by["inventory"]["hosted"] == "remote"
     assert by["inventory"]["url"] == inventory.base  # the trailing slash dropped
-    assert by["inventory"]["rss"] == {"bytes": None, "source": None}  # not in its /metrics yet
+    # every module reports process_resident_memory_bytes on its /metrics
+    assert by["inventory"]["rss"]["source"] == "metrics", by["inventory"]
+    assert by["inventory"]["rss"]["bytes"] > 1 << 20, by["inventory"]
     assert by["inventory"]["outbox"]["publish_latency_ms"]["window"] in ("lifetime", "recent")
     assert by["payments"]["health"] == "down" and by["payments"]["ready"] is None
     assert by["payments"]["outbox"] is None and by["payments"]["error"], by["payments"]
