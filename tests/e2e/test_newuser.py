@@ -215,8 +215,10 @@ def test_up_moves_redis_off_a_taken_default_port(tmp_path):
     stack = UpStack(launchers()[0][1], data, fixed_redis=False)
     try:
         stack.start()
-        out = stack.output()
         assert stack.redis_port != 6379
+        # the notice follows the "ripple is up" banner the start waits for
+        out = wait_until(lambda: (lambda o: o if f"export UP_DIR={data}" in o else None)(
+            stack.output()), 10, what="up's notice about the port and the data directory")
         assert "NOTE: port 6379 is taken" in out, out
         assert f"export REDIS_PORT={stack.redis_port}" in out, out
         assert f"export UP_DIR={data}" in out, out
