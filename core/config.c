@@ -1,6 +1,7 @@
 /* config.c -- typed environment lookup. See config.h. */
 #include "config.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,11 +86,8 @@ int config_prefix(const char *module, char *buf, size_t len)
 
     if (n == 0 || n + 2 > len)
         return -EINVAL;
-    for (size_t i = 0; i < n; i++) {
-        char c = module[i];
-
-        buf[i] = c >= 'a' && c <= 'z' ? (char)(c - 'a' + 'A') : c == '-' ? '_' : c;
-    }
+    for (size_t i = 0; i < n; i++)
+        buf[i] = (char)(module[i] == '-' ? '_' : toupper((unsigned char)module[i]));
     buf[n] = '_';
     buf[n + 1] = '\0';
     return 0;
