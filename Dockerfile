@@ -1,4 +1,7 @@
-# ripple: one image, four services (users, orders, inventory, payments).
+# ripple: one image for every module (users, orders, inventory, payments,
+# console), each as a host of its own (`users`, ..., `console`) or any set of
+# them in one process (`ripple users orders ...`): compose.yaml runs the
+# first, compose.monolith.yaml the second.
 #
 # Stages:
 #   build    Debian bookworm with the -dev packages of DESIGN.md §3; make.
@@ -6,7 +9,7 @@
 #            non-root user and the healthcheck probe (shared by both below).
 #   demo     base + what scripts/demo uses (python3, redis-cli, curl), for
 #            the compose profile "demo".
-#   runtime  base + the four binaries: what compose runs; the default target.
+#   runtime  base + the binaries: what compose runs; the default target.
 #
 # Layer order keeps rebuilds quick: every apt layer comes before anything
 # copied from the repository, so a source change recompiles and re-copies,
@@ -66,8 +69,9 @@ COPY --from=build /src/build/ripple /src/build/users /src/build/orders /src/buil
 USER ripple
 WORKDIR /var/lib/ripple
 VOLUME /var/lib/ripple/data
-# Each service's port comes from PORT (compose sets it, and a healthcheck of
-# its own with a shorter interval).
+# A host of one module listens on PORT, a monolith on each module's
+# <MODULE>_PORT; the compose files set them and a healthcheck of their own
+# with a shorter interval (a monolith's probes every module's /healthz).
 HEALTHCHECK --interval=5s --timeout=3s --retries=5 \
   CMD ["ripple-healthcheck"]
 CMD ["users"]
