@@ -300,6 +300,35 @@ def test_saga_orders_disk_full_never_charges_a_cancelled_order(small_fs, service
 
 
 # ---------------------------------------------------------------------------
+# 2b. redeliveries alone (restarts, takeovers) dead-letter nothing below the
+#     crash-loop guard (issue 20 §8)
+# ---------------------------------------------------------------------------
+
+def test_redeliveries_count_only_against_the_crash_loop_guard(service_factory, r):
+    r.xgroup_create("users.commands", "users", id="0", mkstream=True)
+    healthy, looping = unique_email("redelivered"), unique_email("crashloop")
+    ok_id = register_cmd(r, healthy)
+    loop_id = register_cmd(r, looping)
+    r.xreadgroup("users", "gone", {"users.commands": ">"})
+    # As if read again after 9 restarts, and after 60 crashes on it.
+    r.xclaim("users.commands", "users", "svc", 0, [ok_id], retrycount=9)
+    r.xclaim("users.commands", "users", "svc", 0, [loop_id], retrycount=60)
+    svc = service_factory("users", CONSUMER_NAME="svc", MAX_DELIVERIES_GUARD=50, **FAST)
+    wait_until(lambda: registered(r, healthy) or r.xlen("users.commands.dlq") > 1, 15,
+               what="the redelivered entry processed")
+    assert registered(r, healthy), f"dead-lettered: {r.xrange('users.commands.dlq')}"
+    letters = wait_until(lambda: r.xrange("users.commands.dlq"), 10, what="the crash loop's letter")
+    assert len(letters) == 1, letters
+    d = letters[0][1]
+    assert json.loads(d["data"])["email"] == looping, d
+    assert "MAX_DELIVERIES_GUARD 50" in d["error"] and d["failures"] == "0", d
+    assert int(d["deliveries"]) > 50, d
+    assert registered(r, looping) == []
+    wait_until(lambda: pending(r, "users.commands", "users") == 0, 10, what="both acked")
+    assert svc.alive()
+
+
+# ---------------------------------------------------------------------------
 # 3. entries trimmed before the group read them are reported (issue 20 §4)
 # ---------------------------------------------------------------------------
 
