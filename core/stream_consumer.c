@@ -1075,7 +1075,10 @@ static int settled_before_handler(struct stream_consumer *sc, struct entry *e)
 {
     char err[160];
 
-    if (stream_ledger_failures(sc->ledger, e->entry_id, &e->failures) < 0) {
+    /* an entry read for the first time has no failures recorded, unless
+     * its group was recreated (then the next failure counts on from them) */
+    if ((e->deliveries > 1 || e->failures > 0) &&
+        stream_ledger_failures(sc->ledger, e->entry_id, &e->failures) < 0) {
         store_failed(sc);
         return 1;
     }
