@@ -111,6 +111,7 @@ static const struct uint_setting uint_settings[] = {
     {"CONSUMER_BATCH", 128, 1, CONFIG_CONSUMER_BATCH_MAX, offsetof(struct config, consumer_batch)},
     {"CONSUMER_BLOCK_MS", 2000, 10, 60000, offsetof(struct config, consumer_block_ms)},
     {"MAX_DELIVERIES", 5, 1, 1000, offsetof(struct config, max_deliveries)},
+    {"MAX_DELIVERIES_GUARD", 50, 1, 100000, offsetof(struct config, max_deliveries_guard)},
     {"RECLAIM_IDLE_MS", 30000, 100, 86400000, offsetof(struct config, reclaim_idle_ms)},
     {"STREAM_MAXLEN", 1000000, 0, 4000000000UL, offsetof(struct config, stream_maxlen)},
     {"HTTP_CLIENT_TIMEOUT_MS", 2000, 10, 600000, offsetof(struct config, http_client_timeout_ms)},
@@ -137,6 +138,24 @@ static int load_uints(struct config *cfg, char *err, size_t errlen)
         if (rc < 0)
             return rc;
         *(unsigned *)((char *)cfg + s->offset) = (unsigned)v;
+    }
+    return 0;
+}
+
+/* Settings that bound each other. */
+static int check_relations(const struct config *cfg, char *err, size_t errlen)
+{
+    if (cfg->max_deliveries_guard < cfg->max_deliveries) {
+        snprintf(err, errlen, "config: MAX_DELIVERIES_GUARD=%u must not be below MAX_DELIVERIES=%u",
+                 cfg->max_deliveries_guard, cfg->max_deliveries);
+        return -EINVAL;
+    }
+    /* an event id forgotten before its entry can be taken over and
+     * redelivered would take effect twice */
+    if (cfg->inbox_retention_ms < cfg->reclaim_idle_ms) {
+        snprintf(err, errlen, "config: INBOX_RETENTION_MS=%u must not be below RECLAIM_IDLE_MS=%u",
+                 cfg->inbox_retention_ms, cfg->reclaim_idle_ms);
+        return -EINVAL;
     }
     return 0;
 }
@@ -232,5 +251,7 @@ int config_load(struct config *cfg, const char *service, unsigned default_port, 
                  cfg->log_level);
         return -EINVAL;
     }
-    return load_uints(cfg, err, errlen);
+    if ((rc = load_uints(cfg, err, errlen)) < 0)
+        return rc;
+    return check_relations(cfg, err, errlen);
 }

@@ -45,8 +45,9 @@ struct config {
     /* Streams */
     char consumer_name[192];
     unsigned consumer_batch;
-    unsigned consumer_block_ms; /* XREADGROUP BLOCK */
-    unsigned max_deliveries;
+    unsigned consumer_block_ms;    /* XREADGROUP BLOCK */
+    unsigned max_deliveries;       /* handler failures before the DLQ */
+    unsigned max_deliveries_guard; /* Redis deliveries before the DLQ: a crash loop */
     unsigned reclaim_idle_ms;
     unsigned stream_maxlen;
 

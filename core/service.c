@@ -145,11 +145,23 @@ static void on_healthz(struct http_request *req, const struct auth_claims *who, 
     http_respond(req, 200, "application/json", body, sizeof(body) - 1);
 }
 
+/* The database check: "ok", "down" (it does not answer) or "unwritable"
+ * (a write failed on a store fault -- disk full, a lock held elsewhere, an
+ * I/O error -- and nothing has been written since). */
+static const char *database_check(struct service *svc)
+{
+    if (svc->module->schema == NULL)
+        return "none"; /* a stateless module: no database to check */
+    if (svc->store == NULL || store_ping(svc->store) < 0)
+        return "down";
+    return store_writable(svc->store) ? "ok" : "unwritable";
+}
+
 static void on_readyz(struct http_request *req, const struct auth_claims *who, void *data)
 {
     struct service *svc = data;
-    int stateless = svc->module->schema == NULL; /* no database to check */
-    int db_ok = stateless || (svc->store != NULL && store_ping(svc->store) == 0);
+    const char *db = database_check(svc);
+    int db_ok = strcmp(db, "ok") == 0 || strcmp(db, "none") == 0;
     int redis_ok = redis_is_up(svc->redis);
     int ready = db_ok && redis_ok && !svc->stopping_;
     char body[160];
@@ -158,10 +170,7 @@ static void on_readyz(struct http_request *req, const struct auth_claims *who, v
     (void)who;
     n = snprintf(body, sizeof(body),
                  "{\"status\":\"%s\",\"checks\":{\"database\":\"%s\",\"redis\":\"%s\"}}",
-                 ready ? "ready" : (svc->stopping_ ? "stopping" : "unavailable"),
-                 stateless ? "none"
-                 : db_ok   ? "ok"
-                           : "down",
+                 ready ? "ready" : (svc->stopping_ ? "stopping" : "unavailable"), db,
                  redis_ok ? "ok" : "down");
     http_respond(req, ready ? 200 : 503, "application/json", body, (size_t)n);
 }

@@ -10,7 +10,16 @@
  * `PRAGMA user_version = N`, so a failing migration leaves no trace. Whether a
  * transaction is open is asked of SQLite (sqlite3_get_autocommit), which also
  * knows about the rollbacks it does on its own. Errors are logged once, here,
- * where they are detected. Loop thread only. */
+ * where they are detected.
+ *
+ * Store faults (store_code_is_fault: disk full, a write lock held by another
+ * process, an I/O error, ...) mark the store unwritable until a commit
+ * succeeds; readiness asks store_writable, which while marked probes with a
+ * one-row write (table store_probe) at most once per STORE_PROBE_MS, so a
+ * store that recovers while nothing else writes is seen writable again. The
+ * busy timeout is short (STORE_BUSY_TIMEOUT_MS): a lock held elsewhere makes
+ * BEGIN fail in milliseconds instead of stalling the loop; the caller retries
+ * later. Loop thread only. */
 #include "store.h"
 
 #include <errno.h>
@@ -28,7 +37,11 @@
 #include "log.h"
 
 #define STORE_MAX_HOOKS 4
-#define STORE_BUSY_TIMEOUT_MS 5000
+/* How long BEGIN IMMEDIATE waits for a write lock held by another process
+ * (the loop blocks meanwhile): short, a held lock is a store fault. */
+#define STORE_BUSY_TIMEOUT_MS 20
+#define STORE_CKPT_BUSY_TIMEOUT_MS 5000 /* the checkpoint connection: a pool thread */
+#define STORE_PROBE_MS 1000             /* at most one writability probe per second */
 #define STORE_MAX_MIGRATIONS 1000
 #define STORE_CHECKPOINT_PAGES 1000 /* WAL pages that start a background checkpoint */
 
@@ -55,6 +68,11 @@ struct store {
     uv_work_t ckpt_work;
     int ckpt_inflight, ckpt_rc;
     unsigned long checkpoints;
+
+    /* Writability: the extended code of the store fault that last failed a
+     * write (0: none since the last commit), and the last probe. */
+    int fault;
+    uint64_t probe_ns; /* uv_hrtime() of the last probe */
 };
 
 /* One migration: a span of the schema text (borrowed). */
@@ -272,7 +290,7 @@ int store_offload_checkpoints(struct store *st, uv_loop_t *loop)
         return 0;
     if (sqlite3_open_v2(st->path, &st->ckpt_db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
                         NULL) != SQLITE_OK ||
-        sqlite3_busy_timeout(st->ckpt_db, STORE_BUSY_TIMEOUT_MS) != SQLITE_OK) {
+        sqlite3_busy_timeout(st->ckpt_db, STORE_CKPT_BUSY_TIMEOUT_MS) != SQLITE_OK) {
         log_error("store: cannot open the checkpoint connection: %s",
                   st->ckpt_db ? sqlite3_errmsg(st->ckpt_db) : "out of memory");
         sqlite3_close_v2(st->ckpt_db);
@@ -582,13 +600,54 @@ void store_reset(struct sqlite3_stmt *stmt)
 
 /* ----------------------------------------------------------- transactions */
 
-/* Steps one of the internal statements. Returns 0 or -EIO (logged). */
+int store_code_is_fault(int code)
+{
+    switch (code & 0xff) {
+    case SQLITE_FULL:
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+    case SQLITE_IOERR:
+    case SQLITE_READONLY:
+    case SQLITE_CANTOPEN:
+    case SQLITE_PROTOCOL:
+    case SQLITE_NOMEM:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* Marks the store unwritable after a fault (logged when it starts). */
+static void note_fault(struct store *st, int code)
+{
+    if (st->fault == 0)
+        log_error("store: cannot write: %s (%s, code %d); writes are refused until it recovers",
+                  sqlite3_errmsg(st->db), sqlite3_errstr(code), code);
+    st->fault = code;
+}
+
+static void note_written(struct store *st)
+{
+    if (st->fault != 0)
+        log_info("store: writable again");
+    st->fault = 0;
+}
+
+/* Steps one of the internal statements. Returns 0 or -EIO: a store fault
+ * marks the store unwritable (logged when that starts), anything else is
+ * logged here. */
 static int step_internal(struct store *st, sqlite3_stmt *stmt)
 {
     int rc = sqlite3_step(stmt);
 
-    if (rc != SQLITE_DONE && rc != SQLITE_ROW) /* log before reset touches the message */
-        log_error("store: %s: %s", sqlite3_sql(stmt), sqlite3_errmsg(st->db));
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) { /* before reset touches the message */
+        int code = sqlite3_extended_errcode(st->db);
+
+        if (store_code_is_fault(code))
+            note_fault(st, code);
+        else
+            log_error("store: %s: %s", sqlite3_sql(stmt), sqlite3_errmsg(st->db));
+    }
     sqlite3_reset(stmt);
     return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : -EIO;
 }
@@ -617,6 +676,7 @@ int store_commit(struct store *st)
         store_rollback(st); /* never leave the writer lock held */
         return -EIO;
     }
+    note_written(st);
     for (size_t i = 0; i < st->nhooks; i++)
         st->hooks[i].fn(st, st->hooks[i].data);
     return 0;
@@ -626,6 +686,53 @@ void store_rollback(struct store *st)
 {
     if (store_in_txn(st))
         (void)step_internal(st, st->rollback);
+}
+
+int store_check_fault(struct store *st)
+{
+    int code = sqlite3_extended_errcode(st->db);
+
+    if (!store_code_is_fault(code))
+        return 0;
+    note_fault(st, code);
+    return 1;
+}
+
+int store_fault(const struct store *st)
+{
+    return st->fault;
+}
+
+/* One small write in its own transaction. */
+static int probe_write(struct store *st)
+{
+    static const char sql[] =
+        "CREATE TABLE IF NOT EXISTS store_probe (k INTEGER PRIMARY KEY, n INTEGER NOT NULL);"
+        "INSERT INTO store_probe (k, n) VALUES (1, 1)"
+        " ON CONFLICT (k) DO UPDATE SET n = n + 1;";
+    int rc = store_begin(st);
+
+    if (rc < 0)
+        return rc;
+    if (sqlite3_exec(st->db, sql, NULL, NULL, NULL) != SQLITE_OK) {
+        if (!store_check_fault(st))
+            log_error("store: writability probe: %s", sqlite3_errmsg(st->db));
+        store_rollback(st);
+        return -EIO;
+    }
+    return store_commit(st);
+}
+
+int store_writable(struct store *st)
+{
+    uint64_t now = uv_hrtime();
+
+    if (st->fault == 0)
+        return 1;
+    if (store_in_txn(st) || now - st->probe_ns < (uint64_t)STORE_PROBE_MS * 1000000)
+        return 0;
+    st->probe_ns = now;
+    return probe_write(st) == 0;
 }
 
 int store_txn(struct store *st, store_txn_cb fn, void *data)

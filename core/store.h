@@ -58,10 +58,12 @@ CORE_MUST_CHECK int store_prepare(struct store *st, const char *sql, struct sqli
 void store_reset(struct sqlite3_stmt *stmt);
 
 /* Transactions. store_begin opens BEGIN IMMEDIATE (one writer: SQLite's, so
- * commit order is seq order for the outbox). Nesting is not allowed.
- * store_commit runs the on-commit hooks after a successful COMMIT, in the
- * same loop iteration. All return 0 or a negative errno (-EIO; -EINVAL for
- * a nested BEGIN or a COMMIT without a transaction). */
+ * commit order is seq order for the outbox); a write lock held by another
+ * process makes it fail after a few milliseconds (a store fault), never
+ * block the loop for long. Nesting is not allowed. store_commit runs the
+ * on-commit hooks after a successful COMMIT, in the same loop iteration; a
+ * failed COMMIT is rolled back. All return 0 or a negative errno (-EIO;
+ * -EINVAL for a nested BEGIN or a COMMIT without a transaction). */
 CORE_MUST_CHECK int store_begin(struct store *st);
 CORE_MUST_CHECK int store_commit(struct store *st);
 void store_rollback(struct store *st);
@@ -79,6 +81,26 @@ CORE_MUST_CHECK int store_on_commit(struct store *st, store_commit_cb fn, void *
 
 /* Removes the hook registered with exactly fn and data, if any. */
 void store_off_commit(struct store *st, store_commit_cb fn, const void *data);
+
+/* Store faults: a failure of the database itself -- disk full, a lock held
+ * elsewhere, an I/O error, a read-only or vanished file, no memory -- as
+ * opposed to a failure of what was written (a constraint, a bad statement).
+ * 1 when SQLite's (extended) result code is one. */
+int store_code_is_fault(int sqlite_code);
+
+/* Classifies the connection's last error (call it right after the failing
+ * statement, before the next one): 1 when it is a store fault, which marks
+ * the store unwritable as a failed BEGIN or COMMIT does; 0 otherwise. */
+int store_check_fault(struct store *st);
+
+/* The extended SQLite code of the fault that marked the store unwritable,
+ * or 0 while it is writable (the mark clears on the next commit). */
+int store_fault(const struct store *st);
+
+/* For readiness: 1 while writable. While marked unwritable and outside a
+ * transaction, probes with a one-row write (table store_probe) at most once
+ * a second, so a store that recovered while nothing else wrote is seen. */
+int store_writable(struct store *st);
 
 /* Runs a quick query (SELECT 1) for readiness. Returns 0 or -EIO. */
 int store_ping(struct store *st);

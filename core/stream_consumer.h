@@ -2,8 +2,10 @@
  *
  * DESIGN.md §6. The group is the service's name, created at ID 0 with
  * MKSTREAM (BUSYGROUP is fine), so entries written before the first start are
- * read. The consumer first re-reads its own pending entries (ID 0), then new
- * ones (>) with COUNT and BLOCK on a Redis connection of its own.
+ * read; a group lost later is recreated at the last entry this service
+ * settled (kept in its database), not at 0. The consumer first re-reads its
+ * own pending entries (ID 0), then new ones (>) with COUNT and BLOCK on a
+ * Redis connection of its own.
  *
  * Each entry is parsed as an envelope (streams/) and checked against the
  * catalog. Synchronous handlers of one batch run inside ONE store
@@ -11,18 +13,26 @@
  * it appends and its inbox row (the event id, which de-duplicates
  * redeliveries) commit together, and XACK follows the commit. A malformed
  * entry, or one a handler rejects by a business rule, goes to <stream>.dlq
- * with the reason at once (XADD and XACK in one MULTI). A handler failure
- * leaves the entry pending and stops the batch there (stream order holds);
- * it is retried from the pending list after a backoff, and dead-lettered
- * once it has been delivered max_deliveries times.
+ * with the reason at once (the dead letter and the ack in one script, only
+ * once Redis accepted the dead letter; a refused one keeps the entry pending
+ * and is retried). A handler failure is counted in the database, leaves the
+ * entry pending and stops the batch there (stream order holds); the batch
+ * stays in hand and the entry is retried after a backoff, and dead-lettered
+ * once its handler has failed max_deliveries times. A failure of the store
+ * itself (disk full, a lock held elsewhere, an I/O error) counts for
+ * nothing: the batch is rolled back, kept and retried. Redis' delivery count
+ * only guards against a crash loop (max_deliveries_guard).
  *
  * Periodically: XAUTOCLAIM takes over entries idle past reclaim_idle_ms
  * (dead consumers'), acking ids whose entries were deleted; entries in hand
- * have their idle time refreshed (XCLAIM self JUSTID) so a slow handler is
- * not taken over; inbox rows past their retention are pruned; pending and
- * lag are read for the metrics stream_pending and stream_lag. NOGROUP (the
- * stream or group vanished) recreates the group. Every retry backs off:
- * never a hot loop. Loop thread only. */
+ * have their lease refreshed (a script claims with XCLAIM JUSTID only those
+ * still ours), so a slow handler is not taken over and one that was is not
+ * taken back; inbox rows past their retention are pruned; XINFO gives the
+ * metrics stream_pending and stream_lag, and entries trimmed before the
+ * group read them (stream_trimmed_unread_total, with an error log). A
+ * resumed asynchronous handler applies only an entry still ours. NOGROUP
+ * (the stream or group vanished) recreates the group. Every retry backs
+ * off: never a hot loop. Loop thread only. */
 #ifndef CORE_STREAM_CONSUMER_H
 #define CORE_STREAM_CONSUMER_H
 
@@ -34,12 +44,13 @@ struct stream_consumer; /* opaque */
 struct stream_done;     /* completion token of an asynchronous handler */
 
 struct stream_consumer_config {
-    const char *stream;          /* from streams/, e.g. STREAM_USERS_COMMANDS; copied */
-    unsigned batch;              /* XREADGROUP COUNT, 1..1024 */
-    unsigned block_ms;           /* XREADGROUP BLOCK */
-    unsigned reclaim_idle_ms;    /* XAUTOCLAIM min idle */
-    unsigned max_deliveries;     /* then the entry goes to the DLQ */
-    unsigned inbox_retention_ms; /* processed event ids kept this long */
+    const char *stream;            /* from streams/, e.g. STREAM_USERS_COMMANDS; copied */
+    unsigned batch;                /* XREADGROUP COUNT, 1..1024 */
+    unsigned block_ms;             /* XREADGROUP BLOCK */
+    unsigned reclaim_idle_ms;      /* XAUTOCLAIM min idle */
+    unsigned max_deliveries;       /* handler failures, then the entry goes to the DLQ */
+    unsigned max_deliveries_guard; /* Redis deliveries, then the DLQ (a crash loop) */
+    unsigned inbox_retention_ms;   /* processed event ids kept this long */
 };
 
 #define STREAM_MSG_REASON 256
@@ -52,7 +63,8 @@ struct stream_msg {
     const char *trace;              /* "" when absent */
     const char *source;             /* "" when absent */
     struct json_t *data;            /* borrowed: json_incref() to keep it */
-    unsigned deliveries;            /* 1 on first delivery */
+    unsigned deliveries;            /* Redis' delivery count: 1 on first delivery */
+    unsigned failures;              /* this entry's handler failures recorded so far */
     int resumed;                    /* 1 when called again after stream_consumer_done */
     void *ctx;                      /* the handler's own, kept across an async step */
     struct stream_done *done;       /* keep it only when returning STREAM_CONSUMER_ASYNC */
@@ -60,10 +72,12 @@ struct stream_msg {
 };
 
 /* What a handler returns, besides 0 (done: commit, ack) and a negative
- * errno (failed: roll the entry back, leave it pending, retry later; after
- * max_deliveries, dead-letter it). -EAGAIN is special: a dependency is
- * unavailable, which is no fault of the entry -- it is retried with backoff
- * for as long as it takes and never dead-lettered. */
+ * errno (failed: roll the entry back, count the failure, retry later; after
+ * max_deliveries failures, dead-letter it). -EAGAIN is special: a dependency
+ * is unavailable, which is no fault of the entry -- it is retried with
+ * backoff for as long as it takes and never dead-lettered. So is a failure
+ * whose cause SQLite reports as the store's (store_check_fault): whatever
+ * the handler returned, it counts for nothing. */
 #define STREAM_CONSUMER_ASYNC 1  /* kept msg->done; this stream waits for it */
 #define STREAM_CONSUMER_REJECT 2 /* refused by a business rule: dead-letter with msg->reason */
 #define STREAM_CONSUMER_SKIP 3   /* a catalog type this service does not act on: ack */
@@ -94,9 +108,12 @@ struct stream_consumer *stream_consumer_attach(struct service *svc, const char *
                                                stream_consumer_msg_cb on_msg, void *data,
                                                stream_consumer_release_cb release);
 
-/* Completes an asynchronous entry. rc == 0: the handler is called again
- * (msg->resumed = 1, msg->ctx as left) inside a transaction to apply its
- * effects; rc < 0: the entry failed (pending, retried later). */
+/* Completes an asynchronous entry. rc == 0: once Redis confirms the entry
+ * is still this consumer's, the handler is called again (msg->resumed = 1,
+ * msg->ctx as left) inside a transaction to apply its effects -- unless the
+ * entry was taken over or its event meanwhile processed, when it is never
+ * called again; rc < 0: the entry failed (counted, pending, retried later;
+ * -EAGAIN: retried, not counted). */
 void stream_consumer_done(struct stream_done *done, int rc);
 
 /* Finishes the batch in hand (waiting for an asynchronous entry), closes the

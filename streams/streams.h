@@ -116,7 +116,8 @@ struct json_t;
 #define STREAMS_DLQ_SUFFIX ".dlq"
 #define DLQ_ERROR "error"           /* why, one of this module's messages */
 #define DLQ_GROUP "group"           /* the consumer group that gave up */
-#define DLQ_DELIVERIES "deliveries" /* delivery count when dead-lettered */
+#define DLQ_DELIVERIES "deliveries" /* Redis' delivery count when dead-lettered */
+#define DLQ_FAILURES "failures"     /* the handler failures recorded (MAX_DELIVERIES) */
 
 /* Limits. Breaking one makes an entry malformed. */
 #define STREAMS_ENVELOPE_VERSION 1
@@ -189,7 +190,7 @@ struct envelope {
  * hold a NUL byte. ts is optional, a non-negative decimal integer. v is
  * optional and must be STREAMS_ENVELOPE_VERSION ("v: unsupported version 2").
  * A field given twice is malformed; fields with other names are ignored (a
- * replayed dead letter's error, group and deliveries, for one). Then checks
+ * replayed dead letter's error, group, deliveries and failures). Then checks
  * data with streams_validate.
  *
  * Returns 0 with out filled (release it with envelope_release); -EINVAL when

@@ -640,11 +640,24 @@ class Service:
         pytest.fail(f"{self.name} /readyz not 200 within {timeout}s (last: {last}); "
                     f"stderr tail:\n{self.log_text()[-2000:]}")
 
+    def listening(self):
+        """True once this process logged that it listens: a /healthz answer
+        before that may come from another process on the port (other test
+        sessions on the machine take ports too; ours then exits with
+        "cannot listen ... address already in use")."""
+        if self.env.get("LOG_LEVEL", "info") not in ("debug", "info"):
+            return True  # the line is not logged at this level
+        return any("listening on http://" in ln and f':{self.port}"' in ln
+                   for ln in self.log_lines())
+
     def wait_healthy(self, timeout=STARTUP_TIMEOUT):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 return False
+            if not self.listening():
+                time.sleep(0.02)
+                continue
             try:
                 if self.get("/healthz", timeout=2).status == 200:
                     return True

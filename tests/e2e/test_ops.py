@@ -142,7 +142,7 @@ def test_dlq_replay_round_trip(redis_server, service_factory, tmp_path):
     entry = r.xrange("users.commands.dlq")[0][0]
     out = subprocess.run([dlq, "show", "users.commands", entry], env=env, capture_output=True,
                          text=True, timeout=30)
-    assert out.returncode == 0 and "deliveries: 2" in out.stdout, out.stdout
+    assert out.returncode == 0 and "failures: 2" in out.stdout, out.stdout
     out = subprocess.run([dlq, "replay", "users.commands", entry], env=env, capture_output=True,
                          text=True, timeout=30)
     assert out.returncode == 0, out.stderr

@@ -434,3 +434,97 @@ Test(store, background_checkpoints_keep_the_wal_small)
     store_close(st);
     cr_assert_eq(uv_loop_close(&loop), 0);
 }
+
+/* ---------------------------------------------------------- store faults */
+
+static uint64_t now_ms(void)
+{
+    return uv_hrtime() / 1000000;
+}
+
+Test(store, faults_are_told_from_errors_of_the_data)
+{
+    cr_assert(store_code_is_fault(SQLITE_FULL));
+    cr_assert(store_code_is_fault(SQLITE_BUSY));
+    cr_assert(store_code_is_fault(SQLITE_IOERR_WRITE));
+    cr_assert(store_code_is_fault(SQLITE_IOERR_FSYNC));
+    cr_assert(store_code_is_fault(SQLITE_LOCKED));
+    cr_assert(store_code_is_fault(SQLITE_READONLY));
+    cr_assert(store_code_is_fault(SQLITE_CANTOPEN));
+    cr_assert_not(store_code_is_fault(SQLITE_CONSTRAINT_UNIQUE));
+    cr_assert_not(store_code_is_fault(SQLITE_ERROR));
+    cr_assert_not(store_code_is_fault(SQLITE_MISMATCH));
+    cr_assert_not(store_code_is_fault(SQLITE_OK));
+    cr_assert_not(store_code_is_fault(SQLITE_DONE));
+}
+
+/* A write lock held by another connection: BEGIN fails in milliseconds (the
+ * loop is not stalled for seconds), the store says it cannot write, and it
+ * says so no more once the lock is gone. */
+Test(store, a_held_write_lock_fails_fast_and_marks_the_store)
+{
+    struct store *st = open_ok(schema_v1);
+    sqlite3 *other = NULL;
+    uint64_t t0, deadline;
+
+    cr_assert(store_writable(st));
+    cr_assert_eq(sqlite3_open(db_path, &other), SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    t0 = now_ms();
+    cr_assert_eq(store_begin(st), -EIO);
+    cr_assert_lt(now_ms() - t0, 1000, "BEGIN waited %llu ms for the lock",
+                 (unsigned long long)(now_ms() - t0));
+    cr_assert_eq(store_fault(st) & 0xff, SQLITE_BUSY);
+    cr_assert_not(store_writable(st), "writable while another connection holds the lock");
+    cr_assert_eq(sqlite3_exec(other, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+    /* the probe runs at most once a second: poll it */
+    deadline = now_ms() + 5000;
+    while (!store_writable(st) && now_ms() < deadline)
+        uv_sleep(50);
+    cr_assert(store_writable(st), "not writable again after the lock was released");
+    cr_assert_eq(store_fault(st), 0);
+    cr_assert_eq(query_int(st, "SELECT count(*) FROM store_probe"), 1);
+    sqlite3_close(other);
+    store_close(st);
+}
+
+/* A statement that fails on a full database is a store fault, told apart
+ * from a constraint; a commit clears the mark. */
+Test(store, a_full_database_is_a_fault_and_a_constraint_is_not)
+{
+    struct store *st = open_ok(schema_v1);
+    char sql[160];
+    long pages;
+
+    cr_assert_eq(store_begin(st), 0);
+    cr_assert_neq(
+        sqlite3_exec(store_db(st), "INSERT INTO a (x, v) VALUES (1, 'dup')", NULL, NULL, NULL),
+        SQLITE_OK);
+    cr_assert_eq(store_check_fault(st), 0, "a UNIQUE constraint is not the store's fault");
+    cr_assert(store_writable(st));
+    store_rollback(st);
+
+    pages = query_int(st, "PRAGMA page_count");
+    snprintf(sql, sizeof(sql), "PRAGMA max_page_count = %ld", pages);
+    cr_assert_eq(sqlite3_exec(store_db(st), sql, NULL, NULL, NULL), SQLITE_OK);
+    cr_assert_eq(store_begin(st), 0);
+    cr_assert_neq(sqlite3_exec(store_db(st),
+                               "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c "
+                               "WHERE i < 200) INSERT INTO a (x, v) "
+                               "SELECT i + 10, hex(randomblob(1000)) FROM c",
+                               NULL, NULL, NULL),
+                  SQLITE_OK);
+    cr_assert_eq(store_check_fault(st), 1);
+    cr_assert_eq(store_fault(st) & 0xff, SQLITE_FULL);
+    store_rollback(st);
+    cr_assert_eq(sqlite3_exec(store_db(st), "PRAGMA max_page_count = 1000000", NULL, NULL, NULL),
+                 SQLITE_OK);
+    cr_assert_eq(store_begin(st), 0);
+    cr_assert_eq(
+        sqlite3_exec(store_db(st), "INSERT INTO a (x, v) VALUES (5, 'fits')", NULL, NULL, NULL),
+        SQLITE_OK);
+    cr_assert_eq(store_commit(st), 0);
+    cr_assert_eq(store_fault(st), 0, "a commit did not clear the mark");
+    cr_assert(store_writable(st));
+    store_close(st);
+}
