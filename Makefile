@@ -16,7 +16,7 @@ SAN_CFLAGS  := -O0 -g3 -fsanitize=address,undefined -fno-sanitize-recover=all -f
 MODE_CFLAGS ?= $(REL_CFLAGS)
 MODE_LDFLAGS ?=
 
-CPPFLAGS += -Icore -I. -isystem $(LLHTTP_INC)
+CPPFLAGS += -Iinclude -Icore -I. -isystem $(LLHTTP_INC)
 CFLAGS   += $(WARN_CFLAGS) $(MODE_CFLAGS) -MMD -MP
 LDFLAGS  += $(MODE_LDFLAGS)
 LDLIBS   += -luv -lhiredis -lcurl -ljansson -lsqlite3 -ljwt -lcrypto -lpthread -lm
@@ -210,7 +210,7 @@ up: deps all
 compose-test: deps
 	scripts/compose-test
 
-FORMAT_FILES = $(wildcard core/*.[ch] services/*/*.[ch] streams/*.[ch] tests/unit/*.[ch] \
+FORMAT_FILES = $(wildcard include/ripple/*.h core/*.[ch] services/*/*.[ch] streams/*.[ch] tests/unit/*.[ch] \
                           tests/fuzz/*.[ch])
 format:
 	clang-format -i $(FORMAT_FILES)

@@ -17,7 +17,7 @@
  * Identities are compared here too (auth_user_id, auth_is_subject), on
  * canonical UUIDs from core/ids, so that no service compares a sub with
  * strcmp in one place and strcasecmp in another. */
-#include "auth.h"
+#include <ripple/auth.h>
 
 #include <errno.h>
 #include <limits.h>

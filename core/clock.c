@@ -1,5 +1,5 @@
 /* clock.c -- wall-clock time. See clock.h. */
-#include "clock.h"
+#include <ripple/clock.h>
 
 #include <errno.h>
 #include <stdio.h>

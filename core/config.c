@@ -1,5 +1,5 @@
 /* config.c -- typed environment lookup. See config.h. */
-#include "config.h"
+#include <ripple/config.h>
 
 #include <ctype.h>
 #include <errno.h>

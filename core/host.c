@@ -7,7 +7,7 @@
  * module has started before any listens. A stop is a count: each service
  * reports back once it has stopped, and the last one closes the signal
  * handles so the loop runs dry. */
-#include "host.h"
+#include <ripple/host.h>
 
 #include <errno.h>
 #include <signal.h>
@@ -20,9 +20,9 @@
 
 #include <uv.h>
 
-#include "config.h"
-#include "log.h"
-#include "service.h"
+#include <ripple/config.h>
+#include <ripple/log.h>
+#include <ripple/service.h>
 
 struct host {
     uv_loop_t loop;
@@ -172,7 +172,7 @@ static void select_modules(struct host *h, int argc, char **argv, const struct m
 static void set_logging(const struct host *h)
 {
     const char *s = getenv("LOG_LEVEL");
-    enum log_level level = LOG_INFO;
+    enum log_level level = LOG_LEVEL_INFO;
 
     if (s != NULL && *s != '\0' && log_parse_level(s, &level) < 0)
         host_fatal("config: LOG_LEVEL=\"%.32s\" must be debug, info, warn or error", s);

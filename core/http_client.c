@@ -16,7 +16,7 @@
  * loop. (The Redis connection, whose hiredis 0.14 resolves synchronously,
  * resolves with uv_getaddrinfo instead: see redis.c.) http_client_new warns
  * once should a build of libcurl without it ever be linked. */
-#include "http_client.h"
+#include <ripple/http_client.h>
 
 #include <errno.h>
 #include <stdio.h>
@@ -25,8 +25,8 @@
 
 #include <curl/curl.h>
 
-#include "log.h"
-#include "metrics.h"
+#include <ripple/log.h>
+#include <ripple/metrics.h>
 
 #define CACHE_BUCKETS 256
 #define CIRCUIT_CLOSED 0

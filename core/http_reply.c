@@ -1,5 +1,5 @@
 /* http_reply.c -- JSON answers and the error shape. See http_reply.h. */
-#include "http_reply.h"
+#include <ripple/http_reply.h>
 
 #include <errno.h>
 #include <stdio.h>
@@ -8,7 +8,7 @@
 
 #include <jansson.h>
 
-#include "http_server.h"
+#include <ripple/http_server.h>
 
 static const char content_json[] = "application/json";
 

@@ -3,16 +3,16 @@
  * Routes are few (tens), so matching walks them in order and compares the
  * path segment by segment without copying it; a `{name}` segment matches any
  * one non-empty segment. */
-#include "http_router.h"
+#include <ripple/http_router.h>
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "auth.h"
-#include "http_reply.h"
-#include "http_server.h"
-#include "log.h"
+#include <ripple/auth.h>
+#include <ripple/http_reply.h>
+#include <ripple/http_server.h>
+#include <ripple/log.h>
 
 struct http_router {
     struct http_route routes[HTTP_ROUTER_MAX_ROUTES];

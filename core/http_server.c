@@ -19,7 +19,7 @@
  * Closing after an error answer is a lingering close: the write side is
  * shut down after the answer, and input is read and dropped for a short
  * while, so the client reads the answer instead of a reset. */
-#include "http_server.h"
+#include <ripple/http_server.h>
 
 #include <errno.h>
 #include <stdio.h>
@@ -28,7 +28,7 @@
 
 #include <llhttp.h>
 
-#include "log.h"
+#include <ripple/log.h>
 
 #define LINGER_MS 2000             /* reading and dropping input after a final answer */
 #define LINGER_MAX_BYTES (1 << 20) /* ... at most this much of it */

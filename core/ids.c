@@ -3,7 +3,7 @@
  * Random bits come from OpenSSL's RAND_bytes (a CSPRNG seeded from the
  * kernel). libuuid's uuid_generate_random re-seeds random(3) on every call,
  * which cost ~7% of a stream consumer's CPU. */
-#include "ids.h"
+#include <ripple/ids.h>
 
 #include <errno.h>
 #include <string.h>

@@ -2,7 +2,7 @@
  *
  * Each line is built in a stack buffer and written with one write(2), so lines
  * from one process never interleave. */
-#include "log.h"
+#include <ripple/log.h>
 
 #include <errno.h>
 #include <stdarg.h>
@@ -12,7 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static enum log_level log_level = LOG_INFO;
+static enum log_level log_level = LOG_LEVEL_INFO;
 static char log_service[32] = "ripple";
 static const char *log_current; /* borrowed; NULL: log_service */
 
@@ -153,7 +153,7 @@ void log_write(enum log_level level, const char *trace, const char *fmt, ...)
         va_end(ap);                                                                                \
     }
 
-LOG_DEFINE(log_debug, LOG_DEBUG)
-LOG_DEFINE(log_info, LOG_INFO)
-LOG_DEFINE(log_warn, LOG_WARN)
-LOG_DEFINE(log_error, LOG_ERROR)
+LOG_DEFINE(log_debug, LOG_LEVEL_DEBUG)
+LOG_DEFINE(log_info, LOG_LEVEL_INFO)
+LOG_DEFINE(log_warn, LOG_LEVEL_WARN)
+LOG_DEFINE(log_error, LOG_LEVEL_ERROR)

@@ -9,7 +9,7 @@
  * growing heap buffer (our own output, not input, so growth is fine).
  * Histogram buckets are stored per bucket and summed when rendered, so an
  * observation touches one counter. Loop thread only; no locking. */
-#include "metrics.h"
+#include <ripple/metrics.h>
 
 #include <errno.h>
 #include <inttypes.h>

@@ -24,7 +24,7 @@
  * slow recovery sweep. seq is a rowid without AUTOINCREMENT: SQLite gives a
  * new row MAX(seq) + 1 and pruning never deletes the newest row, so the rows
  * a commit appended are the seqs above the previous MAX(seq). */
-#include "outbox.h"
+#include <ripple/outbox.h>
 
 #include <errno.h>
 #include <stdio.h>
@@ -37,12 +37,12 @@
 #include <sqlite3.h>
 #include <uv.h>
 
-#include "clock.h"
-#include "log.h"
-#include "metrics.h"
-#include "redis.h"
-#include "service.h"
-#include "store.h"
+#include <ripple/clock.h>
+#include <ripple/log.h>
+#include <ripple/metrics.h>
+#include <ripple/redis.h>
+#include <ripple/service.h>
+#include <ripple/store.h>
 
 #define SWEEP_MS 1000 /* recovery: a pass even when nothing woke us */
 #define PRUNE_EVERY_MS 60000

@@ -23,7 +23,7 @@
  * returns, then gives every pending callback a NULL reply. Each command
  * carries a small struct with our callback, so a NULL reply (connection
  * lost) reaches the caller exactly once. */
-#include "redis.h"
+#include <ripple/redis.h>
 
 #include <errno.h>
 #include <netdb.h>
@@ -35,7 +35,7 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
-#include "log.h"
+#include <ripple/log.h>
 
 #define WATCHDOG_MS 500
 

@@ -7,7 +7,7 @@
  * it has in hand, stop hooks report back, the outbox flushes, Redis closes,
  * and the host is told. Every callback that enters this file from the loop
  * sets the log scope to the module first. */
-#include "service.h"
+#include <ripple/service.h>
 
 #include <errno.h>
 #include <math.h>
@@ -18,14 +18,14 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "http_client.h"
-#include "http_reply.h"
-#include "http_server.h"
-#include "log.h"
-#include "metrics.h"
-#include "outbox.h"
-#include "redis.h"
-#include "store.h"
+#include <ripple/http_client.h>
+#include <ripple/http_reply.h>
+#include <ripple/http_server.h>
+#include <ripple/log.h>
+#include <ripple/metrics.h>
+#include <ripple/outbox.h>
+#include <ripple/redis.h>
+#include <ripple/store.h>
 
 #define STATS_SLOTS 256 /* (route, status) pairs cached; more fall back to lookups */
 

@@ -20,7 +20,7 @@
  * busy timeout is short (STORE_BUSY_TIMEOUT_MS): a lock held elsewhere makes
  * BEGIN fail in milliseconds instead of stalling the loop; the caller retries
  * later. Loop thread only. */
-#include "store.h"
+#include <ripple/store.h>
 
 #include <errno.h>
 #include <limits.h>
@@ -34,7 +34,7 @@
 #include <sqlite3.h>
 #include <uv.h>
 
-#include "log.h"
+#include <ripple/log.h>
 
 #define STORE_MAX_HOOKS 4
 /* How long BEGIN IMMEDIATE waits for a write lock held by another process

@@ -40,7 +40,7 @@
  * batch in hand is owned here (entries are copied out of the hiredis reply).
  * Commands whose replies we wait for are counted in inflight (on either
  * connection), and sc is freed only when none is left. */
-#include "stream_consumer.h"
+#include <ripple/stream_consumer.h>
 
 #include <errno.h>
 #include <inttypes.h>
@@ -54,14 +54,14 @@
 #include <sqlite3.h>
 #include <uv.h>
 
-#include "clock.h"
-#include "log.h"
-#include "metrics.h"
-#include "redis.h"
-#include "service.h"
-#include "store.h"
+#include <ripple/clock.h>
+#include <ripple/log.h>
+#include <ripple/metrics.h>
+#include <ripple/redis.h>
+#include <ripple/service.h>
+#include <ripple/store.h>
 #include "stream_ledger.h"
-#include "streams/streams.h"
+#include <ripple/streams.h>
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000

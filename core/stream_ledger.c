@@ -17,9 +17,9 @@
 
 #include <sqlite3.h>
 
-#include "clock.h"
-#include "log.h"
-#include "store.h"
+#include <ripple/clock.h>
+#include <ripple/log.h>
+#include <ripple/store.h>
 
 static const char ledger_schema[] =
     "CREATE TABLE IF NOT EXISTS inbox ("

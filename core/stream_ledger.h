@@ -23,7 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "common.h"
+#include <ripple/common.h>
 
 struct store;
 struct stream_ledger; /* opaque */

@@ -7,7 +7,7 @@
  * the first problem and writes one message that names its path. It only reads
  * the JSON it is given (borrowed) and allocates only to name an unknown key,
  * on the error path. */
-#include "streams.h"
+#include <ripple/streams.h>
 
 #include <errno.h>
 #include <stdarg.h>
@@ -16,7 +16,7 @@
 
 #include <jansson.h>
 
-#include "ids.h"
+#include <ripple/ids.h>
 
 enum kind {
     K_UUID,   /* canonical 8-4-4-4-12 hex, any case */

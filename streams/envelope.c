@@ -7,7 +7,7 @@
  * duplicate keys rejected, after its size is checked, and then validated
  * against the catalog (catalog.c). On any error the envelope holds no
  * reference, so a consumer can dead-letter the entry and move on. */
-#include "streams.h"
+#include <ripple/streams.h>
 
 #include <errno.h>
 #include <limits.h>

@@ -26,11 +26,11 @@
 
 #include <jansson.h>
 
-#include "http_reply.h"
-#include "http_server.h"
-#include "log.h"
-#include "metrics.h"
-#include "service.h"
+#include <ripple/http_reply.h>
+#include <ripple/http_server.h>
+#include <ripple/log.h>
+#include <ripple/metrics.h>
+#include <ripple/service.h>
 
 #define CONSOLE_DEFAULT_SERVICES                                                                   \
     "users=http://127.0.0.1:8001,orders=http://127.0.0.1:8002,"                                    \

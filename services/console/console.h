@@ -32,8 +32,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "common.h"
-#include "module.h"
+#include <ripple/common.h>
+#include <ripple/module.h>
 
 struct service;
 struct http_request;

@@ -25,13 +25,13 @@
 
 #include <jansson.h>
 
-#include "auth.h"
-#include "http_client.h"
-#include "http_reply.h"
-#include "http_server.h"
-#include "ids.h"
-#include "log.h"
-#include "service.h"
+#include <ripple/auth.h>
+#include <ripple/http_client.h>
+#include <ripple/http_reply.h>
+#include <ripple/http_server.h>
+#include <ripple/ids.h>
+#include <ripple/log.h>
+#include <ripple/service.h>
 
 #define ORCHESTRATOR "orders" /* the module that runs the saga */
 #define CLIENT_LANE "client"

@@ -17,13 +17,13 @@
 #include <hiredis/hiredis.h>
 #include <jansson.h>
 
-#include "auth.h"
-#include "http_reply.h"
-#include "http_server.h"
-#include "log.h"
-#include "redis.h"
-#include "service.h"
-#include "streams/streams.h"
+#include <ripple/auth.h>
+#include <ripple/http_reply.h>
+#include <ripple/http_server.h>
+#include <ripple/log.h>
+#include <ripple/redis.h>
+#include <ripple/service.h>
+#include <ripple/streams.h>
 
 /* One replay in flight. */
 struct replay {

@@ -23,13 +23,13 @@
 
 #include <jansson.h>
 
-#include "auth.h"
-#include "clock.h"
-#include "http_client.h"
-#include "http_reply.h"
-#include "http_server.h"
-#include "log.h"
-#include "service.h"
+#include <ripple/auth.h>
+#include <ripple/clock.h>
+#include <ripple/http_client.h>
+#include <ripple/http_reply.h>
+#include <ripple/http_server.h>
+#include <ripple/log.h>
+#include <ripple/service.h>
 
 #define RATE_WINDOW_MAX_MS 120000 /* older samples do not make a rate */
 #define SCRAPE_KINDS 3

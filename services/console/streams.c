@@ -22,13 +22,13 @@
 #include <hiredis/hiredis.h>
 #include <jansson.h>
 
-#include "clock.h"
-#include "http_reply.h"
-#include "http_server.h"
-#include "log.h"
-#include "redis.h"
-#include "service.h"
-#include "streams/streams.h"
+#include <ripple/clock.h>
+#include <ripple/http_reply.h>
+#include <ripple/http_server.h>
+#include <ripple/log.h>
+#include <ripple/redis.h>
+#include <ripple/service.h>
+#include <ripple/streams.h>
 
 #define SCAN_COUNT "500"     /* keys SCAN looks at per round */
 #define SCAN_MAX_ROUNDS 64   /* then the report says truncated */

@@ -19,12 +19,12 @@
 #include <jansson.h>
 #include <sqlite3.h>
 
-#include "http_reply.h"
-#include "http_router.h"
-#include "http_server.h"
-#include "log.h"
-#include "service.h"
-#include "store.h"
+#include <ripple/http_reply.h>
+#include <ripple/http_router.h>
+#include <ripple/http_server.h>
+#include <ripple/log.h>
+#include <ripple/service.h>
+#include <ripple/store.h>
 
 #define PRODUCT_COLUMNS "sku, name, price_cents, available, reserved, sold"
 

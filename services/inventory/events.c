@@ -42,12 +42,12 @@
 #include <jansson.h>
 #include <sqlite3.h>
 
-#include "log.h"
-#include "outbox.h"
-#include "service.h"
-#include "store.h"
-#include "stream_consumer.h"
-#include "streams/streams.h"
+#include <ripple/log.h>
+#include <ripple/outbox.h>
+#include <ripple/service.h>
+#include <ripple/store.h>
+#include <ripple/stream_consumer.h>
+#include <ripple/streams.h>
 
 #define NOW "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 
@@ -372,8 +372,9 @@ static int replay_reserve(struct inventory *inv, const char *oid, const struct r
 {
     const char *reason = r->status == RES_REJECTED ? r->reason : "released";
 
-    log_write(LOG_INFO, trace, "stock.reserve repeated for order %s: already %s, answer replayed",
-              oid, res_names[r->status]);
+    log_write(LOG_LEVEL_INFO, trace,
+              "stock.reserve repeated for order %s: already %s, answer replayed", oid,
+              res_names[r->status]);
     if (r->status == RES_RESERVED || r->status == RES_COMMITTED)
         return emit_reserved(inv, oid, r->amount_cents, trace);
     return emit_rejected(inv, oid, reason, trace);
@@ -387,10 +388,11 @@ static int refuse_reserve(struct inventory *inv, const char *oid, const struct v
     if (rc == 0)
         rc = emit_rejected(inv, oid, v->reason, trace);
     if (rc == 0 && v->want > 0)
-        log_write(LOG_INFO, trace, "stock rejected order=%s reason=%s sku=%s wanted=%lld have=%lld",
-                  oid, v->reason, v->sku, (long long)v->want, (long long)v->have);
+        log_write(LOG_LEVEL_INFO, trace,
+                  "stock rejected order=%s reason=%s sku=%s wanted=%lld have=%lld", oid, v->reason,
+                  v->sku, (long long)v->want, (long long)v->have);
     else if (rc == 0)
-        log_write(LOG_INFO, trace, "stock rejected order=%s reason=%s%s%s", oid, v->reason,
+        log_write(LOG_LEVEL_INFO, trace, "stock rejected order=%s reason=%s%s%s", oid, v->reason,
                   v->sku ? " sku=" : "", v->sku ? v->sku : "");
     return rc;
 }
@@ -417,7 +419,7 @@ static int on_reserve(struct inventory *inv, struct stream_msg *msg)
         (rc = take_items(inv, oid, items)) < 0 ||
         (rc = emit_reserved(inv, oid, v.amount_cents, trace)) < 0)
         return rc;
-    log_write(LOG_INFO, trace, "stock reserved order=%s items=%zu amount_cents=%lld", oid,
+    log_write(LOG_LEVEL_INFO, trace, "stock reserved order=%s items=%zu amount_cents=%lld", oid,
               json_array_size(items), (long long)v.amount_cents);
     return 0;
 }
@@ -450,7 +452,7 @@ static int on_release(struct inventory *inv, struct stream_msg *msg)
     if (rc == 0)
         rc = emit_order(inv, EVENT_STOCK_RELEASED, oid, trace);
     if (rc == 0)
-        log_write(LOG_INFO, trace, "stock released order=%s (%s)", oid, what);
+        log_write(LOG_LEVEL_INFO, trace, "stock released order=%s (%s)", oid, what);
     return rc;
 }
 
@@ -473,7 +475,7 @@ static int on_commit(struct inventory *inv, struct stream_msg *msg)
         return rc;
     if ((rc = emit_order(inv, EVENT_STOCK_COMMITTED, oid, trace)) < 0)
         return rc;
-    log_write(LOG_INFO, trace, "stock committed order=%s%s", oid,
+    log_write(LOG_LEVEL_INFO, trace, "stock committed order=%s%s", oid,
               r.status == RES_COMMITTED ? " (already committed: answer replayed)" : "");
     return 0;
 }
@@ -574,8 +576,8 @@ static int on_restock(struct inventory *inv, struct stream_msg *msg)
                         (json_int_t)available),
               trace);
     if (rc == 0)
-        log_write(LOG_INFO, trace, "product restocked sku=%s qty=%lld available=%lld%s%s", rs.sku,
-                  (long long)rs.qty, (long long)available, known ? "" : " (new product)",
+        log_write(LOG_LEVEL_INFO, trace, "product restocked sku=%s qty=%lld available=%lld%s%s",
+                  rs.sku, (long long)rs.qty, (long long)available, known ? "" : " (new product)",
                   known && (rs.name != NULL || rs.price_cents > 0) ? " (name/price updated)" : "");
     return rc;
 }
@@ -607,7 +609,7 @@ static int on_command(struct stream_msg *msg, void *data)
      * lets one follow an order across services. */
     if (rc == STREAM_CONSUMER_REJECT) {
         const char *oid = json_string_value(json_object_get(msg->data, "order_id"));
-        log_write(LOG_INFO, trace_of(msg, oid != NULL ? oid : msg->id),
+        log_write(LOG_LEVEL_INFO, trace_of(msg, oid != NULL ? oid : msg->id),
                   "%s %s refused (dead letter): %s", msg->type, msg->entry_id, msg->reason);
     }
     return rc;

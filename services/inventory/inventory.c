@@ -11,7 +11,7 @@
 #include <errno.h>
 #include <stdlib.h>
 
-#include "service.h"
+#include <ripple/service.h>
 
 int inventory_sku_valid(const char *s, size_t len)
 {

@@ -12,8 +12,8 @@
 
 #include <stddef.h>
 
-#include "common.h"
-#include "module.h"
+#include <ripple/common.h>
+#include <ripple/module.h>
 
 struct service;
 struct sqlite3_stmt;

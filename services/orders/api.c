@@ -41,14 +41,14 @@
 
 #include <jansson.h>
 
-#include "auth.h"
-#include "http_reply.h"
-#include "http_router.h"
-#include "http_server.h"
+#include <ripple/auth.h>
+#include <ripple/http_reply.h>
+#include <ripple/http_router.h>
+#include <ripple/http_server.h>
 #include "input.h"
-#include "log.h"
-#include "service.h"
-#include "store.h"
+#include <ripple/log.h>
+#include <ripple/service.h>
+#include <ripple/store.h>
 
 #define LIMIT_DEFAULT 20
 #define LIMIT_MAX 100
@@ -231,7 +231,8 @@ static int reply_replay(struct place *p)
     } else if (strcmp(items, had) != 0) {
         reply_key_reused(p->req);
     } else {
-        log_write(LOG_INFO, id, "order replayed id=%s user=%s (Idempotency-Key)", id, p->user_id);
+        log_write(LOG_LEVEL_INFO, id, "order replayed id=%s user=%s (Idempotency-Key)", id,
+                  p->user_id);
         reply_order(p, id, 1);
     }
     free(items);
@@ -263,7 +264,7 @@ static void place_order(struct place *p)
         reply_internal(p->req);
         return;
     }
-    log_write(LOG_INFO, id, "order placed id=%s user=%s items=%zu", id, p->user_id,
+    log_write(LOG_LEVEL_INFO, id, "order placed id=%s user=%s items=%zu", id, p->user_id,
               json_array_size(p->items));
     reply_order(p, id, 0);
 }

@@ -30,10 +30,10 @@
 #include <jansson.h>
 
 #include "input.h"
-#include "log.h"
-#include "service.h"
-#include "stream_consumer.h"
-#include "streams/streams.h"
+#include <ripple/log.h>
+#include <ripple/service.h>
+#include <ripple/stream_consumer.h>
+#include <ripple/streams.h>
 
 static void place_clear(struct orders_pending_place *pp)
 {
@@ -114,7 +114,7 @@ static int place_finish(struct stream_msg *msg, struct orders *o)
         return -EAGAIN; /* not ours to resume: start over */
     rc = orders_create(o, &n, id);
     if (rc == 0)
-        log_write(LOG_INFO, id, "order %s id=%s user=%s items=%zu from %s %s%s%s",
+        log_write(LOG_LEVEL_INFO, id, "order %s id=%s user=%s items=%zu from %s %s%s%s",
                   n.reason ? "rejected" : "placed", id, pp->user_id, json_array_size(pp->items),
                   msg->stream, msg->entry_id, msg->trace[0] ? " trace=" : "", msg->trace);
     place_clear(pp);

@@ -10,9 +10,9 @@
 
 #include <stddef.h>
 
-#include "common.h"
-#include "ids.h"
-#include "streams/streams.h"
+#include <ripple/common.h>
+#include <ripple/ids.h>
+#include <ripple/streams.h>
 
 struct json_t;
 

@@ -24,12 +24,12 @@
 #include <jansson.h>
 #include <sqlite3.h>
 
-#include "clock.h"
-#include "log.h"
-#include "outbox.h"
-#include "store.h"
-#include "stream_consumer.h"
-#include "streams/streams.h"
+#include <ripple/clock.h>
+#include <ripple/log.h>
+#include <ripple/outbox.h>
+#include <ripple/store.h>
+#include <ripple/stream_consumer.h>
+#include <ripple/streams.h>
 
 #define BACKFILL_MAX 16 /* entry ids stored back per read; the rest on a later one */
 

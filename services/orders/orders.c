@@ -17,9 +17,9 @@
 
 #include <jansson.h>
 
-#include "config.h"
-#include "log.h"
-#include "service.h"
+#include <ripple/config.h>
+#include <ripple/log.h>
+#include <ripple/service.h>
 
 #define USERS_URL_DEFAULT "http://127.0.0.1:8001"
 

@@ -20,10 +20,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "clock.h"
-#include "common.h"
-#include "ids.h"
-#include "service.h"
+#include <ripple/clock.h>
+#include <ripple/common.h>
+#include <ripple/ids.h>
+#include <ripple/service.h>
 
 struct json_t;
 struct sqlite3_stmt;

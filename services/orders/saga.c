@@ -27,12 +27,12 @@
 #include <jansson.h>
 #include <sqlite3.h>
 
-#include "clock.h"
-#include "config.h"
-#include "log.h"
-#include "store.h"
-#include "stream_consumer.h"
-#include "streams/streams.h"
+#include <ripple/clock.h>
+#include <ripple/config.h>
+#include <ripple/log.h>
+#include <ripple/store.h>
+#include <ripple/stream_consumer.h>
+#include <ripple/streams.h>
 
 #define SAGA_SWEEP_BATCH 100
 
@@ -186,7 +186,8 @@ static int on_stock_reserved(struct orders *o, struct saga_order *so, struct str
     }
     if (strcmp(so->status, ORDERS_CANCELLED) == 0 || strcmp(so->status, ORDERS_REJECTED) == 0) {
         /* The saga is over (a timeout): give the stock back. */
-        log_write(LOG_INFO, so->id, "late stock.reserved for a %s order: releasing", so->status);
+        log_write(LOG_LEVEL_INFO, so->id, "late stock.reserved for a %s order: releasing",
+                  so->status);
         if ((rc = received(o, so, msg, ORDERS_STEP_LATE_STOCK_RESERVED, at)) < 0)
             return rc;
         return send_release(o, so, at);
@@ -205,7 +206,7 @@ static int on_stock_rejected(struct orders *o, struct saga_order *so, struct str
     if ((rc = received(o, so, msg, ORDERS_STEP_STOCK_REJECTED, at)) < 0 ||
         (rc = move(o, so, ORDERS_REJECTED, 0, reason, at)) < 0)
         return rc;
-    log_write(LOG_INFO, so->id, "order rejected: %s", reason);
+    log_write(LOG_LEVEL_INFO, so->id, "order rejected: %s", reason);
     return send_final(o, so, EVENT_ORDER_REJECTED, reason, ORDERS_STEP_REJECTED, at);
 }
 
@@ -221,12 +222,13 @@ static int on_payment_succeeded(struct orders *o, struct saga_order *so, struct 
                              json_pack("{s:s}", "order_id", so->id), ORDERS_STEP_COMMIT_STOCK,
                              at)) < 0)
             return rc;
-        log_write(LOG_INFO, so->id, "order confirmed: %lld cents", so->amount_cents);
+        log_write(LOG_LEVEL_INFO, so->id, "order confirmed: %lld cents", so->amount_cents);
         return send_final(o, so, EVENT_ORDER_CONFIRMED, NULL, ORDERS_STEP_CONFIRMED, at);
     }
     if (strcmp(so->status, ORDERS_CANCELLED) == 0 || strcmp(so->status, ORDERS_REJECTED) == 0) {
         /* Charged for an order that is over: pay it back. */
-        log_write(LOG_INFO, so->id, "late payment.succeeded for a %s order: refunding", so->status);
+        log_write(LOG_LEVEL_INFO, so->id, "late payment.succeeded for a %s order: refunding",
+                  so->status);
         if ((rc = received(o, so, msg, ORDERS_STEP_LATE_PAYMENT_SUCCEEDED, at)) < 0)
             return rc;
         return send_event(o, so, STREAM_PAYMENTS_COMMANDS, EVENT_PAYMENT_REFUND,
@@ -247,7 +249,7 @@ static int on_payment_failed(struct orders *o, struct saga_order *so, struct str
         (rc = move(o, so, ORDERS_CANCELLED, 0, reason, at)) < 0 ||
         (rc = send_release(o, so, at)) < 0)
         return rc;
-    log_write(LOG_INFO, so->id, "order cancelled: %s", reason);
+    log_write(LOG_LEVEL_INFO, so->id, "order cancelled: %s", reason);
     return send_final(o, so, EVENT_ORDER_CANCELLED, reason, ORDERS_STEP_CANCELLED, at);
 }
 
@@ -301,7 +303,7 @@ static int on_reply(struct stream_msg *msg, void *data)
         return STREAM_CONSUMER_SKIP; /* product.restocked, account.*: not ours */
     rc = load(o, id, &so);
     if (rc == -ENOENT) {
-        log_write(LOG_DEBUG, id, "%s for an order we do not know: skipped", msg->type);
+        log_write(LOG_LEVEL_DEBUG, id, "%s for an order we do not know: skipped", msg->type);
         return STREAM_CONSUMER_SKIP;
     }
     if (rc < 0 || (rc = clock_iso8601(at, sizeof(at))) < 0)
@@ -321,7 +323,7 @@ static int time_out(struct orders *o, const char *id, const char *at)
 
     if (rc < 0 || is_final(&so))
         return rc == -ENOENT ? 0 : rc;
-    log_write(LOG_INFO, so.id, "order %s timed out after %lu ms: cancelling", so.status,
+    log_write(LOG_LEVEL_INFO, so.id, "order %s timed out after %lu ms: cancelling", so.status,
               o->saga_timeout_ms);
     if ((rc = move(o, &so, ORDERS_CANCELLED, 0, ORDERS_REASON_TIMEOUT, at)) < 0 ||
         (rc = send_release(o, &so, at)) < 0)

@@ -26,10 +26,10 @@
 
 #include <jansson.h>
 
-#include "auth.h"
-#include "http_client.h"
-#include "log.h"
-#include "service.h"
+#include <ripple/auth.h>
+#include <ripple/http_client.h>
+#include <ripple/log.h>
+#include <ripple/service.h>
 
 #define CHECK_TARGET "users"
 #define CHECK_TTL_MS 60000

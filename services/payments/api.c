@@ -17,12 +17,12 @@
 
 #include <jansson.h>
 
-#include "auth.h"
-#include "http_reply.h"
-#include "http_router.h"
-#include "http_server.h"
-#include "log.h"
-#include "service.h"
+#include <ripple/auth.h>
+#include <ripple/http_reply.h>
+#include <ripple/http_router.h>
+#include <ripple/http_server.h>
+#include <ripple/log.h>
+#include <ripple/service.h>
 
 static void reply_internal(struct http_request *req)
 {

@@ -60,12 +60,12 @@
 
 #include <jansson.h>
 
-#include "clock.h"
-#include "log.h"
-#include "outbox.h"
-#include "service.h"
-#include "stream_consumer.h"
-#include "streams/streams.h"
+#include <ripple/clock.h>
+#include <ripple/log.h>
+#include <ripple/outbox.h>
+#include <ripple/service.h>
+#include <ripple/stream_consumer.h>
+#include <ripple/streams.h>
 
 /* A payment.charge in hand. */
 struct charge {
@@ -141,7 +141,7 @@ static int on_registered(struct stream_msg *msg, struct payments *p)
         return -EIO;
     rc = payments_account_open(p, user_id, p->initial_cents, at);
     if (rc == 0) {
-        log_write(LOG_INFO, trace, "account of user %s exists: left alone", user_id);
+        log_write(LOG_LEVEL_INFO, trace, "account of user %s exists: left alone", user_id);
         return 0;
     }
     if (rc < 0)
@@ -151,7 +151,7 @@ static int on_registered(struct stream_msg *msg, struct payments *p)
         json_pack("{s:s, s:I}", "user_id", user_id, "balance_cents", (json_int_t)p->initial_cents),
         trace);
     if (rc == 0)
-        log_write(LOG_INFO, trace, "account opened user=%s balance_cents=%lld", user_id,
+        log_write(LOG_LEVEL_INFO, trace, "account opened user=%s balance_cents=%lld", user_id,
                   (long long)p->initial_cents);
     return rc;
 }
@@ -177,14 +177,14 @@ static int charge_replay(struct payments *p, const struct charge *c,
     int rc;
 
     if (strcmp(old->user_id, c->pm.user_id) != 0 || old->amount != c->pm.amount)
-        log_write(LOG_WARN, c->trace,
+        log_write(LOG_LEVEL_WARN, c->trace,
                   "payment.charge for order %s (user %s, %lld cents) differs from the recorded "
                   "one (user %s, %lld cents); answering the recorded outcome",
                   c->order_id, c->pm.user_id, (long long)c->pm.amount, old->user_id,
                   (long long)old->amount);
     rc = emit_payment(p, EVENT_PAYMENT_SUCCEEDED, c->order_id, old, reason, c->trace);
     if (rc == 0)
-        log_write(LOG_INFO, c->trace,
+        log_write(LOG_LEVEL_INFO, c->trace,
                   "payment.charge again for order=%s: already %s, nothing charged; sent %s",
                   c->order_id, payments_status_name(old->status),
                   reason ? EVENT_PAYMENT_FAILED : EVENT_PAYMENT_SUCCEEDED);
@@ -205,7 +205,7 @@ static int charge_fail(struct payments *p, struct charge *c, const char *reason)
     if (rc == 0)
         rc = emit_payment(p, EVENT_PAYMENT_FAILED, c->order_id, &c->pm, reason, c->trace);
     if (rc == 0)
-        log_write(LOG_INFO, c->trace, "payment failed order=%s user=%s amount_cents=%lld: %s",
+        log_write(LOG_LEVEL_INFO, c->trace, "payment failed order=%s user=%s amount_cents=%lld: %s",
                   c->order_id, c->pm.user_id, (long long)c->pm.amount, reason);
     return rc;
 }
@@ -232,7 +232,7 @@ static int charge_decide(struct payments *p, struct charge *c)
         (rc = payments_payment_insert(p, c->order_id, &c->pm, c->at)) < 0 ||
         (rc = emit_payment(p, EVENT_PAYMENT_SUCCEEDED, c->order_id, &c->pm, NULL, c->trace)) < 0)
         return rc;
-    log_write(LOG_INFO, c->trace,
+    log_write(LOG_LEVEL_INFO, c->trace,
               "payment succeeded order=%s user=%s amount_cents=%lld balance_cents=%lld",
               c->order_id, c->pm.user_id, (long long)amount, (long long)a.balance);
     return 0;
@@ -274,14 +274,15 @@ static int refund_apply(struct payments *p, const char *order_id, struct payment
 
     if (rc == -ENOENT) {
         /* Accounts are never deleted: the database was changed behind us. */
-        log_write(LOG_ERROR, trace, "refund of order %s: no account for user %s", order_id,
+        log_write(LOG_LEVEL_ERROR, trace, "refund of order %s: no account for user %s", order_id,
                   pm->user_id);
         return -EIO;
     }
     if (rc < 0)
         return rc;
     if (a.balance > PAYMENTS_MAX_TOTAL - pm->amount || a.refunded > a.charged - pm->amount) {
-        log_write(LOG_ERROR, trace, "refund of order %s: account totals out of range", order_id);
+        log_write(LOG_LEVEL_ERROR, trace, "refund of order %s: account totals out of range",
+                  order_id);
         return -EOVERFLOW;
     }
     a.balance += pm->amount;
@@ -292,7 +293,7 @@ static int refund_apply(struct payments *p, const char *order_id, struct payment
         (rc = payments_payment_set_status(p, order_id, PAYMENTS_REFUNDED, at)) < 0 ||
         (rc = emit_payment(p, EVENT_PAYMENT_REFUNDED, order_id, pm, NULL, trace)) < 0)
         return rc;
-    log_write(LOG_INFO, trace,
+    log_write(LOG_LEVEL_INFO, trace,
               "payment refunded order=%s user=%s amount_cents=%lld "
               "balance_cents=%lld",
               order_id, pm->user_id, (long long)pm->amount, (long long)a.balance);
@@ -311,14 +312,14 @@ static int on_refund(struct stream_msg *msg, struct payments *p)
     trace = msg->trace[0] ? msg->trace : order_id;
     rc = payments_payment_get(p, order_id, &pm);
     if (rc == -ENOENT) {
-        log_write(LOG_INFO, trace, "refund refused order=%s: no charge recorded", order_id);
+        log_write(LOG_LEVEL_INFO, trace, "refund refused order=%s: no charge recorded", order_id);
         return stream_msg_reject(msg, "no_payment: no charge recorded for order %s", order_id);
     }
     if (rc < 0)
         return rc;
     switch (pm.status) {
     case PAYMENTS_FAILED:
-        log_write(LOG_INFO, trace,
+        log_write(LOG_LEVEL_INFO, trace,
                   "refund for order=%s: its charge failed (%s), nothing to give "
                   "back",
                   order_id, pm.reason);
@@ -326,7 +327,7 @@ static int on_refund(struct stream_msg *msg, struct payments *p)
     case PAYMENTS_REFUNDED:
         rc = emit_payment(p, EVENT_PAYMENT_REFUNDED, order_id, &pm, NULL, trace);
         if (rc == 0)
-            log_write(LOG_INFO, trace,
+            log_write(LOG_LEVEL_INFO, trace,
                       "refund again for order=%s: already refunded, nothing "
                       "moved; sent %s",
                       order_id, EVENT_PAYMENT_REFUNDED);
@@ -354,13 +355,13 @@ static int on_credit(struct stream_msg *msg, struct payments *p)
     trace = msg->trace[0] ? msg->trace : user_id;
     rc = payments_account_get(p, user_id, &a);
     if (rc == -ENOENT) {
-        log_write(LOG_INFO, trace, "credit refused user=%s: no account", user_id);
+        log_write(LOG_LEVEL_INFO, trace, "credit refused user=%s: no account", user_id);
         return stream_msg_reject(msg, "no_account: no account for user %s", user_id);
     }
     if (rc < 0)
         return rc;
     if (a.balance > STREAMS_MAX_INTEGER - amount || a.credited > PAYMENTS_MAX_TOTAL - amount) {
-        log_write(LOG_INFO, trace, "credit refused user=%s amount_cents=%lld: balance limit",
+        log_write(LOG_LEVEL_INFO, trace, "credit refused user=%s amount_cents=%lld: balance limit",
                   user_id, (long long)amount);
         return stream_msg_reject(msg, "balance_limit: the balance of user %s would pass %lld",
                                  user_id, STREAMS_MAX_INTEGER);
@@ -375,8 +376,9 @@ static int on_credit(struct stream_msg *msg, struct payments *p)
                                  (json_int_t)amount, "balance_cents", (json_int_t)a.balance),
                        trace)) < 0)
         return rc;
-    log_write(LOG_INFO, trace, "account credited user=%s amount_cents=%lld balance_cents=%lld",
-              user_id, (long long)amount, (long long)a.balance);
+    log_write(LOG_LEVEL_INFO, trace,
+              "account credited user=%s amount_cents=%lld balance_cents=%lld", user_id,
+              (long long)amount, (long long)a.balance);
     return 0;
 }
 

@@ -14,9 +14,9 @@
 
 #include <sqlite3.h>
 
-#include "log.h"
-#include "service.h"
-#include "store.h"
+#include <ripple/log.h>
+#include <ripple/service.h>
+#include <ripple/store.h>
 
 static const char *const sql_acct_get =
     "SELECT balance_cents, initial_cents, credited_cents, charged_cents, refunded_cents, "

@@ -14,10 +14,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "config.h"
-#include "ids.h"
-#include "log.h"
-#include "service.h"
+#include <ripple/config.h>
+#include <ripple/ids.h>
+#include <ripple/log.h>
+#include <ripple/service.h>
 
 #define PAYMENTS_CREDIT_DEFAULT 10000UL
 #define PAYMENTS_CREDIT_MAX 1000000000000UL /* 10^12 cents */

@@ -21,11 +21,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "clock.h"
-#include "common.h"
-#include "module.h"
-#include "ids.h"
-#include "streams/streams.h"
+#include <ripple/clock.h>
+#include <ripple/common.h>
+#include <ripple/module.h>
+#include <ripple/ids.h>
+#include <ripple/streams.h>
 
 struct service;
 struct sqlite3_stmt;

@@ -30,17 +30,17 @@
 #include <sqlite3.h>
 #include <uv.h>
 
-#include "auth.h"
-#include "clock.h"
-#include "config.h"
-#include "http_reply.h"
-#include "http_router.h"
-#include "http_server.h"
-#include "ids.h"
+#include <ripple/auth.h>
+#include <ripple/clock.h>
+#include <ripple/config.h>
+#include <ripple/http_reply.h>
+#include <ripple/http_router.h>
+#include <ripple/http_server.h>
+#include <ripple/ids.h>
 #include "input.h"
-#include "log.h"
-#include "service.h"
-#include "store.h"
+#include <ripple/log.h>
+#include <ripple/service.h>
+#include <ripple/store.h>
 
 #define USERS_SALT_BYTES 16 /* for new hashes */
 #define USERS_SALT_MAX 64   /* accepted from the database */

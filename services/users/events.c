@@ -15,15 +15,15 @@
 #include <jansson.h>
 #include <sqlite3.h>
 
-#include "clock.h"
-#include "ids.h"
+#include <ripple/clock.h>
+#include <ripple/ids.h>
 #include "input.h"
-#include "log.h"
-#include "outbox.h"
-#include "service.h"
-#include "store.h"
-#include "stream_consumer.h"
-#include "streams/streams.h"
+#include <ripple/log.h>
+#include <ripple/outbox.h>
+#include <ripple/service.h>
+#include <ripple/store.h>
+#include <ripple/stream_consumer.h>
+#include <ripple/streams.h>
 
 struct users_events {
     struct service *svc;
@@ -100,7 +100,7 @@ static int on_register(struct stream_msg *msg, struct users_events *ue)
         (rc = users_emit_registered(ue->svc, id, trimmed, lower,
                                     msg->trace[0] ? msg->trace : NULL)) < 0)
         return rc;
-    log_write(LOG_INFO, msg->trace[0] ? msg->trace : NULL, "user imported id=%s from %s", id,
+    log_write(LOG_LEVEL_INFO, msg->trace[0] ? msg->trace : NULL, "user imported id=%s from %s", id,
               msg->entry_id);
     return 0;
 }

@@ -10,8 +10,8 @@
 
 #include <stddef.h>
 
-#include "common.h"
-#include "module.h"
+#include <ripple/common.h>
+#include <ripple/module.h>
 
 struct service;
 

@@ -28,7 +28,7 @@
 
 #include <jansson.h>
 
-#include "streams/streams.h"
+#include <ripple/streams.h>
 
 #define MAX_FIELDS 16
 #define MAX_SPEC_FIELDS 4     /* catalog.c: no type lists more */

@@ -42,11 +42,11 @@
 #include <jansson.h>
 #include <uv.h>
 
-#include "auth.h"
-#include "http_reply.h"
-#include "http_router.h"
-#include "http_server.h"
-#include "log.h"
+#include <ripple/auth.h>
+#include <ripple/http_reply.h>
+#include <ripple/http_router.h>
+#include <ripple/http_server.h>
+#include <ripple/log.h>
 
 #define MAX_HEADER_BYTES 2048
 #define MAX_HEADERS 16
@@ -347,7 +347,7 @@ static void init_once(void)
         return;
     done = 1;
     signal(SIGPIPE, SIG_IGN); /* as service.c: writes to a gone client are EPIPE */
-    log_set_level(LOG_ERROR);
+    log_set_level(LOG_LEVEL_ERROR);
     memset(g.big, 'x', sizeof(g.big));
     FUZZ_CHECK(uv_loop_init(&g.loop) == 0);
     FUZZ_CHECK(auth_init(&g.auth, FUZZ_SECRET) == 0);

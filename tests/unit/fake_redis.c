@@ -9,7 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "common.h"
+#include <ripple/common.h>
 
 const char FAKE_REDIS_HANG[] = "";
 

@@ -15,7 +15,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
-#include "auth.h"
+#include <ripple/auth.h>
 
 #define SECRET "0123456789abcdef0123456789abcdef-test-secret"
 #define OTHER_SECRET "fedcba9876543210fedcba9876543210-other-secret"

@@ -5,7 +5,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "clock.h"
+#include <ripple/clock.h>
 
 Test(clock, iso8601_shape_and_value)
 {

@@ -25,9 +25,9 @@
 
 #include <uv.h>
 
-#include "http_client.h"
-#include "log.h"
-#include "metrics.h"
+#include <ripple/http_client.h>
+#include <ripple/log.h>
+#include <ripple/metrics.h>
 
 #define NS_PER_MS 1000000.0
 #define UP_MAX_REQUESTS 32
@@ -443,7 +443,7 @@ static void fx_start(const struct http_client_config *cfg)
     cr_assert_eq(uv_loop_init(&fx.loop), 0);
     cr_assert_eq(uv_timer_init(&fx.loop, &fx.guard), 0);
     cr_assert_eq(metrics_new(&fx.metrics), 0);
-    log_set_level(LOG_ERROR); /* the breaker's warnings would drown the report */
+    log_set_level(LOG_LEVEL_ERROR); /* the breaker's warnings would drown the report */
     cr_assert_eq(http_client_new(&fx.loop, cfg, fx.metrics, &fx.c), 0);
     up_start(&fx.loop, &fx.up);
 }

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "http_reply.h"
+#include <ripple/http_reply.h>
 
 static json_t *parse(const char *s, size_t len)
 {

@@ -3,7 +3,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "ids.h"
+#include <ripple/ids.h>
 
 Test(ids, new_ids_are_canonical_and_versioned)
 {

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "metrics.h"
+#include <ripple/metrics.h>
 
 static struct metrics *m;
 

@@ -18,12 +18,12 @@
 #include <uv.h>
 
 #include "fake_redis.h"
-#include "log.h"
-#include "metrics.h"
-#include "outbox.h"
-#include "redis.h"
-#include "service.h"
-#include "store.h"
+#include <ripple/log.h>
+#include <ripple/metrics.h>
+#include <ripple/outbox.h>
+#include <ripple/redis.h>
+#include <ripple/service.h>
+#include <ripple/store.h>
 
 #define MAX_EVENTS 16
 
@@ -92,7 +92,7 @@ static void fx_open(struct fx *x)
     char url[64], err[256];
 
     memset(x, 0, sizeof(*x));
-    log_set_level(LOG_ERROR);
+    log_set_level(LOG_LEVEL_ERROR);
     snprintf(x->dir, sizeof(x->dir), "/tmp/ripple-outbox-XXXXXX");
     cr_assert_not_null(mkdtemp(x->dir));
     snprintf(x->path, sizeof(x->path), "%s/test.db", x->dir);

@@ -15,8 +15,8 @@
 #include <uv.h>
 
 #include "fake_redis.h"
-#include "log.h"
-#include "redis.h"
+#include <ripple/log.h>
+#include <ripple/redis.h>
 
 #define RUN_UNTIL(x, pred, ms) fake_redis_run_until(&(x)->loop, (pred), (x), (ms))
 
@@ -46,7 +46,7 @@ static void fx_open(struct fx *x, const char *host, fake_redis_handler handler)
         .url = url, .name = "test", .backoff_min_ms = 10, .backoff_max_ms = 40};
 
     memset(x, 0, sizeof(*x));
-    log_set_level(LOG_ERROR);
+    log_set_level(LOG_LEVEL_ERROR);
     cr_assert_eq(uv_loop_init(&x->loop), 0);
     cr_assert_eq(fake_redis_start(&x->loop, &x->fake, handler), 0);
     snprintf(url, sizeof(url), "redis://%s:%d", host, x->fake.port);

@@ -4,8 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "http_router.h"
-#include "http_server.h"
+#include <ripple/http_router.h>
+#include <ripple/http_server.h>
 
 static void h1(struct http_request *req, const struct auth_claims *who, void *data)
 {

@@ -12,7 +12,7 @@
 #include <sqlite3.h>
 #include <uv.h>
 
-#include "store.h"
+#include <ripple/store.h>
 
 static char dir[64];
 static char db_path[128];

@@ -6,7 +6,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "store.h"
+#include <ripple/store.h>
 #include "stream_ledger.h"
 
 static struct store *st;

@@ -14,7 +14,7 @@
 
 #include <jansson.h>
 
-#include "streams/streams.h"
+#include <ripple/streams.h>
 
 #define UA "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b"
 #define UB "0b2e4c6d-8f10-4a12-b456-789abcdef012"

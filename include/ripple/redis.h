@@ -21,7 +21,7 @@
 
 #include <uv.h>
 
-#include "common.h"
+#include <ripple/common.h>
 
 struct redis; /* opaque */
 struct redisReply;

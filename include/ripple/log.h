@@ -13,9 +13,9 @@
 #ifndef CORE_LOG_H
 #define CORE_LOG_H
 
-#include "common.h"
+#include <ripple/common.h>
 
-enum log_level { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR };
+enum log_level { LOG_LEVEL_DEBUG = 0, LOG_LEVEL_INFO, LOG_LEVEL_WARN, LOG_LEVEL_ERROR };
 
 #define LOG_MAX_LINE 2048 /* bytes of one formatted message before escaping */
 

@@ -12,7 +12,7 @@
 
 #include <stddef.h>
 
-#include "common.h"
+#include <ripple/common.h>
 
 struct http_request;
 struct auth;

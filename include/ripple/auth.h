@@ -14,8 +14,8 @@
 
 #include <stddef.h>
 
-#include "common.h"
-#include "ids.h"
+#include <ripple/common.h>
+#include <ripple/ids.h>
 
 #define AUTH_MIN_SECRET 32
 #define AUTH_MAX_SECRET 512

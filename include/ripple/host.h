@@ -19,7 +19,7 @@
 
 #include <stddef.h>
 
-#include "module.h"
+#include <ripple/module.h>
 
 #define HOST_MAX_MODULES 32
 

@@ -54,7 +54,7 @@
 
 #include <stddef.h>
 
-#include "common.h"
+#include <ripple/common.h>
 
 struct json_t;
 

@@ -23,11 +23,11 @@
 
 #include <uv.h>
 
-#include "auth.h"
-#include "common.h"
-#include "config.h"
-#include "http_router.h"
-#include "module.h"
+#include <ripple/auth.h>
+#include <ripple/common.h>
+#include <ripple/config.h>
+#include <ripple/http_router.h>
+#include <ripple/module.h>
 
 struct metrics;
 struct store;

@@ -30,8 +30,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "common.h"
-#include "ids.h"
+#include <ripple/common.h>
+#include <ripple/ids.h>
 
 struct service;
 struct json_t;

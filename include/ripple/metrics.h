@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "common.h"
+#include <ripple/common.h>
 
 struct metrics; /* opaque registry */
 struct metrics_counter;

@@ -17,7 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "common.h"
+#include <ripple/common.h>
 
 struct sqlite3;
 struct sqlite3_stmt;

@@ -26,7 +26,7 @@
 
 #include <uv.h>
 
-#include "common.h"
+#include <ripple/common.h>
 
 struct metrics;
 struct http_client; /* opaque */

@@ -15,7 +15,7 @@
 
 #include <stddef.h>
 
-#include "common.h"
+#include <ripple/common.h>
 
 #define CONFIG_ERR_MAX 256
 #define CONFIG_CONSUMER_BATCH_MAX 1024 /* CONSUMER_BATCH's upper bound */

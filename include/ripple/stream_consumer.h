@@ -36,7 +36,7 @@
 #ifndef CORE_STREAM_CONSUMER_H
 #define CORE_STREAM_CONSUMER_H
 
-#include "common.h"
+#include <ripple/common.h>
 
 struct service;
 struct json_t;

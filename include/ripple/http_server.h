@@ -35,7 +35,7 @@
 
 #include <uv.h>
 
-#include "common.h"
+#include <ripple/common.h>
 
 #define HTTP_SERVER_MAX_PARAMS 4
 #define HTTP_SERVER_PARAM_BYTES 256        /* all route params of one request, copied */

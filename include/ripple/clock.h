@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "common.h"
+#include <ripple/common.h>
 
 #define CLOCK_ISO8601_LEN 24 /* 2026-11-26T04:24:11.123Z, without the NUL */
 
