@@ -39,7 +39,7 @@ ASSETS_EXTRA_console := scripts/dlq.d/replay.lua
 module_assets = $(sort $(wildcard services/$(1)/assets/*)) $(ASSETS_EXTRA_$(1))
 ALL_MODULE_OBJ = $(foreach m,$(MODULES),$(call module_obj,$(m)))
 
-UNIT_SRC := $(wildcard tests/unit/*.c)
+UNIT_SRC := $(wildcard tests/unit/*.c tests/common/*.c)
 UNIT_OBJ := $(UNIT_SRC:%.c=$(BUILD)/obj/%.o)
 
 .PHONY: FORCE all deps test unit e2e check-san check-valgrind bench demo up clean format format-check \
@@ -175,8 +175,11 @@ FUZZ_OPTS_fuzz_auth := -dict=tests/fuzz/fuzz_auth.dict
 FUZZ_OPTS_fuzz_envelope := -dict=tests/fuzz/fuzz_envelope.dict
 fuzz_inputs = tests/fuzz/corpus/$(1) $(wildcard tests/fuzz/regressions/$(1))
 
-$(addprefix $(BUILD)/,$(FUZZ_TARGETS)): $(BUILD)/%: $(BUILD)/obj/tests/fuzz/%.o $(BUILD)/libcore.a
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libcore.a $(LDLIBS)
+# The fuzz targets share tests/common (the catalog fixture of fuzz_envelope).
+FUZZ_COMMON_OBJ = $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tests/common/*.c))
+$(addprefix $(BUILD)/,$(FUZZ_TARGETS)): $(BUILD)/%: $(BUILD)/obj/tests/fuzz/%.o $(FUZZ_COMMON_OBJ) \
+		$(BUILD)/libcore.a
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(FUZZ_COMMON_OBJ) $(BUILD)/libcore.a $(LDLIBS)
 
 fuzz-build: deps
 	$(FUZZ_MAKE) $(addprefix $(FUZZ_BUILD)/,$(FUZZ_TARGETS))

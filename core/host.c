@@ -23,6 +23,7 @@
 #include <ripple/config.h>
 #include <ripple/log.h>
 #include <ripple/service.h>
+#include <ripple/streams.h>
 
 struct host {
     uv_loop_t loop;
@@ -127,6 +128,22 @@ static void pick_list(struct host *h, const struct module *const *all, size_t n,
     }
 }
 
+/* A module's declarations (ripple/streams.h) are sound, and each type it
+ * consumes has a handler. */
+static void check_catalog(const struct module *m)
+{
+    char err[256];
+
+    if (streams_check_list(m->emits, err, sizeof(err)) < 0 ||
+        streams_check_list(m->consumes, err, sizeof(err)) < 0)
+        host_fatal("module %s: %s", m->name, err);
+    for (const struct stream_type *t = m->consumes; t != NULL && t->stream != NULL; t++) {
+        if (t->handler == NULL)
+            host_fatal("module %s: it consumes %s on %s without a handler", m->name, t->type,
+                       t->stream);
+    }
+}
+
 static void check_modules(const struct module *const *all, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
@@ -135,6 +152,7 @@ static void check_modules(const struct module *const *all, size_t n)
                        all[i]->name ? all[i]->name : "?", all[i]->abi, MODULE_ABI);
         if (all[i]->name == NULL || !name_ok(all[i]->name) || all[i]->start == NULL)
             host_fatal("module %zu has no valid name ([a-z][a-z0-9-]*) or no start function", i);
+        check_catalog(all[i]);
     }
 }
 

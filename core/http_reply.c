@@ -2,6 +2,7 @@
 #include <ripple/http_reply.h>
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +10,7 @@
 #include <jansson.h>
 
 #include <ripple/http_server.h>
+#include <ripple/ids.h>
 
 static const char content_json[] = "application/json";
 
@@ -143,4 +145,90 @@ int http_reply_parse_object(struct http_request *req, json_t **out)
     }
     *out = v;
     return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Shapes every service answers with: 500, path ids, pages
+ * ------------------------------------------------------------------------- */
+
+int http_reply_internal(struct http_request *req)
+{
+    return http_reply_error(req, 500, NULL, "internal error");
+}
+
+int http_param_uuid(const struct http_request *req, const char *name, char out[IDS_UUID_LEN + 1])
+{
+    const char *s = http_request_param(req, name);
+
+    return s != NULL && ids_canonical(s, strlen(s), out) == 0 ? 0 : -EINVAL;
+}
+
+/* A decimal integer in [min, max], digits only. Returns 0 or -EINVAL. */
+static int parse_decimal(const char *s, long long min, long long max, long long *out)
+{
+    long long v = 0;
+
+    if (*s == '\0' || strlen(s) > 19)
+        return -EINVAL;
+    for (; *s != '\0'; s++) {
+        if (*s < '0' || *s > '9' || v > (LLONG_MAX - (*s - '0')) / 10)
+            return -EINVAL;
+        v = v * 10 + (*s - '0');
+    }
+    if (v < min || v > max)
+        return -EINVAL;
+    *out = v;
+    return 0;
+}
+
+static void problem(json_t *fields, const char *name, const char *message)
+{
+    if (fields != NULL && json_object_get(fields, name) == NULL)
+        json_object_set_new(fields, name, json_string(message));
+}
+
+void http_page_query(const struct http_request *req, struct http_page *p, json_t *fields)
+{
+    char buf[32];
+    long long v;
+    int n;
+
+    p->limit = HTTP_PAGE_DEFAULT;
+    p->after = 0;
+    n = http_request_query(req, "limit", buf, sizeof(buf));
+    if (n != -ENOENT && (n < 0 || parse_decimal(buf, 1, HTTP_PAGE_MAX, &v) < 0))
+        problem(fields, "limit", "must be an integer from 1 to 100");
+    else if (n != -ENOENT)
+        p->limit = (unsigned)v;
+    n = http_request_query(req, "after", buf, sizeof(buf));
+    if (n != -ENOENT && (n < 0 || parse_decimal(buf, 1, LLONG_MAX, &v) < 0))
+        problem(fields, "after", "must be the \"next\" of a previous page");
+    else if (n != -ENOENT)
+        p->after = v;
+}
+
+void http_query_uuid(const struct http_request *req, const char *name, char out[IDS_UUID_LEN + 1],
+                     json_t *fields)
+{
+    char buf[64];
+    int n = http_request_query(req, name, buf, sizeof(buf));
+
+    out[0] = '\0';
+    if (n != -ENOENT && (n < 0 || ids_canonical(buf, (size_t)n, out) < 0)) {
+        out[0] = '\0';
+        problem(fields, name, "must be a UUID");
+    }
+}
+
+int http_reply_page(struct http_request *req, json_t *items, long long next)
+{
+    char cursor[24];
+    json_t *page;
+
+    snprintf(cursor, sizeof(cursor), "%lld", next);
+    page = json_pack("{s:o, s:o}", "items", items, "next",
+                     next > 0 ? json_string(cursor) : json_null());
+    if (page == NULL)
+        return http_reply_internal(req);
+    return http_reply_json(req, 200, page);
 }

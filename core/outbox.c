@@ -43,6 +43,7 @@
 #include <ripple/redis.h>
 #include <ripple/service.h>
 #include <ripple/store.h>
+#include <ripple/streams.h>
 
 #define SWEEP_MS 1000 /* recovery: a pass even when nothing woke us */
 #define PRUNE_EVERY_MS 60000
@@ -149,6 +150,40 @@ static void maybe_closed(struct outbox *ob);
  * Appending
  * ------------------------------------------------------------------------- */
 
+/* A module emits only what it declared, as it declared it. */
+static int check_declared(const struct outbox *ob, const char *stream, const char *type,
+                          const json_t *data)
+{
+    char err[STREAMS_MAX_ERR];
+    const struct stream_type *t;
+
+    if (ob->cfg.emits == NULL)
+        return 0;
+    t = streams_find(ob->cfg.emits, stream, type);
+    if (t == NULL) {
+        log_error("outbox: %s on %s is not among the types this module declares it emits", type,
+                  stream);
+        return -EINVAL;
+    }
+    if (streams_validate(t, data, err, sizeof(err)) < 0) {
+        log_error("outbox: %s breaks its declared spec: %s", type, err);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int outbox_emit(struct outbox *ob, const struct stream_type *t, json_t *data, const char *trace,
+                char event_id[IDS_UUID_LEN + 1])
+{
+    int rc;
+
+    if (data == NULL)
+        return -ENOMEM;
+    rc = outbox_append(ob, t->stream, t->type, data, trace, event_id);
+    json_decref(data);
+    return rc;
+}
+
 int outbox_append(struct outbox *ob, const char *stream, const char *type,
                   const struct json_t *data, const char *trace, char event_id[IDS_UUID_LEN + 1])
 {
@@ -158,6 +193,8 @@ int outbox_append(struct outbox *ob, const char *stream, const char *type,
 
     if (!store_in_txn(ob->store))
         return -EINVAL;
+    if ((rc = check_declared(ob, stream, type, data)) < 0)
+        return rc;
     text = json_dumps(data, JSON_COMPACT);
     if (text == NULL)
         return -ENOMEM;

@@ -265,6 +265,7 @@ void service_open_store(struct service *svc)
     const char *schema = svc->module->schema;
     struct outbox_config oc = {
         .source = cfg->service,
+        .emits = svc->module->emits,
         .log_scope = svc->module->name,
         .batch = cfg->outbox_batch,
         .maxlen = cfg->stream_maxlen,

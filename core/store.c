@@ -24,6 +24,8 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -596,6 +598,132 @@ void store_reset(struct sqlite3_stmt *stmt)
         return;
     sqlite3_reset(stmt);
     sqlite3_clear_bindings(stmt);
+}
+
+/* One argument of fmt's letter c, bound at index i. */
+static int bind_one(sqlite3_stmt *stmt, int i, char c, va_list *ap)
+{
+    const void *p;
+    size_t n;
+
+    switch (c) {
+    case 's':
+        p = va_arg(*ap, const char *);
+        return p != NULL ? sqlite3_bind_text(stmt, i, p, -1, SQLITE_STATIC)
+                         : sqlite3_bind_null(stmt, i);
+    case 'S':
+        p = va_arg(*ap, const char *);
+        n = va_arg(*ap, size_t);
+        return n > INT_MAX ? SQLITE_TOOBIG : sqlite3_bind_text(stmt, i, p, (int)n, SQLITE_STATIC);
+    case 'b':
+        p = va_arg(*ap, const void *);
+        n = va_arg(*ap, size_t);
+        return n > INT_MAX ? SQLITE_TOOBIG : sqlite3_bind_blob(stmt, i, p, (int)n, SQLITE_STATIC);
+    case 'i':
+        return sqlite3_bind_int(stmt, i, va_arg(*ap, int));
+    case 'I':
+        return sqlite3_bind_int64(stmt, i, (sqlite3_int64)va_arg(*ap, int64_t));
+    case 'n':
+        return sqlite3_bind_null(stmt, i);
+    default:
+        return SQLITE_MISUSE;
+    }
+}
+
+static int vbind(sqlite3_stmt *stmt, const char *fmt, va_list *ap)
+{
+    for (int i = 0; fmt[i] != '\0'; i++) {
+        if (bind_one(stmt, i + 1, fmt[i], ap) != SQLITE_OK) {
+            log_error("store: binding parameter %d (%c) of \"%.80s\" failed", i + 1, fmt[i],
+                      sqlite3_sql(stmt));
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+int store_bind(struct sqlite3_stmt *stmt, const char *fmt, ...)
+{
+    va_list ap;
+    int rc;
+
+    va_start(ap, fmt);
+    rc = vbind(stmt, fmt, &ap);
+    va_end(ap);
+    return rc;
+}
+
+/* The failure of a step: -EEXIST for a key constraint, else -EIO, logged. */
+static int step_failed(struct store *st, sqlite3_stmt *stmt, const char *what)
+{
+    int code = sqlite3_extended_errcode(st->db);
+
+    if (code == SQLITE_CONSTRAINT_UNIQUE || code == SQLITE_CONSTRAINT_PRIMARYKEY) {
+        store_reset(stmt);
+        return -EEXIST;
+    }
+    store_check_fault(st);
+    log_error("%s: %s", what, sqlite3_errmsg(st->db));
+    store_reset(stmt);
+    return -EIO;
+}
+
+int store_exec(struct store *st, struct sqlite3_stmt *stmt, const char *what, const char *fmt, ...)
+{
+    va_list ap;
+    int rc;
+
+    va_start(ap, fmt);
+    rc = vbind(stmt, fmt, &ap);
+    va_end(ap);
+    if (rc < 0) {
+        store_reset(stmt);
+        return -EIO;
+    }
+    rc = sqlite3_step(stmt);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+        return step_failed(st, stmt, what);
+    store_reset(stmt);
+    return 0;
+}
+
+int store_query(struct store *st, struct sqlite3_stmt *stmt, const char *what, const char *fmt, ...)
+{
+    va_list ap;
+    int rc;
+
+    va_start(ap, fmt);
+    rc = vbind(stmt, fmt, &ap);
+    va_end(ap);
+    if (rc < 0) {
+        store_reset(stmt);
+        return -EIO;
+    }
+    rc = sqlite3_step(stmt);
+    if (rc == SQLITE_ROW)
+        return 1;
+    if (rc == SQLITE_DONE) {
+        store_reset(stmt);
+        return 0;
+    }
+    rc = step_failed(st, stmt, what);
+    return rc == -EEXIST ? -EIO : rc;
+}
+
+int store_column_text(struct sqlite3_stmt *stmt, int col, char *buf, size_t len)
+{
+    const unsigned char *s = sqlite3_column_text(stmt, col);
+    size_t n = (size_t)sqlite3_column_bytes(stmt, col);
+
+    if (len > 0)
+        buf[0] = '\0';
+    if (s == NULL)
+        return -ENOENT;
+    if (n >= len)
+        return -ENOSPC;
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    return 0;
 }
 
 /* ----------------------------------------------------------- transactions */

@@ -55,6 +55,7 @@
 #include <uv.h>
 
 #include <ripple/clock.h>
+#include <ripple/ids.h>
 #include <ripple/log.h>
 #include <ripple/metrics.h>
 #include <ripple/redis.h>
@@ -137,9 +138,10 @@ struct entry {
     const char *result; /* metric label */
     char *error;        /* the dead letter's reason */
     struct envelope env;
-    int parsed;   /* 1: env holds a reference */
-    int dangling; /* deleted while pending: ack, nothing to run */
-    int lost;     /* taken over by another consumer: drop */
+    const struct stream_type *decl; /* the module's declaration of its type; borrowed */
+    int parsed;                     /* 1: env holds a reference */
+    int dangling;                   /* deleted while pending: ack, nothing to run */
+    int lost;                       /* taken over by another consumer: drop */
     enum dlq_state dlq;
     int dlq_logged; /* a failed dead letter is logged once */
 };
@@ -236,6 +238,32 @@ static void resend_dead_letters(struct stream_consumer *sc);
 /* ---------------------------------------------------------------------------
  * Helpers
  * ------------------------------------------------------------------------- */
+
+int stream_msg_uuid(const struct stream_msg *msg, const char *field, char out[IDS_UUID_LEN + 1])
+{
+    const json_t *v = json_object_get(msg->data, field);
+
+    if (!json_is_string(v) || ids_canonical(json_string_value(v), json_string_length(v), out) < 0)
+        return -EINVAL;
+    return 0;
+}
+
+const char *stream_msg_str(const struct stream_msg *msg, const char *field)
+{
+    return json_string_value(json_object_get(msg->data, field));
+}
+
+long long stream_msg_int(const struct stream_msg *msg, const char *field, long long dflt)
+{
+    const json_t *v = json_object_get(msg->data, field);
+
+    return json_is_integer(v) ? (long long)json_integer_value(v) : dflt;
+}
+
+const char *stream_msg_trace(const struct stream_msg *msg)
+{
+    return msg->trace != NULL && msg->trace[0] != '\0' ? msg->trace : NULL;
+}
 
 int stream_msg_reject(struct stream_msg *msg, const char *fmt, ...)
 {
@@ -966,6 +994,7 @@ static void msg_fill(struct stream_consumer *sc, struct entry *e, struct stream_
     m->entry_id = e->entry_id;
     m->id = e->env.id;
     m->type = e->env.type;
+    m->decl = e->decl;
     m->trace = e->env.trace;
     m->source = e->env.source;
     m->data = e->env.data;
@@ -1076,6 +1105,10 @@ static int call_handler(struct stream_consumer *sc)
         uv_timer_start(&sc->chaos, on_chaos_timer, sc->chaos_delay_ms, 0);
         return STREAM_CONSUMER_ASYNC;
     }
+    if (sc->msg.decl != NULL && sc->msg.decl->handler != NULL)
+        return sc->msg.decl->handler(&sc->msg, sc->data);
+    if (sc->on_msg == NULL)
+        return STREAM_CONSUMER_SKIP; /* declared, with nothing to do */
     return sc->on_msg(&sc->msg, sc->data);
 }
 
@@ -1146,13 +1179,21 @@ static void handle_entry(struct stream_consumer *sc, struct entry *e)
         return;
     }
     if (!e->parsed) {
-        if (envelope_parse(sc->stream, e->entry_id, e->fields, e->nfields, &e->env, why,
-                           sizeof(why)) < 0) {
+        int rc = envelope_parse(sc->stream, e->entry_id, e->fields, e->nfields, sc->cfg.types,
+                                &e->decl, &e->env, why, sizeof(why));
+
+        if (rc == -ENOENT && !streams_is_commands(sc->stream)) {
+            e->parsed = 1;                            /* its type, for the metric; no data held */
+            set_outcome(e, OUT_ACK, "skipped", NULL); /* an event we do not act on */
+            return;
+        }
+        if (rc == 0)
+            e->parsed = 1;
+        if (rc < 0) {
             snprintf(err, sizeof(err), "malformed: %s", why);
             set_outcome(e, OUT_DLQ, "malformed", err);
             return;
         }
-        e->parsed = 1;
     }
     if (e->phase == PH_FRESH && settled_before_handler(sc, e))
         return;
@@ -1279,8 +1320,11 @@ static void on_dead_letter(struct redis *r, struct redisReply *reply, void *data
     if (reply != NULL && reply->type == REDIS_REPLY_INTEGER) {
         e->dlq = DLQ_DONE;
         if (reply->integer == 1)
-            log_warn("consumer %s: entry %s dead-lettered to %s: %s", sc->stream, e->entry_id,
-                     sc->dlq, e->error ? e->error : "unknown");
+            /* with the entry's trace: one order's refusals show in its lines */
+            log_write(LOG_LEVEL_WARN, e->parsed && e->env.trace[0] ? e->env.trace : NULL,
+                      "consumer %s: %s %s dead-lettered to %s: %s", sc->stream,
+                      e->parsed ? e->env.type : "entry", e->entry_id, sc->dlq,
+                      e->error ? e->error : "unknown");
         else
             log_warn("consumer %s: entry %s not dead-lettered: another consumer has it now",
                      sc->stream, e->entry_id);
@@ -1855,13 +1899,20 @@ void stream_consumer_close(struct stream_consumer *sc, stream_consumer_closed_cb
 
 static void on_cmd_state(struct redis *r, int up, void *data);
 
+/* The release of a set of consumers (service_consume): called when the
+ * last of them has closed. */
+struct release_group {
+    unsigned left;
+    stream_consumer_release_cb release;
+    void *data;
+};
+
 /* What an attached consumer keeps for the service's stop. */
 struct attachment {
     struct stream_consumer *sc;
     struct service *svc;
     service_stop_done_cb done;
-    stream_consumer_release_cb release;
-    void *data;
+    struct release_group *group; /* shared by the consumers of one attach call */
 };
 
 static void on_attached_closed(void *data)
@@ -1869,9 +1920,13 @@ static void on_attached_closed(void *data)
     struct attachment *at = data;
     service_stop_done_cb done = at->done;
     struct service *svc = at->svc;
+    struct release_group *g = at->group;
 
-    if (at->release)
-        at->release(at->data);
+    if (--g->left == 0) {
+        if (g->release)
+            g->release(g->data);
+        free(g);
+    }
     free(at);
     done(svc);
 }
@@ -1896,13 +1951,14 @@ static void on_cmd_state(struct redis *r, int up, void *data)
         consumer_start(sc);
 }
 
-struct stream_consumer *stream_consumer_attach(struct service *svc, const char *stream,
-                                               stream_consumer_msg_cb on_msg, void *data,
-                                               stream_consumer_release_cb release)
+static struct stream_consumer *attach(struct service *svc, const char *stream,
+                                      stream_consumer_msg_cb on_msg, void *data,
+                                      struct release_group *group)
 {
     const struct config *cfg = &svc->cfg;
     struct stream_consumer_config cc = {
         .stream = stream,
+        .types = svc->module != NULL ? svc->module->consumes : NULL,
         .batch = cfg->consumer_batch,
         .block_ms = cfg->consumer_block_ms,
         .reclaim_idle_ms = cfg->reclaim_idle_ms,
@@ -1918,10 +1974,49 @@ struct stream_consumer *stream_consumer_attach(struct service *svc, const char *
         service_fatal(svc, "cannot consume %s: %s", stream, strerror(-rc));
     at->sc = sc;
     at->svc = svc;
-    at->release = release;
-    at->data = data;
+    at->group = group;
+    group->left++;
     if (redis_listen(svc->redis, on_cmd_state, sc) < 0)
         service_fatal(svc, "too many listeners on the Redis connection");
     service_on_stop(svc, on_service_stop, at);
     return sc;
+}
+
+static struct release_group *new_group(struct service *svc, stream_consumer_release_cb release,
+                                       void *data)
+{
+    struct release_group *g = calloc(1, sizeof(*g));
+
+    if (g == NULL)
+        service_fatal(svc, "out of memory");
+    g->release = release;
+    g->data = data;
+    return g;
+}
+
+struct stream_consumer *stream_consumer_attach(struct service *svc, const char *stream,
+                                               stream_consumer_msg_cb on_msg, void *data,
+                                               stream_consumer_release_cb release)
+{
+    return attach(svc, stream, on_msg, data, new_group(svc, release, data));
+}
+
+void service_consume(struct service *svc, void *data, stream_consumer_release_cb release)
+{
+    const struct stream_type *all = svc->module->consumes;
+    struct release_group *g = new_group(svc, release, data);
+
+    for (const struct stream_type *t = all; t != NULL && t->stream != NULL; t++) {
+        const struct stream_type *first = all;
+
+        while (strcmp(first->stream, t->stream) != 0)
+            first++;
+        if (first == t) /* the first declaration of its stream: one consumer */
+            attach(svc, t->stream, NULL, data, g);
+    }
+    if (g->left == 0) { /* nothing declared: nothing will ever release */
+        if (release)
+            release(data);
+        free(g);
+    }
 }

@@ -1,12 +1,12 @@
-/* catalog.c -- the stream catalog of DESIGN.md §5 and payload validation.
- * See streams.h for the rules.
+/* catalog.c -- payload specs: validation of a declared type's data, the
+ * checks of a module's declarations, and their one-line descriptions. See
+ * streams.h for the rules.
  *
- * The catalog is one static table: for each (stream, type), the fields of its
- * data with their kind and whether they are optional. streams_validate walks
- * it; nothing else in the project spells a field's rule. Validation stops at
- * the first problem and writes one message that names its path. It only reads
- * the JSON it is given (borrowed) and allocates only to name an unknown key,
- * on the error path. */
+ * Nothing here knows a stream or a type: the modules declare them
+ * (struct stream_type), and this file walks what it is given. Validation
+ * stops at the first problem and writes one message that names its path.
+ * It only reads the JSON it is given (borrowed) and allocates only to name
+ * an unknown key, on the error path. */
 #include <ripple/streams.h>
 
 #include <errno.h>
@@ -18,115 +18,20 @@
 
 #include <ripple/ids.h>
 
-enum kind {
-    K_UUID,   /* canonical 8-4-4-4-12 hex, any case */
-    K_NAME,   /* trimmed, 1..STREAMS_MAX_NAME bytes, no control characters */
-    K_EMAIL,  /* trimmed, one '@', at most STREAMS_MAX_EMAIL bytes */
-    K_SKU,    /* [A-Za-z0-9._-]{1,64} */
-    K_QTY,    /* 1..STREAMS_MAX_QTY */
-    K_CENTS,  /* 1..STREAMS_MAX_INTEGER: amounts and prices */
-    K_LEVEL,  /* 0..STREAMS_MAX_INTEGER: balances and stock levels */
-    K_REASON, /* [a-z][a-z0-9_]{0,63} */
-    K_ITEMS,  /* [{sku, qty}], 1..STREAMS_MAX_ITEMS, skus distinct */
-};
-
-struct field_spec {
-    const char *name; /* NULL ends a list */
-    enum kind kind;
-    int optional;
-};
-
-#define MAX_FIELDS 4
-
-struct type_spec {
-    const char *stream;
-    const char *type;
-    struct field_spec fields[MAX_FIELDS + 1]; /* the unused tail is {NULL} */
-};
-
-#define REQ(n, k)                                                                                  \
-    {                                                                                              \
-        n, k, 0                                                                                    \
-    }
-#define OPT(n, k)                                                                                  \
-    {                                                                                              \
-        n, k, 1                                                                                    \
-    }
-
-static const struct type_spec catalog[] = {
-    {STREAM_USERS_COMMANDS, EVENT_USER_REGISTER, {REQ("name", K_NAME), REQ("email", K_EMAIL)}},
-    {STREAM_USERS_EVENTS,
-     EVENT_USER_REGISTERED,
-     {REQ("user_id", K_UUID), REQ("name", K_NAME), REQ("email", K_EMAIL)}},
-    {STREAM_ORDERS_COMMANDS, EVENT_ORDER_PLACE, {REQ("user_id", K_UUID), REQ("items", K_ITEMS)}},
-    {STREAM_ORDERS_EVENTS,
-     EVENT_ORDER_PLACED,
-     {REQ("order_id", K_UUID), REQ("user_id", K_UUID), REQ("items", K_ITEMS)}},
-    {STREAM_ORDERS_EVENTS,
-     EVENT_ORDER_CONFIRMED,
-     {REQ("order_id", K_UUID), REQ("user_id", K_UUID), REQ("amount_cents", K_CENTS)}},
-    {STREAM_ORDERS_EVENTS,
-     EVENT_ORDER_REJECTED,
-     {REQ("order_id", K_UUID), REQ("user_id", K_UUID), REQ("reason", K_REASON)}},
-    {STREAM_ORDERS_EVENTS,
-     EVENT_ORDER_CANCELLED,
-     {REQ("order_id", K_UUID), REQ("user_id", K_UUID), REQ("reason", K_REASON)}},
-    {STREAM_INVENTORY_COMMANDS,
-     EVENT_STOCK_RESERVE,
-     {REQ("order_id", K_UUID), REQ("items", K_ITEMS)}},
-    {STREAM_INVENTORY_COMMANDS, EVENT_STOCK_RELEASE, {REQ("order_id", K_UUID)}},
-    {STREAM_INVENTORY_COMMANDS, EVENT_STOCK_COMMIT, {REQ("order_id", K_UUID)}},
-    {STREAM_INVENTORY_COMMANDS,
-     EVENT_PRODUCT_RESTOCK,
-     {REQ("sku", K_SKU), REQ("qty", K_QTY), OPT("name", K_NAME), OPT("price_cents", K_CENTS)}},
-    {STREAM_INVENTORY_EVENTS,
-     EVENT_STOCK_RESERVED,
-     {REQ("order_id", K_UUID), REQ("amount_cents", K_CENTS)}},
-    {STREAM_INVENTORY_EVENTS,
-     EVENT_STOCK_REJECTED,
-     {REQ("order_id", K_UUID), REQ("reason", K_REASON)}},
-    {STREAM_INVENTORY_EVENTS, EVENT_STOCK_RELEASED, {REQ("order_id", K_UUID)}},
-    {STREAM_INVENTORY_EVENTS, EVENT_STOCK_COMMITTED, {REQ("order_id", K_UUID)}},
-    {STREAM_INVENTORY_EVENTS,
-     EVENT_PRODUCT_RESTOCKED,
-     {REQ("sku", K_SKU), REQ("qty", K_QTY), REQ("available", K_LEVEL)}},
-    {STREAM_PAYMENTS_COMMANDS,
-     EVENT_PAYMENT_CHARGE,
-     {REQ("order_id", K_UUID), REQ("user_id", K_UUID), REQ("amount_cents", K_CENTS)}},
-    {STREAM_PAYMENTS_COMMANDS, EVENT_PAYMENT_REFUND, {REQ("order_id", K_UUID)}},
-    {STREAM_PAYMENTS_COMMANDS,
-     EVENT_ACCOUNT_CREDIT,
-     {REQ("user_id", K_UUID), REQ("amount_cents", K_CENTS)}},
-    {STREAM_PAYMENTS_EVENTS,
-     EVENT_ACCOUNT_OPENED,
-     {REQ("user_id", K_UUID), REQ("balance_cents", K_LEVEL)}},
-    {STREAM_PAYMENTS_EVENTS,
-     EVENT_ACCOUNT_CREDITED,
-     {REQ("user_id", K_UUID), REQ("amount_cents", K_CENTS), REQ("balance_cents", K_LEVEL)}},
-    {STREAM_PAYMENTS_EVENTS,
-     EVENT_PAYMENT_SUCCEEDED,
-     {REQ("order_id", K_UUID), REQ("user_id", K_UUID), REQ("amount_cents", K_CENTS)}},
-    {STREAM_PAYMENTS_EVENTS,
-     EVENT_PAYMENT_REFUNDED,
-     {REQ("order_id", K_UUID), REQ("user_id", K_UUID), REQ("amount_cents", K_CENTS)}},
-    {STREAM_PAYMENTS_EVENTS,
-     EVENT_PAYMENT_FAILED,
-     {REQ("order_id", K_UUID), REQ("user_id", K_UUID), REQ("reason", K_REASON)}},
-};
-
-static const struct field_spec item_fields[] = {REQ("sku", K_SKU), REQ("qty", K_QTY), {NULL, 0, 0}};
+static size_t describe_keys(const struct spec_field *fields, char *buf, size_t len);
 
 /* ---------------------------------------------------------------------------
  * Lookups
  * ------------------------------------------------------------------------ */
 
-static const struct type_spec *find_spec(const char *stream, const char *type)
+const struct stream_type *streams_find(const struct stream_type *list, const char *stream,
+                                       const char *type)
 {
-    if (stream == NULL || type == NULL)
+    if (list == NULL || stream == NULL || type == NULL)
         return NULL;
-    for (size_t i = 0; i < ARRAY_SIZE(catalog); i++) {
-        if (strcmp(catalog[i].type, type) == 0 && strcmp(catalog[i].stream, stream) == 0)
-            return &catalog[i];
+    for (; list->stream != NULL; list++) {
+        if (strcmp(list->type, type) == 0 && strcmp(list->stream, stream) == 0)
+            return list;
     }
     return NULL;
 }
@@ -141,20 +46,6 @@ int streams_is_commands(const char *stream)
     len = strlen(stream);
     return len >= sizeof(suffix) - 1 &&
            memcmp(stream + len - (sizeof(suffix) - 1), suffix, sizeof(suffix) - 1) == 0;
-}
-
-int streams_known_type(const char *stream, const char *type)
-{
-    return find_spec(stream, type) != NULL;
-}
-
-int streams_catalog_entry(size_t i, const char **stream, const char **type)
-{
-    if (i >= ARRAY_SIZE(catalog))
-        return -ENOENT;
-    *stream = catalog[i].stream;
-    *type = catalog[i].type;
-    return 0;
 }
 
 /* ---------------------------------------------------------------------------
@@ -264,9 +155,9 @@ static void trim(const char **s, size_t *len)
         (*len)--;
 }
 
-static int sku_ok(const char *s, size_t len)
+static int token_ok(const char *s, size_t len, long long max)
 {
-    if (len == 0 || len > STREAMS_MAX_SKU)
+    if (len == 0 || (long long)len > max)
         return 0;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
@@ -308,13 +199,25 @@ static int email_ok(const char *s, size_t len)
     return ats == 1;
 }
 
-static int check_name(const char *s, size_t len, const char *path, const struct vctx *c)
+static int check_email(const char *s, size_t len, long long max, const char *path,
+                       const struct vctx *c)
+{
+    trim(&s, &len);
+    if ((long long)len > max)
+        return fail(c, path, "must be at most %lld bytes", max);
+    if (!email_ok(s, len))
+        return fail(c, path, "expected an email address like name@example.com");
+    return 0;
+}
+
+static int check_text(const char *s, size_t len, long long max, const char *path,
+                      const struct vctx *c)
 {
     trim(&s, &len);
     if (len == 0)
         return fail(c, path, "must not be empty");
-    if (len > STREAMS_MAX_NAME)
-        return fail(c, path, "must be at most %d bytes", STREAMS_MAX_NAME);
+    if ((long long)len > max)
+        return fail(c, path, "must be at most %lld bytes", max);
     for (size_t i = 0; i < len; i++) {
         if (is_control((unsigned char)s[i]))
             return fail(c, path, "must not contain control characters");
@@ -322,102 +225,157 @@ static int check_name(const char *s, size_t len, const char *path, const struct 
     return 0;
 }
 
-static int check_email(const char *s, size_t len, const char *path, const struct vctx *c)
+static int check_free(const char *s, size_t len, long long max, const char *path,
+                      const struct vctx *c)
 {
-    trim(&s, &len);
-    if (len > STREAMS_MAX_EMAIL)
-        return fail(c, path, "must be at most %d bytes", STREAMS_MAX_EMAIL);
-    if (!email_ok(s, len))
-        return fail(c, path, "expected an email address like name@example.com");
+    if ((long long)len > max)
+        return fail(c, path, "must be at most %lld bytes", max);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+
+        if (is_control(ch) && ch != '\t' && ch != '\n')
+            return fail(c, path, "must not contain control characters");
+    }
     return 0;
 }
 
+static int check_enum(const char *s, size_t len, const char *const *words, const char *path,
+                      const struct vctx *c)
+{
+    char list[160];
+    size_t pos = 0;
+
+    for (const char *const *w = words; w != NULL && *w != NULL; w++) {
+        if (strlen(*w) == len && memcmp(*w, s, len) == 0)
+            return 0;
+        if (pos < sizeof(list))
+            pos += (size_t)snprintf(list + pos, sizeof(list) - pos, "%s%s", pos ? ", " : "", *w);
+    }
+    return fail(c, path, "expected one of: %s", pos ? list : "(none)");
+}
+
 /* The string kinds: v is known to be present. */
-static int check_string(const json_t *v, enum kind k, const char *path, const struct vctx *c)
+static int check_string(const json_t *v, const struct spec_field *f, const char *path,
+                        const struct vctx *c)
 {
     const char *s = json_string_value(v);
     size_t len = json_string_length(v);
 
     if (s == NULL)
         return fail(c, path, "expected a string");
-    switch (k) {
-    case K_UUID:
+    switch (f->kind) {
+    case SPEC_K_UUID:
         return ids_is_uuid(s, len) ? 0 : fail(c, path, "expected a UUID (8-4-4-4-12 hex digits)");
-    case K_SKU:
-        return sku_ok(s, len) ? 0 : fail(c, path, "expected 1-64 of A-Z a-z 0-9 . _ -");
-    case K_REASON:
+    case SPEC_K_TOKEN:
+        return token_ok(s, len, f->max)
+                   ? 0
+                   : fail(c, path, "expected 1-%lld of A-Z a-z 0-9 . _ -", f->max);
+    case SPEC_K_WORD:
         return reason_ok(s, len) ? 0
                                  : fail(c, path, "expected a snake_case word like out_of_stock");
-    case K_NAME:
-        return check_name(s, len, path, c);
+    case SPEC_K_ENUM:
+        return check_enum(s, len, f->words, path, c);
+    case SPEC_K_TEXT:
+        return check_text(s, len, f->max, path, c);
+    case SPEC_K_EMAIL:
+        return check_email(s, len, f->max, path, c);
     default:
-        return check_email(s, len, path, c);
+        return check_free(s, len, f->max, path, c);
     }
 }
 
 static int check_int(const json_t *v, json_int_t min, json_int_t max, const char *path,
                      const struct vctx *c)
 {
-    const char *want = min > 0 ? "a positive integer" : "a non-negative integer";
-
     /* json_is_integer is false for "3", 1.5, 1.0 and true alike. */
+    if (min > 0 && (!json_is_integer(v) || json_integer_value(v) < min))
+        return fail(c, path, "expected a positive integer");
+    if (min == 0 && (!json_is_integer(v) || json_integer_value(v) < 0))
+        return fail(c, path, "expected a non-negative integer");
     if (!json_is_integer(v) || json_integer_value(v) < min)
-        return fail(c, path, "expected %s", want);
+        return fail(c, path,
+                    "expected an integer from %" JSON_INTEGER_FORMAT " to %" JSON_INTEGER_FORMAT,
+                    min, max);
     if (json_integer_value(v) > max)
         return fail(c, path, "must be at most %" JSON_INTEGER_FORMAT, max);
     return 0;
 }
 
-static int check_object(const json_t *obj, const struct field_spec *fields, const char *path,
-                        const struct vctx *c);
+static int check_value(const json_t *v, const struct spec_field *f, const char *path,
+                       const struct vctx *c);
 
-/* Each item is checked whole before the next, then the skus for repeats. */
-static int check_items(const json_t *v, const char *path, const struct vctx *c)
+/* No two object items with the same value of f->unique. */
+static int check_unique(const json_t *v, const struct spec_field *f, const char *path,
+                        const struct vctx *c)
 {
     char ipath[PATH_MAX_LEN];
     size_t n = json_array_size(v);
 
-    if (!json_is_array(v))
-        return fail(c, path, "expected an array of {sku, qty}");
-    if (n == 0)
-        return fail(c, path, "must not be empty");
-    if (n > STREAMS_MAX_ITEMS)
-        return fail(c, path, "must have at most %d items", STREAMS_MAX_ITEMS);
-    for (size_t i = 0; i < n; i++) {
-        int rc;
-
-        path_printf(ipath, "%s[%zu]", path, i);
-        rc = check_object(json_array_get(v, i), item_fields, ipath, c);
-        if (rc != 0)
-            return rc;
-    }
     for (size_t i = 1; i < n; i++) {
-        const json_t *si = json_object_get(json_array_get(v, i), "sku");
+        const json_t *si = json_object_get(json_array_get(v, i), f->unique);
 
-        for (size_t j = 0; j < i; j++) {
-            if (!json_equal(si, json_object_get(json_array_get(v, j), "sku")))
+        for (size_t j = 0; si != NULL && j < i; j++) {
+            if (!json_equal(si, json_object_get(json_array_get(v, j), f->unique)))
                 continue;
-            path_printf(ipath, "%s[%zu].sku", path, i);
-            return fail(c, ipath, "duplicate sku \"%s\" (also items[%zu])", json_string_value(si),
-                        j);
+            path_printf(ipath, "%s[%zu].%s", path, i, f->unique);
+            if (json_is_string(si))
+                return fail(c, ipath, "duplicate %s \"%s\" (also %s[%zu])", f->unique,
+                            json_string_value(si), f->name ? f->name : "items", j);
+            return fail(c, ipath, "duplicate %s (also [%zu])", f->unique, j);
         }
     }
     return 0;
 }
 
-static int check_value(const json_t *v, enum kind k, const char *path, const struct vctx *c)
+/* Each item is checked whole before the next, then the unique field. */
+static int check_array(const json_t *v, const struct spec_field *f, const char *path,
+                       const struct vctx *c)
 {
-    switch (k) {
-    case K_QTY:
-        return check_int(v, 1, STREAMS_MAX_QTY, path, c);
-    case K_CENTS:
-        return check_int(v, 1, STREAMS_MAX_INTEGER, path, c);
-    case K_LEVEL:
-        return check_int(v, 0, STREAMS_MAX_INTEGER, path, c);
-    case K_ITEMS:
-        return check_items(v, path, c);
+    char ipath[PATH_MAX_LEN];
+    size_t n = json_array_size(v);
+
+    if (!json_is_array(v) && f->item->kind == SPEC_K_OBJECT) {
+        char keys[128];
+
+        describe_keys(f->item->fields, keys, sizeof(keys));
+        return fail(c, path, "expected an array of %s", keys);
+    }
+    if (!json_is_array(v))
+        return fail(c, path, "expected an array");
+    if (n == 0 && f->min > 0)
+        return fail(c, path, "must not be empty");
+    if ((long long)n < f->min)
+        return fail(c, path, "must have at least %lld items", f->min);
+    if ((long long)n > f->max)
+        return fail(c, path, "must have at most %lld items", f->max);
+    for (size_t i = 0; i < n; i++) {
+        int rc;
+
+        path_printf(ipath, "%s[%zu]", path, i);
+        rc = check_value(json_array_get(v, i), f->item, ipath, c);
+        if (rc != 0)
+            return rc;
+    }
+    return f->unique != NULL ? check_unique(v, f, path, c) : 0;
+}
+
+static int check_object(const json_t *obj, const struct spec_field *fields, int open,
+                        const char *path, const struct vctx *c);
+
+static int check_value(const json_t *v, const struct spec_field *f, const char *path,
+                       const struct vctx *c)
+{
+    switch (f->kind) {
+    case SPEC_K_INT:
+        return check_int(v, f->min, f->max, path, c);
+    case SPEC_K_BOOL:
+        return json_is_boolean(v) ? 0 : fail(c, path, "expected true or false");
+    case SPEC_K_ARRAY:
+        return check_array(v, f, path, c);
+    case SPEC_K_OBJECT:
+        return check_object(v, f->fields, f->open, path, c);
     default:
-        return check_string(v, k, path, c);
+        return check_string(v, f, path, c);
     }
 }
 
@@ -425,9 +383,9 @@ static int check_value(const json_t *v, enum kind k, const char *path, const str
  * Objects
  * ------------------------------------------------------------------------ */
 
-static int spec_has(const struct field_spec *fields, const char *key, size_t len)
+static int spec_has(const struct spec_field *fields, const char *key, size_t len)
 {
-    for (const struct field_spec *f = fields; f->name != NULL; f++) {
+    for (const struct spec_field *f = fields; f->name != NULL; f++) {
         if (strlen(f->name) == len && memcmp(f->name, key, len) == 0)
             return 1;
     }
@@ -440,7 +398,7 @@ static int spec_has(const struct field_spec *fields, const char *key, size_t len
  * a NUL byte, which jansson's parser refuses but json_object_setn allows and
  * json_deep_copy cuts), the message is less precise but the data is still
  * rejected: the caller counted the key by its full length. */
-static int fail_unknown(const json_t *obj, const struct field_spec *fields, const char *path,
+static int fail_unknown(const json_t *obj, const struct spec_field *fields, const char *path,
                         const struct vctx *c)
 {
     json_t *copy = json_deep_copy(obj);
@@ -465,8 +423,8 @@ static int fail_unknown(const json_t *obj, const struct field_spec *fields, cons
     return fail(c, kpath, "unknown field");
 }
 
-static int check_object(const json_t *obj, const struct field_spec *fields, const char *path,
-                        const struct vctx *c)
+static int check_object(const json_t *obj, const struct spec_field *fields, int open,
+                        const char *path, const struct vctx *c)
 {
     char fpath[PATH_MAX_LEN];
     size_t known = 0;
@@ -474,13 +432,13 @@ static int check_object(const json_t *obj, const struct field_spec *fields, cons
 
     if (!json_is_object(obj))
         return fail(c, path, "expected a JSON object");
-    for (const struct field_spec *f = fields; f->name != NULL; f++)
+    for (const struct spec_field *f = fields; f->name != NULL; f++)
         known += json_object_get(obj, f->name) != NULL;
     /* Unknown keys first: for a typo, "data.skuu: unknown field" says more
      * than "data.sku: required". */
-    if (json_object_size(obj) > known)
+    if (!open && json_object_size(obj) > known)
         return fail_unknown(obj, fields, path, c);
-    for (const struct field_spec *f = fields; f->name != NULL; f++) {
+    for (const struct spec_field *f = fields; f->name != NULL; f++) {
         const json_t *v = json_object_get(obj, f->name);
 
         join_path(fpath, path, f->name, strlen(f->name));
@@ -489,15 +447,14 @@ static int check_object(const json_t *obj, const struct field_spec *fields, cons
                 continue;
             return fail(c, fpath, "required");
         }
-        rc = check_value(v, f->kind, fpath, c);
+        rc = check_value(v, f, fpath, c);
         if (rc != 0)
             return rc;
     }
     return 0;
 }
 
-/* Writes the -ENOENT message, cut like fail()'s, and returns -ENOENT. */
-static int fail_type(const char *stream, const char *type, char *err, size_t errlen)
+int streams_unknown_type(const char *stream, const char *type, char *err, size_t errlen)
 {
     char shown_stream[SHOWN_MAX + 4], shown_type[SHOWN_MAX + 4];
 
@@ -512,13 +469,177 @@ static int fail_type(const char *stream, const char *type, char *err, size_t err
     return -ENOENT;
 }
 
-int streams_validate(const char *stream, const char *type, const json_t *data, char *err,
-                     size_t errlen)
+int streams_validate(const struct stream_type *t, const json_t *data, char *err, size_t errlen)
 {
-    const struct type_spec *spec = find_spec(stream, type);
     struct vctx c = {err, errlen};
 
-    if (spec == NULL)
-        return fail_type(stream, type, err, errlen);
-    return check_object(data, spec->fields, ENVELOPE_DATA, &c);
+    return check_object(data, t->fields, 0, ENVELOPE_DATA, &c);
+}
+
+/* ---------------------------------------------------------------------------
+ * Checking declarations (at start) and describing them (the catalog)
+ * ------------------------------------------------------------------------ */
+
+/* [a-z][a-z0-9_-]*( . [a-z][a-z0-9_-]* )+: "order.placed", "users.events". */
+static int dotted_ok(const char *s)
+{
+    int parts = 0, at_start = 1;
+
+    if (s == NULL || *s == '\0' || strlen(s) >= STREAMS_MAX_TYPE)
+        return 0;
+    for (; *s; s++) {
+        if (at_start && (*s < 'a' || *s > 'z'))
+            return 0;
+        if (*s == '.') {
+            at_start = 1;
+            continue;
+        }
+        if (at_start)
+            parts++;
+        at_start = 0;
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '_' || *s == '-'))
+            return 0;
+    }
+    return !at_start && parts >= 2;
+}
+
+static int check_spec(const struct spec_field *f, const char *where, char *err, size_t errlen,
+                      int depth);
+
+static int check_fields(const struct spec_field *fields, const char *where, char *err,
+                        size_t errlen, int depth)
+{
+    if (fields == NULL)
+        return snprintf(err, errlen, "%s: no field list (end it with SPEC_END)", where), -EINVAL;
+    for (const struct spec_field *f = fields; f->name != NULL; f++) {
+        for (const struct spec_field *g = fields; g != f; g++) {
+            if (strcmp(g->name, f->name) == 0)
+                return snprintf(err, errlen, "%s: field %s twice", where, f->name), -EINVAL;
+        }
+        if (check_spec(f, where, err, errlen, depth) < 0)
+            return -EINVAL;
+    }
+    return 0;
+}
+
+static int check_spec(const struct spec_field *f, const char *where, char *err, size_t errlen,
+                      int depth)
+{
+    const char *name = f->name ? f->name : "(item)";
+
+    if (depth > 8)
+        return snprintf(err, errlen, "%s: specs nested too deep", where), -EINVAL;
+    switch (f->kind) {
+    case SPEC_K_STRING:
+    case SPEC_K_TEXT:
+    case SPEC_K_EMAIL:
+    case SPEC_K_TOKEN:
+        if (f->max <= 0)
+            return snprintf(err, errlen, "%s: %s needs a maximum length", where, name), -EINVAL;
+        return 0;
+    case SPEC_K_ENUM:
+        if (f->words == NULL || f->words[0] == NULL)
+            return snprintf(err, errlen, "%s: %s has no words", where, name), -EINVAL;
+        return 0;
+    case SPEC_K_INT:
+    case SPEC_K_ARRAY:
+        if (f->min > f->max || (f->kind == SPEC_K_ARRAY && (f->item == NULL || f->min < 0)))
+            return snprintf(err, errlen, "%s: %s has no valid range or item", where, name), -EINVAL;
+        return f->kind == SPEC_K_ARRAY ? check_spec(f->item, where, err, errlen, depth + 1) : 0;
+    case SPEC_K_OBJECT:
+        return check_fields(f->fields, where, err, errlen, depth + 1);
+    case SPEC_K_UUID:
+    case SPEC_K_WORD:
+    case SPEC_K_BOOL:
+        return 0;
+    }
+    return snprintf(err, errlen, "%s: %s has an unknown kind", where, name), -EINVAL;
+}
+
+int streams_check_list(const struct stream_type *list, char *err, size_t errlen)
+{
+    char where[160];
+
+    for (const struct stream_type *t = list; t != NULL && t->stream != NULL; t++) {
+        snprintf(where, sizeof(where), "%s %s", t->stream, t->type ? t->type : "(no type)");
+        if (!dotted_ok(t->stream) || !dotted_ok(t->type))
+            return snprintf(err, errlen,
+                            "%s: stream and type must be dotted lower-case words, like "
+                            "orders.events and order.placed",
+                            where),
+                   -EINVAL;
+        for (const struct stream_type *u = list; u != t; u++) {
+            if (strcmp(u->stream, t->stream) == 0 && strcmp(u->type, t->type) == 0)
+                return snprintf(err, errlen, "%s: declared twice", where), -EINVAL;
+        }
+        if (check_fields(t->fields, where, err, errlen, 0) < 0)
+            return -EINVAL;
+    }
+    return 0;
+}
+
+/* "{a, b?}" of an object's fields, cut to len. */
+static size_t describe_keys(const struct spec_field *fields, char *buf, size_t len)
+{
+    size_t pos = 0;
+
+    pos += (size_t)snprintf(buf, len, "{");
+    for (const struct spec_field *f = fields; f != NULL && f->name != NULL && pos < len; f++)
+        pos += (size_t)snprintf(buf + pos, len - pos, "%s%s%s", f == fields ? "" : ", ", f->name,
+                                f->optional ? "?" : "");
+    if (pos < len)
+        pos += (size_t)snprintf(buf + pos, len - pos, "}");
+    return pos < len ? pos : len - 1;
+}
+
+size_t streams_describe(const struct spec_field *f, char *buf, size_t len)
+{
+    char inner[128];
+    int n;
+
+    switch (f->kind) {
+    case SPEC_K_STRING:
+        n = snprintf(buf, len, "string, at most %lld bytes", f->max);
+        break;
+    case SPEC_K_TEXT:
+        n = snprintf(buf, len, "text, 1..%lld bytes trimmed", f->max);
+        break;
+    case SPEC_K_EMAIL:
+        n = snprintf(buf, len, "email address");
+        break;
+    case SPEC_K_TOKEN:
+        n = snprintf(buf, len, "1..%lld of A-Z a-z 0-9 . _ -", f->max);
+        break;
+    case SPEC_K_WORD:
+        n = snprintf(buf, len, "snake_case word");
+        break;
+    case SPEC_K_ENUM:
+        n = snprintf(buf, len, "one of %s%s%s", f->words[0], f->words[1] ? ", " : "",
+                     f->words[1] ? f->words[1] : "");
+        for (size_t i = 2; f->words[i] != NULL && n >= 0 && (size_t)n < len; i++)
+            n += snprintf(buf + n, len - (size_t)n, ", %s", f->words[i]);
+        break;
+    case SPEC_K_UUID:
+        n = snprintf(buf, len, "uuid");
+        break;
+    case SPEC_K_INT:
+        n = snprintf(buf, len, "integer %lld..%lld", f->min, f->max);
+        break;
+    case SPEC_K_BOOL:
+        n = snprintf(buf, len, "boolean");
+        break;
+    case SPEC_K_OBJECT:
+        describe_keys(f->fields, inner, sizeof(inner));
+        n = snprintf(buf, len, "object %s", inner);
+        break;
+    default:
+        if (f->item->kind == SPEC_K_OBJECT)
+            describe_keys(f->item->fields, inner, sizeof(inner));
+        else
+            streams_describe(f->item, inner, sizeof(inner));
+        n = snprintf(buf, len, "[%s] %lld..%lld%s%s%s", inner, f->min, f->max,
+                     f->unique ? ", " : "", f->unique ? f->unique : "", f->unique ? " unique" : "");
+        break;
+    }
+    return n < 0 ? 0 : (size_t)n < len ? (size_t)n : len - 1;
 }

@@ -4,8 +4,8 @@
  * The fields arrive as borrowed (pointer, length) spans, so nothing here
  * assumes a NUL terminator: every span is bounded, checked for NUL bytes and
  * copied into the envelope's fixed buffers. data is parsed by jansson with
- * duplicate keys rejected, after its size is checked, and then validated
- * against the catalog (catalog.c). On any error the envelope holds no
+ * duplicate keys rejected, after its size is checked; the consumer checks it
+ * against its module's declaration of the type. On any error the envelope holds no
  * reference, so a consumer can dead-letter the entry and move on. */
 #include <ripple/streams.h>
 
@@ -202,8 +202,10 @@ static int load_data(const struct span *s, json_t **out, char *err, size_t errle
 }
 
 int envelope_parse(const char *stream, const char *entry_id, const struct stream_field *fields,
-                   size_t nfields, struct envelope *out, char *err, size_t errlen)
+                   size_t nfields, const struct stream_type *types, const struct stream_type **decl,
+                   struct envelope *out, char *err, size_t errlen)
 {
+    const struct stream_type *t = NULL;
     struct span spans[F_COUNT] = {{NULL, 0, 0}};
     json_t *data = NULL;
     int rc;
@@ -217,18 +219,19 @@ int envelope_parse(const char *stream, const char *entry_id, const struct stream
         rc = parse_header(spans, stream, entry_id, out, err, errlen);
     if (rc != 0)
         return rc;
-    /* An unknown type is reported as such before its data is even parsed;
-     * streams_validate writes the message and returns -ENOENT. */
-    if (!streams_known_type(stream, out->type))
-        return streams_validate(stream, out->type, NULL, err, errlen);
+    /* An undeclared type is reported as such before its data is even
+     * parsed: on an events stream the consumer skips it, whatever it holds. */
+    if (types != NULL && (t = streams_find(types, stream, out->type)) == NULL)
+        return streams_unknown_type(stream, out->type, err, errlen);
     rc = load_data(&spans[F_DATA], &data, err, errlen);
-    if (rc != 0)
-        return rc;
-    rc = streams_validate(stream, out->type, data, err, errlen);
+    if (rc == 0 && t != NULL)
+        rc = streams_validate(t, data, err, errlen);
     if (rc != 0) {
         json_decref(data);
         return rc;
     }
+    if (decl != NULL)
+        *decl = t;
     out->data = data;
     return 0;
 }

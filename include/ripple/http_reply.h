@@ -11,6 +11,7 @@
 #include <stddef.h>
 
 #include <ripple/common.h>
+#include <ripple/ids.h>
 
 struct http_request;
 struct json_t;
@@ -33,6 +34,37 @@ int http_reply_json(struct http_request *req, int status, struct json_t *body);
 int http_reply_error(struct http_request *req, int status, const char *code, const char *message);
 /* Answers 422 "invalid" with fields (stolen; an object of field -> message). */
 int http_reply_invalid(struct http_request *req, struct json_t *fields);
+
+/* Answers 500 "internal error" (the cause is logged where it happened). */
+int http_reply_internal(struct http_request *req);
+
+/* The route param name as a UUID in canonical lower case in out. Returns 0,
+ * or -EINVAL when it is absent or no UUID (a path id that is no UUID names
+ * no resource: answer 404). */
+CORE_MUST_CHECK int http_param_uuid(const struct http_request *req, const char *name,
+                                    char out[IDS_UUID_LEN + 1]);
+
+/* Lists (DESIGN.md §4): ?limit=1..100 (default 20) and ?after=<the "next"
+ * of the previous page, an opaque positive integer cursor>. */
+#define HTTP_PAGE_DEFAULT 20
+#define HTTP_PAGE_MAX 100
+struct http_page {
+    unsigned limit;
+    long long after; /* the cursor; 0 when the first page is asked for */
+};
+
+/* Reads limit and after into p; each bad one is recorded in fields (a JSON
+ * object for http_reply_invalid) with its 422 message. */
+void http_page_query(const struct http_request *req, struct http_page *p, struct json_t *fields);
+
+/* Reads query parameter name as a UUID in canonical lower case into out
+ * (out[0] = '\0' when absent); a bad one is recorded in fields. */
+void http_query_uuid(const struct http_request *req, const char *name, char out[IDS_UUID_LEN + 1],
+                     struct json_t *fields);
+
+/* Answers 200 {"items": items, "next": "<next>" | null}: next > 0 is the
+ * cursor of the following page. Steals items. */
+int http_reply_page(struct http_request *req, struct json_t *items, long long next);
 
 /* Parses req's body as one JSON object (duplicate keys rejected). Returns 0
  * and a new reference in *out; or answers 400 with a message saying what is

@@ -11,17 +11,25 @@
 #define CORE_MODULE_H
 
 struct service;
+struct stream_type;
 
 /* Raised when struct module or the API a module is compiled against changes
  * incompatibly: a module built for another runtime is refused with a clear
  * line instead of crashing. */
-#define MODULE_ABI 1
+#define MODULE_ABI 2
 
 struct module {
     unsigned abi;          /* MODULE_ABI, as the module was compiled */
     const char *name;      /* [a-z][a-z0-9-]*: consumer group, log `service`, setting prefix */
     unsigned default_port; /* PORT (<NAME>_PORT) overrides it */
     const char *schema;    /* schema.sql text for service_open_store; NULL: no database */
+    /* The open catalog (DESIGN.md §12, ripple/streams.h): the types this
+     * module appends to its outbox, and the types it consumes, each with its
+     * handler. Lists end with an entry whose stream is NULL; NULL for none.
+     * outbox_append refuses a type not in emits; service_consume attaches a
+     * consumer per stream of consumes. */
+    const struct stream_type *emits;
+    const struct stream_type *consumes;
     /* Reads the module's own settings (service_setting_*), opens its store,
      * adds its routes and consumers. Runs before any module listens; may stop
      * the process with one line (service_fatal), and returns 0 or a negative

@@ -35,6 +35,7 @@
 
 struct service;
 struct json_t;
+struct stream_type;
 struct outbox; /* opaque */
 
 struct outbox_config {
@@ -44,6 +45,10 @@ struct outbox_config {
     unsigned long maxlen;       /* XADD MAXLEN ~; 0 for none */
     unsigned long max_backlog;  /* outbox_overloaded() past this many unpublished rows */
     unsigned long retention_ms; /* published rows are kept this long */
+    /* The module's declared types (ripple/streams.h), borrowed: append
+     * refuses any other type, and a payload that breaks its spec. NULL:
+     * anything goes (tests and tools). */
+    const struct stream_type *emits;
 };
 
 /* Creates the outbox table when missing, prepares its statements, and hooks
@@ -53,12 +58,20 @@ CORE_MUST_CHECK int outbox_new(struct service *svc, const struct outbox_config *
                                struct outbox **out);
 
 /* Appends an event. Must be called inside an open store transaction
- * (-EINVAL otherwise). data is borrowed (serialized now); trace may be NULL.
- * The new event id is written to event_id when it is not NULL. Returns 0 or
- * a negative errno (-EIO from SQLite, -ENOMEM). */
+ * (-EINVAL otherwise). The module must have declared type on stream, and
+ * data must meet its spec: otherwise -EINVAL and an error line (a bug in
+ * the module, never the wire's fault). data is borrowed (serialized now);
+ * trace may be NULL. The new event id is written to event_id when it is not
+ * NULL. Returns 0 or a negative errno (-EIO from SQLite, -ENOMEM). */
 CORE_MUST_CHECK int outbox_append(struct outbox *ob, const char *stream, const char *type,
                                   const struct json_t *data, const char *trace,
                                   char event_id[IDS_UUID_LEN + 1]);
+
+/* outbox_append of declared type t with data, which it steals (NULL, from a
+ * failed json_pack, is -ENOMEM): build the payload, append, release in one
+ * call. */
+CORE_MUST_CHECK int outbox_emit(struct outbox *ob, const struct stream_type *t, struct json_t *data,
+                                const char *trace, char event_id[IDS_UUID_LEN + 1]);
 
 /* The stream entry id Redis gave the event, once published (and until the
  * row is pruned). Returns 0, -ENOENT (unknown or not yet published) or

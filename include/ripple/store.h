@@ -57,6 +57,37 @@ CORE_MUST_CHECK int store_prepare(struct store *st, const char *sql, struct sqli
 /* sqlite3_reset + sqlite3_clear_bindings. */
 void store_reset(struct sqlite3_stmt *stmt);
 
+/* Statements with their arguments, always bound (never formatted). fmt
+ * has one letter per parameter, in order: 's' a const char * (NULL binds
+ * NULL); 'S' a const char * and its size_t length (NULL binds NULL); 'b' a
+ * const void * and
+ * its size_t length (a blob); 'i' an int; 'I' an int64_t; 'n' NULL (no
+ * argument) -- the letters of jansson's json_pack where they meet.
+ * Strings and blobs are bound SQLITE_STATIC: they must live until the
+ * statement is reset. Returns 0, or -EINVAL for a bad letter or a failed
+ * bind (a bug). */
+CORE_MUST_CHECK int store_bind(struct sqlite3_stmt *stmt, const char *fmt, ...);
+
+/* Runs a statement that returns no row (INSERT, UPDATE, DELETE) with fmt's
+ * arguments, then resets it. Returns 0; -EEXIST when a UNIQUE or PRIMARY
+ * KEY constraint refused it (not logged: the caller decides); or -EIO,
+ * logged once as "<what>: <SQLite's message>", a store fault noted
+ * (store_check_fault). */
+CORE_MUST_CHECK int store_exec(struct store *st, struct sqlite3_stmt *stmt, const char *what,
+                               const char *fmt, ...);
+
+/* Runs a query with fmt's arguments and steps once. Returns 1 with the
+ * statement on its first row (read the columns, then store_reset it), 0
+ * when there is no row, or -EIO (logged as store_exec's); on 0 and -EIO it
+ * is reset already. */
+CORE_MUST_CHECK int store_query(struct store *st, struct sqlite3_stmt *stmt, const char *what,
+                                const char *fmt, ...);
+
+/* Copies column col of stmt's current row into buf (len bytes),
+ * NUL-terminated. Returns 0, -ENOENT for a NULL value, or -ENOSPC when it
+ * does not fit (buf then holds ""). */
+int store_column_text(struct sqlite3_stmt *stmt, int col, char *buf, size_t len);
+
 /* Transactions. store_begin opens BEGIN IMMEDIATE (one writer: SQLite's, so
  * commit order is seq order for the outbox); a write lock held by another
  * process makes it fail after a few milliseconds (a store fault), never

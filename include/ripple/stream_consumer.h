@@ -37,6 +37,7 @@
 #define CORE_STREAM_CONSUMER_H
 
 #include <ripple/common.h>
+#include <ripple/ids.h>
 
 struct service;
 struct json_t;
@@ -44,7 +45,14 @@ struct stream_consumer; /* opaque */
 struct stream_done;     /* completion token of an asynchronous handler */
 
 struct stream_consumer_config {
-    const char *stream;            /* from streams/, e.g. STREAM_USERS_COMMANDS; copied */
+    const char *stream; /* e.g. "users.commands"; copied */
+    /* The declared types (a module's consumes; entries of other streams
+     * are ignored), borrowed: an entry of a declared type is checked
+     * against its spec and goes to its handler (or to on_msg when it has
+     * none); an undeclared one is malformed on a *.commands stream and
+     * skipped on a *.events one. NULL: every type goes to on_msg,
+     * unchecked (tests and tools). */
+    const struct stream_type *types;
     unsigned batch;                /* XREADGROUP COUNT, 1..1024 */
     unsigned block_ms;             /* XREADGROUP BLOCK */
     unsigned reclaim_idle_ms;      /* XAUTOCLAIM min idle */
@@ -60,6 +68,7 @@ struct stream_msg {
     const char *entry_id; /* the Redis entry id */
     const char *id;       /* event id: the de-duplication key */
     const char *type;
+    const struct stream_type *decl; /* the module's declaration of type (its spec, handler) */
     const char *trace;              /* "" when absent */
     const char *source;             /* "" when absent */
     struct json_t *data;            /* borrowed: json_incref() to keep it */
@@ -80,12 +89,24 @@ struct stream_msg {
  * the handler returned, it counts for nothing. */
 #define STREAM_CONSUMER_ASYNC 1  /* kept msg->done; this stream waits for it */
 #define STREAM_CONSUMER_REJECT 2 /* refused by a business rule: dead-letter with msg->reason */
-#define STREAM_CONSUMER_SKIP 3   /* a catalog type this service does not act on: ack */
+#define STREAM_CONSUMER_SKIP 3   /* a type this service does not act on: ack */
 
 /* Called inside an open store transaction (under a savepoint of its own):
  * the handler writes its effects and appends its outbox rows there. */
 typedef int (*stream_consumer_msg_cb)(struct stream_msg *msg, void *data);
 typedef void (*stream_consumer_closed_cb)(void *data);
+
+/* Reading a message's payload, already checked against its declaration:
+ * stream_msg_uuid copies field's UUID in canonical lower case into out and
+ * returns 0 (-EINVAL when it is absent or no UUID); stream_msg_str returns
+ * field's string (borrowed, for the call) or NULL; stream_msg_int returns
+ * field's integer, or dflt when it is absent; stream_msg_trace returns the
+ * message's trace, or NULL when it has none. */
+CORE_MUST_CHECK int stream_msg_uuid(const struct stream_msg *msg, const char *field,
+                                    char out[IDS_UUID_LEN + 1]);
+const char *stream_msg_str(const struct stream_msg *msg, const char *field);
+long long stream_msg_int(const struct stream_msg *msg, const char *field, long long dflt);
+const char *stream_msg_trace(const struct stream_msg *msg);
 
 /* Formats the reason into msg->reason and returns STREAM_CONSUMER_REJECT. */
 int stream_msg_reject(struct stream_msg *msg, const char *fmt, ...) CORE_PRINTF(2, 3);
@@ -98,12 +119,22 @@ CORE_MUST_CHECK int stream_consumer_new(struct service *svc,
                                         stream_consumer_msg_cb on_msg, void *data,
                                         struct stream_consumer **out);
 
-/* The usual way: a consumer of stream configured from the service's
+typedef void (*stream_consumer_release_cb)(void *data);
+
+/* The usual way: a consumer for each stream the module consumes
+ * (module->consumes), configured from the service's settings, started when
+ * the service's Redis first comes up and closed when it stops. Each entry
+ * goes to its type's declared handler with data; an undeclared type is
+ * malformed on a *.commands stream and skipped on a *.events one.
+ * release(data), when not NULL, runs once every one of them is closed.
+ * Exits with one line on failure (startup only). */
+void service_consume(struct service *svc, void *data, stream_consumer_release_cb release);
+
+/* One consumer of stream configured from the service's
  * settings (CONSUMER_BATCH, MAX_DELIVERIES, ...), started when the service's
  * Redis first comes up and closed when it stops; release(data), when not
  * NULL, runs once it is closed. Exits with one line on failure (startup
  * only). */
-typedef void (*stream_consumer_release_cb)(void *data);
 struct stream_consumer *stream_consumer_attach(struct service *svc, const char *stream,
                                                stream_consumer_msg_cb on_msg, void *data,
                                                stream_consumer_release_cb release);

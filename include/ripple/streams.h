@@ -1,52 +1,48 @@
-/* streams.h -- the stream catalog of DESIGN.md §5: stream names, event types,
- * envelope fields, payload specs and their validation.
+/* streams.h -- the envelope of a stream entry, and the machinery of payload
+ * specs every module declares its streams with (DESIGN.md §5, §12).
  *
- * Every stream name and event type is defined here once; no service writes
- * one as a literal. A stream entry (an "envelope") carries the fields type,
- * data, id, trace, source, ts and v; envelope_parse turns the raw fields of
- * one entry into a struct envelope and checks data against the catalog with
- * streams_validate. Dead letters go to "<stream>.dlq" (streams_dlq_name) with
- * the original fields plus error, group and deliveries.
+ * The catalog is open: no list of streams or types lives here. Each module
+ * declares, in its own directory, the types it emits and the types it
+ * consumes (struct stream_type: stream, type, the fields of its payload),
+ * and hands the lists to the host in its descriptor (core/module.h). The
+ * outbox refuses a type its module did not declare; a consumer validates
+ * each entry against its module's declaration of that type. On a
+ * *.commands stream an undeclared type is malformed (dead-lettered); on a
+ * *.events stream it is skipped (acked): a consumer acts only on what it
+ * declares.
  *
- * Commands vs events. On a *.commands stream every catalog type is handled,
- * and an entry of any other type is malformed. On a *.events stream a
- * consumer acks and skips the catalog types it does not act on (the consumer
- * decides which), and an entry of a non-catalog type is malformed. Both
- * cases look the same here: envelope_parse returns -ENOENT for a type the
- * catalog does not list for that stream, and the consumer dead-letters it.
+ * A stream entry (an "envelope") carries the fields type, data, id, trace,
+ * source, ts and v; envelope_parse turns the raw fields of one entry into a
+ * struct envelope. Dead letters go to "<stream>.dlq" (streams_dlq_name) with
+ * the original fields plus error, group, deliveries and failures.
  *
- * Payload rules (a field present must be valid; optional means it may be
- * absent, never null):
- *   ids           canonical UUID strings, 8-4-4-4-12 hex digits, any case
- *   amount_cents  integer cents, 1 .. STREAMS_MAX_INTEGER (a charge, credit,
- *                 order total or refund of nothing is a bug, not an event)
- *   price_cents   integer cents, 1 .. STREAMS_MAX_INTEGER (so every order
- *                 total, and the charge it leads to, is positive)
- *   balance_cents, available
- *                 integers, 0 .. STREAMS_MAX_INTEGER (levels, may be zero)
- *   qty           integer, 1 .. STREAMS_MAX_QTY
- *   reason        a snake_case word, ^[a-z][a-z0-9_]{0,63}$
- *   name          a string, non-empty and at most STREAMS_MAX_NAME bytes after
- *                 trimming ASCII white space, no control characters
- *   email         a string of at most STREAMS_MAX_EMAIL bytes after trimming,
- *                 exactly one '@' with text on both sides, no white space or
- *                 control characters (a light check: the users service keeps
- *                 its own, stricter rule)
- *   sku           ^[A-Za-z0-9._-]{1,64}$, compared byte for byte
- *   items         a non-empty array of at most STREAMS_MAX_ITEMS objects
- *                 {sku, qty}, no sku twice
- * JSON integers must be JSON integers: not strings, reals or booleans. An
- * unknown key, in data or inside an item, is rejected ("data.foo: unknown
- * field"), so that a producer's typo is caught at the first consumer.
- * Business rules (an unknown sku needs name and price_cents, an email already
- * taken) are the services' to check, not the catalog's.
+ * Payload specs (struct spec_field, written with the SPEC_* macros). A field
+ * present must be valid; an optional one may be absent, never null. Kinds:
+ *   SPEC_STRING   a string of at most max bytes, no control characters but
+ *                 tab and newline (free text)
+ *   SPEC_TEXT     trimmed of ASCII white space: 1..max bytes, no control
+ *                 characters (a name)
+ *   SPEC_EMAIL    trimmed, at most max bytes, one '@' with text on both
+ *                 sides, no white space (a light check)
+ *   SPEC_TOKEN    1..max of A-Z a-z 0-9 . _ - (a sku)
+ *   SPEC_WORD     a snake_case word, [a-z][a-z0-9_]{0,63} (a reason)
+ *   SPEC_ENUM     one of a NULL-terminated list of words
+ *   SPEC_UUID     a canonical 8-4-4-4-12 UUID, any case
+ *   SPEC_INT      a JSON integer (not a string, real or boolean) in [min, max]
+ *   SPEC_BOOL     true or false
+ *   SPEC_OBJECT   an object with its own fields
+ *   SPEC_ARRAY    min..max items, each matching item; .unique names a field
+ *                 of object items no two items may share
+ * An unknown key is rejected ("data.foo: unknown field"), so that a
+ * producer's typo is caught at the first consumer, unless the object is
+ * declared open. Business rules (an unknown sku needs a price, an email
+ * already taken) are the modules' to check, not the spec's.
  *
  * Error messages name the path and what is expected, e.g.
  * "data.items[2].qty: expected a positive integer". They are always
  * NUL-terminated printable ASCII (bytes from the entry outside 0x20-0x7e show
  * as '?'), cut to the caller's buffer, and safe to log or to store as a dead
- * letter's error. STREAMS_MAX_ERR bytes hold any of them whole (for the
- * catalog's stream names).
+ * letter's error. STREAMS_MAX_ERR bytes hold any of them whole.
  *
  * No state, no threads; jansson is used for JSON. */
 #ifndef STREAMS_STREAMS_H
@@ -58,53 +54,8 @@
 
 struct json_t;
 
-/* Streams: <service>.commands (what others ask a service to do) and
- * <service>.events (what happened in it). */
-#define STREAM_USERS_COMMANDS "users.commands"
-#define STREAM_USERS_EVENTS "users.events"
-#define STREAM_ORDERS_COMMANDS "orders.commands"
-#define STREAM_ORDERS_EVENTS "orders.events"
-#define STREAM_INVENTORY_COMMANDS "inventory.commands"
-#define STREAM_INVENTORY_EVENTS "inventory.events"
-#define STREAM_PAYMENTS_COMMANDS "payments.commands"
-#define STREAM_PAYMENTS_EVENTS "payments.events"
-
-/* Types, grouped by stream; the data each carries is in the comment. */
-/* users.commands */
-#define EVENT_USER_REGISTER "user.register" /* name, email */
-/* users.events */
-#define EVENT_USER_REGISTERED "user.registered" /* user_id, name, email */
-/* orders.commands */
-#define EVENT_ORDER_PLACE "order.place" /* user_id, items */
-/* orders.events */
-#define EVENT_ORDER_PLACED "order.placed"       /* order_id, user_id, items */
-#define EVENT_ORDER_CONFIRMED "order.confirmed" /* order_id, user_id, amount_cents */
-#define EVENT_ORDER_REJECTED "order.rejected"   /* order_id, user_id, reason */
-#define EVENT_ORDER_CANCELLED "order.cancelled" /* order_id, user_id, reason */
-/* inventory.commands */
-#define EVENT_STOCK_RESERVE "stock.reserve"     /* order_id, items */
-#define EVENT_STOCK_RELEASE "stock.release"     /* order_id */
-#define EVENT_STOCK_COMMIT "stock.commit"       /* order_id */
-#define EVENT_PRODUCT_RESTOCK "product.restock" /* sku, qty, name?, price_cents? */
-/* inventory.events */
-#define EVENT_STOCK_RESERVED "stock.reserved"       /* order_id, amount_cents */
-#define EVENT_STOCK_REJECTED "stock.rejected"       /* order_id, reason */
-#define EVENT_STOCK_RELEASED "stock.released"       /* order_id */
-#define EVENT_STOCK_COMMITTED "stock.committed"     /* order_id */
-#define EVENT_PRODUCT_RESTOCKED "product.restocked" /* sku, qty, available */
-/* payments.commands */
-#define EVENT_PAYMENT_CHARGE "payment.charge" /* order_id, user_id, amount_cents */
-#define EVENT_PAYMENT_REFUND "payment.refund" /* order_id */
-#define EVENT_ACCOUNT_CREDIT "account.credit" /* user_id, amount_cents */
-/* payments.events */
-#define EVENT_ACCOUNT_OPENED "account.opened"       /* user_id, balance_cents */
-#define EVENT_ACCOUNT_CREDITED "account.credited"   /* user_id, amount_cents, balance_cents */
-#define EVENT_PAYMENT_SUCCEEDED "payment.succeeded" /* order_id, user_id, amount_cents */
-#define EVENT_PAYMENT_REFUNDED "payment.refunded"   /* order_id, user_id, amount_cents */
-#define EVENT_PAYMENT_FAILED "payment.failed"       /* order_id, user_id, reason */
-
 /* Envelope fields of a stream entry. */
-#define ENVELOPE_TYPE "type"     /* required, a type above */
+#define ENVELOPE_TYPE "type"     /* required: the declared type */
 #define ENVELOPE_DATA "data"     /* required, a JSON object: the payload */
 #define ENVELOPE_ID "id"         /* event UUID, the de-duplication key */
 #define ENVELOPE_TRACE "trace"   /* correlation id (the order id within a saga) */
@@ -142,25 +93,131 @@ struct json_t;
 /* Returns 1 if stream's name ends in ".commands", else 0 (NULL too). */
 int streams_is_commands(const char *stream);
 
-/* Returns 1 if the catalog lists type for stream, else 0 (NULL too). Every
- * type belongs to exactly one stream. */
-int streams_known_type(const char *stream, const char *type);
+/* ---------------------------------------------------------------------------
+ * Payload specs
+ * ------------------------------------------------------------------------- */
 
-/* The catalog in table order, for metrics labels and tests: sets *stream and
- * *type (static strings) to entry i and returns 0, or returns -ENOENT when i
- * is past the last entry. */
-CORE_MUST_CHECK int streams_catalog_entry(size_t i, const char **stream, const char **type);
+enum spec_kind {
+    SPEC_K_STRING,
+    SPEC_K_TEXT,
+    SPEC_K_EMAIL,
+    SPEC_K_TOKEN,
+    SPEC_K_WORD,
+    SPEC_K_ENUM,
+    SPEC_K_UUID,
+    SPEC_K_INT,
+    SPEC_K_BOOL,
+    SPEC_K_OBJECT,
+    SPEC_K_ARRAY,
+};
 
-/* Checks data (borrowed, may be NULL) against the spec of type on stream.
- * The type is checked first, so -ENOENT is returned whatever data is.
- * Returns 0; -ENOENT when the catalog does not list type for stream (err:
- * "type: unknown type \"x.y\" for stream users.commands"); or -EINVAL when
- * data is not an object or breaks its spec (err: "data: expected a JSON
- * object", "data.items[2].sku: required", "data.foo: unknown field", ...).
- * err (errlen bytes, may be NULL) is written only on error. On 0, every
- * field the spec lists is either absent (optional ones only) or valid. */
-CORE_MUST_CHECK int streams_validate(const char *stream, const char *type,
-                                     const struct json_t *data, char *err, size_t errlen);
+/* One field of a payload (or, in an ARRAY's .item, the spec of each item,
+ * whose name is not used). A list of fields ends with SPEC_END. */
+struct spec_field {
+    const char *name;
+    enum spec_kind kind;
+    int optional;                    /* may be absent (never null) */
+    long long min, max;              /* INT: the range; ARRAY: items; strings: max bytes */
+    const char *const *words;        /* ENUM: NULL-terminated */
+    const struct spec_field *fields; /* OBJECT: its fields, SPEC_END-terminated */
+    const struct spec_field *item;   /* ARRAY: each item */
+    const char *unique;              /* ARRAY of objects: a field no two items share */
+    int open;                        /* OBJECT: unknown keys allowed */
+};
+
+/* Field constructors; extra designators may follow, e.g.
+ * SPEC_TEXT("name", 100, .optional = 1). */
+#define SPEC_STRING(n, maxb, ...)                                                                  \
+    {                                                                                              \
+        .name = (n), .kind = SPEC_K_STRING, .max = (maxb), __VA_ARGS__                             \
+    }
+#define SPEC_TEXT(n, maxb, ...)                                                                    \
+    {                                                                                              \
+        .name = (n), .kind = SPEC_K_TEXT, .max = (maxb), __VA_ARGS__                               \
+    }
+#define SPEC_EMAIL(n, ...)                                                                         \
+    {                                                                                              \
+        .name = (n), .kind = SPEC_K_EMAIL, .max = STREAMS_MAX_EMAIL, __VA_ARGS__                   \
+    }
+#define SPEC_TOKEN(n, maxb, ...)                                                                   \
+    {                                                                                              \
+        .name = (n), .kind = SPEC_K_TOKEN, .max = (maxb), __VA_ARGS__                              \
+    }
+#define SPEC_WORD(n, ...)                                                                          \
+    {                                                                                              \
+        .name = (n), .kind = SPEC_K_WORD, .max = STREAMS_MAX_REASON, __VA_ARGS__                   \
+    }
+#define SPEC_ENUM(n, w, ...)                                                                       \
+    {                                                                                              \
+        .name = (n), .kind = SPEC_K_ENUM, .words = (w), __VA_ARGS__                                \
+    }
+#define SPEC_UUID(n, ...)                                                                          \
+    {                                                                                              \
+        .name = (n), .kind = SPEC_K_UUID, __VA_ARGS__                                              \
+    }
+#define SPEC_INT(n, lo, hi, ...)                                                                   \
+    {                                                                                              \
+        .name = (n), .kind = SPEC_K_INT, .min = (lo), .max = (hi), __VA_ARGS__                     \
+    }
+#define SPEC_POSITIVE(n, hi, ...) SPEC_INT(n, 1, hi, __VA_ARGS__)
+#define SPEC_BOOL(n, ...)                                                                          \
+    {                                                                                              \
+        .name = (n), .kind = SPEC_K_BOOL, __VA_ARGS__                                              \
+    }
+#define SPEC_OBJECT(n, f, ...)                                                                     \
+    {                                                                                              \
+        .name = (n), .kind = SPEC_K_OBJECT, .fields = (f), __VA_ARGS__                             \
+    }
+#define SPEC_ARRAY(n, it, lo, hi, ...)                                                             \
+    {                                                                                              \
+        .name = (n), .kind = SPEC_K_ARRAY, .item = (it), .min = (lo), .max = (hi), __VA_ARGS__     \
+    }
+#define SPEC_END                                                                                   \
+    {                                                                                              \
+        .name = NULL                                                                               \
+    }
+
+struct stream_msg;
+/* A consumed type's handler (core/stream_consumer.h says what it returns). */
+typedef int (*stream_handler_cb)(struct stream_msg *msg, void *data);
+
+/* A declared type: its stream, its name and its payload. In a list of them
+ * (a module's emits or consumes), the entry with stream NULL ends it. */
+struct stream_type {
+    const char *stream;              /* "<module>.commands" or "<module>.events" */
+    const char *type;                /* "order.placed": lower-case words and dots */
+    const struct spec_field *fields; /* the payload's fields, SPEC_END-terminated */
+    stream_handler_cb handler;       /* consumed types: what handles it */
+    const char *summary;             /* one line for the generated catalog; may be NULL */
+};
+
+/* The declaration of type on stream in list (NULL-terminated by stream;
+ * list may be NULL), or NULL. */
+const struct stream_type *streams_find(const struct stream_type *list, const char *stream,
+                                       const char *type);
+
+/* Checks data (borrowed, may be NULL) against t's payload. Returns 0, or
+ * -EINVAL when data is not an object or breaks the spec (err: "data:
+ * expected a JSON object", "data.items[2].sku: required", "data.foo: unknown
+ * field", ...). err (errlen bytes, may be NULL) is written only on error. */
+CORE_MUST_CHECK int streams_validate(const struct stream_type *t, const struct json_t *data,
+                                     char *err, size_t errlen);
+
+/* Writes the message for a type that list does not declare on stream
+ * ("type: unknown type \"x.y\" for stream users.commands") and returns
+ * -ENOENT. */
+int streams_unknown_type(const char *stream, const char *type, char *err, size_t errlen);
+
+/* Checks a list of declarations: names well-formed, every type once, specs
+ * sound (a max for strings, a range, items for arrays...). Returns 0 or
+ * -EINVAL with the first problem in err. A host checks every module's at
+ * start. */
+CORE_MUST_CHECK int streams_check_list(const struct stream_type *list, char *err, size_t errlen);
+
+/* One line describing f's kind and bounds for the generated catalog, e.g.
+ * "uuid", "integer 1..1000000", "[{sku, qty}] 1..100, sku unique". Returns
+ * the length written (cut to len). */
+size_t streams_describe(const struct spec_field *f, char *buf, size_t len);
 
 /* One field of a raw stream entry: borrowed spans (e.g. into a hiredis
  * reply), not necessarily NUL-terminated. */
@@ -190,18 +247,23 @@ struct envelope {
  * hold a NUL byte. ts is optional, a non-negative decimal integer. v is
  * optional and must be STREAMS_ENVELOPE_VERSION ("v: unsupported version 2").
  * A field given twice is malformed; fields with other names are ignored (a
- * replayed dead letter's error, group, deliveries and failures). Then checks
- * data with streams_validate.
+ * replayed dead letter's error, group, deliveries and failures). Then, when
+ * types (a module's declarations, NULL-terminated) is not NULL: a type it
+ * does not declare on stream is reported before data is even parsed
+ * (-ENOENT), and data is checked against the declared spec (*decl, when
+ * not NULL, is set to the declaration). With types NULL, data is parsed,
+ * not checked.
  *
- * Returns 0 with out filled (release it with envelope_release); -EINVAL when
- * the entry is malformed or its payload breaks its spec; or -ENOENT when the
- * catalog does not list its type for stream. err (errlen bytes, may be NULL)
+ * Returns 0 with out filled (release it with envelope_release); -EINVAL
+ * when the entry is malformed or its payload breaks its spec; or -ENOENT
+ * when types does not declare its type. err (errlen bytes, may be NULL)
  * says why, e.g. "type: required", "data: not JSON: ...", "data.qty: expected
  * a positive integer". On error out->data is NULL (out holds no references)
  * and the strings hold what was parsed before the error, for logging.
  * stream and entry_id are NUL-terminated; fields may be NULL if nfields is 0. */
 CORE_MUST_CHECK int envelope_parse(const char *stream, const char *entry_id,
                                    const struct stream_field *fields, size_t nfields,
+                                   const struct stream_type *types, const struct stream_type **decl,
                                    struct envelope *out, char *err, size_t errlen);
 
 /* Drops e's reference to data and sets it to NULL. Safe to call twice, and on

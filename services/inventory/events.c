@@ -55,7 +55,7 @@ static const char *const sql_res_get =
     "SELECT status, reason, amount_cents FROM reservations WHERE order_id = ?1";
 static const char *const sql_res_insert =
     "INSERT INTO reservations (order_id, status, reason, amount_cents, created_at, updated_at) "
-    "VALUES (?1, ?2, ?3, ?4, " NOW ", " NOW ")";
+    "VALUES (?1, ?2, ?3, nullif(?4, 0), " NOW ", " NOW ")";
 static const char *const sql_res_set_status =
     "UPDATE reservations SET status = ?2, updated_at = " NOW " WHERE order_id = ?1";
 static const char *const sql_item_insert =
@@ -70,8 +70,8 @@ static const char *const sql_product_insert =
     "VALUES (?1, ?2, ?3, ?4, ?4, " NOW ", " NOW ")";
 static const char *const sql_product_restock =
     "UPDATE products SET available = available + ?2, restocked = restocked + ?2, "
-    "name = coalesce(?3, name), price_cents = coalesce(?4, price_cents), updated_at = " NOW
-    " WHERE sku = ?1 RETURNING available";
+    "name = coalesce(?3, name), price_cents = coalesce(nullif(?4, 0), price_cents), "
+    "updated_at = " NOW " WHERE sku = ?1 RETURNING available";
 static const char *const sql_items_release =
     "UPDATE products SET available = products.available + i.qty, "
     "reserved = products.reserved - i.qty, updated_at = " NOW
@@ -105,20 +105,6 @@ struct stock {
  * Statements
  * ------------------------------------------------------------------------- */
 
-/* Steps st to its end (binding failed: no step), logs a failure, resets st.
- * Returns 0 or -EIO. */
-static int exec_done(struct inventory *inv, sqlite3_stmt *st, int bind_failed, const char *what)
-{
-    int rc = bind_failed ? SQLITE_MISUSE : sqlite3_step(st);
-
-    while (rc == SQLITE_ROW)
-        rc = sqlite3_step(st);
-    if (rc != SQLITE_DONE)
-        log_error("inventory: %s: %s", what, store_errmsg(inv->svc->store));
-    store_reset(st);
-    return rc == SQLITE_DONE ? 0 : -EIO;
-}
-
 static enum res_status res_status_of(const unsigned char *s)
 {
     for (size_t i = RES_RESERVED; s != NULL && i < ARRAY_SIZE(res_names); i++) {
@@ -133,60 +119,43 @@ static enum res_status res_status_of(const unsigned char *s)
 static int res_load(struct inventory *inv, const char *oid, struct reservation *r)
 {
     sqlite3_stmt *st = inv->res_get;
-    int rc = sqlite3_bind_text(st, 1, oid, -1, SQLITE_STATIC);
+    int rc = store_query(inv->svc->store, st, "inventory: read reservation", "s", oid);
 
     memset(r, 0, sizeof(*r));
-    if (rc == SQLITE_OK)
-        rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        const unsigned char *reason = sqlite3_column_text(st, 1);
-        int n = snprintf(r->reason, sizeof(r->reason), "%s", reason ? (const char *)reason : "");
-
-        r->status = res_status_of(sqlite3_column_text(st, 0));
-        r->amount_cents = sqlite3_column_int64(st, 2);
-        /* The schema admits only the four names; only this module writes
-         * reasons, all of them short snake_case words. */
-        if (r->status == RES_NONE || n < 0 || (size_t)n >= sizeof(r->reason))
-            rc = SQLITE_CORRUPT;
-        else
-            rc = SQLITE_DONE;
-    }
-    if (rc != SQLITE_DONE)
-        log_error("inventory: read reservation %s: %s", oid, store_errmsg(inv->svc->store));
+    if (rc <= 0)
+        return rc;
+    r->status = res_status_of(sqlite3_column_text(st, 0));
+    r->amount_cents = sqlite3_column_int64(st, 2);
+    /* The schema admits only the four names; only this module writes
+     * reasons, all of them short snake_case words. */
+    rc = store_column_text(st, 1, r->reason, sizeof(r->reason));
     store_reset(st);
-    return rc == SQLITE_DONE ? 0 : -EIO;
+    if (r->status == RES_NONE || rc == -ENOSPC) {
+        log_error("inventory: reservation %s is corrupt", oid);
+        return -EIO;
+    }
+    return 0;
 }
 
 /* Inserts the reservation of oid; reason NULL and amount 0 are stored NULL. */
 static int res_insert(struct inventory *inv, const char *oid, enum res_status status,
                       const char *reason, int64_t amount_cents)
 {
-    sqlite3_stmt *st = inv->res_insert;
-    int bad = sqlite3_bind_text(st, 1, oid, -1, SQLITE_STATIC) != SQLITE_OK;
-
-    bad |= sqlite3_bind_text(st, 2, res_names[status], -1, SQLITE_STATIC) != SQLITE_OK;
-    if (reason != NULL)
-        bad |= sqlite3_bind_text(st, 3, reason, -1, SQLITE_STATIC) != SQLITE_OK;
-    if (amount_cents > 0)
-        bad |= sqlite3_bind_int64(st, 4, amount_cents) != SQLITE_OK;
-    return exec_done(inv, st, bad, "insert reservation");
+    return store_exec(inv->svc->store, inv->res_insert, "inventory: insert reservation", "sssI",
+                      oid, res_names[status], reason, amount_cents);
 }
 
 static int res_set_status(struct inventory *inv, const char *oid, enum res_status status)
 {
-    sqlite3_stmt *st = inv->res_set_status;
-    int bad = sqlite3_bind_text(st, 1, oid, -1, SQLITE_STATIC) != SQLITE_OK;
-
-    bad |= sqlite3_bind_text(st, 2, res_names[status], -1, SQLITE_STATIC) != SQLITE_OK;
-    return exec_done(inv, st, bad, "update reservation");
+    return store_exec(inv->svc->store, inv->res_set_status, "inventory: update reservation", "ss",
+                      oid, res_names[status]);
 }
 
 /* Runs items_release or items_commit for oid's items, then sets status. */
 static int res_settle(struct inventory *inv, sqlite3_stmt *items, const char *oid,
                       enum res_status status)
 {
-    int bad = sqlite3_bind_text(items, 1, oid, -1, SQLITE_STATIC) != SQLITE_OK;
-    int rc = exec_done(inv, items, bad, "move reserved stock");
+    int rc = store_exec(inv->svc->store, items, "inventory: move reserved stock", "s", oid);
 
     return rc < 0 ? rc : res_set_status(inv, oid, status);
 }
@@ -195,76 +164,77 @@ static int res_settle(struct inventory *inv, sqlite3_stmt *items, const char *oi
 static int stock_load(struct inventory *inv, const char *sku, struct stock *s)
 {
     sqlite3_stmt *st = inv->product_stock;
-    int rc = sqlite3_bind_text(st, 1, sku, -1, SQLITE_STATIC);
+    int rc = store_query(inv->svc->store, st, "inventory: read stock", "s", sku);
 
-    if (rc == SQLITE_OK)
-        rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
+    if (rc > 0) {
         s->price_cents = sqlite3_column_int64(st, 0);
         s->available = sqlite3_column_int64(st, 1);
         s->total = sqlite3_column_int64(st, 2);
-    } else if (rc != SQLITE_DONE) {
-        log_error("inventory: read stock of %s: %s", sku, store_errmsg(inv->svc->store));
+        store_reset(st);
     }
-    store_reset(st);
-    return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -EIO;
+    return rc;
 }
 
 /* ---------------------------------------------------------------------------
  * Replies (appended to the outbox in the consumer's transaction)
  * ------------------------------------------------------------------------- */
 
-/* Appends type with data (new: released here, NULL meaning ENOMEM). */
-static int emit(struct inventory *inv, const char *type, json_t *data, const char *trace)
-{
-    int rc = -ENOMEM;
+/* What inventory emits (DESIGN.md §12), in the order of enum inv_out. */
+enum inv_out { OUT_RESERVED, OUT_REJECTED, OUT_RELEASED, OUT_COMMITTED, OUT_RESTOCKED };
 
-    if (data != NULL)
-        rc = outbox_append(inv->svc->outbox, STREAM_INVENTORY_EVENTS, type, data, trace, NULL);
-    json_decref(data);
-    return rc;
-}
+static const struct spec_field order_fields[] = {SPEC_UUID("order_id"), SPEC_END};
+static const struct spec_field reserved_fields[] = {
+    SPEC_UUID("order_id"), SPEC_POSITIVE("amount_cents", STREAMS_MAX_INTEGER), SPEC_END};
+static const struct spec_field rejected_fields[] = {SPEC_UUID("order_id"), SPEC_WORD("reason"),
+                                                    SPEC_END};
+static const struct spec_field restocked_fields[] = {
+    SPEC_TOKEN("sku", INVENTORY_SKU_MAX), SPEC_POSITIVE("qty", STREAMS_MAX_QTY),
+    SPEC_INT("available", 0, STREAMS_MAX_INTEGER), SPEC_END};
+
+const struct stream_type inventory_emits[] = {
+    [OUT_RESERVED] = {"inventory.events", "stock.reserved", reserved_fields,
+                      .summary = "the order's items are reserved; amount_cents at today's prices"},
+    [OUT_REJECTED] = {"inventory.events", "stock.rejected", rejected_fields,
+                      .summary = "nothing reserved: unknown_sku, out_of_stock, ..."},
+    [OUT_RELEASED] = {"inventory.events", "stock.released", order_fields,
+                      .summary = "a reservation was returned (or never existed)"},
+    [OUT_COMMITTED] = {"inventory.events", "stock.committed", order_fields,
+                       .summary = "a reservation was sold"},
+    [OUT_RESTOCKED] = {"inventory.events", "product.restocked", restocked_fields,
+                       .summary = "qty added; available is the new level"},
+    {NULL},
+};
 
 static int emit_reserved(struct inventory *inv, const char *oid, int64_t amount_cents,
                          const char *trace)
 {
-    return emit(inv, EVENT_STOCK_RESERVED,
-                json_pack("{s:s, s:I}", "order_id", oid, "amount_cents", (json_int_t)amount_cents),
-                trace);
+    return outbox_emit(
+        inv->svc->outbox, &inventory_emits[OUT_RESERVED],
+        json_pack("{s:s, s:I}", "order_id", oid, "amount_cents", (json_int_t)amount_cents), trace,
+        NULL);
 }
 
 static int emit_rejected(struct inventory *inv, const char *oid, const char *reason,
                          const char *trace)
 {
-    return emit(inv, EVENT_STOCK_REJECTED,
-                json_pack("{s:s, s:s}", "order_id", oid, "reason", reason), trace);
+    return outbox_emit(inv->svc->outbox, &inventory_emits[OUT_REJECTED],
+                       json_pack("{s:s, s:s}", "order_id", oid, "reason", reason), trace, NULL);
 }
 
 /* stock.released or stock.committed: {order_id}. */
-static int emit_order(struct inventory *inv, const char *type, const char *oid, const char *trace)
+static int emit_order(struct inventory *inv, enum inv_out out, const char *oid, const char *trace)
 {
-    return emit(inv, type, json_pack("{s:s}", "order_id", oid), trace);
+    return outbox_emit(inv->svc->outbox, &inventory_emits[out], json_pack("{s:s}", "order_id", oid),
+                       trace, NULL);
 }
 
 /* ---------------------------------------------------------------------------
  * The order id and the trace of a command
  * ------------------------------------------------------------------------- */
 
-/* Copies msg's data.order_id lower-cased into oid. The catalog checked it is
- * a UUID; anything else is refused all the same. Returns 0 or
- * STREAM_CONSUMER_REJECT. */
-static int read_order_id(struct stream_msg *msg, char oid[IDS_UUID_LEN + 1])
-{
-    const json_t *v = json_object_get(msg->data, "order_id");
-
-    if (ids_canonical(json_string_value(v), json_string_length(v), oid) < 0)
-        return stream_msg_reject(msg, "data.order_id: expected a UUID");
-    return 0;
-}
-
 static const char *trace_of(const struct stream_msg *msg, const char *fallback)
 {
-    return msg->trace[0] != '\0' ? msg->trace : fallback;
+    return stream_msg_trace(msg) ? stream_msg_trace(msg) : fallback;
 }
 
 /* The prologue of every order command: its order id into oid, its trace
@@ -273,10 +243,8 @@ static const char *trace_of(const struct stream_msg *msg, const char *fallback)
 static int load_order(struct inventory *inv, struct stream_msg *msg, char oid[IDS_UUID_LEN + 1],
                       const char **trace, struct reservation *r)
 {
-    int rc = read_order_id(msg, oid);
-
-    if (rc != 0)
-        return rc;
+    if (stream_msg_uuid(msg, "order_id", oid) < 0)
+        return stream_msg_reject(msg, "data.order_id: expected a UUID");
     *trace = trace_of(msg, oid);
     return res_load(inv, oid, r);
 }
@@ -345,21 +313,18 @@ static int take_items(struct inventory *inv, const char *oid, const json_t *item
     for (size_t i = 0; i < json_array_size(items); i++) {
         const json_t *it = json_array_get(items, i);
         const char *sku = json_string_value(json_object_get(it, "sku"));
-        json_int_t qty = json_integer_value(json_object_get(it, "qty"));
-        int bad, rc;
+        int64_t qty = json_integer_value(json_object_get(it, "qty"));
+        int rc;
 
-        bad = sqlite3_bind_text(take, 1, sku, -1, SQLITE_STATIC) != SQLITE_OK;
-        bad |= sqlite3_bind_int64(take, 2, qty) != SQLITE_OK;
-        if ((rc = exec_done(inv, take, bad, "reserve stock")) < 0)
+        if ((rc = store_exec(inv->svc->store, take, "inventory: reserve stock", "sI", sku, qty)) <
+            0)
             return rc;
         /* Checked in this transaction: a miss means the database moved
          * under us, so roll the whole order back. */
         if (sqlite3_changes(store_db(inv->svc->store)) != 1)
             return -EIO;
-        bad = sqlite3_bind_text(rec, 1, oid, -1, SQLITE_STATIC) != SQLITE_OK;
-        bad |= sqlite3_bind_text(rec, 2, sku, -1, SQLITE_STATIC) != SQLITE_OK;
-        bad |= sqlite3_bind_int64(rec, 3, qty) != SQLITE_OK;
-        if ((rc = exec_done(inv, rec, bad, "record reserved item")) < 0)
+        if ((rc = store_exec(inv->svc->store, rec, "inventory: record reserved item", "ssI", oid,
+                             sku, qty)) < 0)
             return rc;
     }
     return 0;
@@ -397,8 +362,9 @@ static int refuse_reserve(struct inventory *inv, const char *oid, const struct v
     return rc;
 }
 
-static int on_reserve(struct inventory *inv, struct stream_msg *msg)
+static int on_reserve(struct stream_msg *msg, void *data)
 {
+    struct inventory *inv = data;
     const json_t *items = json_object_get(msg->data, "items");
     char oid[IDS_UUID_LEN + 1];
     struct reservation r;
@@ -428,8 +394,9 @@ static int on_reserve(struct inventory *inv, struct stream_msg *msg)
  * stock.release and stock.commit
  * ------------------------------------------------------------------------- */
 
-static int on_release(struct inventory *inv, struct stream_msg *msg)
+static int on_release(struct stream_msg *msg, void *data)
 {
+    struct inventory *inv = data;
     char oid[IDS_UUID_LEN + 1];
     struct reservation r;
     const char *trace, *what;
@@ -450,14 +417,15 @@ static int on_release(struct inventory *inv, struct stream_msg *msg)
         what = r.status == RES_RELEASED ? "already released: no change" : "was rejected: no change";
     }
     if (rc == 0)
-        rc = emit_order(inv, EVENT_STOCK_RELEASED, oid, trace);
+        rc = emit_order(inv, OUT_RELEASED, oid, trace);
     if (rc == 0)
         log_write(LOG_LEVEL_INFO, trace, "stock released order=%s (%s)", oid, what);
     return rc;
 }
 
-static int on_commit(struct inventory *inv, struct stream_msg *msg)
+static int on_commit(struct stream_msg *msg, void *data)
 {
+    struct inventory *inv = data;
     char oid[IDS_UUID_LEN + 1];
     struct reservation r;
     const char *trace;
@@ -473,7 +441,7 @@ static int on_commit(struct inventory *inv, struct stream_msg *msg)
     if (r.status == RES_RESERVED &&
         (rc = res_settle(inv, inv->items_commit, oid, RES_COMMITTED)) < 0)
         return rc;
-    if ((rc = emit_order(inv, EVENT_STOCK_COMMITTED, oid, trace)) < 0)
+    if ((rc = emit_order(inv, OUT_COMMITTED, oid, trace)) < 0)
         return rc;
     log_write(LOG_LEVEL_INFO, trace, "stock committed order=%s%s", oid,
               r.status == RES_COMMITTED ? " (already committed: answer replayed)" : "");
@@ -518,39 +486,28 @@ static void read_restock(const struct stream_msg *msg, struct restock *rs)
 static int restock_known(struct inventory *inv, const struct restock *rs, int64_t *available)
 {
     sqlite3_stmt *st = inv->product_restock;
-    int bad = sqlite3_bind_text(st, 1, rs->sku, -1, SQLITE_STATIC) != SQLITE_OK;
-    int rc;
+    /* RETURNING: the new level, then the statement runs to its end */
+    int rc = store_query(inv->svc->store, st, "inventory: restock", "sISI", rs->sku, rs->qty,
+                         rs->name, rs->name_len, rs->price_cents);
 
-    bad |= sqlite3_bind_int64(st, 2, rs->qty) != SQLITE_OK;
-    if (rs->name != NULL)
-        bad |= sqlite3_bind_text(st, 3, rs->name, (int)rs->name_len, SQLITE_STATIC) != SQLITE_OK;
-    if (rs->price_cents > 0)
-        bad |= sqlite3_bind_int64(st, 4, rs->price_cents) != SQLITE_OK;
-    rc = bad ? SQLITE_MISUSE : sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
+    if (rc > 0) {
         *available = sqlite3_column_int64(st, 0);
-        rc = sqlite3_step(st); /* RETURNING: run the statement to its end */
+        rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -EIO;
+        store_reset(st);
     }
-    if (rc != SQLITE_DONE)
-        log_error("inventory: restock %s: %s", rs->sku, store_errmsg(inv->svc->store));
-    store_reset(st);
-    return rc == SQLITE_DONE ? 0 : -EIO;
+    return rc < 0 ? -EIO : 0;
 }
 
 /* Creates an unknown sku with qty available. */
 static int restock_new(struct inventory *inv, const struct restock *rs)
 {
-    sqlite3_stmt *st = inv->product_insert;
-    int bad = sqlite3_bind_text(st, 1, rs->sku, -1, SQLITE_STATIC) != SQLITE_OK;
-
-    bad |= sqlite3_bind_text(st, 2, rs->name, (int)rs->name_len, SQLITE_STATIC) != SQLITE_OK;
-    bad |= sqlite3_bind_int64(st, 3, rs->price_cents) != SQLITE_OK;
-    bad |= sqlite3_bind_int64(st, 4, rs->qty) != SQLITE_OK;
-    return exec_done(inv, st, bad, "insert product");
+    return store_exec(inv->svc->store, inv->product_insert, "inventory: insert product", "sSII",
+                      rs->sku, rs->name, rs->name_len, rs->price_cents, rs->qty);
 }
 
-static int on_restock(struct inventory *inv, struct stream_msg *msg)
+static int on_restock(struct stream_msg *msg, void *data)
 {
+    struct inventory *inv = data;
     const char *trace = trace_of(msg, msg->id);
     struct restock rs;
     struct stock s;
@@ -571,10 +528,10 @@ static int on_restock(struct inventory *inv, struct stream_msg *msg)
         available = rs.qty;
     if (rc < 0)
         return rc;
-    rc = emit(inv, EVENT_PRODUCT_RESTOCKED,
-              json_pack("{s:s, s:I, s:I}", "sku", rs.sku, "qty", (json_int_t)rs.qty, "available",
-                        (json_int_t)available),
-              trace);
+    rc = outbox_emit(inv->svc->outbox, &inventory_emits[OUT_RESTOCKED],
+                     json_pack("{s:s, s:I, s:I}", "sku", rs.sku, "qty", (json_int_t)rs.qty,
+                               "available", (json_int_t)available),
+                     trace, NULL);
     if (rc == 0)
         log_write(LOG_LEVEL_INFO, trace, "product restocked sku=%s qty=%lld available=%lld%s%s",
                   rs.sku, (long long)rs.qty, (long long)available, known ? "" : " (new product)",
@@ -586,34 +543,31 @@ static int on_restock(struct inventory *inv, struct stream_msg *msg)
  * The consumer
  * ------------------------------------------------------------------------- */
 
-static int dispatch(struct inventory *inv, struct stream_msg *msg)
-{
-    if (strcmp(msg->type, EVENT_STOCK_RESERVE) == 0)
-        return on_reserve(inv, msg);
-    if (strcmp(msg->type, EVENT_STOCK_RELEASE) == 0)
-        return on_release(inv, msg);
-    if (strcmp(msg->type, EVENT_STOCK_COMMIT) == 0)
-        return on_commit(inv, msg);
-    if (strcmp(msg->type, EVENT_PRODUCT_RESTOCK) == 0)
-        return on_restock(inv, msg);
-    /* The catalog lists no other command for inventory.commands:
-     * envelope_parse has dead-lettered anything else before we get here. */
-    return stream_msg_reject(msg, "no handler for %s", msg->type);
-}
+/* What inventory consumes (DESIGN.md §12). */
+static const struct spec_field item_fields[] = {SPEC_TOKEN("sku", INVENTORY_SKU_MAX),
+                                                SPEC_POSITIVE("qty", STREAMS_MAX_QTY), SPEC_END};
+static const struct spec_field item = SPEC_OBJECT(NULL, item_fields);
+static const struct spec_field reserve_fields[] = {
+    SPEC_UUID("order_id"), SPEC_ARRAY("items", &item, 1, STREAMS_MAX_ITEMS, .unique = "sku"),
+    SPEC_END};
+static const struct spec_field restock_fields[] = {
+    SPEC_TOKEN("sku", INVENTORY_SKU_MAX),
+    SPEC_POSITIVE("qty", STREAMS_MAX_QTY),
+    SPEC_TEXT("name", INVENTORY_NAME_MAX, .optional = 1),
+    SPEC_POSITIVE("price_cents", STREAMS_MAX_INTEGER, .optional = 1),
+    SPEC_END,
+};
 
-static int on_command(struct stream_msg *msg, void *data)
-{
-    int rc = dispatch(data, msg);
-
-    /* The consumer logs the dead letter too, but without the trace that
-     * lets one follow an order across services. */
-    if (rc == STREAM_CONSUMER_REJECT) {
-        const char *oid = json_string_value(json_object_get(msg->data, "order_id"));
-        log_write(LOG_LEVEL_INFO, trace_of(msg, oid != NULL ? oid : msg->id),
-                  "%s %s refused (dead letter): %s", msg->type, msg->entry_id, msg->reason);
-    }
-    return rc;
-}
+const struct stream_type inventory_consumes[] = {
+    {"inventory.commands", "stock.reserve", reserve_fields, on_reserve,
+     "reserve every item of an order, or none"},
+    {"inventory.commands", "stock.release", order_fields, on_release,
+     "return an order's reservation (idempotent)"},
+    {"inventory.commands", "stock.commit", order_fields, on_commit, "sell a reservation"},
+    {"inventory.commands", "product.restock", restock_fields, on_restock,
+     "add stock; an unknown sku needs name and price_cents"},
+    {NULL},
+};
 
 static void release_inventory(void *data)
 {
@@ -649,5 +603,5 @@ int inventory_events_prepare(struct inventory *inv)
 
 void inventory_events_attach(struct inventory *inv)
 {
-    stream_consumer_attach(inv->svc, STREAM_INVENTORY_COMMANDS, on_command, inv, release_inventory);
+    service_consume(inv->svc, inv, release_inventory);
 }

@@ -55,5 +55,7 @@ const struct module inventory_module = {
     .name = "inventory",
     .default_port = 8003,
     .schema = inventory_schema_sql,
+    .emits = inventory_emits,
+    .consumes = inventory_consumes,
     .start = inventory_service_start,
 };

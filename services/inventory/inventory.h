@@ -14,12 +14,16 @@
 
 #include <ripple/common.h>
 #include <ripple/module.h>
+#include <ripple/streams.h>
 
 struct service;
 struct sqlite3_stmt;
 
-/* The module's descriptor (core/module.h): what a host runs. */
+/* The module's descriptor (ripple/module.h): what a host runs, and the
+ * types it emits and consumes (events.c). */
 extern const struct module inventory_module;
+extern const struct stream_type inventory_emits[];
+extern const struct stream_type inventory_consumes[];
 
 /* The text of schema.sql, embedded by the Makefile (scripts/embed-sql). */
 extern const char inventory_schema_sql[];

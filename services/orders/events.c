@@ -121,19 +121,16 @@ static int place_finish(struct stream_msg *msg, struct orders *o)
     return rc;
 }
 
-static int on_command(struct stream_msg *msg, void *data)
+int orders_on_place(struct stream_msg *msg, void *data)
 {
     struct orders *o = data;
 
-    if (strcmp(msg->type, EVENT_ORDER_PLACE) != 0) {
-        /* The catalog lists no other command for orders.commands:
-         * envelope_parse has dead-lettered anything else before here. */
-        return stream_msg_reject(msg, "no handler for %s", msg->type);
-    }
     return msg->resumed ? place_finish(msg, o) : place_start(msg, o);
 }
 
+/* Every consumer of orders (orders.commands, inventory.events,
+ * payments.events) shares one reference, dropped once all have closed. */
 void orders_events_start(struct orders *o)
 {
-    stream_consumer_attach(o->svc, STREAM_ORDERS_COMMANDS, on_command, o, orders_unref);
+    service_consume(o->svc, o, orders_unref);
 }

@@ -114,15 +114,16 @@ int orders_step_add(struct orders *o, const char *order_id, const char *step,
     return step_done(o, st, "add a timeline step");
 }
 
-int orders_emit(struct orders *o, const char *order_id, const char *stream, const char *type,
-                const json_t *data, const char *step, const char *at)
+int orders_emit(struct orders *o, const char *order_id, enum orders_out out, json_t *data,
+                const char *step, const char *at)
 {
+    const struct stream_type *t = &orders_emits[out];
     char event_id[IDS_UUID_LEN + 1];
-    int rc = outbox_append(o->svc->outbox, stream, type, data, order_id, event_id);
+    int rc = outbox_emit(o->svc->outbox, t, data, order_id, event_id);
 
     if (rc < 0)
         return rc;
-    return orders_step_add(o, order_id, step, type, event_id, stream, NULL, at);
+    return orders_step_add(o, order_id, step, t->type, event_id, t->stream, NULL, at);
 }
 
 static int insert_order(struct orders *o, const char *id, const struct orders_new *n,
@@ -160,35 +161,25 @@ static int insert_order(struct orders *o, const char *id, const struct orders_ne
 /* order.placed and stock.reserve: the saga's first step. */
 static int emit_placed(struct orders *o, const char *id, const struct orders_new *n, const char *at)
 {
-    json_t *placed =
-        json_pack("{s:s, s:s, s:O}", "order_id", id, "user_id", n->user_id, "items", n->items);
-    json_t *reserve = json_pack("{s:s, s:O}", "order_id", id, "items", n->items);
-    int rc = placed && reserve ? 0 : -ENOMEM;
+    int rc = orders_emit(
+        o, id, ORDERS_OUT_PLACED,
+        json_pack("{s:s, s:s, s:O}", "order_id", id, "user_id", n->user_id, "items", n->items),
+        ORDERS_STEP_PLACED, at);
 
     if (rc == 0)
-        rc = orders_emit(o, id, STREAM_ORDERS_EVENTS, EVENT_ORDER_PLACED, placed,
-                         ORDERS_STEP_PLACED, at);
-    if (rc == 0)
-        rc = orders_emit(o, id, STREAM_INVENTORY_COMMANDS, EVENT_STOCK_RESERVE, reserve,
+        rc = orders_emit(o, id, ORDERS_OUT_RESERVE,
+                         json_pack("{s:s, s:O}", "order_id", id, "items", n->items),
                          ORDERS_STEP_RESERVE_STOCK, at);
-    json_decref(placed);
-    json_decref(reserve);
     return rc;
 }
 
 static int emit_rejected(struct orders *o, const char *id, const struct orders_new *n,
                          const char *at)
 {
-    json_t *data =
-        json_pack("{s:s, s:s, s:s}", "order_id", id, "user_id", n->user_id, "reason", n->reason);
-    int rc;
-
-    if (data == NULL)
-        return -ENOMEM;
-    rc = orders_emit(o, id, STREAM_ORDERS_EVENTS, EVENT_ORDER_REJECTED, data, ORDERS_STEP_REJECTED,
-                     at);
-    json_decref(data);
-    return rc;
+    return orders_emit(
+        o, id, ORDERS_OUT_REJECTED,
+        json_pack("{s:s, s:s, s:s}", "order_id", id, "user_id", n->user_id, "reason", n->reason),
+        ORDERS_STEP_REJECTED, at);
 }
 
 int orders_create(struct orders *o, const struct orders_new *n, char id[IDS_UUID_LEN + 1])

@@ -130,5 +130,7 @@ const struct module orders_module = {
     .name = "orders",
     .default_port = 8002,
     .schema = orders_schema_sql,
+    .emits = orders_emits,
+    .consumes = orders_consumes,
     .start = orders_service_start,
 };

@@ -24,6 +24,7 @@
 #include <ripple/common.h>
 #include <ripple/ids.h>
 #include <ripple/service.h>
+#include <ripple/streams.h>
 
 struct json_t;
 struct sqlite3_stmt;
@@ -181,12 +182,37 @@ struct orders_new {
 CORE_MUST_CHECK int orders_create(struct orders *o, const struct orders_new *n,
                                   char id[IDS_UUID_LEN + 1]);
 
-/* Appends data as an event of type on stream to the outbox, with the order
- * id as its trace, and records it as the order's next timeline step. at is
- * the transition's time (ISO-8601). */
-CORE_MUST_CHECK int orders_emit(struct orders *o, const char *order_id, const char *stream,
-                                const char *type, const struct json_t *data, const char *step,
-                                const char *at);
+/* What orders emits (catalog.c), indexed by these. */
+enum orders_out {
+    ORDERS_OUT_PLACED,
+    ORDERS_OUT_CONFIRMED,
+    ORDERS_OUT_REJECTED,
+    ORDERS_OUT_CANCELLED,
+    ORDERS_OUT_RESERVE,
+    ORDERS_OUT_RELEASE,
+    ORDERS_OUT_COMMIT,
+    ORDERS_OUT_CHARGE,
+    ORDERS_OUT_REFUND,
+};
+extern const struct stream_type orders_emits[];
+extern const struct stream_type orders_consumes[];
+
+/* The handlers of what orders consumes (events.c: order.place; saga.c: the
+ * replies of inventory and payments). */
+int orders_on_place(struct stream_msg *msg, void *data);
+int orders_on_stock_reserved(struct stream_msg *msg, void *data);
+int orders_on_stock_rejected(struct stream_msg *msg, void *data);
+int orders_on_stock_released(struct stream_msg *msg, void *data);
+int orders_on_stock_committed(struct stream_msg *msg, void *data);
+int orders_on_payment_succeeded(struct stream_msg *msg, void *data);
+int orders_on_payment_failed(struct stream_msg *msg, void *data);
+int orders_on_payment_refunded(struct stream_msg *msg, void *data);
+
+/* Appends data (stolen; NULL is -ENOMEM) as the event out of orders_emits
+ * to the outbox, with the order id as its trace, and records it as the
+ * order's next timeline step. at is the transition's time (ISO-8601). */
+CORE_MUST_CHECK int orders_emit(struct orders *o, const char *order_id, enum orders_out out,
+                                struct json_t *data, const char *step, const char *at);
 /* Records a timeline step: an event the order received (with its stream
  * entry id) or sent (entry_id NULL: looked up in the outbox once published). */
 CORE_MUST_CHECK int orders_step_add(struct orders *o, const char *order_id, const char *step,

@@ -128,26 +128,13 @@ int orders_saga_arm(struct orders *o, const char *order_id)
     return rc;
 }
 
-/* Sends an event about so: {order_id[, user_id][, extra]} built by fmt. */
-static int send_event(struct orders *o, const struct saga_order *so, const char *stream,
-                      const char *type, json_t *data, const char *step, const char *at)
-{
-    int rc;
-
-    if (data == NULL)
-        return -ENOMEM;
-    rc = orders_emit(o, so->id, stream, type, data, step, at);
-    json_decref(data);
-    return rc;
-}
-
 static int send_release(struct orders *o, const struct saga_order *so, const char *at)
 {
-    return send_event(o, so, STREAM_INVENTORY_COMMANDS, EVENT_STOCK_RELEASE,
-                      json_pack("{s:s}", "order_id", so->id), ORDERS_STEP_RELEASE_STOCK, at);
+    return orders_emit(o, so->id, ORDERS_OUT_RELEASE, json_pack("{s:s}", "order_id", so->id),
+                       ORDERS_STEP_RELEASE_STOCK, at);
 }
 
-static int send_final(struct orders *o, const struct saga_order *so, const char *type,
+static int send_final(struct orders *o, const struct saga_order *so, enum orders_out out,
                       const char *reason, const char *step, const char *at)
 {
     json_t *data = reason ? json_pack("{s:s, s:s, s:s}", "order_id", so->id, "user_id", so->user_id,
@@ -155,7 +142,7 @@ static int send_final(struct orders *o, const struct saga_order *so, const char 
                           : json_pack("{s:s, s:s, s:I}", "order_id", so->id, "user_id", so->user_id,
                                       "amount_cents", (json_int_t)so->amount_cents);
 
-    return send_event(o, so, STREAM_ORDERS_EVENTS, type, data, step, at);
+    return orders_emit(o, so->id, out, data, step, at);
 }
 
 /* Records the event that arrived as the order's next step. */
@@ -179,10 +166,10 @@ static int on_stock_reserved(struct orders *o, struct saga_order *so, struct str
         if ((rc = received(o, so, msg, ORDERS_STEP_STOCK_RESERVED, at)) < 0 ||
             (rc = move(o, so, ORDERS_AWAITING_PAYMENT, (long long)amount, NULL, at)) < 0)
             return rc;
-        return send_event(o, so, STREAM_PAYMENTS_COMMANDS, EVENT_PAYMENT_CHARGE,
-                          json_pack("{s:s, s:s, s:I}", "order_id", so->id, "user_id", so->user_id,
-                                    "amount_cents", amount),
-                          ORDERS_STEP_CHARGE_PAYMENT, at);
+        return orders_emit(o, so->id, ORDERS_OUT_CHARGE,
+                           json_pack("{s:s, s:s, s:I}", "order_id", so->id, "user_id", so->user_id,
+                                     "amount_cents", amount),
+                           ORDERS_STEP_CHARGE_PAYMENT, at);
     }
     if (strcmp(so->status, ORDERS_CANCELLED) == 0 || strcmp(so->status, ORDERS_REJECTED) == 0) {
         /* The saga is over (a timeout): give the stock back. */
@@ -207,7 +194,7 @@ static int on_stock_rejected(struct orders *o, struct saga_order *so, struct str
         (rc = move(o, so, ORDERS_REJECTED, 0, reason, at)) < 0)
         return rc;
     log_write(LOG_LEVEL_INFO, so->id, "order rejected: %s", reason);
-    return send_final(o, so, EVENT_ORDER_REJECTED, reason, ORDERS_STEP_REJECTED, at);
+    return send_final(o, so, ORDERS_OUT_REJECTED, reason, ORDERS_STEP_REJECTED, at);
 }
 
 static int on_payment_succeeded(struct orders *o, struct saga_order *so, struct stream_msg *msg,
@@ -218,12 +205,11 @@ static int on_payment_succeeded(struct orders *o, struct saga_order *so, struct 
     if (strcmp(so->status, ORDERS_AWAITING_PAYMENT) == 0) {
         if ((rc = received(o, so, msg, ORDERS_STEP_PAYMENT_SUCCEEDED, at)) < 0 ||
             (rc = move(o, so, ORDERS_CONFIRMED, 0, NULL, at)) < 0 ||
-            (rc = send_event(o, so, STREAM_INVENTORY_COMMANDS, EVENT_STOCK_COMMIT,
-                             json_pack("{s:s}", "order_id", so->id), ORDERS_STEP_COMMIT_STOCK,
-                             at)) < 0)
+            (rc = orders_emit(o, so->id, ORDERS_OUT_COMMIT, json_pack("{s:s}", "order_id", so->id),
+                              ORDERS_STEP_COMMIT_STOCK, at)) < 0)
             return rc;
         log_write(LOG_LEVEL_INFO, so->id, "order confirmed: %lld cents", so->amount_cents);
-        return send_final(o, so, EVENT_ORDER_CONFIRMED, NULL, ORDERS_STEP_CONFIRMED, at);
+        return send_final(o, so, ORDERS_OUT_CONFIRMED, NULL, ORDERS_STEP_CONFIRMED, at);
     }
     if (strcmp(so->status, ORDERS_CANCELLED) == 0 || strcmp(so->status, ORDERS_REJECTED) == 0) {
         /* Charged for an order that is over: pay it back. */
@@ -231,8 +217,8 @@ static int on_payment_succeeded(struct orders *o, struct saga_order *so, struct 
                   so->status);
         if ((rc = received(o, so, msg, ORDERS_STEP_LATE_PAYMENT_SUCCEEDED, at)) < 0)
             return rc;
-        return send_event(o, so, STREAM_PAYMENTS_COMMANDS, EVENT_PAYMENT_REFUND,
-                          json_pack("{s:s}", "order_id", so->id), ORDERS_STEP_REFUND_PAYMENT, at);
+        return orders_emit(o, so->id, ORDERS_OUT_REFUND, json_pack("{s:s}", "order_id", so->id),
+                           ORDERS_STEP_REFUND_PAYMENT, at);
     }
     return STREAM_CONSUMER_SKIP;
 }
@@ -250,57 +236,22 @@ static int on_payment_failed(struct orders *o, struct saga_order *so, struct str
         (rc = send_release(o, so, at)) < 0)
         return rc;
     log_write(LOG_LEVEL_INFO, so->id, "order cancelled: %s", reason);
-    return send_final(o, so, EVENT_ORDER_CANCELLED, reason, ORDERS_STEP_CANCELLED, at);
-}
-
-/* The acknowledgements of compensations and commits: timeline only. */
-static int on_ack(struct orders *o, struct saga_order *so, struct stream_msg *msg, const char *at)
-{
-    const char *step = strcmp(msg->type, EVENT_STOCK_RELEASED) == 0 ? ORDERS_STEP_STOCK_RELEASED
-                       : strcmp(msg->type, EVENT_STOCK_COMMITTED) == 0
-                           ? ORDERS_STEP_STOCK_COMMITTED
-                           : ORDERS_STEP_PAYMENT_REFUNDED;
-
-    return received(o, so, msg, step, at);
+    return send_final(o, so, ORDERS_OUT_CANCELLED, reason, ORDERS_STEP_CANCELLED, at);
 }
 
 typedef int (*saga_handler)(struct orders *o, struct saga_order *so, struct stream_msg *msg,
                             const char *at);
 
-static saga_handler handler_for(const char *type)
+/* The prologue of every reply: the order it is about, then fn. A reply for
+ * an order this service does not know is skipped. */
+static int reply(struct stream_msg *msg, struct orders *o, saga_handler fn)
 {
-    static const struct {
-        const char *type;
-        saga_handler fn;
-    } table[] = {
-        {EVENT_STOCK_RESERVED, on_stock_reserved},
-        {EVENT_STOCK_REJECTED, on_stock_rejected},
-        {EVENT_PAYMENT_SUCCEEDED, on_payment_succeeded},
-        {EVENT_PAYMENT_FAILED, on_payment_failed},
-        {EVENT_STOCK_RELEASED, on_ack},
-        {EVENT_STOCK_COMMITTED, on_ack},
-        {EVENT_PAYMENT_REFUNDED, on_ack},
-    };
-
-    for (size_t i = 0; i < ARRAY_SIZE(table); i++) {
-        if (strcmp(table[i].type, type) == 0)
-            return table[i].fn;
-    }
-    return NULL;
-}
-
-static int on_reply(struct stream_msg *msg, void *data)
-{
-    struct orders *o = data;
-    saga_handler fn = handler_for(msg->type);
-    const json_t *order_id = json_object_get(msg->data, "order_id");
     char id[IDS_UUID_LEN + 1], at[CLOCK_ISO8601_LEN + 1];
     struct saga_order so;
     int rc;
 
-    if (fn == NULL ||
-        ids_canonical(json_string_value(order_id), json_string_length(order_id), id) < 0)
-        return STREAM_CONSUMER_SKIP; /* product.restocked, account.*: not ours */
+    if (stream_msg_uuid(msg, "order_id", id) < 0)
+        return STREAM_CONSUMER_SKIP;
     rc = load(o, id, &so);
     if (rc == -ENOENT) {
         log_write(LOG_LEVEL_DEBUG, id, "%s for an order we do not know: skipped", msg->type);
@@ -309,6 +260,60 @@ static int on_reply(struct stream_msg *msg, void *data)
     if (rc < 0 || (rc = clock_iso8601(at, sizeof(at))) < 0)
         return rc;
     return fn(o, &so, msg, at);
+}
+
+int orders_on_stock_reserved(struct stream_msg *msg, void *data)
+{
+    return reply(msg, data, on_stock_reserved);
+}
+
+int orders_on_stock_rejected(struct stream_msg *msg, void *data)
+{
+    return reply(msg, data, on_stock_rejected);
+}
+
+int orders_on_payment_succeeded(struct stream_msg *msg, void *data)
+{
+    return reply(msg, data, on_payment_succeeded);
+}
+
+int orders_on_payment_failed(struct stream_msg *msg, void *data)
+{
+    return reply(msg, data, on_payment_failed);
+}
+
+/* The acknowledgements of compensations and commits: timeline only. */
+static int on_released(struct orders *o, struct saga_order *so, struct stream_msg *msg,
+                       const char *at)
+{
+    return received(o, so, msg, ORDERS_STEP_STOCK_RELEASED, at);
+}
+
+static int on_committed(struct orders *o, struct saga_order *so, struct stream_msg *msg,
+                        const char *at)
+{
+    return received(o, so, msg, ORDERS_STEP_STOCK_COMMITTED, at);
+}
+
+static int on_refunded(struct orders *o, struct saga_order *so, struct stream_msg *msg,
+                       const char *at)
+{
+    return received(o, so, msg, ORDERS_STEP_PAYMENT_REFUNDED, at);
+}
+
+int orders_on_stock_released(struct stream_msg *msg, void *data)
+{
+    return reply(msg, data, on_released);
+}
+
+int orders_on_stock_committed(struct stream_msg *msg, void *data)
+{
+    return reply(msg, data, on_committed);
+}
+
+int orders_on_payment_refunded(struct stream_msg *msg, void *data)
+{
+    return reply(msg, data, on_refunded);
 }
 
 /* ---------------------------------------------------------------------------
@@ -328,7 +333,7 @@ static int time_out(struct orders *o, const char *id, const char *at)
     if ((rc = move(o, &so, ORDERS_CANCELLED, 0, ORDERS_REASON_TIMEOUT, at)) < 0 ||
         (rc = send_release(o, &so, at)) < 0)
         return rc;
-    return send_final(o, &so, EVENT_ORDER_CANCELLED, ORDERS_REASON_TIMEOUT, ORDERS_STEP_TIMED_OUT,
+    return send_final(o, &so, ORDERS_OUT_CANCELLED, ORDERS_REASON_TIMEOUT, ORDERS_STEP_TIMED_OUT,
                       at);
 }
 
@@ -427,9 +432,7 @@ int orders_saga_start(struct orders *o)
     o->saga_timer.data = o;
     /* Deadlines are rows: after a restart the first sweep finds them. */
     uv_timer_start(&o->saga_timer, on_sweep, sweep, sweep);
-    o->refs += 3; /* the sweep's stop hook and the two consumers */
+    o->refs += 1; /* the sweep's stop hook */
     service_on_stop(svc, on_saga_stop, o);
-    stream_consumer_attach(svc, STREAM_INVENTORY_EVENTS, on_reply, o, orders_unref);
-    stream_consumer_attach(svc, STREAM_PAYMENTS_EVENTS, on_reply, o, orders_unref);
     return 0;
 }

@@ -79,64 +79,83 @@ struct charge {
  * Emitting
  * ------------------------------------------------------------------------- */
 
-/* Appends an event of type with data (stolen; NULL means ENOMEM) to
- * payments.events. */
-static int emit_new(struct payments *p, const char *type, json_t *data, const char *trace)
-{
-    int rc;
+/* What payments emits (DESIGN.md §12), in the order of enum pay_out. */
+enum pay_out { OUT_OPENED, OUT_CREDITED, OUT_SUCCEEDED, OUT_REFUNDED, OUT_FAILED };
 
-    if (data == NULL)
-        return -ENOMEM;
-    rc = outbox_append(p->svc->outbox, STREAM_PAYMENTS_EVENTS, type, data, trace, NULL);
-    json_decref(data);
-    return rc;
+static const struct spec_field opened_fields[] = {
+    SPEC_UUID("user_id"), SPEC_INT("balance_cents", 0, STREAMS_MAX_INTEGER), SPEC_END};
+static const struct spec_field credited_fields[] = {
+    SPEC_UUID("user_id"), SPEC_POSITIVE("amount_cents", STREAMS_MAX_INTEGER),
+    SPEC_INT("balance_cents", 0, STREAMS_MAX_INTEGER), SPEC_END};
+static const struct spec_field paid_fields[] = {SPEC_UUID("order_id"), SPEC_UUID("user_id"),
+                                                SPEC_POSITIVE("amount_cents", STREAMS_MAX_INTEGER),
+                                                SPEC_END};
+static const struct spec_field failed_fields[] = {SPEC_UUID("order_id"), SPEC_UUID("user_id"),
+                                                  SPEC_WORD("reason"), SPEC_END};
+
+const struct stream_type payments_emits[] = {
+    [OUT_OPENED] = {"payments.events", "account.opened", opened_fields,
+                    .summary = "a user's account, with the initial credit"},
+    [OUT_CREDITED] = {"payments.events", "account.credited", credited_fields,
+                      .summary = "money added; balance_cents is the new balance"},
+    [OUT_SUCCEEDED] = {"payments.events", "payment.succeeded", paid_fields,
+                       .summary = "an order was charged"},
+    [OUT_REFUNDED] = {"payments.events", "payment.refunded", paid_fields,
+                      .summary = "an order's charge was given back"},
+    [OUT_FAILED] = {"payments.events", "payment.failed", failed_fields,
+                    .summary = "no charge: insufficient_funds, no_account, refunded, ..."},
+    {NULL},
+};
+
+static int emit(struct payments *p, enum pay_out out, json_t *data, const char *trace)
+{
+    return outbox_emit(p->svc->outbox, &payments_emits[out], data, trace, NULL);
 }
 
 /* payment.failed {order_id, user_id, reason} when reason is not NULL, else
- * type {order_id, user_id, amount_cents} (payment.succeeded or .refunded). */
-static int emit_payment(struct payments *p, const char *type, const char *order_id,
+ * out {order_id, user_id, amount_cents} (payment.succeeded or .refunded). */
+static int emit_payment(struct payments *p, enum pay_out out, const char *order_id,
                         const struct payments_payment *pm, const char *reason, const char *trace)
 {
     if (reason != NULL)
-        return emit_new(p, EVENT_PAYMENT_FAILED,
-                        json_pack("{s:s, s:s, s:s}", "order_id", order_id, "user_id", pm->user_id,
-                                  "reason", reason),
-                        trace);
-    return emit_new(p, type,
-                    json_pack("{s:s, s:s, s:I}", "order_id", order_id, "user_id", pm->user_id,
-                              "amount_cents", (json_int_t)pm->amount),
+        return emit(p, OUT_FAILED,
+                    json_pack("{s:s, s:s, s:s}", "order_id", order_id, "user_id", pm->user_id,
+                              "reason", reason),
                     trace);
+    return emit(p, out,
+                json_pack("{s:s, s:s, s:I}", "order_id", order_id, "user_id", pm->user_id,
+                          "amount_cents", (json_int_t)pm->amount),
+                trace);
 }
 
-/* Copies the id field name of msg's data in lower case. The catalog has
- * checked it is a UUID; a refusal guards the gap anyway. */
+/* Copies the id field name of msg's data in lower case. Its spec checked it
+ * is a UUID; a refusal guards the gap anyway. */
 static int msg_id(struct stream_msg *msg, const char *name, char out[IDS_UUID_LEN + 1])
 {
-    const json_t *v = json_object_get(msg->data, name);
-
-    if (ids_canonical(json_string_value(v), json_string_length(v), out) < 0)
+    if (stream_msg_uuid(msg, name, out) < 0)
         return stream_msg_reject(msg, "data.%s: expected a UUID", name);
     return 0;
 }
 
-static int64_t msg_amount(const struct stream_msg *msg)
+static const char *trace_of(const struct stream_msg *msg, const char *fallback)
 {
-    return (int64_t)json_integer_value(json_object_get(msg->data, "amount_cents"));
+    return stream_msg_trace(msg) ? stream_msg_trace(msg) : fallback;
 }
 
 /* ---------------------------------------------------------------------------
  * users.events
  * ------------------------------------------------------------------------- */
 
-static int on_registered(struct stream_msg *msg, struct payments *p)
+static int on_registered(struct stream_msg *msg, void *data)
 {
+    struct payments *p = data;
     char user_id[IDS_UUID_LEN + 1], at[CLOCK_ISO8601_LEN + 1];
     const char *trace;
     int rc = msg_id(msg, "user_id", user_id);
 
     if (rc != 0)
         return rc;
-    trace = msg->trace[0] ? msg->trace : user_id;
+    trace = trace_of(msg, user_id);
     if (clock_iso8601(at, sizeof(at)) < 0)
         return -EIO;
     rc = payments_account_open(p, user_id, p->initial_cents, at);
@@ -146,21 +165,14 @@ static int on_registered(struct stream_msg *msg, struct payments *p)
     }
     if (rc < 0)
         return rc;
-    rc = emit_new(
-        p, EVENT_ACCOUNT_OPENED,
+    rc = emit(
+        p, OUT_OPENED,
         json_pack("{s:s, s:I}", "user_id", user_id, "balance_cents", (json_int_t)p->initial_cents),
         trace);
     if (rc == 0)
         log_write(LOG_LEVEL_INFO, trace, "account opened user=%s balance_cents=%lld", user_id,
                   (long long)p->initial_cents);
     return rc;
-}
-
-static int on_user_event(struct stream_msg *msg, void *data)
-{
-    if (strcmp(msg->type, EVENT_USER_REGISTERED) == 0)
-        return on_registered(msg, data);
-    return STREAM_CONSUMER_SKIP;
 }
 
 /* ---------------------------------------------------------------------------
@@ -182,12 +194,12 @@ static int charge_replay(struct payments *p, const struct charge *c,
                   "one (user %s, %lld cents); answering the recorded outcome",
                   c->order_id, c->pm.user_id, (long long)c->pm.amount, old->user_id,
                   (long long)old->amount);
-    rc = emit_payment(p, EVENT_PAYMENT_SUCCEEDED, c->order_id, old, reason, c->trace);
+    rc = emit_payment(p, OUT_SUCCEEDED, c->order_id, old, reason, c->trace);
     if (rc == 0)
         log_write(LOG_LEVEL_INFO, c->trace,
                   "payment.charge again for order=%s: already %s, nothing charged; sent %s",
                   c->order_id, payments_status_name(old->status),
-                  reason ? EVENT_PAYMENT_FAILED : EVENT_PAYMENT_SUCCEEDED);
+                  payments_emits[reason ? OUT_FAILED : OUT_SUCCEEDED].type);
     return rc;
 }
 
@@ -203,7 +215,7 @@ static int charge_fail(struct payments *p, struct charge *c, const char *reason)
     c->pm.status = PAYMENTS_FAILED;
     rc = payments_payment_insert(p, c->order_id, &c->pm, c->at);
     if (rc == 0)
-        rc = emit_payment(p, EVENT_PAYMENT_FAILED, c->order_id, &c->pm, reason, c->trace);
+        rc = emit_payment(p, OUT_FAILED, c->order_id, &c->pm, reason, c->trace);
     if (rc == 0)
         log_write(LOG_LEVEL_INFO, c->trace, "payment failed order=%s user=%s amount_cents=%lld: %s",
                   c->order_id, c->pm.user_id, (long long)c->pm.amount, reason);
@@ -230,7 +242,7 @@ static int charge_decide(struct payments *p, struct charge *c)
     c->pm.status = PAYMENTS_SUCCEEDED;
     if ((rc = payments_account_put(p, c->pm.user_id, &a, c->at)) < 0 ||
         (rc = payments_payment_insert(p, c->order_id, &c->pm, c->at)) < 0 ||
-        (rc = emit_payment(p, EVENT_PAYMENT_SUCCEEDED, c->order_id, &c->pm, NULL, c->trace)) < 0)
+        (rc = emit_payment(p, OUT_SUCCEEDED, c->order_id, &c->pm, NULL, c->trace)) < 0)
         return rc;
     log_write(LOG_LEVEL_INFO, c->trace,
               "payment succeeded order=%s user=%s amount_cents=%lld balance_cents=%lld",
@@ -238,8 +250,9 @@ static int charge_decide(struct payments *p, struct charge *c)
     return 0;
 }
 
-static int on_charge(struct stream_msg *msg, struct payments *p)
+static int on_charge(struct stream_msg *msg, void *data)
 {
+    struct payments *p = data;
     struct payments_payment old;
     struct charge c;
     int rc;
@@ -248,8 +261,8 @@ static int on_charge(struct stream_msg *msg, struct payments *p)
     if ((rc = msg_id(msg, "order_id", c.order_id)) != 0 ||
         (rc = msg_id(msg, "user_id", c.pm.user_id)) != 0)
         return rc;
-    c.pm.amount = msg_amount(msg);
-    c.trace = msg->trace[0] ? msg->trace : c.order_id;
+    c.pm.amount = stream_msg_int(msg, "amount_cents", 0);
+    c.trace = trace_of(msg, c.order_id);
     rc = payments_payment_get(p, c.order_id, &old);
     if (rc == 0)
         return charge_replay(p, &c, &old);
@@ -291,7 +304,7 @@ static int refund_apply(struct payments *p, const char *order_id, struct payment
         return -EIO;
     if ((rc = payments_account_put(p, pm->user_id, &a, at)) < 0 ||
         (rc = payments_payment_set_status(p, order_id, PAYMENTS_REFUNDED, at)) < 0 ||
-        (rc = emit_payment(p, EVENT_PAYMENT_REFUNDED, order_id, pm, NULL, trace)) < 0)
+        (rc = emit_payment(p, OUT_REFUNDED, order_id, pm, NULL, trace)) < 0)
         return rc;
     log_write(LOG_LEVEL_INFO, trace,
               "payment refunded order=%s user=%s amount_cents=%lld "
@@ -300,8 +313,9 @@ static int refund_apply(struct payments *p, const char *order_id, struct payment
     return 0;
 }
 
-static int on_refund(struct stream_msg *msg, struct payments *p)
+static int on_refund(struct stream_msg *msg, void *data)
 {
+    struct payments *p = data;
     char order_id[IDS_UUID_LEN + 1];
     struct payments_payment pm;
     const char *trace;
@@ -309,7 +323,7 @@ static int on_refund(struct stream_msg *msg, struct payments *p)
 
     if (rc != 0)
         return rc;
-    trace = msg->trace[0] ? msg->trace : order_id;
+    trace = trace_of(msg, order_id);
     rc = payments_payment_get(p, order_id, &pm);
     if (rc == -ENOENT) {
         log_write(LOG_LEVEL_INFO, trace, "refund refused order=%s: no charge recorded", order_id);
@@ -325,12 +339,12 @@ static int on_refund(struct stream_msg *msg, struct payments *p)
                   order_id, pm.reason);
         return 0;
     case PAYMENTS_REFUNDED:
-        rc = emit_payment(p, EVENT_PAYMENT_REFUNDED, order_id, &pm, NULL, trace);
+        rc = emit_payment(p, OUT_REFUNDED, order_id, &pm, NULL, trace);
         if (rc == 0)
             log_write(LOG_LEVEL_INFO, trace,
                       "refund again for order=%s: already refunded, nothing "
                       "moved; sent %s",
-                      order_id, EVENT_PAYMENT_REFUNDED);
+                      order_id, payments_emits[OUT_REFUNDED].type);
         return rc;
     case PAYMENTS_SUCCEEDED:
         break;
@@ -342,17 +356,18 @@ static int on_refund(struct stream_msg *msg, struct payments *p)
  * account.credit
  * ------------------------------------------------------------------------- */
 
-static int on_credit(struct stream_msg *msg, struct payments *p)
+static int on_credit(struct stream_msg *msg, void *data)
 {
+    struct payments *p = data;
     char user_id[IDS_UUID_LEN + 1], at[CLOCK_ISO8601_LEN + 1];
-    int64_t amount = msg_amount(msg);
+    int64_t amount = stream_msg_int(msg, "amount_cents", 0);
     struct payments_account a;
     const char *trace;
     int rc = msg_id(msg, "user_id", user_id);
 
     if (rc != 0)
         return rc;
-    trace = msg->trace[0] ? msg->trace : user_id;
+    trace = trace_of(msg, user_id);
     rc = payments_account_get(p, user_id, &a);
     if (rc == -ENOENT) {
         log_write(LOG_LEVEL_INFO, trace, "credit refused user=%s: no account", user_id);
@@ -371,10 +386,10 @@ static int on_credit(struct stream_msg *msg, struct payments *p)
     if (clock_iso8601(at, sizeof(at)) < 0)
         return -EIO;
     if ((rc = payments_account_put(p, user_id, &a, at)) < 0 ||
-        (rc = emit_new(p, EVENT_ACCOUNT_CREDITED,
-                       json_pack("{s:s, s:I, s:I}", "user_id", user_id, "amount_cents",
-                                 (json_int_t)amount, "balance_cents", (json_int_t)a.balance),
-                       trace)) < 0)
+        (rc = emit(p, OUT_CREDITED,
+                   json_pack("{s:s, s:I, s:I}", "user_id", user_id, "amount_cents",
+                             (json_int_t)amount, "balance_cents", (json_int_t)a.balance),
+                   trace)) < 0)
         return rc;
     log_write(LOG_LEVEL_INFO, trace,
               "account credited user=%s amount_cents=%lld balance_cents=%lld", user_id,
@@ -386,21 +401,28 @@ static int on_credit(struct stream_msg *msg, struct payments *p)
  * Wiring
  * ------------------------------------------------------------------------- */
 
-static int on_command(struct stream_msg *msg, void *data)
-{
-    if (strcmp(msg->type, EVENT_PAYMENT_CHARGE) == 0)
-        return on_charge(msg, data);
-    if (strcmp(msg->type, EVENT_PAYMENT_REFUND) == 0)
-        return on_refund(msg, data);
-    if (strcmp(msg->type, EVENT_ACCOUNT_CREDIT) == 0)
-        return on_credit(msg, data);
-    /* The catalog lists no other command for payments.commands:
-     * envelope_parse has dead-lettered anything else before we get here. */
-    return stream_msg_reject(msg, "no handler for %s", msg->type);
-}
+/* What payments consumes (DESIGN.md §12). */
+static const struct spec_field registered_fields[] = {
+    SPEC_UUID("user_id"), SPEC_TEXT("name", STREAMS_MAX_NAME), SPEC_EMAIL("email"), SPEC_END};
+static const struct spec_field charge_fields[] = {
+    SPEC_UUID("order_id"), SPEC_UUID("user_id"), SPEC_POSITIVE("amount_cents", STREAMS_MAX_INTEGER),
+    SPEC_END};
+static const struct spec_field refund_fields[] = {SPEC_UUID("order_id"), SPEC_END};
+static const struct spec_field credit_fields[] = {
+    SPEC_UUID("user_id"), SPEC_POSITIVE("amount_cents", STREAMS_MAX_INTEGER), SPEC_END};
+
+const struct stream_type payments_consumes[] = {
+    {"users.events", "user.registered", registered_fields, on_registered,
+     "open the user's account with INITIAL_CREDIT_CENTS"},
+    {"payments.commands", "payment.charge", charge_fields, on_charge,
+     "charge an order at most once"},
+    {"payments.commands", "payment.refund", refund_fields, on_refund,
+     "give a succeeded charge back"},
+    {"payments.commands", "account.credit", credit_fields, on_credit, "add money to an account"},
+    {NULL},
+};
 
 void payments_events_start(struct payments *p)
 {
-    stream_consumer_attach(p->svc, STREAM_USERS_EVENTS, on_user_event, p, payments_unref);
-    stream_consumer_attach(p->svc, STREAM_PAYMENTS_COMMANDS, on_command, p, payments_unref);
+    service_consume(p->svc, p, payments_unref);
 }

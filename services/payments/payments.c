@@ -63,7 +63,7 @@ int payments_service_start(struct service *svc)
         free(p);
         return rc;
     }
-    p->refs = 2; /* the two consumers'; each attach exits on failure */
+    p->refs = 1; /* the consumers' (released once all have closed) */
     payments_api_start(p);
     payments_events_start(p);
     log_info("payments: new accounts open with %lu cents", initial);
@@ -75,5 +75,7 @@ const struct module payments_module = {
     .name = "payments",
     .default_port = 8004,
     .schema = payments_schema_sql,
+    .emits = payments_emits,
+    .consumes = payments_consumes,
     .start = payments_service_start,
 };

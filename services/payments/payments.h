@@ -32,6 +32,8 @@ struct sqlite3_stmt;
 
 /* The module's descriptor (core/module.h): what a host runs. */
 extern const struct module payments_module;
+extern const struct stream_type payments_emits[];
+extern const struct stream_type payments_consumes[];
 
 /* The text of schema.sql, embedded by the Makefile (scripts/embed-sql). */
 extern const char payments_schema_sql[];
@@ -68,7 +70,7 @@ enum payments_status {
 struct payments {
     struct service *svc;   /* borrowed: outlives the module */
     int64_t initial_cents; /* INITIAL_CREDIT_CENTS */
-    unsigned refs;         /* one per consumer */
+    unsigned refs;         /* the consumers' */
     /* Prepared statements, owned (finalized) by the store. */
     struct sqlite3_stmt *acct_get, *acct_open, *acct_put;
     struct sqlite3_stmt *pay_get, *pay_insert, *pay_status;

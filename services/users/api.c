@@ -189,11 +189,6 @@ static void respond_user(struct http_request *req, int status, const struct user
     http_reply_json(req, status, body);
 }
 
-static void reply_internal(struct http_request *req)
-{
-    http_reply_error(req, 500, NULL, "internal error");
-}
-
 /* Refuses a password request while stopping or while the pool is full.
  * Returns 1 when it answered req. */
 static int refuse_busy(struct users *u, struct http_request *req)
@@ -242,22 +237,13 @@ static void load_credentials(sqlite3_stmt *st, struct hash_job *job)
  * found) or -EIO (logged). */
 static int lookup_email(struct users *u, const char *email, struct hash_job *job)
 {
-    sqlite3_stmt *st = u->by_email;
-    int rc = sqlite3_bind_text(st, 1, email, -1, SQLITE_STATIC);
+    int rc = store_query(u->svc->store, u->by_email, "users: lookup by email", "s", email);
 
-    if (rc == SQLITE_OK)
-        rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
+    if (rc > 0) {
         if (job != NULL)
-            load_credentials(st, job);
-        rc = 1;
-    } else if (rc == SQLITE_DONE) {
-        rc = 0;
-    } else {
-        log_error("users: lookup by email: %s", store_errmsg(u->svc->store));
-        rc = -EIO;
+            load_credentials(u->by_email, job);
+        store_reset(u->by_email);
     }
-    store_reset(st);
     return rc;
 }
 
@@ -266,33 +252,9 @@ static int lookup_email(struct users *u, const char *email, struct hash_job *job
 static int insert_user(struct users *u, const struct hash_job *job, const char *id,
                        const char *created_at)
 {
-    sqlite3_stmt *st = u->insert;
-    int rc = sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_text(st, 2, job->name, -1, SQLITE_STATIC);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_text(st, 3, job->email, -1, SQLITE_STATIC);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_blob(st, 4, job->hash, USERS_HASH_BYTES, SQLITE_STATIC);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_blob(st, 5, job->salt, (int)job->salt_len, SQLITE_STATIC);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_int64(st, 6, (sqlite3_int64)job->iterations);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_text(st, 7, created_at, -1, SQLITE_STATIC);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_step(st);
-    if (rc != SQLITE_DONE) {
-        /* Read before the reset: the extended code tells UNIQUE apart. */
-        rc = sqlite3_extended_errcode(store_db(u->svc->store));
-        if (rc != SQLITE_CONSTRAINT_UNIQUE)
-            log_error("users: insert: %s", store_errmsg(u->svc->store));
-    }
-    store_reset(st);
-    if (rc == SQLITE_DONE)
-        return 0;
-    return rc == SQLITE_CONSTRAINT_UNIQUE ? -EEXIST : -EIO;
+    return store_exec(u->svc->store, u->insert, "users: insert", "sssbbIs", id, job->name,
+                      job->email, job->hash, (size_t)USERS_HASH_BYTES, job->salt, job->salt_len,
+                      (int64_t)job->iterations, created_at);
 }
 
 /* The user and its user.registered event, in one transaction. */
@@ -397,7 +359,7 @@ static void finish_register(struct hash_job *job)
 
     if (!job->hashed || clock_iso8601(created_at, sizeof(created_at)) < 0) {
         log_error("users: cannot hash a password or read the clock");
-        reply_internal(job->req);
+        http_reply_internal(job->req);
         return;
     }
     ids_uuid4(id);
@@ -407,7 +369,7 @@ static void finish_register(struct hash_job *job)
         return;
     }
     if (rc < 0) {
-        reply_internal(job->req);
+        http_reply_internal(job->req);
         return;
     }
     log_info("user created id=%s", id);
@@ -426,7 +388,7 @@ static void finish_login(struct hash_job *job)
 
     if (!job->hashed) {
         log_error("users: cannot hash a password");
-        reply_internal(job->req);
+        http_reply_internal(job->req);
         return;
     }
     if (!job->match) {
@@ -435,7 +397,7 @@ static void finish_login(struct hash_job *job)
     }
     if (auth_sign(&job->u->svc->auth, job->id, NULL, USERS_TOKEN_TTL, &token) < 0) {
         log_error("users: cannot sign a token");
-        reply_internal(job->req);
+        http_reply_internal(job->req);
         return;
     }
     body = json_pack("{s:s, s:s, s:i}", "access_token", token, "token_type", "Bearer", "expires_in",
@@ -443,7 +405,7 @@ static void finish_login(struct hash_job *job)
     OPENSSL_cleanse(token, strlen(token));
     free(token);
     if (body == NULL) {
-        reply_internal(job->req);
+        http_reply_internal(job->req);
         return;
     }
     http_reply_json(job->req, 200, body);
@@ -491,7 +453,7 @@ static json_t *parse_creds(struct http_request *req, enum hash_kind kind, struct
     fields = json_object();
     if (fields == NULL) {
         json_decref(body);
-        reply_internal(req);
+        http_reply_internal(req);
         return NULL;
     }
     if (reg)
@@ -548,7 +510,7 @@ static void on_register(struct http_request *req, const struct auth_claims *who,
         return;
     job = job_new(u, req, HASH_REGISTER);
     if (job == NULL) {
-        reply_internal(req);
+        http_reply_internal(req);
         return;
     }
     if (read_register(req, job) < 0) {
@@ -563,7 +525,7 @@ static void on_register(struct http_request *req, const struct auth_claims *who,
         if (rc > 0)
             http_reply_error(req, 409, NULL, "email already registered");
         else
-            reply_internal(req);
+            http_reply_internal(req);
         job_free(job);
         return;
     }
@@ -605,7 +567,7 @@ static void on_token(struct http_request *req, const struct auth_claims *who, vo
         return;
     job = job_new(u, req, HASH_LOGIN);
     if (job == NULL) {
-        reply_internal(req);
+        http_reply_internal(req);
         return;
     }
     if (read_login(req, job) < 0) {
@@ -616,7 +578,7 @@ static void on_token(struct http_request *req, const struct auth_claims *who, vo
     memcpy(job->salt, dummy_salt, sizeof(dummy_salt));
     job->salt_len = sizeof(dummy_salt);
     if (lookup_email(u, job->email, job) < 0) {
-        reply_internal(req);
+        http_reply_internal(req);
         job_free(job);
         return;
     }
@@ -635,33 +597,29 @@ static void read_user(struct users *u, struct http_request *req, const char *id)
 {
     sqlite3_stmt *st = u->by_id;
     struct user_view v = {id, NULL, NULL, NULL};
-    int rc = sqlite3_bind_text(st, 1, id, IDS_UUID_LEN, SQLITE_STATIC);
+    int rc = store_query(u->svc->store, st, "users: read user", "s", id);
 
-    if (rc == SQLITE_OK)
-        rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        /* Used before the reset: no copy needed. */
+    if (rc == 0) {
+        http_reply_error(req, 404, USERS_NOT_FOUND, "no such user");
+        return;
+    }
+    if (rc > 0) { /* used before the reset: no copy needed */
         v.name = (const char *)sqlite3_column_text(st, 0);
         v.email = (const char *)sqlite3_column_text(st, 1);
         v.created_at = (const char *)sqlite3_column_text(st, 2);
     }
-    if (rc == SQLITE_ROW && v.name != NULL && v.email != NULL && v.created_at != NULL) {
+    if (rc > 0 && v.name != NULL && v.email != NULL && v.created_at != NULL)
         respond_user(req, 200, &v);
-    } else if (rc == SQLITE_DONE) {
-        http_reply_error(req, 404, USERS_NOT_FOUND, "no such user");
-    } else {
-        log_error("users: read user: %s", store_errmsg(u->svc->store));
-        reply_internal(req);
-    }
+    else
+        http_reply_internal(req);
     store_reset(st);
 }
 
 static void on_get_user(struct http_request *req, const struct auth_claims *who, void *data)
 {
-    const char *raw = http_request_param(req, "id");
     char id[IDS_UUID_LEN + 1];
 
-    if (raw == NULL || ids_canonical(raw, strlen(raw), id) < 0) { /* 404 for anyone */
+    if (http_param_uuid(req, "id", id) < 0) { /* 404 for anyone */
         http_reply_error(req, 404, USERS_NOT_FOUND, "no such user");
         return;
     }
@@ -737,5 +695,7 @@ const struct module users_module = {
     .name = "users",
     .default_port = 8001,
     .schema = users_schema_sql,
+    .emits = users_emits,
+    .consumes = users_consumes,
     .start = users_service_start,
 };

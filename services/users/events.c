@@ -30,54 +30,53 @@ struct users_events {
     struct sqlite3_stmt *insert, *by_email;
 };
 
+/* What users emits (DESIGN.md §12). */
+static const struct spec_field registered_fields[] = {
+    SPEC_UUID("user_id"),
+    SPEC_TEXT("name", STREAMS_MAX_NAME),
+    SPEC_EMAIL("email"),
+    SPEC_END,
+};
+
+const struct stream_type users_emits[] = {
+    {"users.events", "user.registered", registered_fields,
+     .summary = "a user exists (registered over HTTP or imported by user.register)"},
+    {NULL},
+};
+
 int users_emit_registered(struct service *svc, const char *id, const char *name, const char *email,
                           const char *trace)
 {
-    json_t *data = json_pack("{s:s, s:s, s:s}", "user_id", id, "name", name, "email", email);
-    int rc;
-
-    if (data == NULL)
-        return -ENOMEM;
-    rc = outbox_append(svc->outbox, STREAM_USERS_EVENTS, EVENT_USER_REGISTERED, data,
+    return outbox_emit(svc->outbox, &users_emits[0],
+                       json_pack("{s:s, s:s, s:s}", "user_id", id, "name", name, "email", email),
                        trace ? trace : id, NULL);
-    json_decref(data);
-    return rc;
 }
 
 static int email_taken(struct users_events *ue, const char *email)
 {
-    int rc;
+    int rc = store_query(ue->svc->store, ue->by_email, "users: email lookup", "s", email);
 
-    sqlite3_bind_text(ue->by_email, 1, email, -1, SQLITE_STATIC);
-    rc = sqlite3_step(ue->by_email);
-    store_reset(ue->by_email);
-    return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -EIO;
+    if (rc > 0)
+        store_reset(ue->by_email);
+    return rc;
 }
 
 static int insert_imported(struct users_events *ue, const char *id, const char *name,
                            const char *email)
 {
     char created_at[32];
-    int rc;
 
     if (clock_iso8601(created_at, sizeof(created_at)) < 0)
         return -EIO;
-    sqlite3_bind_text(ue->insert, 1, id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(ue->insert, 2, name, -1, SQLITE_STATIC);
-    sqlite3_bind_text(ue->insert, 3, email, -1, SQLITE_STATIC);
-    sqlite3_bind_text(ue->insert, 4, created_at, -1, SQLITE_STATIC);
-    rc = sqlite3_step(ue->insert) == SQLITE_DONE ? 0 : -EIO;
-    if (rc < 0)
-        log_error("users: import insert: %s", store_errmsg(ue->svc->store));
-    store_reset(ue->insert);
-    return rc;
+    return store_exec(ue->svc->store, ue->insert, "users: import insert", "ssss", id, name, email,
+                      created_at);
 }
 
-/* user.register: data is already checked against the catalog's spec. */
-static int on_register(struct stream_msg *msg, struct users_events *ue)
+/* user.register: data is already checked against its declared spec. */
+static int on_register(struct stream_msg *msg, void *data)
 {
-    const char *name = json_string_value(json_object_get(msg->data, "name"));
-    const char *email = json_string_value(json_object_get(msg->data, "email"));
+    struct users_events *ue = data;
+    const char *name = stream_msg_str(msg, "name"), *email = stream_msg_str(msg, "email");
     size_t nlen = strlen(name), elen = strlen(email);
     char lower[INPUT_EMAIL_MAX + 1], trimmed[INPUT_NAME_MAX + 1], id[IDS_UUID_LEN + 1];
     const char *problem;
@@ -97,22 +96,25 @@ static int on_register(struct stream_msg *msg, struct users_events *ue)
         return rc > 0 ? stream_msg_reject(msg, "email_taken: %s is already registered", lower) : rc;
     ids_uuid4(id);
     if ((rc = insert_imported(ue, id, trimmed, lower)) < 0 ||
-        (rc = users_emit_registered(ue->svc, id, trimmed, lower,
-                                    msg->trace[0] ? msg->trace : NULL)) < 0)
+        (rc = users_emit_registered(ue->svc, id, trimmed, lower, stream_msg_trace(msg))) < 0)
         return rc;
-    log_write(LOG_LEVEL_INFO, msg->trace[0] ? msg->trace : NULL, "user imported id=%s from %s", id,
+    log_write(LOG_LEVEL_INFO, stream_msg_trace(msg), "user imported id=%s from %s", id,
               msg->entry_id);
     return 0;
 }
 
-static int on_command(struct stream_msg *msg, void *data)
-{
-    if (strcmp(msg->type, EVENT_USER_REGISTER) == 0)
-        return on_register(msg, data);
-    /* The catalog lists no other command for users.commands: envelope_parse
-     * has dead-lettered anything else before we get here. */
-    return stream_msg_reject(msg, "no handler for %s", msg->type);
-}
+/* What users consumes: an import path (no password travels). */
+static const struct spec_field register_fields[] = {
+    SPEC_TEXT("name", STREAMS_MAX_NAME),
+    SPEC_EMAIL("email"),
+    SPEC_END,
+};
+
+const struct stream_type users_consumes[] = {
+    {"users.commands", "user.register", register_fields, on_register,
+     "import a user without a password (it cannot log in)"},
+    {NULL},
+};
 
 int users_events_start(struct service *svc)
 {
@@ -130,6 +132,6 @@ int users_events_start(struct service *svc)
         free(ue);
         return rc;
     }
-    stream_consumer_attach(svc, STREAM_USERS_COMMANDS, on_command, ue, free);
+    service_consume(svc, ue, free);
     return 0;
 }

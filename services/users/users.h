@@ -12,11 +12,15 @@
 
 #include <ripple/common.h>
 #include <ripple/module.h>
+#include <ripple/streams.h>
 
 struct service;
 
-/* The module's descriptor (core/module.h): what a host runs. */
+/* The module's descriptor (ripple/module.h): what a host runs, and the
+ * types it emits and consumes (events.c). */
 extern const struct module users_module;
+extern const struct stream_type users_emits[];
+extern const struct stream_type users_consumes[];
 
 /* The text of schema.sql, embedded by the Makefile (scripts/embed-sql). */
 extern const char users_schema_sql[];

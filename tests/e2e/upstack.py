@@ -56,10 +56,10 @@ def launcher_params():
 
 
 def streams_max_qty():
-    """STREAMS_MAX_QTY as streams/streams.h defines it: the one quantity limit."""
-    text = (REPO / "streams" / "streams.h").read_text()
+    """STREAMS_MAX_QTY as ripple/streams.h defines it: the one quantity limit."""
+    text = (REPO / "include" / "ripple" / "streams.h").read_text()
     m = re.search(r"^#define STREAMS_MAX_QTY (\d+)\s*$", text, re.MULTILINE)
-    assert m, "streams/streams.h defines no STREAMS_MAX_QTY"
+    assert m, "include/ripple/streams.h defines no STREAMS_MAX_QTY"
     return int(m.group(1))
 
 

@@ -30,6 +30,8 @@
 
 #include <ripple/streams.h>
 
+#include "tests/common/catalog_fixture.h"
+
 #define MAX_FIELDS 16
 #define MAX_SPEC_FIELDS 4     /* catalog.c: no type lists more */
 #define REDIS_MAX_ENTRY_ID 41 /* "18446744073709551615-18446744073709551615" */
@@ -133,8 +135,8 @@ static void check_envelope(const char *stream, const struct envelope *e)
     FUZZ_CHECK(terminated(e->source, sizeof(e->source)));
     FUZZ_CHECK(e->v == STREAMS_ENVELOPE_VERSION);
     FUZZ_CHECK(e->ts >= 0);
-    FUZZ_CHECK(streams_known_type(stream, e->type));
-    FUZZ_CHECK(streams_validate(stream, e->type, e->data, NULL, 0) == 0);
+    FUZZ_CHECK(fixture_known(stream, e->type));
+    FUZZ_CHECK(fixture_validate(stream, e->type, e->data, NULL, 0) == 0);
 }
 
 /* The entry id as a stream name: "<stream>.dlq" or a clean error. */
@@ -180,7 +182,7 @@ static void parse_fields(const uint8_t *data, size_t size)
 
         if (err)
             memset(err, 0xff, errlen);
-        rc = envelope_parse(streams[i], entry_id, p.fields, p.nfields, &e, err, errlen);
+        rc = fixture_parse(streams[i], entry_id, p.fields, p.nfields, &e, err, errlen);
         FUZZ_CHECK(rc == 0 || rc == -EINVAL || rc == -ENOENT);
         if (rc == 0) {
             check_envelope(streams[i], &e);
@@ -203,14 +205,14 @@ static void validate_json(const uint8_t *data, size_t size)
 
     if (v == NULL)
         return;
-    for (size_t i = 0; streams_catalog_entry(i, &stream, &type) == 0; i++) {
+    for (size_t i = 0; fixture_entry(i, &stream, &type) == 0; i++) {
         size_t errlen = err_sizes[i % ARRAY_SIZE(err_sizes)];
         char *err = errlen ? malloc(errlen) : NULL;
         int rc;
 
         if (err)
             memset(err, 0xff, errlen);
-        rc = streams_validate(stream, type, v, err, errlen);
+        rc = fixture_validate(stream, type, v, err, errlen);
         FUZZ_CHECK(rc == 0 || rc == -EINVAL);
         if (rc == 0) {
             FUZZ_CHECK(json_is_object(v) && json_object_size(v) <= MAX_SPEC_FIELDS);
@@ -219,7 +221,7 @@ static void validate_json(const uint8_t *data, size_t size)
         }
         free(err);
     }
-    FUZZ_CHECK(streams_validate(STREAM_USERS_COMMANDS, "no.such.type", v, NULL, 0) == -ENOENT);
+    FUZZ_CHECK(fixture_validate(STREAM_USERS_COMMANDS, "no.such.type", v, NULL, 0) == -ENOENT);
     json_decref(v);
 }
 
