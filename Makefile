@@ -42,7 +42,7 @@ ALL_MODULE_OBJ = $(foreach m,$(MODULES),$(call module_obj,$(m)))
 UNIT_SRC := $(wildcard tests/unit/*.c tests/common/*.c)
 UNIT_OBJ := $(UNIT_SRC:%.c=$(BUILD)/obj/%.o)
 
-.PHONY: FORCE all deps test unit e2e check-san check-valgrind bench demo up clean format format-check \
+.PHONY: FORCE all deps catalog test unit e2e check-san check-valgrind bench demo up clean format format-check \
         fuzz fuzz-build fuzz-replay compose-test
 all: $(BUILD)/libcore.a $(BUILD)/ripple $(addprefix $(BUILD)/,$(MODULES))
 
@@ -200,6 +200,10 @@ fuzz-replay-%: fuzz-build
 
 bench: deps all
 	scripts/bench
+
+# streams/README.md's catalog, generated from the modules' declarations.
+catalog: all
+	RIPPLE_BIN=$(abspath $(BUILD)) scripts/catalog
 
 demo: deps all
 	scripts/demo

@@ -310,6 +310,118 @@ static int listen_all(struct host *h)
     return 0;
 }
 
+/* ---------------------------------------------------------------------------
+ * The catalog of the modules linked in (--catalog, --check-catalog)
+ * ------------------------------------------------------------------------- */
+
+/* "name: kind; ..." of a payload, cut to len. */
+static void describe_fields(const struct spec_field *fields, char *buf, size_t len)
+{
+    char one[256];
+    size_t pos = 0;
+
+    buf[0] = '\0';
+    for (const struct spec_field *f = fields; f->name != NULL && pos < len; f++) {
+        streams_describe(f, one, sizeof(one));
+        pos += (size_t)snprintf(buf + pos, len - pos, "%s`%s%s` %s", f == fields ? "" : "; ",
+                                f->name, f->optional ? "?" : "", one);
+    }
+}
+
+/* The modules (of all n) that list (stream, type) in emits or consumes,
+ * comma-separated; the first declaration found goes to *first. */
+static void who(const struct module *const *all, size_t n, const struct stream_type *t,
+                int consumes, char *buf, size_t len, const struct stream_type **first)
+{
+    size_t pos = 0;
+
+    buf[0] = '\0';
+    for (size_t i = 0; i < n && pos < len; i++) {
+        const struct stream_type *d =
+            streams_find(consumes ? all[i]->consumes : all[i]->emits, t->stream, t->type);
+
+        if (d == NULL)
+            continue;
+        if (first != NULL && *first == NULL)
+            *first = d;
+        pos += (size_t)snprintf(buf + pos, len - pos, "%s%s", pos ? ", " : "", all[i]->name);
+    }
+}
+
+/* 1 when (stream, type) was printed already: declared by an earlier module. */
+static int seen_before(const struct module *const *all, size_t i, int consumes,
+                       const struct stream_type *t)
+{
+    for (size_t k = 0; k <= i; k++) {
+        const struct stream_type *e = all[k]->emits, *c = all[k]->consumes;
+
+        for (; e != NULL && e->stream != NULL && !(k == i && !consumes && e == t); e++) {
+            if (strcmp(e->stream, t->stream) == 0 && strcmp(e->type, t->type) == 0)
+                return 1;
+        }
+        if (k == i && !consumes)
+            return 0;
+        for (; c != NULL && c->stream != NULL && !(k == i && c == t); c++) {
+            if (strcmp(c->stream, t->stream) == 0 && strcmp(c->type, t->type) == 0)
+                return 1;
+        }
+    }
+    return 0;
+}
+
+/* One row per (stream, type); returns the number of producer/consumer
+ * spec disagreements found (printed to stderr). */
+static int catalog_row(const struct module *const *all, size_t n, const struct stream_type *t)
+{
+    char emitters[256], consumers[256], data[2048], other[2048];
+    const struct stream_type *spec = NULL, *consumed = NULL;
+    const char *summary;
+    int bad = 0;
+
+    who(all, n, t, 0, emitters, sizeof(emitters), &spec);
+    who(all, n, t, 1, consumers, sizeof(consumers), &consumed);
+    summary = spec != NULL && spec->summary           ? spec->summary
+              : consumed != NULL && consumed->summary ? consumed->summary
+                                                      : "";
+    describe_fields((spec ? spec : consumed)->fields, data, sizeof(data));
+    for (size_t i = 0; spec != NULL && i < n; i++) {
+        const struct stream_type *c = streams_find(all[i]->consumes, t->stream, t->type);
+
+        if (c == NULL)
+            continue;
+        describe_fields(c->fields, other, sizeof(other));
+        if (strcmp(data, other) != 0) {
+            fprintf(stderr, "catalog: %s %s: %s consumes {%s} but it is emitted as {%s}\n",
+                    t->stream, t->type, all[i]->name, other, data);
+            bad++;
+        }
+    }
+    printf("| %s | `%s` | %s | %s | %s | %s |\n", t->stream, t->type, emitters[0] ? emitters : "-",
+           consumers[0] ? consumers : "-", data, summary);
+    return bad;
+}
+
+/* Markdown of every declared type of the modules linked in, stream by
+ * stream; with check, a non-zero return when a consumer's spec of a type
+ * differs from its producer's. */
+static int print_catalog(const struct module *const *all, size_t n)
+{
+    int bad = 0;
+
+    printf("| stream | type | emitted by | consumed by | data | |\n|---|---|---|---|---|---|\n");
+    for (size_t i = 0; i < n; i++) {
+        for (const struct stream_type *t = all[i]->emits; t != NULL && t->stream != NULL; t++) {
+            if (!seen_before(all, i, 0, t))
+                bad += catalog_row(all, n, t);
+        }
+        for (const struct stream_type *t = all[i]->consumes; t != NULL && t->stream != NULL; t++) {
+            if (!seen_before(all, i, 1, t))
+                bad += catalog_row(all, n, t);
+        }
+    }
+    return bad;
+}
+
 int host_main(int argc, char **argv, const struct module *const *modules, size_t n)
 {
     struct host h;
@@ -319,9 +431,15 @@ int host_main(int argc, char **argv, const struct module *const *modules, size_t
         char known[512];
 
         known_list(modules, n, known, sizeof(known));
-        printf("usage: %s [all | MODULE...]   (or RIPPLE_SERVICES=a,b)\nmodules: %s\n", argv[0],
-               known);
+        printf("usage: %s [all | MODULE...]   (or RIPPLE_SERVICES=a,b)\n"
+               "       %s --catalog   (the streams and types of every module linked in)\n"
+               "modules: %s\n",
+               argv[0], argv[0], known);
         return 2;
+    }
+    if (argc > 1 && strcmp(argv[1], "--catalog") == 0) {
+        check_modules(modules, n);
+        return print_catalog(modules, n) == 0 ? 0 : 1;
     }
     memset(&h, 0, sizeof(h));
     select_modules(&h, argc, argv, modules, n);

@@ -24,6 +24,7 @@
 #include <ripple/redis.h>
 #include <ripple/service.h>
 #include <ripple/store.h>
+#include <ripple/streams.h>
 
 #define MAX_EVENTS 16
 
@@ -85,9 +86,10 @@ static int redis_up(const void *arg)
     return redis_is_up(x->svc.redis);
 }
 
-static void fx_open(struct fx *x)
+static void fx_open_emits(struct fx *x, const struct stream_type *emits)
 {
-    struct outbox_config oc = {.source = "test", .batch = 64, .retention_ms = 3600000};
+    struct outbox_config oc = {
+        .source = "test", .batch = 64, .retention_ms = 3600000, .emits = emits};
     struct redis_config rc = {.name = "test", .backoff_min_ms = 10, .backoff_max_ms = 40};
     char url[64], err[256];
 
@@ -108,6 +110,11 @@ static void fx_open(struct fx *x)
     cr_assert_eq(outbox_new(&x->svc, &oc, &x->svc.outbox), 0);
     redis_start(x->svc.redis);
     cr_assert(RUN_UNTIL(x, redis_up, 5000));
+}
+
+static void fx_open(struct fx *x)
+{
+    fx_open_emits(x, NULL);
 }
 
 static void on_redis_closed(void *data)
@@ -293,5 +300,35 @@ Test(outbox, a_failed_mark_sends_nothing_again)
         cr_expect_eq(x.xadds[i], 1, "event %u sent %u times", i, x.xadds[i]);
         cr_expect_str_eq(row_state(&x, i, buf, sizeof(buf)), "published");
     }
+    fx_close(&x);
+}
+
+/* DESIGN.md §12: a module emits only what it declared, as it declared it. */
+Test(outbox, only_declared_types_with_valid_payloads_are_appended)
+{
+    static const struct spec_field fields[] = {SPEC_POSITIVE("n", 10), SPEC_END};
+    static const struct stream_type emits[] = {
+        {.stream = "test.events", .type = "test.event", .fields = fields},
+        {.stream = NULL},
+    };
+    struct fx x;
+    json_t *ok = json_pack("{s:i}", "n", 1), *bad = json_pack("{s:i}", "n", 11);
+
+    fx_open_emits(&x, emits);
+    cr_assert_eq(store_begin(x.svc.store), 0);
+    cr_expect_eq(outbox_append(x.svc.outbox, "test.events", "test.other", ok, NULL, NULL), -EINVAL,
+                 "an undeclared type");
+    cr_expect_eq(outbox_append(x.svc.outbox, "other.events", "test.event", ok, NULL, NULL), -EINVAL,
+                 "a declared type on another stream");
+    cr_expect_eq(outbox_append(x.svc.outbox, "test.events", "test.event", bad, NULL, NULL), -EINVAL,
+                 "a payload past its spec");
+    cr_expect_eq(outbox_append(x.svc.outbox, "test.events", "test.event", ok, NULL, NULL), 0);
+    cr_expect_eq(outbox_emit(x.svc.outbox, &emits[0], json_pack("{s:i}", "n", 2), NULL, NULL), 0);
+    cr_expect_eq(outbox_emit(x.svc.outbox, &emits[0], NULL, NULL, NULL), -ENOMEM);
+    cr_assert_eq(store_commit(x.svc.store), 0);
+    cr_expect(RUN_UNTIL(&x, drained, 5000));
+    cr_expect_eq(outbox_backlog(x.svc.outbox), 0);
+    json_decref(ok);
+    json_decref(bad);
     fx_close(&x);
 }

@@ -1186,3 +1186,111 @@ Test(streams_envelope, no_fields_no_error_buffer)
     cr_expect_null(env.data);
     cr_expect_eq(fixture_parse(NULL, ENTRY_ID, NULL, 0, &env, NULL, 0), -EINVAL);
 }
+
+/* ---------------------------------------------------------------------------
+ * The kinds no reference service uses yet, declarations, descriptions
+ * ------------------------------------------------------------------------ */
+
+static const char *const channels[] = {"email", "sms", NULL};
+static const struct spec_field tag_item = SPEC_TEXT(NULL, 8);
+static const struct spec_field meta_fields[] = {SPEC_BOOL("urgent"), SPEC_END};
+static const struct spec_field note_fields[] = {
+    SPEC_STRING("body", 20),
+    SPEC_ENUM("channel", channels),
+    SPEC_BOOL("read", .optional = 1),
+    SPEC_INT("priority", -2, 2, .optional = 1),
+    SPEC_ARRAY("tags", &tag_item, 0, 3, .optional = 1),
+    SPEC_OBJECT("meta", meta_fields, .optional = 1, .open = 1),
+    SPEC_END,
+};
+static const struct stream_type notes[] = {
+    {.stream = "notes.events", .type = "note.sent", .fields = note_fields},
+    {.stream = NULL},
+};
+
+static void note(const char *json, int want_rc, const char *want_err)
+{
+    char err[STREAMS_MAX_ERR] = "untouched";
+    json_t *data = J(json);
+    int rc = streams_validate(&notes[0], data, err, sizeof(err));
+
+    cr_expect_eq(rc, want_rc, "%s: rc %d (%s)", json, rc, err);
+    cr_expect_str_eq(err, want_rc == 0 ? "untouched" : want_err, "%s", json);
+    json_decref(data);
+}
+
+Test(streams_kinds, free_text_enum_bool_range_arrays_open_objects)
+{
+    note("{'body':'hi\\nthere\\t!','channel':'sms'}", 0, NULL);
+    note("{'body':'','channel':'email'}", 0, NULL);
+    note("{'body':'123456789012345678901','channel':'sms'}", -EINVAL,
+         "data.body: must be at most 20 bytes");
+    note("{'body':'a\\u0001','channel':'sms'}", -EINVAL,
+         "data.body: must not contain control characters");
+    note("{'body':'x','channel':'fax'}", -EINVAL, "data.channel: expected one of: email, sms");
+    note("{'body':'x','channel':'sms','read':1}", -EINVAL, "data.read: expected true or false");
+    note("{'body':'x','channel':'sms','read':false,'priority':-2}", 0, NULL);
+    note("{'body':'x','channel':'sms','priority':3}", -EINVAL, "data.priority: must be at most 2");
+    note("{'body':'x','channel':'sms','priority':-3}", -EINVAL,
+         "data.priority: expected an integer from -2 to 2");
+    note("{'body':'x','channel':'sms','tags':[]}", 0, NULL);
+    note("{'body':'x','channel':'sms','tags':['a',' b ']}", 0, NULL);
+    note("{'body':'x','channel':'sms','tags':['a','b','c','d']}", -EINVAL,
+         "data.tags: must have at most 3 items");
+    note("{'body':'x','channel':'sms','tags':['a',7]}", -EINVAL, "data.tags[1]: expected a string");
+    note("{'body':'x','channel':'sms','tags':'a'}", -EINVAL, "data.tags: expected an array");
+    note("{'body':'x','channel':'sms','meta':{'urgent':true,'from':'ops'}}", 0, NULL);
+    note("{'body':'x','channel':'sms','meta':{}}", -EINVAL, "data.meta.urgent: required");
+    note("{'body':'x','channel':'sms','extra':1}", -EINVAL, "data.extra: unknown field");
+}
+
+Test(streams_kinds, declarations_are_checked)
+{
+    static const struct spec_field no_max[] = {SPEC_STRING("s", 0), SPEC_END};
+    static const struct spec_field twice[] = {SPEC_UUID("a"), SPEC_UUID("a"), SPEC_END};
+    static const struct spec_field bad_range[] = {SPEC_INT("n", 5, 1), SPEC_END};
+    static const struct spec_field no_words[] = {SPEC_ENUM("e", NULL), SPEC_END};
+    const struct stream_type cases[][2] = {
+        {{.stream = "a.events", .type = "x.y", .fields = no_max}, {.stream = NULL}},
+        {{.stream = "a.events", .type = "x.y", .fields = twice}, {.stream = NULL}},
+        {{.stream = "a.events", .type = "x.y", .fields = bad_range}, {.stream = NULL}},
+        {{.stream = "a.events", .type = "x.y", .fields = no_words}, {.stream = NULL}},
+        {{.stream = "a.events", .type = "Bad", .fields = twice + 2}, {.stream = NULL}},
+        {{.stream = "events", .type = "x.y", .fields = twice + 2}, {.stream = NULL}},
+        {{.stream = "a.events", .type = "x.y", .fields = NULL}, {.stream = NULL}},
+    };
+    const struct stream_type dup[] = {
+        {.stream = "a.events", .type = "x.y", .fields = twice + 2},
+        {.stream = "a.events", .type = "x.y", .fields = twice + 2},
+        {.stream = NULL},
+    };
+    char err[256];
+
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        err[0] = '\0';
+        cr_expect_eq(streams_check_list(cases[i], err, sizeof(err)), -EINVAL, "case %zu", i);
+        cr_expect_neq(err[0], '\0', "case %zu says why", i);
+    }
+    cr_expect_eq(streams_check_list(dup, err, sizeof(err)), -EINVAL);
+    cr_expect(strstr(err, "declared twice") != NULL, "%s", err);
+    cr_expect_eq(streams_check_list(notes, err, sizeof(err)), 0, "%s", err);
+    cr_expect_eq(streams_check_list(catalog_fixture, err, sizeof(err)), 0, "%s", err);
+    cr_expect_eq(streams_check_list(NULL, err, sizeof(err)), 0);
+}
+
+Test(streams_kinds, descriptions)
+{
+    char buf[160];
+
+    streams_describe(&note_fields[1], buf, sizeof(buf));
+    cr_expect_str_eq(buf, "one of email, sms");
+    streams_describe(&note_fields[3], buf, sizeof(buf));
+    cr_expect_str_eq(buf, "integer -2..2");
+    streams_describe(&note_fields[4], buf, sizeof(buf));
+    cr_expect_str_eq(buf, "[text, 1..8 bytes trimmed] 0..3");
+    streams_describe(&note_fields[5], buf, sizeof(buf));
+    cr_expect_str_eq(buf, "object {urgent}");
+    cr_expect_eq(streams_find(notes, "notes.events", "note.sent"), &notes[0]);
+    cr_expect_null(streams_find(notes, "notes.events", "note.read"));
+    cr_expect_null(streams_find(NULL, "notes.events", "note.sent"));
+}
