@@ -208,8 +208,17 @@ static int load_strings(struct config *cfg, char *err, size_t errlen)
         (rc = config_str("JWT_SECRET", NULL, 32, &cfg->jwt_secret, err, errlen)) < 0 ||
         (rc = config_str("LOG_LEVEL", "info", 1, &cfg->log_level, err, errlen)) < 0 ||
         (rc = config_str_for(cfg->prefix, "CONSUMER_NAME", consumer_default, 1, &consumer, err,
+                             errlen)) < 0 ||
+        (rc = config_str_for(cfg->prefix, "CONSUMER_START", "0", 1, &cfg->consumer_start, err,
                              errlen)) < 0)
         return rc;
+    if (strcmp(cfg->consumer_start, "0") != 0 && strcmp(cfg->consumer_start, "$") != 0) {
+        snprintf(err, errlen,
+                 "config: %sCONSUMER_START=\"%.16s\" must be 0 (read the whole history) or $ "
+                 "(only entries added from now on)",
+                 cfg->prefix, cfg->consumer_start);
+        return -EINVAL;
+    }
     /* copied: db_default lives on this stack */
     if (snprintf(cfg->db_path, sizeof(cfg->db_path), "%s", db_path) >= (int)sizeof(cfg->db_path)) {
         snprintf(err, errlen, "config: %sDB_PATH is longer than %zu bytes", cfg->prefix,

@@ -174,6 +174,7 @@ struct stream_consumer {
     struct redis *cmd; /* borrowed: the service's command connection */
     struct redis *blk; /* ours: reads, and everything about the batch in hand */
     struct stream_consumer_config cfg;
+    int start_new; /* a group created here starts at "$" (CONSUMER_START) */
     char stream[64], dlq[72], group[32], consumer[192];
     stream_consumer_msg_cb on_msg;
     void *data;
@@ -661,6 +662,10 @@ static void ensure_group(struct stream_consumer *sc)
     } else if (pos.ms != 0 || pos.seq != 0) {
         stream_id_format(&pos, at, sizeof(at));
         argc = 6; /* how many entries lie before it is not known here */
+    } else if (sc->start_new) {
+        at[0] = '$'; /* CONSUMER_START=$: a service added to a live system */
+        at[1] = '\0';
+        argc = 6; /* Redis counts what came before as read */
     }
     sc->state = SC_GROUP;
     /* not counted in inflight (nor the reads): closing does not wait for
@@ -1786,6 +1791,8 @@ int stream_consumer_new(struct service *svc, const struct stream_consumer_config
     sc->store = svc->store;
     sc->cmd = svc->redis;
     sc->cfg = *cfg;
+    sc->start_new = cfg->start != NULL && strcmp(cfg->start, "$") == 0;
+    sc->cfg.start = NULL; /* not kept: start_new says it */
     if (sc->cfg.max_deliveries_guard < sc->cfg.max_deliveries)
         sc->cfg.max_deliveries_guard = sc->cfg.max_deliveries;
     sc->on_msg = on_msg;
@@ -1959,6 +1966,7 @@ static struct stream_consumer *attach(struct service *svc, const char *stream,
     struct stream_consumer_config cc = {
         .stream = stream,
         .types = svc->module != NULL ? svc->module->consumes : NULL,
+        .start = cfg->consumer_start,
         .batch = cfg->consumer_batch,
         .block_ms = cfg->consumer_block_ms,
         .reclaim_idle_ms = cfg->reclaim_idle_ms,

@@ -44,6 +44,7 @@ struct config {
 
     /* Streams */
     char consumer_name[192];
+    const char *consumer_start; /* "0" (the default: all history) or "$" (only what comes next) */
     unsigned consumer_batch;
     unsigned consumer_block_ms;    /* XREADGROUP BLOCK */
     unsigned max_deliveries;       /* handler failures before the DLQ */

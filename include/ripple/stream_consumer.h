@@ -53,6 +53,7 @@ struct stream_consumer_config {
      * skipped on a *.events one. NULL: every type goes to on_msg,
      * unchecked (tests and tools). */
     const struct stream_type *types;
+    const char *start;             /* a new group starts at "0" (NULL too) or "$"; copied */
     unsigned batch;                /* XREADGROUP COUNT, 1..1024 */
     unsigned block_ms;             /* XREADGROUP BLOCK */
     unsigned reclaim_idle_ms;      /* XAUTOCLAIM min idle */

@@ -61,3 +61,36 @@ def test_an_undeclared_event_is_skipped_and_an_undeclared_command_dead_lettered(
     r.xadd("users.commands", {"type": "user.rename", "data": json.dumps({"name": "x"})})
     letter = wait_until(lambda: r.xrange("users.commands.dlq"), 15, what="the dead letter")
     assert "unknown type \"user.rename\" for stream users.commands" in letter[0][1]["error"], letter
+
+
+def registered(user_id):
+    return {"type": "user.registered",
+            "data": json.dumps({"user_id": user_id, "name": "N", "email": "n@example.com"})}
+
+
+@pytest.mark.parametrize("start, old_account", [("0", True), ("$", False)])
+def test_consumer_start_decides_whether_a_new_group_reads_history(service_factory, r, start,
+                                                                  old_account):
+    """DESIGN.md §12: a new group starts at 0 (default: the history is read)
+    or at $ (CONSUMER_START=$, per module: a service added to a live system
+    does not replay it)."""
+    import uuid
+    from conftest import service_token
+    old, new = str(uuid.uuid4()), str(uuid.uuid4())
+    r.xadd("users.events", registered(old))
+    payments = service_factory("payments", CONSUMER_BLOCK_MS=200, PAYMENTS_CONSUMER_START=start)
+    payments.wait_ready()
+    wait_until(lambda: any(g["name"] == "payments" for g in r.xinfo_groups("users.events")), 10,
+               what="the group")
+    r.xadd("users.events", registered(new))
+    tok = service_token()
+    wait_until(lambda: payments.get(f"/api/v1/accounts/{new}", token=tok).status == 200, 15,
+               what="the account of the user registered after the start")
+    got = payments.get(f"/api/v1/accounts/{old}", token=tok).status
+    assert got == (200 if old_account else 404), got
+
+
+def test_a_bad_consumer_start_is_refused(tmp_path):
+    from conftest import run_to_exit
+    rc, err = run_to_exit("payments", {"CONSUMER_START": "latest"}, tmpdir=tmp_path)
+    assert rc == 1 and "CONSUMER_START" in err, err
