@@ -57,7 +57,7 @@ $(BUILD)/obj/%.o: %.c
 
 $(BUILD)/gen/%_schema.c: services/%/schema.sql scripts/embed-sql
 	@mkdir -p $(@D)
-	scripts/embed-sql $*_schema_sql $< > $@
+	scripts/embed-sql $(subst -,_,$*)_schema_sql $< > $@
 
 $(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c
 	@mkdir -p $(@D)
