@@ -16,7 +16,8 @@ SAN_CFLAGS  := -O0 -g3 -fsanitize=address,undefined -fno-sanitize-recover=all -f
 MODE_CFLAGS ?= $(REL_CFLAGS)
 MODE_LDFLAGS ?=
 
-CPPFLAGS += -Iinclude -Icore -I. -isystem $(LLHTTP_INC)
+# RIPPLE_SHORT_NAMES: the tree says container_of and ARRAY_SIZE (ripple/common.h).
+CPPFLAGS += -Iinclude -Icore -I. -isystem $(LLHTTP_INC) -DRIPPLE_SHORT_NAMES
 CFLAGS   += $(WARN_CFLAGS) $(MODE_CFLAGS) -MMD -MP
 LDFLAGS  += $(MODE_LDFLAGS)
 LDLIBS   += -luv -lhiredis -lcurl -ljansson -lsqlite3 -ljwt -lcrypto -lpthread -lm
@@ -217,6 +218,147 @@ up: deps all
 compose-test: deps
 	scripts/compose-test
 
+# ---------------------------------------------------------------------------
+# ripple as a library (DESIGN.md §13): `make lib` builds it into $(BUILD)/pic,
+# `make install PREFIX=... [DESTDIR=...]` installs it, `make uninstall`
+# removes exactly what install wrote. Installed:
+#   lib/libripple.a, lib/libripple.so.X.Y.Z (soname libripple.so.X) and its
+#     two links: the runtime (core/, streams/), with llhttp compiled in --
+#     hidden (-fvisibility=hidden, then localized in the .a), so neither the
+#     .so's dynamic symbols nor the .a's globals name it, and no installed
+#     header mentions it;
+#   include/ripple/*.h: the public headers (core/*.h stay private);
+#   lib/pkgconfig/ripple.pc: `pkg-config --cflags --libs ripple`;
+#   lib/libripple-modules.a + lib/pkgconfig/ripple-modules.pc: the reference
+#     modules (services/*), whose only global symbols are their descriptors
+#     (<ripple/modules.h>), for a host that composes its own module with them;
+#   bin/ripple-embed-sql, bin/ripple-gen-host, bin/ripple-embed-assets: the
+#     tools a service's build runs (scripts/embed-sql, gen-host, embed-assets).
+# The version is defined here once; the soname and the .pc files use it.
+# Every object is compiled again with -fPIC in $(BUILD)/pic: the normal
+# build's flags stay as they are.
+# ---------------------------------------------------------------------------
+RIPPLE_MAJOR := 0
+RIPPLE_MINOR := 1
+RIPPLE_PATCH := 0
+RIPPLE_VERSION := $(RIPPLE_MAJOR).$(RIPPLE_MINOR).$(RIPPLE_PATCH)
+RIPPLE_SONAME := libripple.so.$(RIPPLE_MAJOR)
+RIPPLE_DYLIB := libripple.so.$(RIPPLE_VERSION)
+
+PREFIX       ?= /usr/local
+DESTDIR      ?=
+BINDIR       ?= $(PREFIX)/bin
+LIBDIR       ?= $(PREFIX)/lib
+INCLUDEDIR   ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+INSTALL      ?= install
+
+PIC := $(BUILD)/pic
+# The Debian pkg-config names of what the runtime links (LDLIBS above).
+RIPPLE_REQUIRES := libuv hiredis jansson sqlite3 libjwt libcurl libcrypto
+RIPPLE_LIBS_PRIVATE := -lpthread -lm
+PUBLIC_HEADERS := $(wildcard include/ripple/*.h)
+RIPPLE_TOOLS := embed-sql gen-host embed-assets
+LIB_OBJ := $(CORE_SRC:%.c=$(PIC)/obj/%.o)
+LIB_LLHTTP_OBJ := $(PIC)/llhttp/api.o $(PIC)/llhttp/http.o $(PIC)/llhttp/llhttp.o
+MODULES_LIB_OBJ := $(patsubst $(BUILD)/obj/%,$(PIC)/obj/%,$(ALL_MODULE_OBJ))
+# What the modules call themselves besides the runtime: a static archive has
+# no DT_NEEDED to carry it, so ripple-modules.pc requires it publicly.
+MODULES_REQUIRES := libuv jansson sqlite3 libcrypto
+# The descriptors: the only globals libripple-modules.a keeps.
+MODULE_SYMBOLS := $(foreach m,$(MODULES),$(subst -,_,$(m))_module)
+
+.PHONY: lib install uninstall
+lib: $(PIC)/libripple.a $(PIC)/$(RIPPLE_DYLIB) $(PIC)/libripple-modules.a $(PIC)/ripple.pc \
+	$(PIC)/ripple-modules.pc
+
+$(PIC)/llhttp/%.o: $(LLHTTP_SRC)/%.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -fPIC -fvisibility=hidden $(filter -fsanitize% -fno-sanitize%,$(MODE_CFLAGS)) \
+		-isystem $(LLHTTP_INC) -c $< -o $@
+
+$(PIC)/obj/gen/%.o: $(BUILD)/gen/%.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -fPIC -c $< -o $@
+
+$(PIC)/obj/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -fPIC -c $< -o $@
+
+# One relocatable object, in which llhttp's (hidden) symbols become local:
+# a program may link its own llhttp beside libripple.a.
+$(PIC)/libripple.a: $(LIB_OBJ) $(LIB_LLHTTP_OBJ)
+	$(LD) -r -o $(PIC)/ripple.o $^
+	objcopy --localize-hidden $(PIC)/ripple.o
+	rm -f $@
+	ar rcs $@ $(PIC)/ripple.o
+
+$(PIC)/$(RIPPLE_DYLIB): $(LIB_OBJ) $(LIB_LLHTTP_OBJ)
+	$(CC) -shared -Wl,-soname,$(RIPPLE_SONAME) -Wl,--no-undefined $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	ln -sf $(RIPPLE_DYLIB) $(PIC)/$(RIPPLE_SONAME)
+	ln -sf $(RIPPLE_SONAME) $(PIC)/libripple.so
+
+$(PIC)/libripple-modules.a: $(MODULES_LIB_OBJ)
+	$(LD) -r -o $(PIC)/ripple-modules.o $^
+	objcopy $(addprefix --keep-global-symbol=,$(MODULE_SYMBOLS)) $(PIC)/ripple-modules.o
+	rm -f $@
+	ar rcs $@ $(PIC)/ripple-modules.o
+
+# The .pc files name PREFIX: rewritten only when their text changes.
+define RIPPLE_PC
+prefix=$(PREFIX)
+exec_prefix=$${prefix}
+bindir=$(BINDIR)
+libdir=$(LIBDIR)
+includedir=$(INCLUDEDIR)
+
+Name: ripple
+Description: event-loop microservices over Redis streams: the runtime
+Version: $(RIPPLE_VERSION)
+Requires.private: $(RIPPLE_REQUIRES)
+Libs: -L$${libdir} -lripple
+Libs.private: $(RIPPLE_LIBS_PRIVATE)
+Cflags: -I$${includedir}
+endef
+define RIPPLE_MODULES_PC
+prefix=$(PREFIX)
+libdir=$(LIBDIR)
+
+Name: ripple-modules
+Description: ripple's reference modules (users, orders, inventory, payments, console)
+Version: $(RIPPLE_VERSION)
+Requires: ripple = $(RIPPLE_VERSION), $(MODULES_REQUIRES)
+Libs: -L$${libdir} -lripple-modules -lm
+endef
+export RIPPLE_PC RIPPLE_MODULES_PC
+
+$(PIC)/ripple.pc: FORCE
+	@mkdir -p $(@D)
+	@echo "$$RIPPLE_PC" | cmp -s - $@ || echo "$$RIPPLE_PC" > $@
+
+$(PIC)/ripple-modules.pc: FORCE
+	@mkdir -p $(@D)
+	@echo "$$RIPPLE_MODULES_PC" | cmp -s - $@ || echo "$$RIPPLE_MODULES_PC" > $@
+
+install: lib
+	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PKGCONFIGDIR) \
+		$(DESTDIR)$(INCLUDEDIR)/ripple
+	$(INSTALL) -m 644 $(PUBLIC_HEADERS) $(DESTDIR)$(INCLUDEDIR)/ripple
+	$(INSTALL) -m 644 $(PIC)/libripple.a $(PIC)/libripple-modules.a $(DESTDIR)$(LIBDIR)
+	$(INSTALL) -m 755 $(PIC)/$(RIPPLE_DYLIB) $(DESTDIR)$(LIBDIR)
+	ln -sf $(RIPPLE_DYLIB) $(DESTDIR)$(LIBDIR)/$(RIPPLE_SONAME)
+	ln -sf $(RIPPLE_SONAME) $(DESTDIR)$(LIBDIR)/libripple.so
+	$(INSTALL) -m 644 $(PIC)/ripple.pc $(PIC)/ripple-modules.pc $(DESTDIR)$(PKGCONFIGDIR)
+	$(foreach t,$(RIPPLE_TOOLS),$(INSTALL) -m 755 scripts/$(t) $(DESTDIR)$(BINDIR)/ripple-$(t);)
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(INCLUDEDIR)/ripple/,$(notdir $(PUBLIC_HEADERS)))
+	rm -f $(addprefix $(DESTDIR)$(LIBDIR)/,libripple.a libripple-modules.a $(RIPPLE_DYLIB) \
+		$(RIPPLE_SONAME) libripple.so)
+	rm -f $(addprefix $(DESTDIR)$(PKGCONFIGDIR)/,ripple.pc ripple-modules.pc)
+	rm -f $(addprefix $(DESTDIR)$(BINDIR)/ripple-,$(RIPPLE_TOOLS))
+	rmdir $(DESTDIR)$(INCLUDEDIR)/ripple 2>/dev/null || true
+
 FORMAT_FILES = $(wildcard include/ripple/*.h core/*.[ch] services/*/*.[ch] streams/*.[ch] tests/unit/*.[ch] \
                           tests/fuzz/*.[ch])
 format:
@@ -230,4 +372,4 @@ clean:
 
 # This build's dependency files only (build/san and build/fuzz are builds of
 # their own below build/).
--include $(shell find $(BUILD)/obj $(BUILD)/llhttp -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD)/obj $(BUILD)/llhttp $(PIC)/obj $(PIC)/llhttp -name '*.d' 2>/dev/null)

@@ -9,8 +9,8 @@
  * sub = "service:<name>" and role = "service". The secret is at least
  * AUTH_MIN_SECRET bytes. Pure functions over a struct auth: no handles, no
  * loop, safe to unit-test. */
-#ifndef CORE_AUTH_H
-#define CORE_AUTH_H
+#ifndef RIPPLE_AUTH_H
+#define RIPPLE_AUTH_H
 
 #include <stddef.h>
 

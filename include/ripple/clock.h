@@ -4,8 +4,8 @@
  * inbox stamps, the envelope's ts), and the ISO-8601 UTC text with
  * milliseconds that resources carry (created_at: 2026-11-26T04:24:11.123Z).
  * No state; safe from any thread. */
-#ifndef CORE_CLOCK_H
-#define CORE_CLOCK_H
+#ifndef RIPPLE_CLOCK_H
+#define RIPPLE_CLOCK_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -10,8 +10,8 @@
  * apply to all of them. struct config holds the settings every module
  * shares; a module reads its own extras with the typed helpers
  * (config_uint_for, config_str_for). Nothing here exits: service.c does. */
-#ifndef CORE_CONFIG_H
-#define CORE_CONFIG_H
+#ifndef RIPPLE_CONFIG_H
+#define RIPPLE_CONFIG_H
 
 #include <stddef.h>
 

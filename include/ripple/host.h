@@ -14,8 +14,8 @@
  * SIGINT stops every module gracefully (each finishes the work in hand and
  * flushes its outbox); the host returns 0 once all have stopped and the loop
  * has closed. */
-#ifndef CORE_HOST_H
-#define CORE_HOST_H
+#ifndef RIPPLE_HOST_H
+#define RIPPLE_HOST_H
 
 #include <stddef.h>
 

@@ -19,8 +19,8 @@
  *
  * Metrics: http_client_requests_total{target,result} and
  * circuit_state{target} (0 closed, 1 open, 2 half-open). Loop thread only. */
-#ifndef CORE_HTTP_CLIENT_H
-#define CORE_HTTP_CLIENT_H
+#ifndef RIPPLE_HTTP_CLIENT_H
+#define RIPPLE_HTTP_CLIENT_H
 
 #include <stddef.h>
 

@@ -5,8 +5,8 @@
  * http_reply_* functions answer a request (consuming it, like
  * http_respond); http_error_body builds the body alone, for tests and for
  * callers that need the text. */
-#ifndef CORE_HTTP_REPLY_H
-#define CORE_HTTP_REPLY_H
+#ifndef RIPPLE_HTTP_REPLY_H
+#define RIPPLE_HTTP_REPLY_H
 
 #include <stddef.h>
 

@@ -7,8 +7,8 @@
  * methods only is -EPERM (405), and http_router_allow() lists them. Routes are
  * matched in the order they were added. http_router_dispatch() is the whole
  * request path above the server: match, verify the token, call the handler. */
-#ifndef CORE_HTTP_ROUTER_H
-#define CORE_HTTP_ROUTER_H
+#ifndef RIPPLE_HTTP_ROUTER_H
+#define RIPPLE_HTTP_ROUTER_H
 
 #include <stddef.h>
 

@@ -1,6 +1,6 @@
-/* http_server.h -- non-blocking HTTP/1.1 server on the service loop (llhttp).
+/* http_server.h -- non-blocking HTTP/1.1 server on the service loop.
  *
- * One llhttp parser per connection; keep-alive; pipelined requests are
+ * One HTTP parser per connection; keep-alive; pipelined requests are
  * parsed one at a time and answered in order (the parser pauses at the end of
  * each message until its response is written). Limits from DESIGN.md §4:
  * request line + headers past max_header_bytes or max_headers -> 431, body
@@ -27,8 +27,8 @@
  * responds exactly once, and nothing it holds is freed under it.
  *
  * Loop thread only. Handles are freed in their close callbacks. */
-#ifndef CORE_HTTP_SERVER_H
-#define CORE_HTTP_SERVER_H
+#ifndef RIPPLE_HTTP_SERVER_H
+#define RIPPLE_HTTP_SERVER_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -4,8 +4,8 @@
  * of milliseconds, then random bits, so the outbox's and the inbox's unique
  * indexes grow at their right edge instead of scattering page writes over
  * the whole B-tree. Both are canonical lower-case 36-byte strings. */
-#ifndef CORE_IDS_H
-#define CORE_IDS_H
+#ifndef RIPPLE_IDS_H
+#define RIPPLE_IDS_H
 
 #include <stddef.h>
 

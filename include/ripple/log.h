@@ -10,8 +10,8 @@
  * formatted. Messages are formatted into a bounded buffer (longer ones are
  * cut, never overflowed) and JSON-escaped. Never pass tokens, passwords or
  * request bodies. Loop thread only (a thread-pool job must not log). */
-#ifndef CORE_LOG_H
-#define CORE_LOG_H
+#ifndef RIPPLE_LOG_H
+#define RIPPLE_LOG_H
 
 #include <ripple/common.h>
 

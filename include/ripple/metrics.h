@@ -6,8 +6,8 @@
  * metrics_free, so hot paths look up once and keep it. Label values that come
  * from outside must be escaped by the caller with metrics_escape_label. Loop
  * thread only. */
-#ifndef CORE_METRICS_H
-#define CORE_METRICS_H
+#ifndef RIPPLE_METRICS_H
+#define RIPPLE_METRICS_H
 
 #include <stddef.h>
 #include <stdint.h>

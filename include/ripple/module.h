@@ -7,8 +7,8 @@
  * and later stops it. Two modules in one process share the loop and nothing
  * else: a module never calls another module's functions or opens another
  * module's database. Header only. */
-#ifndef CORE_MODULE_H
-#define CORE_MODULE_H
+#ifndef RIPPLE_MODULE_H
+#define RIPPLE_MODULE_H
 
 struct service;
 struct stream_type;

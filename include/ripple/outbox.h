@@ -24,8 +24,8 @@
  * outbox_publish_latency_seconds (append to XADD reply), outbox_published_total,
  * outbox_refused_total, outbox_publish_failures_total and
  * outbox_mark_failures_total. Loop thread only. */
-#ifndef CORE_OUTBOX_H
-#define CORE_OUTBOX_H
+#ifndef RIPPLE_OUTBOX_H
+#define RIPPLE_OUTBOX_H
 
 #include <stddef.h>
 #include <stdint.h>

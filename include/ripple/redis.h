@@ -14,8 +14,8 @@
  *
  * A blocking read (XREADGROUP BLOCK) must use a connection of its own: give
  * it a command_timeout_ms longer than its BLOCK. Loop thread only. */
-#ifndef CORE_REDIS_H
-#define CORE_REDIS_H
+#ifndef RIPPLE_REDIS_H
+#define RIPPLE_REDIS_H
 
 #include <stddef.h>
 

@@ -18,8 +18,8 @@
  * in the JSON shape, and counts http_requests_total{route,code} and
  * http_request_duration_seconds. Only this module and the host may exit(1),
  * and only at startup. */
-#ifndef CORE_SERVICE_H
-#define CORE_SERVICE_H
+#ifndef RIPPLE_SERVICE_H
+#define RIPPLE_SERVICE_H
 
 #include <uv.h>
 

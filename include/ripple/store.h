@@ -11,8 +11,8 @@
  * PRAGMA user_version runs in its own transaction, which also sets
  * user_version. A changed or missing migration number is an error, never a
  * silent skip. Loop thread only; SQL is always bound, never formatted. */
-#ifndef CORE_STORE_H
-#define CORE_STORE_H
+#ifndef RIPPLE_STORE_H
+#define RIPPLE_STORE_H
 
 #include <stddef.h>
 #include <stdint.h>

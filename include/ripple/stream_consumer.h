@@ -33,8 +33,8 @@
  * resumed asynchronous handler applies only an entry still ours. NOGROUP
  * (the stream or group vanished) recreates the group. Every retry backs
  * off: never a hot loop. Loop thread only. */
-#ifndef CORE_STREAM_CONSUMER_H
-#define CORE_STREAM_CONSUMER_H
+#ifndef RIPPLE_STREAM_CONSUMER_H
+#define RIPPLE_STREAM_CONSUMER_H
 
 #include <ripple/common.h>
 #include <ripple/ids.h>

@@ -45,8 +45,8 @@
  * letter's error. STREAMS_MAX_ERR bytes hold any of them whole.
  *
  * No state, no threads; jansson is used for JSON. */
-#ifndef STREAMS_STREAMS_H
-#define STREAMS_STREAMS_H
+#ifndef RIPPLE_STREAMS_H
+#define RIPPLE_STREAMS_H
 
 #include <stddef.h>
 
