@@ -705,9 +705,10 @@ def valgrind_prefix(name):
             "--error-exitcode=99", "--trace-children=no"]
 
 
-def launch(name, redis, tmpdir, env_extra=None, wait=True):
-    """Starts build/<name>; retries on a port race. Returns a Service."""
-    exe = binary(name)
+def launch(name, redis, tmpdir, env_extra=None, wait=True, exe=None):
+    """Starts build/<name> (or the binary exe); retries on a port race.
+    Returns a Service."""
+    exe = exe or binary(name)
     env_extra = dict(env_extra or {})
     tmpdir = Path(tmpdir)
     tmpdir.mkdir(parents=True, exist_ok=True)
@@ -743,9 +744,9 @@ def service_factory(redis_server, tmp_path):
     started = []
     counter = [0]
 
-    def start(name="users", wait=True, **env):
+    def start(name="users", wait=True, exe=None, **env):
         counter[0] += 1
-        svc = launch(name, redis_server, tmp_path / f"{name}{counter[0]}", env, wait=wait)
+        svc = launch(name, redis_server, tmp_path / f"{name}{counter[0]}", env, wait=wait, exe=exe)
         started.append(svc)
         return svc
 
@@ -764,13 +765,13 @@ def service_factory(redis_server, tmp_path):
 
 
 def launch_host(names, redis, tmpdir, shared=None, per=None, ports=None, db_paths=None,
-                wait=True):
-    """Starts ONE build/ripple process hosting the modules names (DESIGN.md
-    §11): shared settings as they are, per[name] settings with the module's
-    prefix (ORDERS_SAGA_TIMEOUT_MS), each module on its own port (ports[name]
-    or a stable_port()) and database. Returns {name: Service} views that
-    share the process."""
-    exe = binary("ripple")
+                wait=True, exe=None):
+    """Starts ONE build/ripple process (or the host binary exe) hosting the
+    modules names (DESIGN.md §11): shared settings as they are, per[name]
+    settings with the module's prefix (ORDERS_SAGA_TIMEOUT_MS), each module
+    on its own port (ports[name] or a stable_port()) and database. Returns
+    {name: Service} views that share the process."""
+    exe = exe or binary("ripple")
     tmpdir = Path(tmpdir)
     tmpdir.mkdir(parents=True, exist_ok=True)
     per, ports, db_paths = per or {}, dict(ports or {}), dict(db_paths or {})

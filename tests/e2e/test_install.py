@@ -130,6 +130,14 @@ def test_header_guards_are_ripple_names(prefix):
         assert f"#ifndef {guard}\n#define {guard}\n" in text, f"{name}: guard is not {guard}"
 
 
+def test_ripple_h_includes_the_whole_runtime(prefix):
+    """<ripple/ripple.h> is the runtime's API in one include: every installed
+    header but modules.h (libripple-modules') and itself."""
+    text = (prefix / "include" / "ripple" / "ripple.h").read_text()
+    want = set(installed_headers(prefix)) - {"ripple.h", "modules.h"}
+    assert set(re.findall(r"^#include <ripple/(\w+\.h)>$", text, re.M)) == want
+
+
 def test_a_program_links_the_installed_library(prefix, tmp_path):
     """With the .so (found through the rpath) and with the .a: a program
     calls the runtime; linking the .a succeeds although the program defines
