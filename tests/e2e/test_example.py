@@ -9,11 +9,12 @@ it: `notifications` beside the four services (five processes), and
 process."""
 
 import json
+import re
 
 import pytest
 
 from conftest import assert_error, is_uuid, service_token, wait_until
-from install import example_bin, prefix  # noqa: F401 - fixtures
+from install import EXAMPLE_SRC, REPO, example_bin, prefix, run  # noqa: F401 - fixtures
 from test_saga import FAST, FINAL, Stack
 
 pytestmark = pytest.mark.fresh_redis  # the streams hold only what these tests wrote
@@ -142,3 +143,38 @@ def test_bad_input_gets_its_error_and_the_service_keeps_running(service_factory,
     assert dead[0][1]["group"] == "notifications" and "data.order_id" in dead[0][1]["error"]
     wait_consumed(r, "orders.events", bad)
     assert note.alive() and notes(note, service_token())["items"] == []
+
+
+def test_the_ripple_plus_catalog_checks_the_example_against_orders(example_bin):  # noqa: F811
+    """The composed host's --catalog: the example's declarations beside the
+    installed modules', its consumer specs equal to orders' (it fails
+    otherwise)."""
+    out = run([str(example_bin / "ripple-plus"), "--catalog"])
+    assert re.search(r"^\| notifications\.events \| `notification\.sent` \| notifications \|",
+                     out, re.M), out
+    for t in ("confirmed", "cancelled", "rejected"):
+        assert re.search(rf"^\| orders\.events \| `order\.{t}` \| orders \| notifications \|",
+                         out, re.M), out
+
+
+def test_the_guide_quotes_the_example_as_it_is():
+    """docs/writing-a-service.md quotes every line of the example's files, in
+    order (blocks marked <!-- quote: FILE -->, blank lines between them
+    skipped), and states the true number of lines of C."""
+    guide = (REPO / "docs" / "writing-a-service.md").read_text()
+    quotes = {}
+    for path, block in re.findall(r"<!-- quote: (\S+) -->\n```\w*\n(.*?)\n```\n", guide, re.S):
+        quotes.setdefault(path, []).append(block.split("\n"))
+    files = sorted(str(p.relative_to(REPO)) for p in EXAMPLE_SRC.iterdir()
+                   if p.name in ("Makefile", "schema.sql") or p.suffix in (".c", ".h"))
+    assert sorted(quotes) == files
+    for path, blocks in quotes.items():
+        lines, at = (REPO / path).read_text().split("\n"), 0
+        for block in blocks:
+            while at < len(lines) and lines[at] == "" and block[0] != "":
+                at += 1
+            assert lines[at:at + len(block)] == block, f"{path}: the quote at line {at + 1} differs"
+            at += len(block)
+        assert not "".join(lines[at:]), f"{path}: lines from {at + 1} are not quoted"
+    c_lines = sum(len(p.read_text().splitlines()) for p in EXAMPLE_SRC.glob("*.[ch]"))
+    assert c_lines <= 150 and f"It is {c_lines} lines of C" in guide, c_lines
