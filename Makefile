@@ -269,8 +269,7 @@ MODULES_REQUIRES := libuv jansson sqlite3 libcrypto
 MODULE_SYMBOLS := $(foreach m,$(MODULES),$(subst -,_,$(m))_module)
 
 .PHONY: lib install uninstall
-lib: $(PIC)/libripple.a $(PIC)/$(RIPPLE_DYLIB) $(PIC)/libripple-modules.a $(PIC)/ripple.pc \
-	$(PIC)/ripple-modules.pc
+lib: $(PIC)/libripple.a $(PIC)/$(RIPPLE_DYLIB) $(PIC)/libripple-modules.a
 
 $(PIC)/llhttp/%.o: $(LLHTTP_SRC)/%.c
 	@mkdir -p $(@D)
@@ -304,7 +303,7 @@ $(PIC)/libripple-modules.a: $(MODULES_LIB_OBJ)
 	rm -f $@
 	ar rcs $@ $(PIC)/ripple-modules.o
 
-# The .pc files name PREFIX: rewritten only when their text changes.
+# The .pc files name PREFIX (and LIBDIR...): install writes them as it goes.
 define RIPPLE_PC
 prefix=$(PREFIX)
 exec_prefix=$${prefix}
@@ -332,14 +331,6 @@ Libs: -L$${libdir} -lripple-modules -lm
 endef
 export RIPPLE_PC RIPPLE_MODULES_PC
 
-$(PIC)/ripple.pc: FORCE
-	@mkdir -p $(@D)
-	@echo "$$RIPPLE_PC" | cmp -s - $@ || echo "$$RIPPLE_PC" > $@
-
-$(PIC)/ripple-modules.pc: FORCE
-	@mkdir -p $(@D)
-	@echo "$$RIPPLE_MODULES_PC" | cmp -s - $@ || echo "$$RIPPLE_MODULES_PC" > $@
-
 install: lib
 	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PKGCONFIGDIR) \
 		$(DESTDIR)$(INCLUDEDIR)/ripple
@@ -348,7 +339,8 @@ install: lib
 	$(INSTALL) -m 755 $(PIC)/$(RIPPLE_DYLIB) $(DESTDIR)$(LIBDIR)
 	ln -sf $(RIPPLE_DYLIB) $(DESTDIR)$(LIBDIR)/$(RIPPLE_SONAME)
 	ln -sf $(RIPPLE_SONAME) $(DESTDIR)$(LIBDIR)/libripple.so
-	$(INSTALL) -m 644 $(PIC)/ripple.pc $(PIC)/ripple-modules.pc $(DESTDIR)$(PKGCONFIGDIR)
+	printf '%s\n' "$$RIPPLE_PC" > $(DESTDIR)$(PKGCONFIGDIR)/ripple.pc
+	printf '%s\n' "$$RIPPLE_MODULES_PC" > $(DESTDIR)$(PKGCONFIGDIR)/ripple-modules.pc
 	$(foreach t,$(RIPPLE_TOOLS),$(INSTALL) -m 755 scripts/$(t) $(DESTDIR)$(BINDIR)/ripple-$(t);)
 
 uninstall:
