@@ -663,9 +663,8 @@ static void ensure_group(struct stream_consumer *sc)
         stream_id_format(&pos, at, sizeof(at));
         argc = 6; /* how many entries lie before it is not known here */
     } else if (sc->start_new) {
-        at[0] = '$'; /* CONSUMER_START=$: a service added to a live system */
-        at[1] = '\0';
-        argc = 6; /* Redis counts what came before as read */
+        memcpy(at, "$", 2); /* CONSUMER_START=$: a service added to a live system */
+        argc = 6;           /* Redis counts what came before as read */
     }
     sc->state = SC_GROUP;
     /* not counted in inflight (nor the reads): closing does not wait for

@@ -243,6 +243,8 @@ static const char *trace_of(const struct stream_msg *msg, const char *fallback)
 static int load_order(struct inventory *inv, struct stream_msg *msg, char oid[IDS_UUID_LEN + 1],
                       const char **trace, struct reservation *r)
 {
+    memset(r, 0, sizeof(*r));
+    *trace = msg->id;
     if (stream_msg_uuid(msg, "order_id", oid) < 0)
         return stream_msg_reject(msg, "data.order_id: expected a UUID");
     *trace = trace_of(msg, oid);
