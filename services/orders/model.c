@@ -58,26 +58,13 @@ static const char *const sql_step_entry = "UPDATE order_steps SET entry_id = ?3 
 
 int orders_model_prepare(struct orders *o)
 {
-    struct store *st = o->svc->store;
-    int rc = store_prepare(st, sql_insert, &o->insert);
+    const struct store_sql list[] = {
+        {sql_insert, &o->insert},         {sql_by_id, &o->by_id},   {sql_list_all, &o->list_all},
+        {sql_list_user, &o->list_user},   {sql_steps, &o->steps},   {sql_step_add, &o->step_add},
+        {sql_step_entry, &o->step_entry}, {sql_by_key, &o->by_key},
+    };
 
-    if (rc == 0)
-        rc = store_prepare(st, sql_by_id, &o->by_id);
-    if (rc == 0)
-        rc = store_prepare(st, sql_list_all, &o->list_all);
-    if (rc == 0)
-        rc = store_prepare(st, sql_list_user, &o->list_user);
-    if (rc == 0)
-        rc = store_prepare(st, sql_steps, &o->steps);
-    if (rc == 0)
-        rc = store_prepare(st, sql_step_add, &o->step_add);
-    if (rc == 0)
-        rc = store_prepare(st, sql_step_entry, &o->step_entry);
-    if (rc == 0)
-        rc = store_prepare(st, sql_by_key, &o->by_key);
-    if (rc < 0)
-        log_error("orders: cannot prepare statements: %s", store_errmsg(st));
-    return rc;
+    return store_prepare_all(o->svc->store, list, ARRAY_SIZE(list));
 }
 
 /* Steps st to its end; 0 when it finished, else -EIO (logged with what). */

@@ -623,15 +623,8 @@ static void on_get_user(struct http_request *req, const struct auth_claims *who,
         http_reply_error(req, 404, USERS_NOT_FOUND, "no such user");
         return;
     }
-    if (who == NULL) { /* the dispatcher verifies tokens; never trust a gap */
-        http_reply_error(req, 401, NULL, "a bearer token is required");
-        return;
-    }
-    if (!who->is_service && !auth_is_subject(who, id)) {
-        http_reply_error(req, 403, NULL, "a user may read only their own record");
-        return;
-    }
-    read_user(data, req, id);
+    if (http_route_owner_only(req, who, id, "a user may read only their own record") == 0)
+        read_user(data, req, id);
 }
 
 /* ---------------------------------------------------------------------------
@@ -690,12 +683,4 @@ int users_service_start(struct service *svc)
     return users_events_start(svc);
 }
 
-const struct module users_module = {
-    .abi = MODULE_ABI,
-    .name = "users",
-    .default_port = 8001,
-    .schema = users_schema_sql,
-    .emits = users_emits,
-    .consumes = users_consumes,
-    .start = users_service_start,
-};
+MODULE_DEFINE(users, 8001, users_schema_sql, users_emits, users_consumes, users_service_start);
