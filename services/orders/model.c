@@ -67,17 +67,6 @@ int orders_model_prepare(struct orders *o)
     return store_prepare_all(o->svc->store, list, ARRAY_SIZE(list));
 }
 
-/* Steps st to its end; 0 when it finished, else -EIO (logged with what). */
-static int step_done(struct orders *o, struct sqlite3_stmt *st, const char *what)
-{
-    int rc = sqlite3_step(st);
-
-    if (rc != SQLITE_DONE)
-        log_error("orders: %s: %s", what, store_errmsg(o->svc->store));
-    store_reset(st);
-    return rc == SQLITE_DONE ? 0 : -EIO;
-}
-
 /* ---------------------------------------------------------------------------
  * Writes (inside the caller's transaction)
  * ------------------------------------------------------------------------- */
@@ -86,19 +75,8 @@ int orders_step_add(struct orders *o, const char *order_id, const char *step,
                     const char *event_type, const char *event_id, const char *stream,
                     const char *entry_id, const char *at)
 {
-    struct sqlite3_stmt *st = o->step_add;
-
-    sqlite3_bind_text(st, 1, order_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, step, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, event_type, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, event_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 5, stream, -1, SQLITE_STATIC);
-    if (entry_id != NULL)
-        sqlite3_bind_text(st, 6, entry_id, -1, SQLITE_STATIC);
-    else
-        sqlite3_bind_null(st, 6);
-    sqlite3_bind_text(st, 7, at, -1, SQLITE_STATIC);
-    return step_done(o, st, "add a timeline step");
+    return store_exec(o->svc->store, o->step_add, "orders: add a timeline step", "sssssss",
+                      order_id, step, event_type, event_id, stream, entry_id, at);
 }
 
 int orders_emit(struct orders *o, const char *order_id, enum orders_out out, json_t *data,
@@ -116,33 +94,11 @@ int orders_emit(struct orders *o, const char *order_id, enum orders_out out, jso
 static int insert_order(struct orders *o, const char *id, const struct orders_new *n,
                         const char *items, const char *at)
 {
-    struct sqlite3_stmt *st = o->insert;
-    int rc;
-
-    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, n->user_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, n->reason ? ORDERS_REJECTED : ORDERS_PENDING, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, items, -1, SQLITE_STATIC);
-    if (n->reason != NULL)
-        sqlite3_bind_text(st, 5, n->reason, -1, SQLITE_STATIC);
-    else
-        sqlite3_bind_null(st, 5);
-    sqlite3_bind_text(st, 6, at, -1, SQLITE_STATIC);
-    if (n->idempotency_key != NULL)
-        sqlite3_bind_text(st, 7, n->idempotency_key, -1, SQLITE_STATIC);
-    else
-        sqlite3_bind_null(st, 7);
-    rc = sqlite3_step(st);
-    if ((rc & 0xff) == SQLITE_CONSTRAINT && n->idempotency_key != NULL) {
-        /* the user's key is taken (a POST with it committed first); the id,
-         * a fresh UUIDv7, cannot be */
-        store_reset(st);
-        return -EEXIST;
-    }
-    if (rc != SQLITE_DONE)
-        log_error("orders: insert an order: %s", store_errmsg(o->svc->store));
-    store_reset(st);
-    return rc == SQLITE_DONE ? 0 : -EIO;
+    /* -EEXIST: the user's Idempotency-Key is taken (a POST with it
+     * committed first); the id, a fresh UUIDv7, cannot be */
+    return store_exec(o->svc->store, o->insert, "orders: insert an order", "sssssss", id,
+                      n->user_id, n->reason ? ORDERS_REJECTED : ORDERS_PENDING, items, n->reason,
+                      at, n->idempotency_key);
 }
 
 /* order.placed and stock.reserve: the saga's first step. */
@@ -303,10 +259,8 @@ static void store_backfill(struct orders *o, const char *order_id, const struct 
     struct sqlite3_stmt *st = o->step_entry;
 
     for (size_t i = 0; i < n; i++) {
-        sqlite3_bind_text(st, 1, order_id, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 2, fill[i].n);
-        sqlite3_bind_text(st, 3, fill[i].entry_id, -1, SQLITE_STATIC);
-        if (step_done(o, st, "store an entry id") < 0)
+        if (store_exec(o->svc->store, st, "orders: store an entry id", "sIs", order_id,
+                       (int64_t)fill[i].n, fill[i].entry_id) < 0)
             return;
     }
 }
