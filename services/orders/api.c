@@ -49,6 +49,7 @@
 #include <ripple/log.h>
 #include <ripple/service.h>
 #include <ripple/store.h>
+#include <ripple/trace.h>
 
 #define KEY_MAX 255 /* bytes of an Idempotency-Key */
 
@@ -277,6 +278,7 @@ static void on_user_checked(struct orders *o, enum orders_user answer, const cha
     json_t *fields;
 
     (void)o;
+    trace_set(p->req->traceparent); /* the POST's trace, now that its check answered */
     if (http_request_aborted(p->req)) {
         /* Nobody to tell: release the request, make no order. */
         http_respond(p->req, 503, NULL, "", 0);
@@ -290,6 +292,7 @@ static void on_user_checked(struct orders *o, enum orders_user answer, const cha
         http_reply_internal(p->req);
     }
     place_free(p);
+    trace_set(NULL);
 }
 
 static void on_place(struct http_request *req, const struct auth_claims *who, void *data)

@@ -28,16 +28,18 @@
 #include <ripple/log.h>
 #include <ripple/outbox.h>
 #include <ripple/store.h>
+#include <ripple/trace.h>
 #include <ripple/stream_consumer.h>
 #include <ripple/streams.h>
 
 #define BACKFILL_MAX 16 /* entry ids stored back per read; the rest on a later one */
 
-#define ORDER_COLS "seq, id, user_id, status, items, amount_cents, reason, created_at, updated_at"
+#define ORDER_COLS                                                                                 \
+    "seq, id, user_id, status, items, amount_cents, reason, created_at, updated_at, traceparent"
 
 static const char *const sql_insert =
     "INSERT INTO orders (id, user_id, status, items, reason, created_at, updated_at, "
-    "idempotency_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)";
+    "idempotency_key, traceparent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8)";
 static const char *const sql_by_key =
     "SELECT id, items FROM orders WHERE user_id = ?1 AND idempotency_key = ?2";
 static const char *const sql_by_id = "SELECT " ORDER_COLS " FROM orders WHERE id = ?1";
@@ -96,9 +98,9 @@ static int insert_order(struct orders *o, const char *id, const struct orders_ne
 {
     /* -EEXIST: the user's Idempotency-Key is taken (a POST with it
      * committed first); the id, a fresh UUIDv7, cannot be */
-    return store_exec(o->svc->store, o->insert, "orders: insert an order", "sssssss", id,
+    return store_exec(o->svc->store, o->insert, "orders: insert an order", "ssssssss", id,
                       n->user_id, n->reason ? ORDERS_REJECTED : ORDERS_PENDING, items, n->reason,
-                      at, n->idempotency_key);
+                      at, n->idempotency_key, trace_current());
 }
 
 /* order.placed and stock.reserve: the saga's first step. */
@@ -202,6 +204,7 @@ static json_t *order_from_row(struct sqlite3_stmt *st)
     bad |= json_object_set_new(v, "reason", col_string_or_null(st, 6)) < 0;
     bad |= json_object_set_new(v, "created_at", json_string(col_text(st, 7))) < 0;
     bad |= json_object_set_new(v, "updated_at", json_string(col_text(st, 8))) < 0;
+    bad |= json_object_set_new(v, "traceparent", col_string_or_null(st, 9)) < 0;
     if (bad) {
         json_decref(v);
         return NULL;

@@ -41,6 +41,7 @@
 #include <ripple/log.h>
 #include <ripple/service.h>
 #include <ripple/store.h>
+#include <ripple/trace.h>
 
 #define USERS_SALT_BYTES 16 /* for new hashes */
 #define USERS_SALT_MAX 64   /* accepted from the database */
@@ -417,12 +418,14 @@ static void on_hash_done(uv_work_t *work, int status)
     struct users *u = job->u;
 
     log_scope(u->svc->module->name);
+    trace_set(job->req->traceparent); /* the request's trace, now that its hash is done */
     if (status == UV_ECANCELED)
         http_reply_error(job->req, 503, NULL, "the service is stopping");
     else if (job->kind == HASH_REGISTER)
         finish_register(job);
     else
         finish_login(job);
+    trace_set(NULL);
     job_free(job);
     u->jobs--;
     maybe_stopped(u);
