@@ -65,10 +65,16 @@ void trace_child(const char *parent, char out[TRACE_PARENT_LEN + 1])
     if (parent != NULL && trace_parse(parent, strlen(parent), valid) == 0) {
         memcpy(out, valid, TRACE_PARENT_LEN + 1);
     } else {
-        memcpy(out, "00-", 3);
+        /* 00-<trace id>-<span id>-01: version 00, flags sampled. */
+        out[0] = '0';
+        out[1] = '0';
+        out[2] = '-';
         random_hex(out + 3, 32);
-        memcpy(out + 35, "-", 1);
-        memcpy(out + 52, "-01", 4); /* sampled */
+        out[35] = '-';
+        out[52] = '-';
+        out[53] = '0';
+        out[54] = '1';
+        out[55] = '\0';
     }
     random_hex(out + 36, 16);
 }
