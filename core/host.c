@@ -383,8 +383,12 @@ static int catalog_row(const struct module *const *all, size_t n, const struct s
     summary = spec != NULL && spec->summary           ? spec->summary
               : consumed != NULL && consumed->summary ? consumed->summary
                                                       : "";
-    describe_fields((spec ? spec : consumed)->fields, data, sizeof(data));
-    for (size_t i = 0; spec != NULL && i < n; i++) {
+    if (spec == NULL)
+        spec = consumed; /* a command nobody linked in emits: its consumer's spec */
+    if (spec == NULL)
+        return 0; /* not reached: t itself is declared */
+    describe_fields(spec->fields, data, sizeof(data));
+    for (size_t i = 0; i < n; i++) {
         const struct stream_type *c = streams_find(all[i]->consumes, t->stream, t->type);
 
         if (c == NULL)

@@ -261,3 +261,17 @@ void http_router_dispatch(const struct http_router *r, const struct auth *auth, 
     }
     m.route->handler(req, &claims, m.route->data);
 }
+
+int http_route_owner_only(struct http_request *req, const struct auth_claims *who, const char *id,
+                          const char *message)
+{
+    if (who == NULL) {
+        http_reply_error(req, 401, NULL, "a bearer token is required");
+        return -EACCES;
+    }
+    if (!who->is_service && !auth_is_subject(who, id)) {
+        http_reply_error(req, 403, NULL, message);
+        return -EACCES;
+    }
+    return 0;
+}

@@ -12,6 +12,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <ripple/trace.h>
+
 static enum log_level log_level = LOG_LEVEL_INFO;
 static char log_service[32] = "ripple";
 static const char *log_current; /* borrowed; NULL: log_service */
@@ -123,6 +125,10 @@ static void log_vwrite(enum log_level level, const char *trace, const char *fmt,
     if (trace != NULL) {
         append_raw(line, sizeof(line), &pos, "\",\"trace\":\"");
         append_escaped(line, sizeof(line), &pos, trace);
+    }
+    if (trace_current_id() != NULL) { /* W3C trace context of the work in hand */
+        append_raw(line, sizeof(line), &pos, "\",\"trace_id\":\"");
+        append_raw(line, sizeof(line), &pos, trace_current_id());
     }
     append_raw(line, sizeof(line), &pos, "\"}\n");
     if (write(STDERR_FILENO, line, pos) < 0) {

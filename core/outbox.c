@@ -44,13 +44,14 @@
 #include <ripple/service.h>
 #include <ripple/store.h>
 #include <ripple/streams.h>
+#include <ripple/trace.h>
 
 #define SWEEP_MS 1000 /* recovery: a pass even when nothing woke us */
 #define PRUNE_EVERY_MS 60000
 #define PRUNE_BATCH 500
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 5000
-#define XADD_ARGS 20
+#define XADD_ARGS 24
 
 static const char schema[] = "CREATE TABLE IF NOT EXISTS outbox ("
                              " seq INTEGER PRIMARY KEY,"
@@ -62,12 +63,14 @@ static const char schema[] = "CREATE TABLE IF NOT EXISTS outbox ("
                              " created_at INTEGER NOT NULL," /* us since the epoch */
                              " published_at INTEGER,"        /* us, NULL until Redis accepted it */
                              " entry_id TEXT,"               /* the stream entry id Redis gave it */
-                             " refused_at INTEGER," /* us: set aside, Redis refused it for good */
-                             " refused_reason TEXT);"; /* Redis's error reply */
+                             " refused_at INTEGER,"  /* us: set aside, Redis refused it for good */
+                             " refused_reason TEXT," /* Redis's error reply */
+                             " traceparent TEXT);";  /* W3C trace context, or NULL */
 
 /* Tables from before set-aside rows get their columns; then the indexes. */
 static const char schema_upgrade[] = "ALTER TABLE outbox ADD COLUMN refused_at INTEGER;"
                                      "ALTER TABLE outbox ADD COLUMN refused_reason TEXT;";
+static const char schema_upgrade_trace[] = "ALTER TABLE outbox ADD COLUMN traceparent TEXT;";
 static const char schema_indexes[] =
     "DROP INDEX IF EXISTS outbox_unpublished;"
     "CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(seq) "
@@ -208,6 +211,8 @@ int outbox_append(struct outbox *ob, const char *stream, const char *type,
     else
         sqlite3_bind_null(ob->insert_st, 5);
     sqlite3_bind_int64(ob->insert_st, 6, clock_now_us());
+    /* the trace context of the work in hand (ripple/trace.h), NULL when none */
+    sqlite3_bind_text(ob->insert_st, 7, trace_current(), -1, SQLITE_TRANSIENT);
     rc = sqlite3_step(ob->insert_st) == SQLITE_DONE ? 0 : -EIO;
     if (rc < 0)
         log_error("outbox: append %s to %s failed: %s", type, stream, store_errmsg(ob->store));
@@ -506,6 +511,8 @@ static int send_row(struct outbox *ob, struct relay_batch *b, struct sqlite3_stm
     ARG("id", 2), COL(2);
     if (sqlite3_column_type(st, 5) != SQLITE_NULL)
         ARG("trace", 5), COL(5);
+    if (sqlite3_column_type(st, 7) != SQLITE_NULL)
+        ARG("traceparent", 11), COL(7);
     ARG("source", 6), ARG(ob->source, strlen(ob->source));
     ARG("ts", 2), ARG(ts, strlen(ts));
     ARG("v", 1), ARG("1", 1);
@@ -719,6 +726,14 @@ static int create_table(struct outbox *ob)
     if (query_int(has, 0) == 0 &&
         (rc = exec_sql(ob, schema_upgrade, "add the set-aside columns")) < 0)
         return rc;
+    rc = store_prepare(
+        ob->store, "SELECT COUNT(*) FROM pragma_table_info('outbox') WHERE name = 'traceparent'",
+        &has);
+    if (rc < 0)
+        return rc;
+    if (query_int(has, 0) == 0 &&
+        (rc = exec_sql(ob, schema_upgrade_trace, "add the traceparent column")) < 0)
+        return rc;
     return exec_sql(ob, schema_indexes, "create its indexes");
 }
 
@@ -728,8 +743,8 @@ static int prepare_relay(struct outbox *ob)
     int rc;
 
     if ((rc = store_prepare(st,
-                            "SELECT seq, stream, event_id, type, data, trace, created_at "
-                            "FROM outbox WHERE " PENDING " ORDER BY seq LIMIT ?",
+                            "SELECT seq, stream, event_id, type, data, trace, created_at, "
+                            "traceparent FROM outbox WHERE " PENDING " ORDER BY seq LIMIT ?",
                             &ob->select_st)) < 0 ||
         (rc = store_prepare(st, "UPDATE outbox SET published_at = ?, entry_id = ? WHERE seq = ?",
                             &ob->mark_st)) < 0 ||
@@ -752,8 +767,8 @@ static int prepare_all(struct outbox *ob)
     if ((rc = create_table(ob)) < 0 || (rc = prepare_relay(ob)) < 0)
         return rc;
     if ((rc = store_prepare(st,
-                            "INSERT INTO outbox(stream, event_id, type, data, trace, created_at) "
-                            "VALUES (?, ?, ?, ?, ?, ?)",
+                            "INSERT INTO outbox(stream, event_id, type, data, trace, created_at, "
+                            "traceparent) VALUES (?, ?, ?, ?, ?, ?, ?)",
                             &ob->insert_st)) < 0 ||
         (rc = store_prepare(st, "SELECT MAX(seq) FROM outbox", &ob->max_seq_st)) < 0 ||
         (rc = store_prepare(st, "SELECT entry_id FROM outbox WHERE event_id = ?", &ob->entry_st)) <

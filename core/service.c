@@ -26,6 +26,7 @@
 #include <ripple/outbox.h>
 #include <ripple/redis.h>
 #include <ripple/store.h>
+#include <ripple/trace.h>
 
 #define STATS_SLOTS 256 /* (route, status) pairs cached; more fall back to lookups */
 
@@ -111,9 +112,16 @@ static void on_response(const struct http_request *req, int status, double secon
 static void on_request(struct http_request *req, void *data)
 {
     struct service *svc = data;
+    size_t len = 0;
+    const char *tp = http_request_header(req, "traceparent", &len);
+    char parent[TRACE_PARENT_LEN + 1];
 
     log_scope(svc->module->name);
+    /* continue the caller's trace, or start one (an invalid header too) */
+    trace_child(tp != NULL && trace_parse(tp, len, parent) == 0 ? parent : NULL, req->traceparent);
+    trace_set(req->traceparent);
     http_router_dispatch(svc->router, &svc->auth, (long)time(NULL), req);
+    trace_set(NULL);
 }
 
 /* ---------------------------------------------------------------------------

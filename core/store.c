@@ -592,6 +592,15 @@ int store_prepare(struct store *st, const char *sql, struct sqlite3_stmt **out)
     return 0;
 }
 
+int store_prepare_all(struct store *st, const struct store_sql *list, size_t n)
+{
+    int rc = 0;
+
+    for (size_t i = 0; i < n && rc == 0; i++)
+        rc = store_prepare(st, list[i].sql, list[i].stmt);
+    return rc;
+}
+
 void store_reset(struct sqlite3_stmt *stmt)
 {
     if (stmt == NULL)

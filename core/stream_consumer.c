@@ -63,6 +63,7 @@
 #include <ripple/store.h>
 #include "stream_ledger.h"
 #include <ripple/streams.h>
+#include <ripple/trace.h>
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
@@ -138,10 +139,11 @@ struct entry {
     const char *result; /* metric label */
     char *error;        /* the dead letter's reason */
     struct envelope env;
-    const struct stream_type *decl; /* the module's declaration of its type; borrowed */
-    int parsed;                     /* 1: env holds a reference */
-    int dangling;                   /* deleted while pending: ack, nothing to run */
-    int lost;                       /* taken over by another consumer: drop */
+    const struct stream_type *decl;  /* the module's declaration of its type; borrowed */
+    char span[TRACE_PARENT_LEN + 1]; /* the trace context of its handling, made once */
+    int parsed;                      /* 1: env holds a reference */
+    int dangling;                    /* deleted while pending: ack, nothing to run */
+    int lost;                        /* taken over by another consumer: drop */
     enum dlq_state dlq;
     int dlq_logged; /* a failed dead letter is logged once */
 };
@@ -663,9 +665,8 @@ static void ensure_group(struct stream_consumer *sc)
         stream_id_format(&pos, at, sizeof(at));
         argc = 6; /* how many entries lie before it is not known here */
     } else if (sc->start_new) {
-        at[0] = '$'; /* CONSUMER_START=$: a service added to a live system */
-        at[1] = '\0';
-        argc = 6; /* Redis counts what came before as read */
+        memcpy(at, "$", 2); /* CONSUMER_START=$: a service added to a live system */
+        argc = 6;           /* Redis counts what came before as read */
     }
     sc->state = SC_GROUP;
     /* not counted in inflight (nor the reads): closing does not wait for
@@ -1001,6 +1002,9 @@ static void msg_fill(struct stream_consumer *sc, struct entry *e, struct stream_
     m->type = e->env.type;
     m->decl = e->decl;
     m->trace = e->env.trace;
+    if (e->span[0] == '\0') /* the same span when an asynchronous handler resumes */
+        trace_child(e->env.traceparent[0] ? e->env.traceparent : NULL, e->span);
+    m->traceparent = e->span;
     m->source = e->env.source;
     m->data = e->env.data;
     m->deliveries = e->deliveries;
@@ -1101,6 +1105,8 @@ static void on_chaos_timer(uv_timer_t *t)
 static int call_handler(struct stream_consumer *sc)
 {
     const char *type = sc->msg.type;
+    stream_consumer_msg_cb fn = sc->on_msg;
+    int rc;
 
     if (listed(sc->chaos_fail_types, type))
         return -EIO;
@@ -1111,10 +1117,13 @@ static int call_handler(struct stream_consumer *sc)
         return STREAM_CONSUMER_ASYNC;
     }
     if (sc->msg.decl != NULL && sc->msg.decl->handler != NULL)
-        return sc->msg.decl->handler(&sc->msg, sc->data);
-    if (sc->on_msg == NULL)
+        fn = sc->msg.decl->handler;
+    if (fn == NULL)
         return STREAM_CONSUMER_SKIP; /* declared, with nothing to do */
-    return sc->on_msg(&sc->msg, sc->data);
+    trace_set(sc->msg.traceparent);  /* what the handler emits and logs continues the trace */
+    rc = fn(&sc->msg, sc->data);
+    trace_set(NULL);
+    return rc;
 }
 
 /* The checks before a fresh entry's handler: 1 when they settled it. */

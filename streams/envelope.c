@@ -17,12 +17,15 @@
 
 #include <jansson.h>
 
-enum env_field { F_TYPE, F_DATA, F_ID, F_TRACE, F_SOURCE, F_TS, F_V, F_COUNT };
+#include <ripple/trace.h>
+
+enum env_field { F_TYPE, F_DATA, F_ID, F_TRACE, F_SOURCE, F_TS, F_V, F_TRACEPARENT, F_COUNT };
 
 static const char *const field_names[F_COUNT] = {
-    [F_TYPE] = ENVELOPE_TYPE,   [F_DATA] = ENVELOPE_DATA,     [F_ID] = ENVELOPE_ID,
-    [F_TRACE] = ENVELOPE_TRACE, [F_SOURCE] = ENVELOPE_SOURCE, [F_TS] = ENVELOPE_TS,
-    [F_V] = ENVELOPE_V,
+    [F_TYPE] = ENVELOPE_TYPE,     [F_DATA] = ENVELOPE_DATA,
+    [F_ID] = ENVELOPE_ID,         [F_TRACE] = ENVELOPE_TRACE,
+    [F_SOURCE] = ENVELOPE_SOURCE, [F_TS] = ENVELOPE_TS,
+    [F_V] = ENVELOPE_V,           [F_TRACEPARENT] = ENVELOPE_TRACEPARENT,
 };
 
 /* A borrowed value; p is never NULL once set. */
@@ -175,6 +178,10 @@ static int parse_header(const struct span *f, const char *stream, const char *en
         rc = copy_text(&f[F_TRACE], F_TRACE, out->trace, sizeof(out->trace), err, errlen);
     if (rc == 0 && f[F_SOURCE].set)
         rc = copy_text(&f[F_SOURCE], F_SOURCE, out->source, sizeof(out->source), err, errlen);
+    /* an invalid trace context is no fault of the entry: a new trace starts */
+    if (rc == 0 && f[F_TRACEPARENT].set &&
+        trace_parse(f[F_TRACEPARENT].p, f[F_TRACEPARENT].len, out->traceparent) < 0)
+        out->traceparent[0] = '\0';
     if (rc == 0 && f[F_TS].set && parse_digits(&f[F_TS], &out->ts) != 0)
         rc = fail(err, errlen, "ts: expected a non-negative integer (ms since the epoch)");
     return rc;

@@ -79,4 +79,11 @@ int http_router_allow(const struct http_router *r, const char *path, size_t path
 void http_router_dispatch(const struct http_router *r, const struct auth *auth, long now,
                           struct http_request *req);
 
+/* For a route about one user's resource: 0 when who may see the resource
+ * of user id (the user themself, or a service token); otherwise answers 401
+ * (no claims: a gap the dispatcher should have closed) or 403 with
+ * message, consuming req, and returns -EACCES. */
+CORE_MUST_CHECK int http_route_owner_only(struct http_request *req, const struct auth_claims *who,
+                                          const char *id, const char *message);
+
 #endif

@@ -77,6 +77,10 @@ struct http_request {
 
     /* public: for the handler's own use */
     void *data;
+    /* public: its W3C trace context (ripple/trace.h), set by the service's
+     * dispatcher from its traceparent header or anew; a handler that answers
+     * later sets it again with trace_set before writing or emitting. */
+    char traceparent[56];
 
     /* private */
     struct http_conn *conn_;

@@ -9,7 +9,9 @@
  * carries the host's label. The level is checked before anything is
  * formatted. Messages are formatted into a bounded buffer (longer ones are
  * cut, never overflowed) and JSON-escaped. Never pass tokens, passwords or
- * request bodies. Loop thread only (a thread-pool job must not log). */
+ * request bodies. Lines written while a W3C trace context is current
+ * (ripple/trace.h) carry its trace id as `trace_id`. Loop thread only (a
+ * thread-pool job must not log). */
 #ifndef RIPPLE_LOG_H
 #define RIPPLE_LOG_H
 

@@ -37,4 +37,29 @@ struct module {
     int (*start)(struct service *svc);
 };
 
+/* What a module's header declares for the host and for its own files: the
+ * descriptor, its schema.sql text (embedded by ripple-embed-sql) and its
+ * lists of emitted and consumed types. */
+#define MODULE_DECLARE(id)                                                                         \
+    extern const struct module id##_module;                                                        \
+    extern const char id##_schema_sql[];                                                           \
+    extern const struct stream_type id##_emits[];                                                  \
+    extern const struct stream_type id##_consumes[]
+
+/* The descriptor of a module in one statement: defines `<id>_module`.
+ *   MODULE_DEFINE(orders, 8002, orders_schema_sql, orders_emits, orders_consumes,
+ *                 orders_service_start);
+ * The module's name is id's text with '_' written '-' where it has one
+ * (pass the name string with MODULE_DEFINE_NAMED for that). */
+#define MODULE_DEFINE_NAMED(id, name_, port, schema_, emits_, consumes_, start_)                   \
+    const struct module id##_module = {.abi = MODULE_ABI,                                          \
+                                       .name = (name_),                                            \
+                                       .default_port = (port),                                     \
+                                       .schema = (schema_),                                        \
+                                       .emits = (emits_),                                          \
+                                       .consumes = (consumes_),                                    \
+                                       .start = (start_)}
+#define MODULE_DEFINE(id, port, schema_, emits_, consumes_, start_)                                \
+    MODULE_DEFINE_NAMED(id, #id, port, schema_, emits_, consumes_, start_)
+
 #endif

@@ -24,5 +24,6 @@
 #include <ripple/store.h>
 #include <ripple/stream_consumer.h>
 #include <ripple/streams.h>
+#include <ripple/trace.h>
 
 #endif

@@ -54,6 +54,15 @@ int store_schema_version(struct store *st);
  * errno (-EIO, -ENOSPC past STORE_MAX_STATEMENTS, -EINVAL for several
  * statements in one string). */
 CORE_MUST_CHECK int store_prepare(struct store *st, const char *sql, struct sqlite3_stmt **out);
+/* Prepares every statement of list (n of them): sql into *stmt. Returns 0,
+ * or the first failure (logged once) -- nothing to undo: the store
+ * finalizes what it prepared. */
+struct store_sql {
+    const char *sql;
+    struct sqlite3_stmt **stmt;
+};
+CORE_MUST_CHECK int store_prepare_all(struct store *st, const struct store_sql *list, size_t n);
+
 /* sqlite3_reset + sqlite3_clear_bindings. */
 void store_reset(struct sqlite3_stmt *stmt);
 

@@ -71,6 +71,9 @@ struct stream_msg {
     const char *type;
     const struct stream_type *decl; /* the module's declaration of type (its spec, handler) */
     const char *trace;              /* "" when absent */
+    const char *traceparent;        /* the W3C trace context of this entry's handling: a child
+                                       of the entry's own, or a new trace (current while the
+                                       handler runs: ripple/trace.h) */
     const char *source;             /* "" when absent */
     struct json_t *data;            /* borrowed: json_incref() to keep it */
     unsigned deliveries;            /* Redis' delivery count: 1 on first delivery */

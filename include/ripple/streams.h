@@ -55,13 +55,14 @@
 struct json_t;
 
 /* Envelope fields of a stream entry. */
-#define ENVELOPE_TYPE "type"     /* required: the declared type */
-#define ENVELOPE_DATA "data"     /* required, a JSON object: the payload */
-#define ENVELOPE_ID "id"         /* event UUID, the de-duplication key */
-#define ENVELOPE_TRACE "trace"   /* correlation id (the order id within a saga) */
-#define ENVELOPE_SOURCE "source" /* emitting service */
-#define ENVELOPE_TS "ts"         /* commit time, ms since the epoch */
-#define ENVELOPE_V "v"           /* schema version, STREAMS_ENVELOPE_VERSION */
+#define ENVELOPE_TYPE "type"               /* required: the declared type */
+#define ENVELOPE_DATA "data"               /* required, a JSON object: the payload */
+#define ENVELOPE_ID "id"                   /* event UUID, the de-duplication key */
+#define ENVELOPE_TRACE "trace"             /* correlation id (the order id within a saga) */
+#define ENVELOPE_TRACEPARENT "traceparent" /* W3C trace context (ripple/trace.h) */
+#define ENVELOPE_SOURCE "source"           /* emitting service */
+#define ENVELOPE_TS "ts"                   /* commit time, ms since the epoch */
+#define ENVELOPE_V "v"                     /* schema version, STREAMS_ENVELOPE_VERSION */
 
 /* Dead letters: "<stream>.dlq", the original fields plus these. */
 #define STREAMS_DLQ_SUFFIX ".dlq"
@@ -235,6 +236,7 @@ struct envelope {
     char id[STREAMS_MAX_ID];
     char trace[STREAMS_MAX_TRACE];   /* "" if absent */
     char source[STREAMS_MAX_SOURCE]; /* "" if absent */
+    char traceparent[56];            /* "" if absent or not a valid traceparent */
     long long ts;                    /* ms, 0 if absent */
     int v;                           /* 1 if absent */
 };

@@ -372,10 +372,4 @@ static int console_start(struct service *svc)
     return 0;
 }
 
-const struct module console_module = {
-    .abi = MODULE_ABI,
-    .name = "console",
-    .default_port = 8000,
-    .schema = NULL,
-    .start = console_start,
-};
+MODULE_DEFINE(console, 8000, NULL, NULL, NULL, console_start);

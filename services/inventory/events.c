@@ -243,6 +243,8 @@ static const char *trace_of(const struct stream_msg *msg, const char *fallback)
 static int load_order(struct inventory *inv, struct stream_msg *msg, char oid[IDS_UUID_LEN + 1],
                       const char **trace, struct reservation *r)
 {
+    memset(r, 0, sizeof(*r));
+    *trace = msg->id;
     if (stream_msg_uuid(msg, "order_id", oid) < 0)
         return stream_msg_reject(msg, "data.order_id: expected a UUID");
     *trace = trace_of(msg, oid);
@@ -576,11 +578,7 @@ static void release_inventory(void *data)
 
 int inventory_events_prepare(struct inventory *inv)
 {
-    struct store *st = inv->svc->store;
-    const struct {
-        const char *sql;
-        struct sqlite3_stmt **out;
-    } stmts[] = {
+    const struct store_sql list[] = {
         {sql_res_get, &inv->res_get},
         {sql_res_insert, &inv->res_insert},
         {sql_res_set_status, &inv->res_set_status},
@@ -592,13 +590,8 @@ int inventory_events_prepare(struct inventory *inv)
         {sql_items_release, &inv->items_release},
         {sql_items_commit, &inv->items_commit},
     };
-    int rc = 0;
 
-    for (size_t i = 0; i < ARRAY_SIZE(stmts) && rc == 0; i++)
-        rc = store_prepare(st, stmts[i].sql, stmts[i].out);
-    if (rc < 0)
-        log_error("inventory: cannot prepare the stock statements: %s", store_errmsg(st));
-    return rc;
+    return store_prepare_all(inv->svc->store, list, ARRAY_SIZE(list));
 }
 
 void inventory_events_attach(struct inventory *inv)

@@ -50,12 +50,5 @@ int inventory_service_start(struct service *svc)
     return 0;
 }
 
-const struct module inventory_module = {
-    .abi = MODULE_ABI,
-    .name = "inventory",
-    .default_port = 8003,
-    .schema = inventory_schema_sql,
-    .emits = inventory_emits,
-    .consumes = inventory_consumes,
-    .start = inventory_service_start,
-};
+MODULE_DEFINE(inventory, 8003, inventory_schema_sql, inventory_emits, inventory_consumes,
+              inventory_service_start);

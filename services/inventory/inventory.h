@@ -19,14 +19,8 @@
 struct service;
 struct sqlite3_stmt;
 
-/* The module's descriptor (ripple/module.h): what a host runs, and the
- * types it emits and consumes (events.c). */
-extern const struct module inventory_module;
-extern const struct stream_type inventory_emits[];
-extern const struct stream_type inventory_consumes[];
-
-/* The text of schema.sql, embedded by the Makefile (scripts/embed-sql). */
-extern const char inventory_schema_sql[];
+/* The module (ripple/module.h): its descriptor, schema and declared types. */
+MODULE_DECLARE(inventory);
 
 /* Opens cfg.db_path and migrates it with inventory_schema_sql (seeding the catalog
  * on the first start). Prepares the module's statements, adds the public

@@ -49,11 +49,9 @@
 #include <ripple/log.h>
 #include <ripple/service.h>
 #include <ripple/store.h>
+#include <ripple/trace.h>
 
-#define LIMIT_DEFAULT 20
-#define LIMIT_MAX 100
-#define QUERY_MAX 64 /* bytes of one query parameter we read */
-#define KEY_MAX 255  /* bytes of an Idempotency-Key */
+#define KEY_MAX 255 /* bytes of an Idempotency-Key */
 
 /* A POST waiting for its user check. */
 struct place {
@@ -63,11 +61,6 @@ struct place {
     char user_id[IDS_UUID_LEN + 1];
     char key[KEY_MAX + 1]; /* Idempotency-Key, "" without one */
 };
-
-static void reply_internal(struct http_request *req)
-{
-    http_reply_error(req, 500, NULL, "internal error");
-}
 
 /* The dispatcher verifies tokens on these routes; never trust a gap.
  * Returns 1 when it answered req. */
@@ -132,7 +125,7 @@ static int read_place(struct http_request *req, const struct auth_claims *who, s
     fields = json_object();
     if (fields == NULL) {
         json_decref(body);
-        reply_internal(req);
+        http_reply_internal(req);
         return -EINVAL;
     }
     json_object_foreach(body, key, v)
@@ -212,7 +205,7 @@ static void reply_key_reused(struct http_request *req)
     if (fields != NULL)
         http_reply_invalid(req, fields);
     else
-        reply_internal(req);
+        http_reply_internal(req);
 }
 
 /* Answers a POST whose Idempotency-Key its user has used before: 202 with
@@ -227,7 +220,7 @@ static int reply_replay(struct place *p)
         return rc;
     items = rc == 0 ? json_dumps(p->items, JSON_COMPACT) : NULL;
     if (items == NULL) {
-        reply_internal(p->req); /* the lookup failed, or no memory */
+        http_reply_internal(p->req); /* the lookup failed, or no memory */
     } else if (strcmp(items, had) != 0) {
         reply_key_reused(p->req);
     } else {
@@ -261,7 +254,7 @@ static void place_order(struct place *p)
             return;
     }
     if (rc < 0) {
-        reply_internal(p->req);
+        http_reply_internal(p->req);
         return;
     }
     log_write(LOG_LEVEL_INFO, id, "order placed id=%s user=%s items=%zu", id, p->user_id,
@@ -285,6 +278,7 @@ static void on_user_checked(struct orders *o, enum orders_user answer, const cha
     json_t *fields;
 
     (void)o;
+    trace_set(p->req->traceparent); /* the POST's trace, now that its check answered */
     if (http_request_aborted(p->req)) {
         /* Nobody to tell: release the request, make no order. */
         http_respond(p->req, 503, NULL, "", 0);
@@ -295,9 +289,10 @@ static void on_user_checked(struct orders *o, enum orders_user answer, const cha
     } else if ((fields = json_pack("{s:s}", "user_id", "no such user")) != NULL) {
         http_reply_invalid(p->req, fields);
     } else {
-        reply_internal(p->req);
+        http_reply_internal(p->req);
     }
     place_free(p);
+    trace_set(NULL);
 }
 
 static void on_place(struct http_request *req, const struct auth_claims *who, void *data)
@@ -319,7 +314,7 @@ static void on_place(struct http_request *req, const struct auth_claims *who, vo
     }
     p = calloc(1, sizeof(*p));
     if (p == NULL) {
-        reply_internal(req);
+        http_reply_internal(req);
         return;
     }
     p->o = o;
@@ -358,7 +353,7 @@ static void on_get(struct http_request *req, const struct auth_claims *who, void
     if (rc == -ENOENT)
         http_reply_error(req, 404, NULL, "no such order");
     else if (rc < 0)
-        reply_internal(req);
+        http_reply_internal(req);
     else
         http_reply_json(req, 200, order);
 }
@@ -367,71 +362,10 @@ static void on_get(struct http_request *req, const struct auth_claims *who, void
  * GET /api/v1/orders
  * ------------------------------------------------------------------------- */
 
-/* Parses s as a decimal integer in [min, max] (digits only). Returns 0 or
- * -EINVAL. */
-static int parse_int(const char *s, int64_t min, int64_t max, int64_t *out)
-{
-    int64_t v = 0;
-
-    if (*s == '\0' || strlen(s) > 19)
-        return -EINVAL;
-    for (; *s != '\0'; s++) {
-        if (*s < '0' || *s > '9' || v > (INT64_MAX - (*s - '0')) / 10)
-            return -EINVAL;
-        v = v * 10 + (*s - '0');
-    }
-    if (v < min || v > max)
-        return -EINVAL;
-    *out = v;
-    return 0;
-}
-
-/* What a list request asks for. */
-struct list_query {
-    int64_t limit, before;
-    char user_id[IDS_UUID_LEN + 1]; /* "" for everyone's (service tokens) */
-};
-
-/* Reads limit, after and user_id into q, recording problems in fields. */
-static void read_list_query(struct http_request *req, json_t *fields, struct list_query *q)
-{
-    char buf[QUERY_MAX];
-    int n;
-
-    q->limit = LIMIT_DEFAULT;
-    q->before = INT64_MAX;
-    q->user_id[0] = '\0';
-    n = http_request_query(req, "limit", buf, sizeof(buf));
-    if (n != -ENOENT && (n < 0 || parse_int(buf, 1, LIMIT_MAX, &q->limit) < 0))
-        orders_input_problem(fields, "limit", "must be an integer from 1 to 100");
-    n = http_request_query(req, "after", buf, sizeof(buf));
-    if (n != -ENOENT && (n < 0 || parse_int(buf, 1, INT64_MAX, &q->before) < 0))
-        orders_input_problem(fields, "after", "must be the \"next\" of a previous page");
-    n = http_request_query(req, "user_id", buf, sizeof(buf));
-    if (n != -ENOENT && (n < 0 || ids_canonical(buf, (size_t)n, q->user_id) < 0))
-        orders_input_problem(fields, "user_id", "must be a UUID");
-}
-
-/* Answers {"items": items, "next": next | null}. Steals items. */
-static void reply_page(struct http_request *req, json_t *items, int64_t next)
-{
-    char cursor[24];
-    json_t *page;
-
-    snprintf(cursor, sizeof(cursor), "%" PRId64, next);
-    page = json_pack("{s:o, s:o}", "items", items, "next",
-                     next > 0 ? json_string(cursor) : json_null());
-    if (page == NULL) {
-        reply_internal(req);
-        return;
-    }
-    http_reply_json(req, 200, page);
-}
-
 static void on_list(struct http_request *req, const struct auth_claims *who, void *data)
 {
-    struct list_query q;
-    char own[IDS_UUID_LEN + 1];
+    char own[IDS_UUID_LEN + 1], user_id[IDS_UUID_LEN + 1];
+    struct http_page page;
     json_t *fields, *items;
     int64_t next;
 
@@ -442,25 +376,26 @@ static void on_list(struct http_request *req, const struct auth_claims *who, voi
         return;
     }
     if ((fields = json_object()) == NULL) {
-        reply_internal(req);
+        http_reply_internal(req);
         return;
     }
-    read_list_query(req, fields, &q);
+    http_page_query(req, &page, fields);
+    http_query_uuid(req, "user_id", user_id, fields);
     if (json_object_size(fields) > 0) {
         http_reply_invalid(req, fields);
         return;
     }
     json_decref(fields);
-    if (!who->is_service && q.user_id[0] != '\0' && !auth_is_subject(who, q.user_id)) {
+    if (!who->is_service && user_id[0] != '\0' && !auth_is_subject(who, user_id)) {
         http_reply_error(req, 403, NULL, "a user may list only their own orders");
         return;
     }
-    if (orders_list(data, who->is_service ? (q.user_id[0] ? q.user_id : NULL) : own, q.before,
-                    (unsigned)q.limit, &items, &next) < 0) {
-        reply_internal(req);
+    if (orders_list(data, who->is_service ? (user_id[0] ? user_id : NULL) : own,
+                    page.after > 0 ? page.after : INT64_MAX, page.limit, &items, &next) < 0) {
+        http_reply_internal(req);
         return;
     }
-    reply_page(req, items, next);
+    http_reply_page(req, items, next);
 }
 
 void orders_api_start(struct orders *o)

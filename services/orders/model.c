@@ -28,16 +28,18 @@
 #include <ripple/log.h>
 #include <ripple/outbox.h>
 #include <ripple/store.h>
+#include <ripple/trace.h>
 #include <ripple/stream_consumer.h>
 #include <ripple/streams.h>
 
 #define BACKFILL_MAX 16 /* entry ids stored back per read; the rest on a later one */
 
-#define ORDER_COLS "seq, id, user_id, status, items, amount_cents, reason, created_at, updated_at"
+#define ORDER_COLS                                                                                 \
+    "seq, id, user_id, status, items, amount_cents, reason, created_at, updated_at, traceparent"
 
 static const char *const sql_insert =
     "INSERT INTO orders (id, user_id, status, items, reason, created_at, updated_at, "
-    "idempotency_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)";
+    "idempotency_key, traceparent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8)";
 static const char *const sql_by_key =
     "SELECT id, items FROM orders WHERE user_id = ?1 AND idempotency_key = ?2";
 static const char *const sql_by_id = "SELECT " ORDER_COLS " FROM orders WHERE id = ?1";
@@ -58,37 +60,13 @@ static const char *const sql_step_entry = "UPDATE order_steps SET entry_id = ?3 
 
 int orders_model_prepare(struct orders *o)
 {
-    struct store *st = o->svc->store;
-    int rc = store_prepare(st, sql_insert, &o->insert);
+    const struct store_sql list[] = {
+        {sql_insert, &o->insert},         {sql_by_id, &o->by_id},   {sql_list_all, &o->list_all},
+        {sql_list_user, &o->list_user},   {sql_steps, &o->steps},   {sql_step_add, &o->step_add},
+        {sql_step_entry, &o->step_entry}, {sql_by_key, &o->by_key},
+    };
 
-    if (rc == 0)
-        rc = store_prepare(st, sql_by_id, &o->by_id);
-    if (rc == 0)
-        rc = store_prepare(st, sql_list_all, &o->list_all);
-    if (rc == 0)
-        rc = store_prepare(st, sql_list_user, &o->list_user);
-    if (rc == 0)
-        rc = store_prepare(st, sql_steps, &o->steps);
-    if (rc == 0)
-        rc = store_prepare(st, sql_step_add, &o->step_add);
-    if (rc == 0)
-        rc = store_prepare(st, sql_step_entry, &o->step_entry);
-    if (rc == 0)
-        rc = store_prepare(st, sql_by_key, &o->by_key);
-    if (rc < 0)
-        log_error("orders: cannot prepare statements: %s", store_errmsg(st));
-    return rc;
-}
-
-/* Steps st to its end; 0 when it finished, else -EIO (logged with what). */
-static int step_done(struct orders *o, struct sqlite3_stmt *st, const char *what)
-{
-    int rc = sqlite3_step(st);
-
-    if (rc != SQLITE_DONE)
-        log_error("orders: %s: %s", what, store_errmsg(o->svc->store));
-    store_reset(st);
-    return rc == SQLITE_DONE ? 0 : -EIO;
+    return store_prepare_all(o->svc->store, list, ARRAY_SIZE(list));
 }
 
 /* ---------------------------------------------------------------------------
@@ -99,19 +77,8 @@ int orders_step_add(struct orders *o, const char *order_id, const char *step,
                     const char *event_type, const char *event_id, const char *stream,
                     const char *entry_id, const char *at)
 {
-    struct sqlite3_stmt *st = o->step_add;
-
-    sqlite3_bind_text(st, 1, order_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, step, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, event_type, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, event_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 5, stream, -1, SQLITE_STATIC);
-    if (entry_id != NULL)
-        sqlite3_bind_text(st, 6, entry_id, -1, SQLITE_STATIC);
-    else
-        sqlite3_bind_null(st, 6);
-    sqlite3_bind_text(st, 7, at, -1, SQLITE_STATIC);
-    return step_done(o, st, "add a timeline step");
+    return store_exec(o->svc->store, o->step_add, "orders: add a timeline step", "sssssss",
+                      order_id, step, event_type, event_id, stream, entry_id, at);
 }
 
 int orders_emit(struct orders *o, const char *order_id, enum orders_out out, json_t *data,
@@ -129,33 +96,11 @@ int orders_emit(struct orders *o, const char *order_id, enum orders_out out, jso
 static int insert_order(struct orders *o, const char *id, const struct orders_new *n,
                         const char *items, const char *at)
 {
-    struct sqlite3_stmt *st = o->insert;
-    int rc;
-
-    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, n->user_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, n->reason ? ORDERS_REJECTED : ORDERS_PENDING, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, items, -1, SQLITE_STATIC);
-    if (n->reason != NULL)
-        sqlite3_bind_text(st, 5, n->reason, -1, SQLITE_STATIC);
-    else
-        sqlite3_bind_null(st, 5);
-    sqlite3_bind_text(st, 6, at, -1, SQLITE_STATIC);
-    if (n->idempotency_key != NULL)
-        sqlite3_bind_text(st, 7, n->idempotency_key, -1, SQLITE_STATIC);
-    else
-        sqlite3_bind_null(st, 7);
-    rc = sqlite3_step(st);
-    if ((rc & 0xff) == SQLITE_CONSTRAINT && n->idempotency_key != NULL) {
-        /* the user's key is taken (a POST with it committed first); the id,
-         * a fresh UUIDv7, cannot be */
-        store_reset(st);
-        return -EEXIST;
-    }
-    if (rc != SQLITE_DONE)
-        log_error("orders: insert an order: %s", store_errmsg(o->svc->store));
-    store_reset(st);
-    return rc == SQLITE_DONE ? 0 : -EIO;
+    /* -EEXIST: the user's Idempotency-Key is taken (a POST with it
+     * committed first); the id, a fresh UUIDv7, cannot be */
+    return store_exec(o->svc->store, o->insert, "orders: insert an order", "ssssssss", id,
+                      n->user_id, n->reason ? ORDERS_REJECTED : ORDERS_PENDING, items, n->reason,
+                      at, n->idempotency_key, trace_current());
 }
 
 /* order.placed and stock.reserve: the saga's first step. */
@@ -259,6 +204,7 @@ static json_t *order_from_row(struct sqlite3_stmt *st)
     bad |= json_object_set_new(v, "reason", col_string_or_null(st, 6)) < 0;
     bad |= json_object_set_new(v, "created_at", json_string(col_text(st, 7))) < 0;
     bad |= json_object_set_new(v, "updated_at", json_string(col_text(st, 8))) < 0;
+    bad |= json_object_set_new(v, "traceparent", col_string_or_null(st, 9)) < 0;
     if (bad) {
         json_decref(v);
         return NULL;
@@ -316,10 +262,8 @@ static void store_backfill(struct orders *o, const char *order_id, const struct 
     struct sqlite3_stmt *st = o->step_entry;
 
     for (size_t i = 0; i < n; i++) {
-        sqlite3_bind_text(st, 1, order_id, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 2, fill[i].n);
-        sqlite3_bind_text(st, 3, fill[i].entry_id, -1, SQLITE_STATIC);
-        if (step_done(o, st, "store an entry id") < 0)
+        if (store_exec(o->svc->store, st, "orders: store an entry id", "sIs", order_id,
+                       (int64_t)fill[i].n, fill[i].entry_id) < 0)
             return;
     }
 }

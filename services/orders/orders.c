@@ -125,12 +125,4 @@ int orders_service_start(struct service *svc)
     return 0;
 }
 
-const struct module orders_module = {
-    .abi = MODULE_ABI,
-    .name = "orders",
-    .default_port = 8002,
-    .schema = orders_schema_sql,
-    .emits = orders_emits,
-    .consumes = orders_consumes,
-    .start = orders_service_start,
-};
+MODULE_DEFINE(orders, 8002, orders_schema_sql, orders_emits, orders_consumes, orders_service_start);

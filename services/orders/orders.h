@@ -31,11 +31,8 @@ struct sqlite3_stmt;
 struct stream_msg;
 struct stream_done;
 
-/* The module's descriptor (core/module.h): what a host runs. */
-extern const struct module orders_module;
-
-/* The text of schema.sql, embedded by the Makefile (scripts/embed-sql). */
-extern const char orders_schema_sql[];
+/* The module (ripple/module.h): its descriptor, schema and declared types. */
+MODULE_DECLARE(orders);
 
 /* Reads USERS_URL (default http://127.0.0.1:8001; http:// or https://) and
  * then opens cfg.db_path and migrates it with orders_schema_sql: a bad setting
@@ -194,8 +191,6 @@ enum orders_out {
     ORDERS_OUT_CHARGE,
     ORDERS_OUT_REFUND,
 };
-extern const struct stream_type orders_emits[];
-extern const struct stream_type orders_consumes[];
 
 /* The handlers of what orders consumes (events.c: order.place; saga.c: the
  * replies of inventory and payments). */

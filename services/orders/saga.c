@@ -31,6 +31,7 @@
 #include <ripple/config.h>
 #include <ripple/log.h>
 #include <ripple/store.h>
+#include <ripple/trace.h>
 #include <ripple/stream_consumer.h>
 #include <ripple/streams.h>
 
@@ -39,6 +40,7 @@
 /* What a loaded order looks like to the saga. */
 struct saga_order {
     char id[IDS_UUID_LEN + 1];
+    char traceparent[TRACE_PARENT_LEN + 1]; /* the order's, from its creation; "" if none */
     char user_id[IDS_UUID_LEN + 1];
     char status[24];
     long long amount_cents; /* 0 while unknown */
@@ -76,6 +78,7 @@ static int load(struct orders *o, const char *id, struct saga_order *so)
         snprintf(so->status, sizeof(so->status), "%s", col(st, 0));
         snprintf(so->user_id, sizeof(so->user_id), "%s", col(st, 1));
         so->amount_cents = sqlite3_column_int64(st, 2);
+        snprintf(so->traceparent, sizeof(so->traceparent), "%s", col(st, 3));
         rc = 0;
     } else if (rc == SQLITE_DONE) {
         rc = -ENOENT;
@@ -324,10 +327,14 @@ int orders_on_payment_refunded(struct stream_msg *msg, void *data)
 static int time_out(struct orders *o, const char *id, const char *at)
 {
     struct saga_order so;
+    char span[TRACE_PARENT_LEN + 1];
     int rc = load(o, id, &so);
 
     if (rc < 0 || is_final(&so))
         return rc == -ENOENT ? 0 : rc;
+    /* nothing arrived: the timeout continues the order's own trace */
+    trace_child(so.traceparent[0] ? so.traceparent : NULL, span);
+    trace_set(span);
     log_write(LOG_LEVEL_INFO, so.id, "order %s timed out after %lu ms: cancelling", so.status,
               o->saga_timeout_ms);
     if ((rc = move(o, &so, ORDERS_CANCELLED, 0, ORDERS_REASON_TIMEOUT, at)) < 0 ||
@@ -365,6 +372,7 @@ static void on_sweep(uv_timer_t *t)
         return;
     for (size_t i = 0; i < n && rc == 0; i++)
         rc = time_out(o, ids[i], at);
+    trace_set(NULL);
     if (rc < 0) {
         log_error("orders: cancelling overdue orders failed: %s", strerror(-rc));
         store_rollback(o->svc->store);
@@ -402,8 +410,9 @@ static int saga_prepare(struct orders *o)
     struct store *st = o->svc->store;
     int rc;
 
-    if ((rc = store_prepare(st, "SELECT status, user_id, amount_cents FROM orders WHERE id = ?",
-                            &o->saga_load)) < 0 ||
+    if ((rc = store_prepare(
+             st, "SELECT status, user_id, amount_cents, traceparent FROM orders WHERE id = ?",
+             &o->saga_load)) < 0 ||
         (rc = store_prepare(st,
                             "UPDATE orders SET status = ?1, amount_cents = COALESCE(?2, "
                             "amount_cents), reason = ?3, deadline_ms = ?4, updated_at = ?5 "

@@ -55,3 +55,8 @@ CREATE INDEX orders_by_deadline ON orders (deadline_ms) WHERE deadline_ms IS NOT
 ALTER TABLE orders ADD COLUMN idempotency_key TEXT;
 CREATE UNIQUE INDEX orders_by_idempotency_key ON orders (user_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
+
+-- migration: 4
+-- The W3C trace context of the request or command that placed the order
+-- (ripple/trace.h): the saga's later steps, timeouts included, continue it.
+ALTER TABLE orders ADD COLUMN traceparent TEXT;

@@ -59,14 +59,8 @@ static void on_get_account(struct http_request *req, const struct auth_claims *w
         http_reply_error(req, 404, NULL, "no such account");
         return;
     }
-    if (who == NULL) { /* the dispatcher verifies tokens; never trust a gap */
-        http_reply_error(req, 401, NULL, "a bearer token is required");
+    if (http_route_owner_only(req, who, id, "a user may read only their own account") < 0)
         return;
-    }
-    if (!who->is_service && !auth_is_subject(who, id)) {
-        http_reply_error(req, 403, NULL, "a user may read only their own account");
-        return;
-    }
     rc = payments_account_get(p, id, &a);
     if (rc == -ENOENT) {
         http_reply_error(req, 404, NULL, "no such account");

@@ -37,22 +37,13 @@ static const char *const sql_pay_status =
 
 int payments_model_prepare(struct payments *p)
 {
-    struct store *st = p->svc->store;
-    int rc = store_prepare(st, sql_acct_get, &p->acct_get);
+    const struct store_sql list[] = {
+        {sql_acct_get, &p->acct_get},     {sql_acct_open, &p->acct_open},
+        {sql_acct_put, &p->acct_put},     {sql_pay_get, &p->pay_get},
+        {sql_pay_insert, &p->pay_insert}, {sql_pay_status, &p->pay_status},
+    };
 
-    if (rc == 0)
-        rc = store_prepare(st, sql_acct_open, &p->acct_open);
-    if (rc == 0)
-        rc = store_prepare(st, sql_acct_put, &p->acct_put);
-    if (rc == 0)
-        rc = store_prepare(st, sql_pay_get, &p->pay_get);
-    if (rc == 0)
-        rc = store_prepare(st, sql_pay_insert, &p->pay_insert);
-    if (rc == 0)
-        rc = store_prepare(st, sql_pay_status, &p->pay_status);
-    if (rc < 0)
-        log_error("payments: cannot prepare statements: %s", store_errmsg(st));
-    return rc;
+    return store_prepare_all(p->svc->store, list, ARRAY_SIZE(list));
 }
 
 /* Copies column i (text, may be NULL: "") into buf. Returns 0, or -EIO

@@ -70,12 +70,5 @@ int payments_service_start(struct service *svc)
     return 0;
 }
 
-const struct module payments_module = {
-    .abi = MODULE_ABI,
-    .name = "payments",
-    .default_port = 8004,
-    .schema = payments_schema_sql,
-    .emits = payments_emits,
-    .consumes = payments_consumes,
-    .start = payments_service_start,
-};
+MODULE_DEFINE(payments, 8004, payments_schema_sql, payments_emits, payments_consumes,
+              payments_service_start);

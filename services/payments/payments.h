@@ -30,13 +30,8 @@
 struct service;
 struct sqlite3_stmt;
 
-/* The module's descriptor (core/module.h): what a host runs. */
-extern const struct module payments_module;
-extern const struct stream_type payments_emits[];
-extern const struct stream_type payments_consumes[];
-
-/* The text of schema.sql, embedded by the Makefile (scripts/embed-sql). */
-extern const char payments_schema_sql[];
+/* The module (ripple/module.h): its descriptor, schema and declared types. */
+MODULE_DECLARE(payments);
 
 /* Reads INITIAL_CREDIT_CENTS (default 10000, 0..10^12) and then opens
  * cfg.db_path and migrates it with payments_schema_sql: a bad setting stops

@@ -41,6 +41,7 @@
 #include <ripple/log.h>
 #include <ripple/service.h>
 #include <ripple/store.h>
+#include <ripple/trace.h>
 
 #define USERS_SALT_BYTES 16 /* for new hashes */
 #define USERS_SALT_MAX 64   /* accepted from the database */
@@ -417,12 +418,14 @@ static void on_hash_done(uv_work_t *work, int status)
     struct users *u = job->u;
 
     log_scope(u->svc->module->name);
+    trace_set(job->req->traceparent); /* the request's trace, now that its hash is done */
     if (status == UV_ECANCELED)
         http_reply_error(job->req, 503, NULL, "the service is stopping");
     else if (job->kind == HASH_REGISTER)
         finish_register(job);
     else
         finish_login(job);
+    trace_set(NULL);
     job_free(job);
     u->jobs--;
     maybe_stopped(u);
@@ -623,15 +626,8 @@ static void on_get_user(struct http_request *req, const struct auth_claims *who,
         http_reply_error(req, 404, USERS_NOT_FOUND, "no such user");
         return;
     }
-    if (who == NULL) { /* the dispatcher verifies tokens; never trust a gap */
-        http_reply_error(req, 401, NULL, "a bearer token is required");
-        return;
-    }
-    if (!who->is_service && !auth_is_subject(who, id)) {
-        http_reply_error(req, 403, NULL, "a user may read only their own record");
-        return;
-    }
-    read_user(data, req, id);
+    if (http_route_owner_only(req, who, id, "a user may read only their own record") == 0)
+        read_user(data, req, id);
 }
 
 /* ---------------------------------------------------------------------------
@@ -690,12 +686,4 @@ int users_service_start(struct service *svc)
     return users_events_start(svc);
 }
 
-const struct module users_module = {
-    .abi = MODULE_ABI,
-    .name = "users",
-    .default_port = 8001,
-    .schema = users_schema_sql,
-    .emits = users_emits,
-    .consumes = users_consumes,
-    .start = users_service_start,
-};
+MODULE_DEFINE(users, 8001, users_schema_sql, users_emits, users_consumes, users_service_start);

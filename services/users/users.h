@@ -16,14 +16,8 @@
 
 struct service;
 
-/* The module's descriptor (ripple/module.h): what a host runs, and the
- * types it emits and consumes (events.c). */
-extern const struct module users_module;
-extern const struct stream_type users_emits[];
-extern const struct stream_type users_consumes[];
-
-/* The text of schema.sql, embedded by the Makefile (scripts/embed-sql). */
-extern const char users_schema_sql[];
+/* The module (ripple/module.h): its descriptor, schema and declared types. */
+MODULE_DECLARE(users);
 
 /* Reads PBKDF2_ITERATIONS (default 600000, 1000..10000000) and then opens
  * cfg.db_path and migrates it with users_schema_sql: a bad setting stops the

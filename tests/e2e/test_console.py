@@ -7,13 +7,13 @@ CONSOLE_SERVICES) or inside the monolith (build/ripple users orders inventory
 payments console: it watches the modules beside it). CONSOLE_CACHE_MS=0 so
 each request sees a fresh report. Every wait is a deadline poll.
 
-The console is stateless: until the lead's on_readyz fix (database "none"
-for a module without a schema) its /readyz says the database is down, so the
-tests wait for /healthz and for its reports instead.
+The console is stateless (its /readyz reports database "none"); the tests
+wait for /healthz and for its reports.
 """
 
 import json
 import os
+import re
 
 import pytest
 
@@ -188,8 +188,10 @@ def check_saga(views, saga, expected):
         assert b["since_prev_ms"] >= 0 and b["since_start_ms"] >= a["since_start_ms"]
     assert saga["total_ms"] == steps[-1]["since_start_ms"]
     assert saga["lanes"][:3] == ["orders", "inventory", "payments"], saga["lanes"]
-    # Until orders carries a traceparent, the trace is the order id.
-    assert saga["trace"] == {"id": order["id"], "traceparent": None, "source": "order id"}
+    # The trace is the one the order carries: its traceparent's trace id.
+    tp = order["traceparent"]
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", tp), tp
+    assert saga["trace"] == {"id": tp[3:35], "traceparent": tp, "source": "traceparent"}
 
 
 def test_an_orders_saga_step_by_step(monolith):

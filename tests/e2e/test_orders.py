@@ -60,9 +60,9 @@ FAST_GET_S = 0.5 * TIME_SLACK  # "answered quickly": the loop is not waiting for
 RECOVER_S = 20     # users back -> orders works again (breaker cooldown, held-entry backoff)
 
 ITEMS = [{"sku": "SKU-1", "qty": 2}, {"sku": "SKU-2", "qty": 1}]
-ENVELOPE_KEYS = {"type", "data", "id", "trace", "source", "ts", "v"}
+ENVELOPE_KEYS = {"type", "data", "id", "trace", "traceparent", "source", "ts", "v"}
 ORDER_KEYS = {"id", "user_id", "status", "items", "amount_cents", "reason", "created_at",
-              "updated_at", "timeline"}
+              "updated_at", "timeline", "traceparent"}
 STEP_KEYS = {"step", "event_type", "event_id", "stream", "entry_id", "at"}
 ISO_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 

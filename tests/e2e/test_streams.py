@@ -175,7 +175,9 @@ def test_user_registered_envelope_published_after_commit(service_factory, r):
     assert re.fullmatch(r"\d+", seen["ts"]), seen
     ts = int(seen["ts"]) / 1000.0
     assert before - 2 <= ts <= after + 2, (before, ts, after)
-    assert set(seen) == {"type", "data", "id", "trace", "source", "ts", "v"}, sorted(seen)
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", seen["traceparent"]), seen
+    assert set(seen) == {"type", "data", "id", "trace", "traceparent", "source", "ts", "v"}, \
+        sorted(seen)
     assert get_user(svc, u["id"]).json() == u
 
 

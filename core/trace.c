@@ -1,0 +1,101 @@
+/* trace.c -- W3C trace context. See ripple/trace.h.
+ *
+ * The current context is a copy in static storage: one loop, one piece of
+ * work at a time. Random ids come from OpenSSL (RAND_bytes), as the event
+ * ids do (core/ids.c). */
+#include <ripple/trace.h>
+
+#include <errno.h>
+#include <string.h>
+
+#include <openssl/rand.h>
+
+static char current[TRACE_PARENT_LEN + 1];
+static char current_id[TRACE_ID_LEN + 1];
+
+static int hex_digit(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+}
+
+/* n lower-case hex digits at s, not all '0'. */
+static int hex_id(const char *s, size_t n)
+{
+    int nonzero = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        if (!hex_digit(s[i]))
+            return 0;
+        nonzero |= s[i] != '0';
+    }
+    return nonzero;
+}
+
+int trace_parse(const char *s, size_t len, char out[TRACE_PARENT_LEN + 1])
+{
+    out[0] = '\0';
+    if (s == NULL || len != TRACE_PARENT_LEN || memcmp(s, "00-", 3) != 0 || s[35] != '-' ||
+        s[52] != '-' || !hex_id(s + 3, 32) || !hex_id(s + 36, 16) || !hex_digit(s[53]) ||
+        !hex_digit(s[54]))
+        return -EINVAL;
+    memcpy(out, s, TRACE_PARENT_LEN);
+    out[TRACE_PARENT_LEN] = '\0';
+    return 0;
+}
+
+static void random_hex(char *out, size_t n)
+{
+    static const char digits[] = "0123456789abcdef";
+    unsigned char raw[16];
+
+    do {
+        if (RAND_bytes(raw, (int)(n / 2)) != 1)
+            memset(raw, 0x5a, sizeof(raw)); /* never all zeros, if never random */
+        for (size_t i = 0; i < n / 2; i++) {
+            out[2 * i] = digits[raw[i] >> 4];
+            out[2 * i + 1] = digits[raw[i] & 0xf];
+        }
+    } while (!hex_id(out, n));
+}
+
+void trace_child(const char *parent, char out[TRACE_PARENT_LEN + 1])
+{
+    char valid[TRACE_PARENT_LEN + 1];
+
+    if (parent != NULL && trace_parse(parent, strlen(parent), valid) == 0) {
+        memcpy(out, valid, TRACE_PARENT_LEN + 1);
+    } else {
+        /* 00-<trace id>-<span id>-01: version 00, flags sampled. */
+        out[0] = '0';
+        out[1] = '0';
+        out[2] = '-';
+        random_hex(out + 3, 32);
+        out[35] = '-';
+        out[52] = '-';
+        out[53] = '0';
+        out[54] = '1';
+        out[55] = '\0';
+    }
+    random_hex(out + 36, 16);
+}
+
+void trace_set(const char *tp)
+{
+    if (tp == NULL || tp[0] == '\0' || trace_parse(tp, strlen(tp), current) < 0) {
+        current[0] = '\0';
+        current_id[0] = '\0';
+        return;
+    }
+    memcpy(current_id, current + 3, TRACE_ID_LEN);
+    current_id[TRACE_ID_LEN] = '\0';
+}
+
+const char *trace_current(void)
+{
+    return current[0] != '\0' ? current : NULL;
+}
+
+const char *trace_current_id(void)
+{
+    return current_id[0] != '\0' ? current_id : NULL;
+}
