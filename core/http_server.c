@@ -52,6 +52,8 @@ struct http_server {
     http_request_cb on_request;
     http_response_cb on_response;
     void *data;
+    http_hold_cb hold; /* http_server_hold_answers */
+    void *hold_data;
     struct http_conn *conns; /* every allocated connection, open or detached */
     size_t nconns;           /* allocated */
     size_t nopen;            /* handles not yet closed */
@@ -80,6 +82,7 @@ struct http_conn {
     unsigned blocked : 1;    /* reads stopped for back-pressure */
     unsigned reject : 1;     /* over max_connections: answer 503 and close */
     unsigned begun : 1;      /* a request has begun on this connection */
+    unsigned releasing : 1;  /* a held answer is being sent: do not hold it again */
     int error_status;        /* set by a parser callback that failed */
     uint64_t body_deadline;  /* uv_now() ms by which the body must be in */
 
@@ -95,6 +98,13 @@ struct http_conn {
 
     char *body;
     size_t body_len, body_cap;
+
+    /* An answer held until its writes are durable: status, content type
+     * (NUL-terminated, or none) and body, in one allocation. */
+    char *held;
+    int held_status;
+    size_t held_ctype_len; /* 0: no content type */
+    size_t held_len;
 
     char *pending; /* unparsed input behind a paused message */
     size_t pending_len, pending_off;
@@ -800,6 +810,7 @@ static void conn_free(struct http_conn *c)
     free(c->hdrs);
     free(c->body);
     free(c->pending);
+    free(c->held);
     free(c);
     server_maybe_done(srv);
 }
@@ -907,6 +918,68 @@ static void on_connection(uv_stream_t *listener, int status)
  * Requests and responses
  * ------------------------------------------------------------------------- */
 
+static const char unsaved_body[] =
+    "{\"error\":{\"code\":\"unavailable\",\"message\":\"the database could not commit this "
+    "request's writes: nothing was saved; retry\"}}";
+
+/* Answers 503 in place of an answer whose writes were not saved. */
+static int respond_unsaved(struct http_request *req)
+{
+    req->extra_len_ = 0; /* the headers were for the answer that is not sent */
+    if (http_add_header(req, "Retry-After", "1") < 0)
+        log_debug("http: Retry-After did not fit");
+    return http_respond(req, 503, "application/json", unsaved_body, sizeof(unsaved_body) - 1);
+}
+
+static void on_released(void *arg, int ok)
+{
+    struct http_conn *c = arg;
+    char *held = c->held;
+
+    c->held = NULL;
+    if (c->closing) { /* the client left meanwhile: release the request */
+        free(held);
+        http_respond(&c->req, 500, NULL, "", 0);
+        return;
+    }
+    scope(c->srv);
+    c->releasing = 1;
+    if (held == NULL) { /* conn_hold failed */
+        respond_unsaved(&c->req);
+    } else if (!ok) {
+        log_warn("http: %s %s: the commit of its writes failed; answering 503",
+                 c->req.method, c->req.path);
+        respond_unsaved(&c->req);
+    } else {
+        http_respond(&c->req, c->held_status, c->held_ctype_len ? held : NULL,
+                     held + c->held_ctype_len + 1, c->held_len);
+    }
+    c->releasing = 0;
+    free(held);
+}
+
+/* Keeps the answer until on_released; the request stays with its handler
+ * meanwhile (so the connection waits, and outlives a close). */
+static int conn_hold(struct http_conn *c, int status, const char *ctype, const char *body,
+                     size_t len)
+{
+    size_t clen = ctype != NULL ? strlen(ctype) : 0;
+
+    c->held = malloc(clen + 1 + len + 1);
+    if (c->held == NULL)
+        return -ENOMEM;
+    if (clen > 0)
+        memcpy(c->held, ctype, clen);
+    c->held[clen] = '\0';
+    if (len > 0)
+        memcpy(c->held + clen + 1, body, len);
+    c->held[clen + 1 + len] = '\0';
+    c->held_status = status;
+    c->held_ctype_len = clen;
+    c->held_len = len;
+    return 0;
+}
+
 int http_respond(struct http_request *req, int status, const char *content_type, const char *body,
                  size_t len)
 {
@@ -914,6 +987,22 @@ int http_respond(struct http_request *req, int status, const char *content_type,
     struct http_server *srv = c->srv;
     int rc;
 
+    if (srv->hold != NULL && !c->releasing && !c->closing) {
+        /* Before anything else: the answer may have to wait for a commit. */
+        rc = srv->hold(srv->hold_data, on_released, c);
+        if (rc == 0) {
+            if (conn_hold(c, status, content_type, body, len) < 0)
+                log_error("http: out of memory keeping an answer; it will be a 503");
+            return 0;
+        }
+        if (rc < 0) {
+            log_error("http: cannot hold an answer until its commit: %s", strerror(-rc));
+            c->releasing = 1;
+            respond_unsaved(req);
+            c->releasing = 0;
+            return 0;
+        }
+    }
     c->in_handler = 0;
     if (c->closing) {
         if (c->pending_closes == 0)
@@ -932,6 +1021,12 @@ int http_respond(struct http_request *req, int status, const char *content_type,
     }
     conn_after_answer(c);
     return 0;
+}
+
+void http_server_hold_answers(struct http_server *srv, http_hold_cb hold, void *data)
+{
+    srv->hold = hold;
+    srv->hold_data = data;
 }
 
 int http_add_header(struct http_request *req, const char *name, const char *value)

@@ -108,6 +108,9 @@ struct outbox {
     int64_t data_version;         /* PRAGMA data_version: moves when another connection commits */
     struct relay_batch *unmarked; /* a pass whose settle failed: retried, never re-sent */
     int mark_failing;             /* a settle failed; logged once per streak */
+    int marking;                  /* the settle waits for the store's group COMMIT */
+    int mark_retry;               /* ... and its pass left a row pending: back off after */
+    int close_settled;            /* closing: the last settle was attempted */
     char mark_err[128];           /* why the last mark failed, for that log line */
     int inflight;                 /* a pass is waiting for replies */
     int closing;
@@ -285,13 +288,17 @@ static void on_commit(struct store *st, void *data)
     struct outbox *ob = data;
     int64_t max;
 
-    (void)st;
+    scope(ob);
     max = query_int(ob->max_seq_st, 0);
     if (max > ob->max_seq) {
         ob->backlog += (uint64_t)(max - ob->max_seq);
         ob->max_seq = max;
     }
-    if (ob->backlog > 0 && !uv_is_active((uv_handle_t *)&ob->wake))
+    if (ob->backlog == 0)
+        return;
+    if (store_grouped(st)) /* once per iteration already, from its end */
+        relay_pass(ob);
+    else if (!uv_is_active((uv_handle_t *)&ob->wake))
         uv_check_start(&ob->wake, on_wake);
 }
 
@@ -377,12 +384,14 @@ static void account(struct outbox *ob, const struct relay_batch *b)
     metrics_counter_add(ob->refused, refused);
 }
 
-/* Settles ob->unmarked. On success frees it and returns 0; on failure keeps
- * it (its rows are not sent again meanwhile) and returns the error. */
-static int settle(struct outbox *ob)
+static void on_marked(void *data, int ok);
+
+/* The mark of ob->unmarked is durable (rc 0) or failed: on success frees it
+ * and returns 0; on failure keeps it (its rows are not sent again
+ * meanwhile) and returns the error. */
+static int settled(struct outbox *ob, int rc)
 {
     struct relay_batch *b = ob->unmarked;
-    int rc = mark_rows(ob, b);
 
     if (rc < 0) {
         metrics_counter_add(ob->mark_failures, 1);
@@ -400,6 +409,29 @@ static int settle(struct outbox *ob)
     account(ob, b);
     free(b);
     return 0;
+}
+
+/* Settles ob->unmarked: 0 done, 1 waiting for the store's group COMMIT
+ * (on_marked goes on), or the error (settled's). */
+static int settle(struct outbox *ob)
+{
+    int rc;
+
+    if (ob->marking)
+        return 1;
+    rc = mark_rows(ob, ob->unmarked);
+    if (rc == 0) {
+        rc = store_when_durable(ob->store, on_marked, ob);
+        if (rc == 0) {
+            ob->marking = 1;
+            return 1;
+        }
+        if (rc == 1)
+            rc = 0; /* no group: committed already */
+        else
+            snprintf(ob->mark_err, sizeof(ob->mark_err), "cannot wait for the commit");
+    }
+    return settled(ob, rc);
 }
 
 /* ---------------------------------------------------------------------------
@@ -424,7 +456,11 @@ static void on_backoff(uv_timer_t *t)
 
     scope(ob);
     if (ob->unmarked != NULL) {
-        if (settle(ob) < 0) {
+        int rc = settle(ob);
+
+        if (rc == 1)
+            return; /* on_marked goes on */
+        if (rc < 0) {
             back_off(ob);
             return;
         }
@@ -433,14 +469,10 @@ static void on_backoff(uv_timer_t *t)
     relay_pass(ob);
 }
 
-static void batch_done(struct relay_batch *b)
+/* The pass is settled (rc from settle): back off or go on. */
+static void after_settle(struct outbox *ob, int retry, int rc)
 {
-    struct outbox *ob = b->ob;
-    int retry = b->retry;
-
-    ob->inflight = 0;
-    ob->unmarked = b;
-    if (settle(ob) < 0)
+    if (rc < 0)
         retry = 1;
     if (retry)
         back_off(ob);
@@ -450,6 +482,30 @@ static void batch_done(struct relay_batch *b)
         maybe_closed(ob);
     else if (!uv_is_active((uv_handle_t *)&ob->backoff))
         relay_pass(ob);
+}
+
+static void on_marked(void *data, int ok)
+{
+    struct outbox *ob = data;
+
+    scope(ob);
+    ob->marking = 0;
+    if (!ok)
+        snprintf(ob->mark_err, sizeof(ob->mark_err), "the group commit failed");
+    after_settle(ob, ob->mark_retry, settled(ob, ok ? 0 : -EIO));
+}
+
+static void batch_done(struct relay_batch *b)
+{
+    struct outbox *ob = b->ob;
+    int rc;
+
+    ob->inflight = 0;
+    ob->unmarked = b;
+    ob->mark_retry = b->retry;
+    rc = settle(ob);
+    if (rc != 1)
+        after_settle(ob, ob->mark_retry, rc);
 }
 
 static void note_refusal(struct relay_batch *b, struct relay_row *row, const char *err)
@@ -851,21 +907,31 @@ static void on_closed(uv_handle_t *h)
 
 /* A last try at a failed mark; what stays unmarked goes out again at the
  * next start (consumers de-duplicate by event id). */
-static void settle_before_close(struct outbox *ob)
+/* 1 while the last settle waits for its commit. */
+static int settle_before_close(struct outbox *ob)
 {
-    if (ob->unmarked == NULL || settle(ob) == 0)
-        return;
-    log_warn("outbox: stopping with a pass Redis answered but not recorded; its accepted rows "
-             "go out again at the next start");
+    int rc = 0;
+
+    if (ob->unmarked == NULL)
+        return 0;
+    if (!ob->close_settled) { /* one last attempt, not a retry loop */
+        ob->close_settled = 1;
+        rc = settle(ob);
+    }
+    if (rc == 1)
+        return 1;
+    if (ob->unmarked != NULL)
+        log_warn("outbox: stopping with a pass Redis answered but not recorded; its accepted "
+                 "rows go out again at the next start");
+    return 0;
 }
 
 /* Closes once nothing is in flight and there is nothing more to send (or no
  * way to send it, or no time left). */
 static void maybe_closed(struct outbox *ob)
 {
-    if (ob->pending_closes > 0 || ob->inflight)
+    if (ob->pending_closes > 0 || ob->inflight || ob->marking || settle_before_close(ob))
         return;
-    settle_before_close(ob);
     if (uv_is_active((uv_handle_t *)&ob->flush) && redis_is_up(ob->redis) && !ob->backoff_ms &&
         ob->unmarked == NULL && ob->backlog > 0) {
         relay_pass(ob);

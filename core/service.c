@@ -35,6 +35,8 @@ static const double duration_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.0
 
 /* Cache of the dispatcher's series, so a request costs no label formatting. */
 struct service_stats {
+    struct metrics_counter *commits, *txns; /* the store's COMMITs, the transactions in them */
+    uint64_t commits_seen, txns_seen;
     struct {
         const char *route; /* borrowed: a route's pattern, or a literal */
         int status;        /* 0: the duration histogram of route */
@@ -267,6 +269,27 @@ static void service_open_redis(struct service *svc)
         service_fatal(svc, "%s", err);
 }
 
+/* A commit hook: the counters follow the store's own counts. */
+static void count_commits(struct store *st, void *data)
+{
+    struct service_stats *stats = ((struct service *)data)->stats_;
+    uint64_t commits, txns;
+
+    store_commit_counts(st, &commits, &txns);
+    metrics_counter_add(stats->commits, commits - stats->commits_seen);
+    metrics_counter_add(stats->txns, txns - stats->txns_seen);
+    stats->commits_seen = commits;
+    stats->txns_seen = txns;
+}
+
+/* http_server_hold_answers: an answer waits for its writes' group commit. */
+static int hold_answer(void *data, http_release_cb release, void *arg)
+{
+    struct service *svc = data;
+
+    return store_when_durable(svc->store, release, arg);
+}
+
 void service_open_store(struct service *svc)
 {
     const struct config *cfg = &svc->cfg;
@@ -290,6 +313,24 @@ void service_open_store(struct service *svc)
     rc = store_offload_checkpoints(svc->store, svc->loop);
     if (rc < 0)
         service_fatal(svc, "cannot set up background checkpoints for DB_PATH=%s", cfg->db_path);
+    if (service_setting_uint(svc, "GROUP_COMMIT", 1, 0, 1)) {
+        rc = store_group_commit(svc->store, svc->loop, svc->module->name);
+        if (rc < 0)
+            service_fatal(svc, "cannot set up group commit: %s", uv_strerror(rc));
+    } else {
+        log_warn("GROUP_COMMIT=0: every transaction commits on its own");
+    }
+    svc->stats_->commits =
+        metrics_counter(svc->metrics, "store_commits_total",
+                        "SQLite COMMITs (with group commit, one per loop iteration that wrote).",
+                        "");
+    svc->stats_->txns = metrics_counter(
+        svc->metrics, "store_transactions_total",
+        "Transactions (store_begin .. store_commit) those COMMITs carried.", "");
+    if (svc->stats_->commits == NULL || svc->stats_->txns == NULL)
+        service_fatal(svc, "out of memory");
+    if (store_on_commit(svc->store, count_commits, svc) < 0)
+        service_fatal(svc, "cannot count the store's commits");
     rc = outbox_new(svc, &oc, &svc->outbox);
     if (rc < 0)
         service_fatal(svc, "cannot open the outbox in DB_PATH=%s: %s", cfg->db_path, strerror(-rc));
@@ -406,6 +447,8 @@ static void on_redis_closed(void *data)
 
     log_scope(svc->module->name);
     svc->redis = NULL;
+    if (svc->store != NULL) /* nothing writes any more: the last group commits */
+        store_group_end(svc->store);
     uv_close((uv_handle_t *)&svc->stop_timer_, on_stop_timer_closed);
 }
 
@@ -522,6 +565,8 @@ static int service_listen(struct service *svc)
         log_error("http: cannot create the server: %s", strerror(-rc));
         return rc;
     }
+    if (svc->store != NULL)
+        http_server_hold_answers(svc->http_, hold_answer, svc);
     rc = http_server_listen(svc->http_);
     if (rc < 0) {
         log_error("http: cannot listen on %s:%u: %s", cfg->host, cfg->port, uv_strerror(rc));

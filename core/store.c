@@ -52,10 +52,18 @@ struct store_hook {
     void *data; /* borrowed */
 };
 
+/* Someone waiting for a group's COMMIT (store_when_durable). */
+struct store_waiter {
+    store_durable_cb fn; /* NULL once called or cancelled */
+    void *data;
+    uint64_t gen; /* the group it waits for */
+};
+
 struct store {
     sqlite3 *db;
     int version; /* user_version after migrations */
     sqlite3_stmt *begin, *commit, *rollback, *ping;
+    sqlite3_stmt *sp_begin, *sp_release, *sp_undo; /* a transaction inside a group */
     sqlite3_stmt *stmts[STORE_MAX_STATEMENTS]; /* the cache; finalized at close */
     char *stmt_sql[STORE_MAX_STATEMENTS];      /* owned copies: the cache key */
     size_t nstmts;
@@ -75,7 +83,25 @@ struct store {
      * write (0: none since the last commit), and the last probe. */
     int fault;
     uint64_t probe_ns; /* uv_hrtime() of the last probe */
+
+    /* Group commit (store_group_commit): one SQLite transaction per loop
+     * iteration, committed by whichever of the two handles runs first. */
+    uv_prepare_t group_prepare;
+    uv_check_t group_check;
+    int group_on;      /* the handles are initialized: groups are in use */
+    const char *log_scope;
+    int group_open;    /* BEGIN IMMEDIATE of group number gen is open */
+    int in_write;      /* between store_begin and store_commit/rollback */
+    uint64_t gen;      /* groups opened so far */
+    size_t group_txns; /* transactions committed into the open group */
+    struct store_waiter *waiters;
+    size_t nwaiters, cap_waiters;
+    struct store_waiter *running; /* the list being called back, for cancels */
+    size_t nrunning;
+    uint64_t commits, txns; /* store_commit_counts */
 };
+
+static int step_internal(struct store *st, sqlite3_stmt *stmt);
 
 /* One migration: a span of the schema text (borrowed). */
 struct migration {
@@ -185,6 +211,12 @@ static int configure(struct store *st, const char *path)
         rc = prepare_internal(st, "ROLLBACK", &st->rollback);
     if (rc == 0)
         rc = prepare_internal(st, "SELECT 1", &st->ping);
+    if (rc == 0)
+        rc = prepare_internal(st, "SAVEPOINT ripple_txn", &st->sp_begin);
+    if (rc == 0)
+        rc = prepare_internal(st, "RELEASE ripple_txn", &st->sp_release);
+    if (rc == 0)
+        rc = prepare_internal(st, "ROLLBACK TO ripple_txn", &st->sp_undo);
     return rc;
 }
 
@@ -240,6 +272,15 @@ void store_close(struct store *st)
     sqlite3_finalize(st->commit);
     sqlite3_finalize(st->rollback);
     sqlite3_finalize(st->ping);
+    if (st->group_open && !sqlite3_get_autocommit(st->db)) {
+        /* store_group_end was not called: nobody hears of it, but it is kept */
+        log_error("store: closed with a group transaction open (store_group_end missing)");
+        (void)step_internal(st, st->commit);
+    }
+    sqlite3_finalize(st->sp_begin);
+    sqlite3_finalize(st->sp_release);
+    sqlite3_finalize(st->sp_undo);
+    free(st->waiters);
     if (st->ckpt_db != NULL)
         sqlite3_close_v2(st->ckpt_db);
     free(st->path);
@@ -791,7 +832,206 @@ static int step_internal(struct store *st, sqlite3_stmt *stmt)
 
 int store_in_txn(const struct store *st)
 {
-    return !sqlite3_get_autocommit(st->db);
+    /* Asked of SQLite, which also knows the rollbacks it does on its own. */
+    if (sqlite3_get_autocommit(st->db))
+        return 0;
+    return st->group_on ? st->in_write : 1;
+}
+
+/* ------------------------------------------------------------ group commit
+ *
+ * A group is numbered (gen); each waiter remembers the group it waits for.
+ * The group's COMMIT (group_flush) tells its own waiters whether it held,
+ * and tells waiters of any earlier group -- one SQLite rolled back on its
+ * own, noticed when the next store_begin opened a new group -- that it did
+ * not. Waiters are called only from group_flush (the loop's prepare and
+ * check phases, or store_group_end), never from inside someone's
+ * transaction. */
+
+static void group_stop_handles(struct store *st)
+{
+    uv_prepare_stop(&st->group_prepare);
+    uv_check_stop(&st->group_check);
+}
+
+/* Calls every waiter: ok when it waited for group number committed. */
+static void run_waiters(struct store *st, uint64_t committed)
+{
+    struct store_waiter *list = st->waiters;
+    size_t n = st->nwaiters;
+
+    if (n == 0)
+        return;
+    st->waiters = NULL;
+    st->nwaiters = st->cap_waiters = 0;
+    st->running = list;
+    st->nrunning = n;
+    for (size_t i = 0; i < n; i++) {
+        store_durable_cb fn = list[i].fn;
+
+        list[i].fn = NULL;
+        if (fn != NULL)
+            fn(list[i].data, committed != 0 && list[i].gen == committed);
+    }
+    st->running = NULL;
+    st->nrunning = 0;
+    free(list);
+}
+
+/* Ends the open group: COMMIT, or ROLLBACK when that fails; then the
+ * waiters and, after a COMMIT, the hooks. */
+static void group_flush(struct store *st)
+{
+    uint64_t committed = 0;
+    size_t txns = st->group_txns;
+
+    if (st->in_write) /* a transaction spans loop iterations: a caller's bug */
+        return;
+    if (st->group_open) {
+        st->group_open = 0;
+        st->group_txns = 0;
+        if (sqlite3_get_autocommit(st->db)) {
+            log_error("store: SQLite rolled back the group of %zu transactions on its own", txns);
+        } else if (step_internal(st, st->commit) == 0) {
+            committed = st->gen;
+            st->commits++;
+            st->txns += txns;
+        } else {
+            if (!sqlite3_get_autocommit(st->db))
+                (void)step_internal(st, st->rollback);
+            log_error("store: the group commit failed: its %zu transactions are rolled back",
+                      txns);
+        }
+    }
+    group_stop_handles(st);
+    if (committed != 0)
+        note_written(st);
+    run_waiters(st, committed);
+    if (committed != 0) {
+        for (size_t i = 0; i < st->nhooks; i++)
+            st->hooks[i].fn(st, st->hooks[i].data);
+    }
+}
+
+static void on_group_prepare(uv_prepare_t *h)
+{
+    struct store *st = h->data;
+
+    if (st->log_scope != NULL)
+        log_scope(st->log_scope);
+    group_flush(st);
+}
+
+static void on_group_check(uv_check_t *h)
+{
+    struct store *st = h->data;
+
+    if (st->log_scope != NULL)
+        log_scope(st->log_scope);
+    group_flush(st);
+}
+
+int store_group_commit(struct store *st, uv_loop_t *loop, const char *log_scope)
+{
+    int rc;
+
+    if (st->group_on)
+        return 0;
+    if ((rc = uv_prepare_init(loop, &st->group_prepare)) < 0)
+        return rc;
+    if ((rc = uv_check_init(loop, &st->group_check)) < 0) {
+        uv_close((uv_handle_t *)&st->group_prepare, NULL);
+        return rc;
+    }
+    st->group_prepare.data = st->group_check.data = st;
+    st->log_scope = log_scope;
+    st->group_on = 1;
+    return 0;
+}
+
+void store_group_end(struct store *st)
+{
+    if (!st->group_on)
+        return;
+    if (st->in_write)
+        log_error("store: group commit ends inside a transaction");
+    st->in_write = 0;
+    group_flush(st);
+    uv_close((uv_handle_t *)&st->group_prepare, NULL);
+    uv_close((uv_handle_t *)&st->group_check, NULL);
+    st->group_on = 0;
+}
+
+int store_group_pending(const struct store *st)
+{
+    return st->group_open;
+}
+
+int store_grouped(const struct store *st)
+{
+    return st->group_on;
+}
+
+int store_when_durable(struct store *st, store_durable_cb fn, void *data)
+{
+    if (!st->group_open)
+        return 1;
+    if (st->nwaiters == st->cap_waiters) {
+        size_t cap = st->cap_waiters ? st->cap_waiters * 2 : 16;
+        struct store_waiter *w = realloc(st->waiters, cap * sizeof(*w));
+
+        if (w == NULL)
+            return -ENOMEM;
+        st->waiters = w;
+        st->cap_waiters = cap;
+    }
+    st->waiters[st->nwaiters++] = (struct store_waiter){.fn = fn, .data = data, .gen = st->gen};
+    return 0;
+}
+
+void store_cancel_durable(struct store *st, store_durable_cb fn, const void *data)
+{
+    for (size_t i = 0; i < st->nwaiters; i++) {
+        if (st->waiters[i].fn == fn && st->waiters[i].data == data)
+            st->waiters[i].fn = NULL;
+    }
+    for (size_t i = 0; i < st->nrunning; i++) {
+        if (st->running[i].fn == fn && st->running[i].data == data)
+            st->running[i].fn = NULL;
+    }
+}
+
+void store_commit_counts(const struct store *st, uint64_t *commits, uint64_t *txns)
+{
+    *commits = st->commits;
+    *txns = st->txns;
+}
+
+/* store_begin in group mode: a savepoint in the iteration's group, which
+ * the first one opens. */
+static int group_begin(struct store *st)
+{
+    if (st->group_open && sqlite3_get_autocommit(st->db)) {
+        /* SQLite rolled the open group back on its own (a full disk, an
+         * I/O error): its waiters hear so at the next flush; a new one
+         * starts */
+        log_error("store: SQLite rolled back the group of %zu transactions on its own",
+                  st->group_txns);
+        st->group_open = 0;
+    }
+    if (!st->group_open) {
+        if (step_internal(st, st->begin) < 0)
+            return -EIO;
+        st->group_open = 1;
+        st->group_txns = 0;
+        st->gen++;
+        uv_prepare_start(&st->group_prepare, on_group_prepare);
+        uv_check_start(&st->group_check, on_group_check);
+    }
+    if (step_internal(st, st->sp_begin) < 0)
+        return -EIO;
+    st->in_write = 1;
+    return 0;
 }
 
 int store_begin(struct store *st)
@@ -800,6 +1040,8 @@ int store_begin(struct store *st)
         log_error("store: nested transaction");
         return -EINVAL;
     }
+    if (st->group_on)
+        return group_begin(st);
     return step_internal(st, st->begin);
 }
 
@@ -807,12 +1049,24 @@ int store_commit(struct store *st)
 {
     if (!store_in_txn(st)) {
         log_error("store: commit without a transaction");
+        st->in_write = 0;
         return -EINVAL;
+    }
+    if (st->group_on) {
+        if (step_internal(st, st->sp_release) < 0) {
+            store_rollback(st);
+            return -EIO;
+        }
+        st->in_write = 0;
+        st->group_txns++;
+        return 0;
     }
     if (step_internal(st, st->commit) < 0) {
         store_rollback(st); /* never leave the writer lock held */
         return -EIO;
     }
+    st->commits++;
+    st->txns++;
     note_written(st);
     for (size_t i = 0; i < st->nhooks; i++)
         st->hooks[i].fn(st, st->hooks[i].data);
@@ -821,8 +1075,18 @@ int store_commit(struct store *st)
 
 void store_rollback(struct store *st)
 {
-    if (store_in_txn(st))
-        (void)step_internal(st, st->rollback);
+    if (!store_in_txn(st)) {
+        st->in_write = 0;
+        return;
+    }
+    if (st->group_on) {
+        /* undo this transaction only; the group goes on */
+        (void)step_internal(st, st->sp_undo);
+        (void)step_internal(st, st->sp_release);
+        st->in_write = 0;
+        return;
+    }
+    (void)step_internal(st, st->rollback);
 }
 
 int store_check_fault(struct store *st)
@@ -847,17 +1111,24 @@ static int probe_write(struct store *st)
         "CREATE TABLE IF NOT EXISTS store_probe (k INTEGER PRIMARY KEY, n INTEGER NOT NULL);"
         "INSERT INTO store_probe (k, n) VALUES (1, 1)"
         " ON CONFLICT (k) DO UPDATE SET n = n + 1;";
-    int rc = store_begin(st);
-
-    if (rc < 0)
-        return rc;
+    /* BEGIN and COMMIT of its own, outside any group: it asks whether a
+     * COMMIT goes through now */
+    if (step_internal(st, st->begin) < 0)
+        return -EIO;
     if (sqlite3_exec(st->db, sql, NULL, NULL, NULL) != SQLITE_OK) {
         if (!store_check_fault(st))
             log_error("store: writability probe: %s", sqlite3_errmsg(st->db));
-        store_rollback(st);
+        if (!sqlite3_get_autocommit(st->db))
+            (void)step_internal(st, st->rollback);
         return -EIO;
     }
-    return store_commit(st);
+    if (step_internal(st, st->commit) < 0) {
+        if (!sqlite3_get_autocommit(st->db))
+            (void)step_internal(st, st->rollback);
+        return -EIO;
+    }
+    note_written(st);
+    return 0;
 }
 
 int store_writable(struct store *st)
@@ -866,7 +1137,8 @@ int store_writable(struct store *st)
 
     if (st->fault == 0)
         return 1;
-    if (store_in_txn(st) || now - st->probe_ns < (uint64_t)STORE_PROBE_MS * 1000000)
+    if (!sqlite3_get_autocommit(st->db) ||
+        now - st->probe_ns < (uint64_t)STORE_PROBE_MS * 1000000)
         return 0;
     st->probe_ns = now;
     return probe_write(st) == 0;

@@ -113,6 +113,7 @@ enum sc_state {
     SC_HOLDING,  /* the batch waits for a backoff timer to retry */
     SC_CHECKING, /* the lease script confirms what is ours before going on */
     SC_SETTLING, /* the batch is done; its dead letters are in flight */
+    SC_DURABLE,  /* the batch's writes wait for the store's group COMMIT */
 };
 
 enum outcome { OUT_TODO, OUT_ACK, OUT_DLQ, OUT_FAIL, OUT_ASYNC, OUT_RETRY, OUT_LOST };
@@ -199,6 +200,9 @@ struct stream_consumer {
     unsigned dlq_inflight;   /* dead letters sent, not answered */
     int store_failing;       /* a store failure holds the batch */
     int store_fault;         /* set while processing: the store failed */
+    size_t durable_upto;     /* SC_DURABLE: the entries [next, durable_upto) wait */
+    int early_done;          /* SC_DURABLE: the asynchronous handler answered already */
+    int early_rc;            /* ... with this */
 
     uv_timer_t retry; /* backoff */
     uv_timer_t claim; /* XAUTOCLAIM and lease refresh */
@@ -1518,6 +1522,46 @@ static void process(struct stream_consumer *sc)
         process_now(sc);
 }
 
+/* Closing: a batch that only waits -- for a backoff, or an injected delay --
+ * is let go; nothing of ours waits on it: its entries stay pending in Redis
+ * and are redelivered after a restart. */
+static void let_go(struct stream_consumer *sc)
+{
+    if (sc->state == SC_HOLDING || (sc->state == SC_ASYNC && sc->chaos_state == 1)) {
+        uv_timer_stop(&sc->chaos);
+        uv_timer_stop(&sc->retry);
+        sc->state = SC_WAITING;
+        hold(sc); /* closing: frees the batch once its dead letters are in */
+    }
+}
+
+/* The group COMMIT that carried the batch's transaction is done: with ok,
+ * the entries are acknowledged; without, they were rolled back with it and
+ * run again, as after any store failure. */
+static void on_batch_durable(void *data, int ok)
+{
+    struct stream_consumer *sc = data;
+
+    scope(sc);
+    if (sc->state != SC_DURABLE)
+        return;
+    sc->state = SC_WAITING;
+    if (!ok) {
+        sc->early_done = 0;
+        hold_for_store(sc, sc->durable_upto);
+    } else {
+        after_commit(sc, sc->durable_upto);
+        if (sc->early_done) { /* its answer came before the commit */
+            sc->early_done = 0;
+            stream_consumer_done(&sc->done, sc->early_rc);
+        }
+    }
+    if (sc->closing) { /* the stop came while it waited */
+        let_go(sc);
+        maybe_close(sc);
+    }
+}
+
 static void process_now(struct stream_consumer *sc)
 {
     size_t i;
@@ -1539,6 +1583,19 @@ static void process_now(struct stream_consumer *sc)
         hold_for_store(sc, i);
         return;
     }
+    /* Nothing is acknowledged before it is durable: with group commit the
+     * XACKs wait for the iteration's COMMIT. */
+    switch (store_when_durable(sc->store, on_batch_durable, sc)) {
+    case 0:
+        sc->state = SC_DURABLE;
+        sc->durable_upto = i;
+        return;
+    case 1:
+        break;
+    default: /* cannot wait: the entries are redelivered, never acked early */
+        hold_for_store(sc, i);
+        return;
+    }
     after_commit(sc, i);
 }
 
@@ -1547,6 +1604,13 @@ void stream_consumer_done(struct stream_done *done, int rc)
     struct stream_consumer *sc = done->sc;
     struct entry *e;
 
+    if (sc->state == SC_DURABLE && sc->durable_upto < sc->n &&
+        sc->batch[sc->durable_upto].outcome == OUT_ASYNC) {
+        /* it answered before the batch's commit: kept until then */
+        sc->early_done = 1;
+        sc->early_rc = rc;
+        return;
+    }
     if (sc->state != SC_ASYNC || sc->next >= sc->n)
         return; /* not waiting for one: a stray call */
     e = &sc->batch[sc->next];
@@ -1898,14 +1962,7 @@ void stream_consumer_close(struct stream_consumer *sc, stream_consumer_closed_cb
     uv_timer_stop(&sc->stats);
     if (sc->state == SC_WAITING)
         uv_timer_stop(&sc->retry);
-    if (sc->state == SC_HOLDING || (sc->state == SC_ASYNC && sc->chaos_state == 1)) {
-        /* nothing of ours waits on these: they stay pending in Redis and
-         * are redelivered after a restart */
-        uv_timer_stop(&sc->chaos);
-        uv_timer_stop(&sc->retry);
-        sc->state = SC_WAITING;
-        hold(sc); /* closing: frees the batch once its dead letters are in */
-    }
+    let_go(sc);
     maybe_close(sc);
 }
 

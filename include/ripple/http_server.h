@@ -129,6 +129,17 @@ size_t http_server_connections(const struct http_server *srv);
 void http_server_close(struct http_server *srv, http_server_closed_cb closed_cb, void *data);
 void http_server_abort(struct http_server *srv);
 
+/* Holding answers until what their handlers wrote is durable (the store's
+ * group commit, store.h). Before each answer is sent, hold(data, release,
+ * arg) is asked: 0 means queued -- the answer is kept (copied) and the
+ * connection waits until release(arg, ok) -- and 1 means nothing is
+ * pending: it goes out now. Released with ok, the answer is sent as it was
+ * given; with !ok (the commit failed, nothing was saved) the client gets
+ * 503 "unavailable" instead. An error from hold answers 503 too. */
+typedef void (*http_release_cb)(void *arg, int ok);
+typedef int (*http_hold_cb)(void *data, http_release_cb release, void *arg);
+void http_server_hold_answers(struct http_server *srv, http_hold_cb hold, void *data);
+
 /* Answers req with status, an optional content type (NULL: none) and body
  * (copied). Consumes req: it must not be used after this call. Returns 0;
  * -ECONNRESET when the client was already gone (the request is released

@@ -109,6 +109,46 @@ CORE_MUST_CHECK int store_commit(struct store *st);
 void store_rollback(struct store *st);
 int store_in_txn(const struct store *st);
 
+/* Group commit. After store_group_commit, the transactions of one loop
+ * iteration share one SQLite transaction: the first store_begin of an
+ * iteration opens BEGIN IMMEDIATE, each store_begin/store_commit pair is a
+ * savepoint inside it (store_rollback undoes only its own), and the real
+ * COMMIT runs once, at the end of the iteration (a uv_prepare before the
+ * loop would block, a uv_check after I/O). The on-commit hooks run after
+ * that COMMIT. So store_commit returning 0 means "will be committed with
+ * the group", not "durable": whatever tells the outside world -- an HTTP
+ * answer, an XACK, a relay's mark -- waits for store_when_durable. If the
+ * group's COMMIT fails, every transaction in it is rolled back and the
+ * waiters hear ok = 0. Statements run outside store_begin while a group is
+ * open (reads, pruning) run inside the group.
+ *
+ * store_group_commit returns 0 or a libuv error; log_scope (log.h; borrowed,
+ * static, may be NULL) names the module whose lines the flush writes. store_group_end commits
+ * what is pending and closes the loop handles (the store itself is closed
+ * later, after the loop ran dry); the store then commits each transaction
+ * on its own again. */
+CORE_MUST_CHECK int store_group_commit(struct store *st, struct uv_loop_s *loop,
+                                       const char *log_scope);
+void store_group_end(struct store *st);
+/* 1 while a group transaction is open: what was committed into it is not
+ * durable yet. */
+int store_group_pending(const struct store *st);
+/* 1 between store_group_commit and store_group_end. The on-commit hooks of
+ * a grouped store run from the loop's prepare or check phase, once per
+ * iteration: a hook should do its work there, not start a uv_check (that
+ * would wait for the next iteration's I/O). */
+int store_grouped(const struct store *st);
+/* Calls fn(data, ok) once the open group's COMMIT is done: ok 1 when it
+ * committed, 0 when it was rolled back. Returns 0 when queued; 1 when no
+ * group is open (nothing is waiting: go on now, fn is not called); -ENOMEM.
+ * fn may write again (that opens the next group). */
+typedef void (*store_durable_cb)(void *data, int ok);
+CORE_MUST_CHECK int store_when_durable(struct store *st, store_durable_cb fn, void *data);
+/* Forgets a queued fn(data) (its owner is going away). */
+void store_cancel_durable(struct store *st, store_durable_cb fn, const void *data);
+/* Real COMMITs so far, and the transactions (store_commit) they carried. */
+void store_commit_counts(const struct store *st, uint64_t *commits, uint64_t *txns);
+
 /* fn runs inside BEGIN IMMEDIATE; 0 from fn commits, anything else rolls
  * back and is returned. A failed COMMIT rolls back and returns -EIO. */
 typedef int (*store_txn_cb)(struct store *st, void *data);

@@ -528,3 +528,155 @@ Test(store, a_full_database_is_a_fault_and_a_constraint_is_not)
     cr_assert(store_writable(st));
     store_close(st);
 }
+
+/* ---------------------------------------------------------- group commit */
+
+struct durable_seen {
+    int calls;
+    int ok;
+};
+
+static void on_durable(void *data, int ok)
+{
+    struct durable_seen *d = data;
+
+    d->calls++;
+    d->ok = ok;
+}
+
+static void count_hook(struct store *st, void *data)
+{
+    (void)st;
+    (*(int *)data)++;
+}
+
+/* One integer from sql, as another connection (read-only) sees it. */
+static long seen_elsewhere(const char *sql)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *stmt = NULL;
+    long v = -1;
+
+    cr_assert_eq(sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    cr_assert_eq(sqlite3_prepare_v2(db, sql, -1, &stmt, NULL), SQLITE_OK, "%s", sqlite3_errmsg(db));
+    if (sqlite3_step(stmt) == SQLITE_ROW)
+        v = sqlite3_column_int64(stmt, 0);
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    return v;
+}
+
+static void exec_ok(struct store *st, const char *sql)
+{
+    cr_assert_eq(sqlite3_exec(store_db(st), sql, NULL, NULL, NULL), SQLITE_OK, "%s: %s", sql,
+                 store_errmsg(st));
+}
+
+static void group_close(struct store *st, uv_loop_t *loop)
+{
+    store_group_end(st);
+    uv_run(loop, UV_RUN_DEFAULT); /* the handles' closes */
+    store_close(st);
+    cr_assert_eq(uv_loop_close(loop), 0);
+}
+
+Test(store, group_commit_shares_one_commit_per_loop_iteration)
+{
+    struct store *st = open_ok(schema_v1);
+    struct durable_seen d = {0}, late = {0};
+    uint64_t commits0, txns0, commits, txns;
+    uv_loop_t loop;
+    int hooks = 0;
+
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    cr_assert_eq(store_group_commit(st, &loop, NULL), 0);
+    cr_assert_eq(store_on_commit(st, count_hook, &hooks), 0);
+    cr_assert_eq(store_when_durable(st, on_durable, &d), 1, "nothing pending yet");
+    store_commit_counts(st, &commits0, &txns0);
+
+    cr_assert_eq(store_begin(st), 0);
+    exec_ok(st, "INSERT INTO a (x, v) VALUES (10, 'ten')");
+    cr_assert_eq(store_commit(st), 0);
+    cr_assert_eq(store_in_txn(st), 0);
+    cr_assert_eq(store_begin(st), 0);
+    exec_ok(st, "INSERT INTO a (x, v) VALUES (11, 'eleven')");
+    cr_assert_eq(store_commit(st), 0);
+    cr_assert_eq(store_begin(st), 0);
+    exec_ok(st, "INSERT INTO a (x, v) VALUES (12, 'undone')");
+    store_rollback(st); /* undoes its own writes only */
+    cr_assert_eq(store_begin(st), 0);
+    cr_assert_eq(store_begin(st), -EINVAL, "nested inside a group's transaction");
+    store_rollback(st);
+
+    cr_assert_eq(store_group_pending(st), 1);
+    cr_assert_eq(store_when_durable(st, on_durable, &d), 0);
+    cr_assert_eq(query_int(st, "SELECT count(*) FROM a WHERE x >= 10"), 2,
+                 "the group's own connection sees its writes");
+    cr_assert_eq(seen_elsewhere("SELECT count(*) FROM a WHERE x >= 10"), 0,
+                 "another connection saw the group before its COMMIT");
+    cr_assert_eq(hooks, 0, "a hook ran before the COMMIT");
+    cr_assert_eq(d.calls, 0);
+
+    cr_assert_eq(uv_run(&loop, UV_RUN_NOWAIT), 0); /* the iteration ends: one COMMIT */
+    cr_assert_eq(d.calls, 1);
+    cr_assert_eq(d.ok, 1);
+    cr_assert_eq(hooks, 1);
+    cr_assert_eq(store_group_pending(st), 0);
+    cr_assert_eq(seen_elsewhere("SELECT count(*) FROM a WHERE x IN (10, 11)"), 2);
+    cr_assert_eq(seen_elsewhere("SELECT count(*) FROM a WHERE x = 12"), 0);
+    store_commit_counts(st, &commits, &txns);
+    cr_assert_eq(commits - commits0, 1);
+    cr_assert_eq(txns - txns0, 2);
+
+    /* the next iteration's writes are the next group; a waiter cancelled
+     * (its owner went away) is not called */
+    cr_assert_eq(store_begin(st), 0);
+    exec_ok(st, "INSERT INTO a (x, v) VALUES (13, 'thirteen')");
+    cr_assert_eq(store_commit(st), 0);
+    cr_assert_eq(store_when_durable(st, on_durable, &late), 0);
+    store_cancel_durable(st, on_durable, &late);
+    group_close(st, &loop); /* store_group_end commits what is pending */
+    cr_assert_eq(late.calls, 0);
+    cr_assert_eq(seen_elsewhere("SELECT count(*) FROM a WHERE x = 13"), 1);
+}
+
+Test(store, a_failed_group_commit_rolls_back_every_transaction_and_tells_its_waiters)
+{
+    static const char schema[] =
+        "-- migration: 1\n"
+        "CREATE TABLE p (id INTEGER PRIMARY KEY);\n"
+        "CREATE TABLE c (pid INTEGER REFERENCES p (id) DEFERRABLE INITIALLY DEFERRED);\n";
+    struct durable_seen d = {0}, next = {0};
+    struct store *st = open_ok(schema);
+    uv_loop_t loop;
+    int hooks = 0;
+
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    cr_assert_eq(store_group_commit(st, &loop, NULL), 0);
+    cr_assert_eq(store_on_commit(st, count_hook, &hooks), 0);
+    cr_assert_eq(store_begin(st), 0);
+    exec_ok(st, "INSERT INTO p (id) VALUES (1)");
+    cr_assert_eq(store_commit(st), 0);
+    /* a deferred foreign key fails only at COMMIT: the whole group fails */
+    cr_assert_eq(store_begin(st), 0);
+    exec_ok(st, "INSERT INTO c (pid) VALUES (99)");
+    cr_assert_eq(store_commit(st), 0);
+    cr_assert_eq(store_when_durable(st, on_durable, &d), 0);
+    cr_assert_eq(uv_run(&loop, UV_RUN_NOWAIT), 0);
+    cr_assert_eq(d.calls, 1);
+    cr_assert_eq(d.ok, 0, "told durable although the COMMIT failed");
+    cr_assert_eq(hooks, 0, "a hook ran after a failed COMMIT");
+    cr_assert_eq(store_group_pending(st), 0);
+    cr_assert_eq(query_int(st, "SELECT count(*) FROM p"), 0, "the group's first write survived");
+
+    /* the store goes on: the next group commits */
+    cr_assert_eq(store_begin(st), 0);
+    exec_ok(st, "INSERT INTO p (id) VALUES (2)");
+    cr_assert_eq(store_commit(st), 0);
+    cr_assert_eq(store_when_durable(st, on_durable, &next), 0);
+    cr_assert_eq(uv_run(&loop, UV_RUN_NOWAIT), 0);
+    cr_assert_eq(next.ok, 1);
+    cr_assert_eq(hooks, 1);
+    cr_assert_eq(seen_elsewhere("SELECT count(*) FROM p"), 1);
+    group_close(st, &loop);
+}
