@@ -157,6 +157,10 @@ def test_refused_dead_letter_keeps_the_entry_pending(service_factory, r):
     bad = r.xadd("users.commands", {"type": "user.register", "data": "{not json"})
 
     # Retried with a backoff, logged once, counted; the entry stays pending.
+    # (Read first: before the consumer reads it, nothing is pending either.)
+    wait_until(lambda: metric_at_least(svc, 1, "stream_dead_letter_failures_total",
+                                       stream="users.commands"), 20,
+               what="the first refused attempt to dead-letter")
     wait_until(lambda: pending(r, "users.commands", "users") == 0 or metric_at_least(
         svc, 3, "stream_dead_letter_failures_total", stream="users.commands"), 20,
         what="three refused attempts to dead-letter")
