@@ -11,8 +11,12 @@
  * is the payload parsed and exp/sub/role read. Every failure is -EACCES.
  *
  * Work per token: one HMAC, two small jansson parses, no other heap use; all
- * buffers are on the stack, bounded by AUTH_MAX_TOKEN. No state, no logging
- * (a bad token is the caller's 401, not an error of ours).
+ * buffers are on the stack, bounded by AUTH_MAX_TOKEN. No logging (a bad
+ * token is the caller's 401, not an error of ours). The only state is the
+ * optional cache of verified tokens (auth_cache_enable): a token seen
+ * before is found by an FNV-1a hash of its bytes and confirmed by comparing
+ * all of them, so a hit is exactly "this very token verified before"; its
+ * claims are reused while exp and nbf still hold.
  *
  * Identities are compared here too (auth_user_id, auth_is_subject), on
  * canonical UUIDs from core/ids, so that no service compares a sub with
@@ -22,6 +26,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -33,6 +38,19 @@
 #include <openssl/hmac.h>
 
 #define AUTH_SIG_B64_LEN 43 /* base64url of a 32-byte HMAC-SHA256, unpadded */
+
+struct auth_cache_entry {
+    uint64_t hash;
+    size_t len; /* 0: empty */
+    long nbf;   /* LONG_MIN when the token has none */
+    struct auth_claims claims;
+    char token[AUTH_CACHE_TOKEN];
+};
+
+struct auth_cache {
+    uint64_t hits, misses;
+    struct auth_cache_entry slot[AUTH_CACHE_SLOTS];
+};
 #define AUTH_MAX_TTL (10L * 365 * 24 * 3600)
 
 int auth_init(struct auth *a, const char *secret)
@@ -261,7 +279,8 @@ static int read_sub(const json_t *v, struct auth_claims *claims)
     return 0;
 }
 
-static int check_claims(const char *seg, size_t len, long now, struct auth_claims *claims)
+static int check_claims(const char *seg, size_t len, long now, struct auth_claims *claims,
+                        long *nbf_out)
 {
     json_t *payload = decode_json_segment(seg, len);
     const json_t *exp, *nbf, *role;
@@ -276,6 +295,7 @@ static int check_claims(const char *seg, size_t len, long now, struct auth_claim
     nbf = json_object_get(payload, "nbf");
     if (nbf != NULL && (!json_is_integer(nbf) || json_integer_value(nbf) > now))
         goto out_decref;
+    *nbf_out = nbf != NULL ? (long)json_integer_value(nbf) : LONG_MIN;
     role = json_object_get(payload, "role");
     if (role != NULL && !json_is_string(role))
         goto out_decref;
@@ -289,18 +309,104 @@ out_decref:
     return rc;
 }
 
+/* ------------------------------------------------------------- the cache */
+
+int auth_cache_enable(struct auth *a)
+{
+    if (a->cache == NULL && (a->cache = calloc(1, sizeof(*a->cache))) == NULL)
+        return -ENOMEM;
+    return 0;
+}
+
+void auth_cache_free(struct auth *a)
+{
+    free(a->cache);
+    a->cache = NULL;
+}
+
+void auth_cache_counts(const struct auth *a, uint64_t *hits, uint64_t *misses)
+{
+    *hits = a->cache != NULL ? a->cache->hits : 0;
+    *misses = a->cache != NULL ? a->cache->misses : 0;
+}
+
+static uint64_t fnv1a(const char *s, size_t len)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
+/* The entry holding exactly this token, or NULL. */
+static struct auth_cache_entry *cache_find(struct auth_cache *c, uint64_t h, const char *token,
+                                           size_t len)
+{
+    struct auth_cache_entry *e = &c->slot[h % AUTH_CACHE_SLOTS];
+
+    if (e->len == len && e->hash == h && memcmp(e->token, token, len) == 0)
+        return e;
+    return NULL;
+}
+
+static void cache_put(struct auth_cache *c, uint64_t h, const char *token, size_t len, long nbf,
+                      const struct auth_claims *claims)
+{
+    struct auth_cache_entry *e = &c->slot[h % AUTH_CACHE_SLOTS];
+
+    e->hash = h;
+    e->len = len;
+    e->nbf = nbf;
+    e->claims = *claims;
+    memcpy(e->token, token, len);
+}
+
+/* ----------------------------------------------------------- verification */
+
+static int verify_full(const struct auth *a, const char *token, size_t token_len, long now,
+                       struct auth_claims *claims, long *nbf);
+
 int auth_verify(const struct auth *a, const char *token, size_t token_len, long now,
                 struct auth_claims *claims)
 {
-    const char *dot1, *dot2;
-    size_t head_len, body_len;
-    int rc;
+    struct auth_cache_entry *e;
+    uint64_t h = 0;
+    long nbf = LONG_MIN;
+    int cacheable;
 
     if (claims != NULL)
         memset(claims, 0, sizeof(*claims));
     if (a == NULL || claims == NULL || token == NULL || token_len == 0 ||
         token_len > AUTH_MAX_TOKEN || a->secret_len < AUTH_MIN_SECRET)
         return -EACCES;
+    cacheable = a->cache != NULL && token_len <= AUTH_CACHE_TOKEN;
+    if (cacheable) {
+        h = fnv1a(token, token_len);
+        e = cache_find(a->cache, h, token, token_len);
+        if (e != NULL && e->claims.exp > now && e->nbf <= now) {
+            a->cache->hits++;
+            *claims = e->claims;
+            return 0;
+        }
+        a->cache->misses++;
+    }
+    if (verify_full(a, token, token_len, now, claims, &nbf) < 0)
+        return -EACCES;
+    if (cacheable)
+        cache_put(a->cache, h, token, token_len, nbf, claims);
+    return 0;
+}
+
+static int verify_full(const struct auth *a, const char *token, size_t token_len, long now,
+                       struct auth_claims *claims, long *nbf)
+{
+    const char *dot1, *dot2;
+    size_t head_len, body_len;
+    int rc;
+
     dot1 = memchr(token, '.', token_len);
     if (dot1 == NULL)
         return -EACCES;
@@ -314,7 +420,7 @@ int auth_verify(const struct auth *a, const char *token, size_t token_len, long 
         rc = check_signature(a, token, (size_t)(dot2 - token), dot2 + 1,
                              token_len - (size_t)(dot2 + 1 - token));
     if (rc == 0)
-        rc = check_claims(dot1 + 1, body_len, now, claims);
+        rc = check_claims(dot1 + 1, body_len, now, claims, nbf);
     if (rc != 0) {
         memset(claims, 0, sizeof(*claims));
         return -EACCES;

@@ -217,6 +217,8 @@ void service_init(struct service *svc, uv_loop_t *loop, const struct module *m, 
     if (auth_init(&svc->auth, svc->cfg.jwt_secret) < 0)
         service_fatal(svc, "config: JWT_SECRET must be %d to %d bytes", AUTH_MIN_SECRET,
                       AUTH_MAX_SECRET);
+    if (auth_cache_enable(&svc->auth) < 0)
+        service_fatal(svc, "out of memory");
     svc->stats_ = calloc(1, sizeof(*svc->stats_));
     if (svc->stats_ == NULL || metrics_new(&svc->metrics) < 0 || http_router_new(&svc->router) < 0)
         service_fatal(svc, "out of memory");
@@ -583,6 +585,7 @@ static int service_listen(struct service *svc)
 
 void service_release(struct service *svc)
 {
+    auth_cache_free(&svc->auth);
     store_close(svc->store);
     svc->store = NULL;
     http_router_free(svc->router);

@@ -13,6 +13,7 @@
 #define RIPPLE_AUTH_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <ripple/common.h>
 #include <ripple/ids.h>
@@ -22,9 +23,12 @@
 #define AUTH_MAX_TOKEN 4096 /* bytes of a bearer token we are willing to parse */
 #define AUTH_MAX_SUB 128
 
+struct auth_cache; /* opaque: auth_cache_enable */
+
 struct auth {
     unsigned char secret[AUTH_MAX_SECRET];
     size_t secret_len;
+    struct auth_cache *cache; /* NULL: every token is verified in full */
 };
 
 struct auth_claims {
@@ -53,6 +57,21 @@ CORE_MUST_CHECK int auth_verify(const struct auth *a, const char *token, size_t 
  * case-insensitive). -EACCES when absent (value == NULL) or malformed. */
 CORE_MUST_CHECK int auth_verify_header(const struct auth *a, const char *value, size_t len,
                                        long now, struct auth_claims *claims);
+
+/* A cache of verified tokens, so a client sending the same token again
+ * costs a hash and a compare instead of an HMAC and two JSON parses:
+ * AUTH_CACHE_SLOTS entries, direct-mapped, each keyed by the whole token
+ * (compared byte for byte, never by hash alone); only tokens that passed
+ * verification enter it, and a hit still honours exp and nbf against now.
+ * Tokens longer than AUTH_CACHE_TOKEN are verified in full every time.
+ * With a cache the auth is no longer pure: one thread (the loop) only.
+ * auth_cache_enable returns 0 or -ENOMEM; auth_cache_free drops it. */
+#define AUTH_CACHE_SLOTS 256
+#define AUTH_CACHE_TOKEN 512
+CORE_MUST_CHECK int auth_cache_enable(struct auth *a);
+void auth_cache_free(struct auth *a);
+/* Verifications answered from the cache, and those done in full. */
+void auth_cache_counts(const struct auth *a, uint64_t *hits, uint64_t *misses);
 
 /* Identities: which user a token speaks for. User ids are UUIDs, and a UUID
  * names the same thing in upper or lower case (RFC 9562 §4), so the token's

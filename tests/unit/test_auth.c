@@ -492,3 +492,145 @@ Test(auth, is_subject_is_nobody_for_services_and_non_uuids)
     cr_assert_not(auth_is_subject(&user, UID_LOWER "0"));
     cr_assert_not(auth_is_subject(&user, "0a1b2c3d4e5f4a6b8c7d9e0f1a2b3c4d"));
 }
+
+/* ----------------------------------------------------- the token cache */
+
+static struct auth ca; /* an auth with a cache, per test */
+
+static void cache_setup(void)
+{
+    cr_assert_eq(auth_init(&ca, SECRET), 0);
+    cr_assert_eq(auth_cache_enable(&ca), 0);
+}
+
+static void cache_teardown(void)
+{
+    auth_cache_free(&ca);
+}
+
+TestSuite(auth_cache, .init = cache_setup, .fini = cache_teardown);
+
+static void counts_are(uint64_t hits, uint64_t misses)
+{
+    uint64_t h, m;
+
+    auth_cache_counts(&ca, &h, &m);
+    cr_assert_eq(h, hits, "hits %llu, want %llu", (unsigned long long)h,
+                 (unsigned long long)hits);
+    cr_assert_eq(m, misses, "misses %llu, want %llu", (unsigned long long)m,
+                 (unsigned long long)misses);
+}
+
+Test(auth_cache, a_token_seen_again_is_a_hit_with_the_same_claims)
+{
+    struct auth_claims first, again;
+    char *tok = NULL;
+    long now = time(NULL);
+
+    cr_assert_eq(auth_sign(&ca, "service:orders", "service", 600, &tok), 0);
+    cr_assert_eq(auth_verify(&ca, tok, strlen(tok), now, &first), 0);
+    counts_are(0, 1);
+    cr_assert_eq(auth_verify(&ca, tok, strlen(tok), now, &again), 0);
+    counts_are(1, 1);
+    cr_assert_str_eq(again.sub, "service:orders");
+    cr_assert_eq(again.is_service, 1);
+    cr_assert_eq(again.exp, first.exp);
+    free(tok);
+}
+
+Test(auth_cache, a_cached_token_still_expires)
+{
+    struct auth_claims c;
+    char *tok = NULL;
+    long now = time(NULL);
+
+    cr_assert_eq(auth_sign(&ca, "user-1", NULL, 60, &tok), 0);
+    cr_assert_eq(auth_verify(&ca, tok, strlen(tok), now, &c), 0);
+    cr_assert_eq(auth_verify(&ca, tok, strlen(tok), now + 59, &c), 0);
+    cr_assert_eq(auth_verify(&ca, tok, strlen(tok), now + 61, &c), -EACCES);
+    cr_assert_str_eq(c.sub, "", "claims are cleared on failure");
+    free(tok);
+}
+
+Test(auth_cache, a_cached_token_is_not_valid_before_its_nbf)
+{
+    static char tok[TOKEN_CAP];
+    char payload[128];
+    struct auth_claims c;
+    long now = time(NULL);
+
+    snprintf(payload, sizeof(payload), "{\"sub\":\"u1\",\"nbf\":%ld,\"exp\":%ld}", now + 100,
+             now + 3600);
+    forge(tok, hs256_header, payload, EVP_sha256(), SECRET);
+    cr_assert_eq(auth_verify(&ca, tok, strlen(tok), now, &c), -EACCES);
+    cr_assert_eq(auth_verify(&ca, tok, strlen(tok), now + 200, &c), 0); /* cached now */
+    cr_assert_eq(auth_verify(&ca, tok, strlen(tok), now + 50, &c), -EACCES);
+    cr_assert_eq(auth_verify(&ca, tok, strlen(tok), now + 300, &c), 0);
+}
+
+Test(auth_cache, it_is_keyed_by_the_whole_token)
+{
+    struct auth_claims c;
+    char *tok = NULL;
+    long now = time(NULL);
+    size_t n;
+
+    cr_assert_eq(auth_sign(&ca, "user-1", NULL, 600, &tok), 0);
+    n = strlen(tok);
+    cr_assert_eq(auth_verify(&ca, tok, n, now, &c), 0); /* cached */
+    /* every single-byte change anywhere, and every prefix, is rejected */
+    for (size_t i = 0; i < n; i++) {
+        char saved = tok[i];
+
+        tok[i] = (char)(saved == 'A' ? 'B' : 'A');
+        cr_assert_eq(auth_verify(&ca, tok, n, now, &c), -EACCES, "byte %zu changed", i);
+        tok[i] = saved;
+        cr_assert_eq(auth_verify(&ca, tok, i + 1 < n ? i + 1 : n - 1, now, &c), -EACCES,
+                     "prefix of %zu bytes", i + 1);
+    }
+    cr_assert_eq(auth_verify(&ca, tok, n, now, &c), 0, "the cached token itself broke");
+    cr_assert_str_eq(c.sub, "user-1");
+    free(tok);
+}
+
+Test(auth_cache, it_is_bounded_and_evicts_without_mixing_claims)
+{
+    enum { N = 3 * AUTH_CACHE_SLOTS };
+    static char *toks[N];
+    struct auth_claims c;
+    char sub[32];
+    long now = time(NULL);
+
+    for (int i = 0; i < N; i++) {
+        snprintf(sub, sizeof(sub), "user-%d", i);
+        cr_assert_eq(auth_sign(&ca, sub, NULL, 600, &toks[i]), 0);
+        cr_assert_eq(auth_verify(&ca, toks[i], strlen(toks[i]), now, &c), 0);
+    }
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < N; i++) {
+            snprintf(sub, sizeof(sub), "user-%d", i);
+            cr_assert_eq(auth_verify(&ca, toks[i], strlen(toks[i]), now, &c), 0);
+            cr_assert_str_eq(c.sub, sub, "token %d answered with another token's claims", i);
+        }
+    }
+    for (int i = 0; i < N; i++)
+        free(toks[i]);
+}
+
+Test(auth_cache, a_token_longer_than_a_slot_is_verified_every_time)
+{
+    static char tok[TOKEN_CAP];
+    char payload[AUTH_CACHE_TOKEN + 128], pad[AUTH_CACHE_TOKEN + 1];
+    struct auth_claims c;
+    long now = time(NULL);
+
+    memset(pad, 'p', sizeof(pad) - 1);
+    pad[sizeof(pad) - 1] = '\0';
+    snprintf(payload, sizeof(payload), "{\"sub\":\"u1\",\"pad\":\"%s\",\"exp\":%ld}", pad,
+             now + 3600);
+    forge(tok, hs256_header, payload, EVP_sha256(), SECRET);
+    cr_assert_gt(strlen(tok), AUTH_CACHE_TOKEN);
+    cr_assert_eq(auth_verify(&ca, tok, strlen(tok), now, &c), 0);
+    cr_assert_eq(auth_verify(&ca, tok, strlen(tok), now, &c), 0);
+    counts_are(0, 0);
+}
