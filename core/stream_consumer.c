@@ -1056,8 +1056,7 @@ static void settle(struct stream_consumer *sc, struct entry *e, int rc)
         store_failed(sc);
         return;
     }
-    if (rc == 0 && (stream_ledger_remember(sc->ledger, e->env.id) < 0 ||
-                    (e->failures > 0 && stream_ledger_forget(sc->ledger, e->entry_id) < 0))) {
+    if (rc == 0 && e->failures > 0 && stream_ledger_forget(sc->ledger, e->entry_id) < 0) {
         store_failed(sc);
         return;
     }
@@ -1159,16 +1158,13 @@ static int settled_before_handler(struct stream_consumer *sc, struct entry *e)
     return 0;
 }
 
-/* Runs e's handler (or records its asynchronous failure) under a savepoint. */
+/* Runs e's handler (or records its asynchronous failure) inside the
+ * entry's savepoint, which holds its inbox claim. */
 static void run_handler(struct stream_consumer *sc, struct entry *e)
 {
     enum phase phase = e->phase;
     int rc;
 
-    if (step_done(sc->save_st) < 0) {
-        store_failed(sc);
-        return;
-    }
     e->phase = PH_FRESH; /* whatever happens now, a retry starts over */
     if (phase == PH_ASYNC_FAILED) {
         rc = e->async_rc;
@@ -1190,7 +1186,7 @@ static void run_handler(struct stream_consumer *sc, struct entry *e)
 static void handle_entry(struct stream_consumer *sc, struct entry *e)
 {
     char err[STREAMS_MAX_ERR + 32], why[STREAMS_MAX_ERR];
-    int seen;
+    int claimed;
 
     if (e->lost) {
         set_outcome(e, OUT_LOST, "taken_over", NULL);
@@ -1215,13 +1211,16 @@ static void handle_entry(struct stream_consumer *sc, struct entry *e)
     }
     if (e->phase == PH_FRESH && settled_before_handler(sc, e))
         return;
-    /* again when resuming: another process on this database may have
-     * settled the event meanwhile */
-    if ((seen = stream_ledger_seen(sc->ledger, e->env.id)) < 0) {
+    /* The claim, again when resuming: another process on this database may
+     * have settled the event meanwhile. It is the entry's first write, in
+     * its savepoint. */
+    if (step_done(sc->save_st) < 0 || (claimed = stream_ledger_claim(sc->ledger, e->env.id)) < 0) {
         store_failed(sc);
         return;
     }
-    if (seen) {
+    if (!claimed) {
+        if (step_done(sc->release_st) < 0)
+            store_failed(sc);
         set_outcome(e, OUT_ACK, "duplicate", NULL);
         return;
     }

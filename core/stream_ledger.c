@@ -45,7 +45,7 @@ static const char ledger_schema[] =
 
 enum {
     L_SEEN,
-    L_REMEMBER,
+    L_CLAIM,
     L_FAILURES,
     L_FAIL,
     L_FORGET,
@@ -59,7 +59,8 @@ enum {
 
 static const char *const ledger_sql[L_COUNT] = {
     [L_SEEN] = "SELECT 1 FROM inbox WHERE event_id = ?1",
-    [L_REMEMBER] = "INSERT INTO inbox (event_id, stream, processed_at) VALUES (?1, ?2, ?3)",
+    [L_CLAIM] = "INSERT INTO inbox (event_id, stream, processed_at) VALUES (?1, ?2, ?3)"
+                " ON CONFLICT (event_id) DO NOTHING",
     [L_FAILURES] = "SELECT failures FROM stream_failures WHERE stream = ?2 AND entry_id = ?1",
     [L_FAIL] = "INSERT INTO stream_failures (stream, entry_id, failures, last_error, updated_at)"
                " VALUES (?2, ?1, 1, ?3, ?4) ON CONFLICT (stream, entry_id) DO UPDATE SET"
@@ -219,14 +220,16 @@ int stream_ledger_seen(struct stream_ledger *l, const char *event_id)
     return one_int(bind_key(l, L_SEEN, event_id), &v);
 }
 
-int stream_ledger_remember(struct stream_ledger *l, const char *event_id)
+int stream_ledger_claim(struct stream_ledger *l, const char *event_id)
 {
-    sqlite3_stmt *s = l->st[L_REMEMBER];
+    sqlite3_stmt *s = l->st[L_CLAIM];
 
     sqlite3_bind_text(s, 1, event_id, -1, SQLITE_STATIC);
     sqlite3_bind_text(s, 2, l->stream, -1, SQLITE_STATIC);
     sqlite3_bind_int64(s, 3, clock_now_ms());
-    return run(s);
+    if (run(s) < 0)
+        return -EIO;
+    return sqlite3_changes(sqlite3_db_handle(s)) > 0;
 }
 
 int stream_ledger_failures(struct stream_ledger *l, const char *entry_id, unsigned *out)

@@ -52,7 +52,11 @@ void stream_ledger_free(struct stream_ledger *l);
 
 /* Inbox: 1 when event_id was processed, 0 when not, -EIO. */
 CORE_MUST_CHECK int stream_ledger_seen(struct stream_ledger *l, const char *event_id);
-CORE_MUST_CHECK int stream_ledger_remember(struct stream_ledger *l, const char *event_id);
+/* Claims event_id for processing in one statement (INSERT ... ON CONFLICT
+ * DO NOTHING): 1 when claimed now, 0 when it was processed before (a
+ * duplicate), -EIO. Inside the entry's savepoint: a handler that fails
+ * rolls the claim back with its own writes. */
+CORE_MUST_CHECK int stream_ledger_claim(struct stream_ledger *l, const char *event_id);
 
 /* Handler failures of entry_id: *out is 0 when none was recorded. */
 CORE_MUST_CHECK int stream_ledger_failures(struct stream_ledger *l, const char *entry_id,

@@ -134,8 +134,9 @@ Test(stream_ledger, inbox_remembers_and_prunes_by_age)
     unsigned n;
 
     cr_assert_eq(stream_ledger_seen(a, "ev-1"), 0);
-    cr_assert_eq(stream_ledger_remember(a, "ev-1"), 0);
+    cr_assert_eq(stream_ledger_claim(a, "ev-1"), 1);
     cr_assert_eq(stream_ledger_seen(a, "ev-1"), 1);
+    cr_assert_eq(stream_ledger_claim(a, "ev-1"), 0, "claimed twice");
     cr_assert_eq(stream_ledger_fail(a, "9-0", "x", &n), 0);
     /* nothing is older than a cut-off in the past */
     cr_assert_eq(stream_ledger_prune(a, 0, 100), 0);
