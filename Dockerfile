@@ -27,6 +27,7 @@ WORKDIR /src
 COPY Makefile ./
 COPY scripts/embed-sql scripts/gen-host scripts/embed-assets scripts/
 COPY scripts/dlq.d scripts/dlq.d
+COPY include include
 COPY core core
 COPY streams streams
 COPY services services

@@ -271,16 +271,24 @@ MODULE_SYMBOLS := $(foreach m,$(MODULES),$(subst -,_,$(m))_module)
 .PHONY: lib install uninstall
 lib: $(PIC)/libripple.a $(PIC)/$(RIPPLE_DYLIB) $(PIC)/libripple-modules.a
 
-$(PIC)/llhttp/%.o: $(LLHTTP_SRC)/%.c
+# The flags the pic objects were built with, in a stamp each depends on: a
+# build with other flags (make check-san passes sanitizer flags through the
+# environment) rebuilds them instead of installing a mix.
+PIC_FLAGS := $(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS)
+$(PIC)/.flags: FORCE
+	@mkdir -p $(@D)
+	@echo '$(PIC_FLAGS)' | cmp -s - $@ || echo '$(PIC_FLAGS)' > $@
+
+$(PIC)/llhttp/%.o: $(LLHTTP_SRC)/%.c $(PIC)/.flags
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -fPIC -fvisibility=hidden $(filter -fsanitize% -fno-sanitize%,$(MODE_CFLAGS)) \
 		-isystem $(LLHTTP_INC) -c $< -o $@
 
-$(PIC)/obj/gen/%.o: $(BUILD)/gen/%.c
+$(PIC)/obj/gen/%.o: $(BUILD)/gen/%.c $(PIC)/.flags
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -fPIC -c $< -o $@
 
-$(PIC)/obj/%.o: %.c
+$(PIC)/obj/%.o: %.c $(PIC)/.flags
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -fPIC -c $< -o $@
 

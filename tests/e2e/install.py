@@ -31,7 +31,7 @@ def clean_env(**extra):
     which the installed, release-built library must not inherit)."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "BUILD", "CFLAGS",
-                        "LDFLAGS", "CPPFLAGS", "PREFIX", "DESTDIR", "PKG_CONFIG_PATH")}
+                        "LDFLAGS", "CPPFLAGS", "MODE_CFLAGS", "MODE_LDFLAGS", "PREFIX", "DESTDIR", "PKG_CONFIG_PATH")}
     env.update(extra)
     return env
 
