@@ -27,6 +27,7 @@
 #include <ripple/streams.h>
 
 struct json_t;
+struct metrics_histogram;
 struct sqlite3_stmt;
 struct stream_msg;
 struct stream_done;
@@ -116,6 +117,8 @@ struct orders {
     uv_timer_t saga_timer;         /* the deadline sweep */
     service_stop_done_cb saga_stop_done;
     struct sqlite3_stmt *saga_load, *saga_update, *saga_arm, *saga_due;
+    struct metrics_histogram *saga_seconds[3]; /* orders_saga_seconds: confirmed, rejected,
+                                                  cancelled; NULL on ENOMEM (not observed) */
 };
 
 /* Drops one of o's two references (the stop hook's, the consumer's); the

@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <string.h>
 #include <sys/time.h>
+#include <time.h>
 
 #include <jansson.h>
 #include <sqlite3.h>
@@ -30,6 +31,7 @@
 #include <ripple/clock.h>
 #include <ripple/config.h>
 #include <ripple/log.h>
+#include <ripple/metrics.h>
 #include <ripple/store.h>
 #include <ripple/trace.h>
 #include <ripple/stream_consumer.h>
@@ -43,7 +45,8 @@ struct saga_order {
     char traceparent[TRACE_PARENT_LEN + 1]; /* the order's, from its creation; "" if none */
     char user_id[IDS_UUID_LEN + 1];
     char status[24];
-    long long amount_cents; /* 0 while unknown */
+    char created_at[CLOCK_ISO8601_LEN + 1]; /* ISO-8601 UTC, ms: clock_iso8601 at creation */
+    long long amount_cents;                 /* 0 while unknown */
 };
 
 static int is_final(const struct saga_order *so)
@@ -79,6 +82,7 @@ static int load(struct orders *o, const char *id, struct saga_order *so)
         snprintf(so->user_id, sizeof(so->user_id), "%s", col(st, 1));
         so->amount_cents = sqlite3_column_int64(st, 2);
         snprintf(so->traceparent, sizeof(so->traceparent), "%s", col(st, 3));
+        snprintf(so->created_at, sizeof(so->created_at), "%s", col(st, 4));
         rc = 0;
     } else if (rc == SQLITE_DONE) {
         rc = -ENOENT;
@@ -90,8 +94,58 @@ static int load(struct orders *o, const char *id, struct saga_order *so)
     return rc;
 }
 
+/* ms since the epoch of a 2026-11-26T04:24:11.123Z (clock_iso8601's form),
+ * or -1 when s is not one. */
+static int64_t iso8601_ms(const char *s)
+{
+    static const unsigned char digit[] = {0,  1,  2,  3,  5,  6,  8,  9, 11,
+                                          12, 14, 15, 17, 18, 20, 21, 22};
+    struct tm tm = {0};
+    int v[sizeof(digit)];
+    time_t t;
+
+    if (strlen(s) != CLOCK_ISO8601_LEN || s[4] != '-' || s[7] != '-' || s[10] != 'T' ||
+        s[13] != ':' || s[16] != ':' || s[19] != '.' || s[23] != 'Z')
+        return -1;
+    for (size_t i = 0; i < sizeof(digit); i++) {
+        if (s[digit[i]] < '0' || s[digit[i]] > '9')
+            return -1;
+        v[i] = s[digit[i]] - '0';
+    }
+    tm.tm_year = v[0] * 1000 + v[1] * 100 + v[2] * 10 + v[3] - 1900;
+    tm.tm_mon = v[4] * 10 + v[5] - 1;
+    tm.tm_mday = v[6] * 10 + v[7];
+    tm.tm_hour = v[8] * 10 + v[9];
+    tm.tm_min = v[10] * 10 + v[11];
+    tm.tm_sec = v[12] * 10 + v[13];
+    if ((t = timegm(&tm)) == (time_t)-1)
+        return -1;
+    return (int64_t)t * 1000 + (int64_t)(v[14] * 100 + v[15] * 10 + v[16]);
+}
+
+/* orders_saga_seconds{outcome}: the order's created_at -> the transition
+ * that makes it final (both the wall clock, clock.h), observed once the
+ * transition's UPDATE succeeded, before its commit: a commit that fails
+ * rolls the order back and its redelivery observes it a second time (rare,
+ * and only then). created_at is whole ms (floored); a clock step back
+ * counts as 0. Orders rejected at creation (unknown user) never reach the
+ * saga and are not observed. */
+static void observe_final(struct orders *o, const struct saga_order *so, const char *status)
+{
+    int i = strcmp(status, ORDERS_CONFIRMED) == 0  ? 0
+            : strcmp(status, ORDERS_REJECTED) == 0 ? 1
+                                                   : 2;
+    int64_t created = iso8601_ms(so->created_at), now = clock_now_us();
+
+    if (o->saga_seconds[i] == NULL || created < 0)
+        return;
+    metrics_histogram_observe(o->saga_seconds[i],
+                              now > created * 1000 ? (double)(now - created * 1000) / 1e6 : 0.0);
+}
+
 /* Moves so to status (amount_cents 0 keeps it; reason may be NULL); a
- * non-final status gets a new deadline. */
+ * non-final status gets a new deadline. A final one is observed in
+ * orders_saga_seconds. */
 static int move(struct orders *o, struct saga_order *so, const char *status, long long amount_cents,
                 const char *reason, const char *at)
 {
@@ -115,6 +169,8 @@ static int move(struct orders *o, struct saga_order *so, const char *status, lon
         snprintf(so->status, sizeof(so->status), "%s", status);
         if (amount_cents > 0)
             so->amount_cents = amount_cents;
+        if (final)
+            observe_final(o, so, status);
     }
     return rc;
 }
@@ -405,14 +461,32 @@ static void on_saga_stop(struct service *svc, void *data, service_stop_done_cb d
     uv_close((uv_handle_t *)&o->saga_timer, on_timer_closed);
 }
 
+/* The buckets of orders_saga_seconds: ms steps where the saga's p50/p99 live,
+ * then up to SAGA_TIMEOUT_MS's default and beyond. */
+static const double saga_bounds[] = {0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075,
+                                     0.1,   0.15,  0.25,  0.5,  1,    2.5,   10,   30};
+
+static void saga_metrics(struct orders *o)
+{
+    static const char *const labels[] = {"outcome=\"confirmed\"", "outcome=\"rejected\"",
+                                         "outcome=\"cancelled\""};
+
+    for (size_t i = 0; i < ARRAY_SIZE(labels); i++)
+        o->saga_seconds[i] = metrics_histogram(
+            o->svc->metrics, "orders_saga_seconds",
+            "Order created -> final (confirmed, rejected or cancelled by the saga), seconds",
+            labels[i], saga_bounds, ARRAY_SIZE(saga_bounds));
+}
+
 static int saga_prepare(struct orders *o)
 {
     struct store *st = o->svc->store;
     int rc;
 
-    if ((rc = store_prepare(
-             st, "SELECT status, user_id, amount_cents, traceparent FROM orders WHERE id = ?",
-             &o->saga_load)) < 0 ||
+    if ((rc = store_prepare(st,
+                            "SELECT status, user_id, amount_cents, traceparent, created_at FROM "
+                            "orders WHERE id = ?",
+                            &o->saga_load)) < 0 ||
         (rc = store_prepare(st,
                             "UPDATE orders SET status = ?1, amount_cents = COALESCE(?2, "
                             "amount_cents), reason = ?3, deadline_ms = ?4, updated_at = ?5 "
@@ -436,6 +510,7 @@ int orders_saga_start(struct orders *o)
 
     if ((rc = saga_prepare(o)) < 0)
         return rc;
+    saga_metrics(o);
     sweep = timeout / 4 < 50 ? 50 : timeout / 4 > 1000 ? 1000 : timeout / 4;
     uv_timer_init(svc->loop, &o->saga_timer);
     o->saga_timer.data = o;

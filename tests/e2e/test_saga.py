@@ -621,6 +621,28 @@ def orders_by_entry(stack):
     return out
 
 
+def saga_seconds(stack):
+    """{outcome: {"count", "sum", "buckets": [(le, cumulative)]}} of orders'
+    orders_saga_seconds histogram (created -> final by the saga)."""
+    out = {}
+    for line in stack.orders.metrics().splitlines():
+        if not line.startswith("orders_saga_seconds"):
+            continue
+        name_labels, value = line.rsplit(" ", 1)
+        name, _, labels = name_labels.partition("{")
+        lb = dict(kv.split("=", 1) for kv in labels.rstrip("}").split(",") if kv)
+        lb = {k: v.strip('"') for k, v in lb.items()}
+        h = out.setdefault(lb["outcome"], {"count": 0, "sum": 0.0, "buckets": []})
+        if name == "orders_saga_seconds_count":
+            h["count"] = int(float(value))
+        elif name == "orders_saga_seconds_sum":
+            h["sum"] = float(value)
+        elif name == "orders_saga_seconds_bucket":
+            le = float("inf") if lb["le"] == "+Inf" else float(lb["le"])
+            h["buckets"].append((le, int(float(value))))
+    return out
+
+
 def check_timeline_entries(stack, order):
     """Every step's (stream, entry_id) is a real entry of that type whose
     event id is the step's."""
@@ -741,6 +763,7 @@ def test_insufficient_funds_cancelled_stock_released(stack_factory):
 # ---------------------------------------------------------------------------
 
 def test_orders_placed_by_xadd_reach_final_states(stack_factory):
+    t_start = time.monotonic()
     st = stack_factory(initial_credit=5000)
     user, _ = st.new_user("xadd")
     ghost = str(uuid.uuid4())  # no such user
@@ -803,6 +826,19 @@ def test_orders_placed_by_xadd_reach_final_states(stack_factory):
     assert st.account(user["id"])["balance_cents"] == 5000 - spent
     assert st.r.xlen("orders.commands.dlq") == 0, st.r.xrange("orders.commands.dlq")
     assert_invariants(st, 5000, users=[user["id"]])
+
+    # orders_saga_seconds: one observation per order the saga made final, by
+    # outcome (the unknown user's order was rejected at creation: no saga),
+    # each between 0 and the test's own duration.
+    h = saga_seconds(st)
+    counts = {k: v["count"] for k, v in h.items()}
+    assert counts == {"confirmed": 3, "rejected": 1, "cancelled": 1}, h
+    for outcome, v in h.items():
+        les = [le for le, _ in v["buckets"]]
+        cum = [c for _, c in v["buckets"]]
+        assert les == sorted(les) and les[-1] == float("inf") and les[0] <= 0.001, v
+        assert cum == sorted(cum) and cum[-1] == v["count"], (outcome, v)
+        assert 0 <= v["sum"] <= v["count"] * (time.monotonic() - t_start), (outcome, v)
 
 
 # ---------------------------------------------------------------------------
