@@ -59,6 +59,13 @@
       order.placed: same commit, the relay's order), reserved (inventory:
       consume + commit + relay), charge (orders), succeeded (payments),
       confirmed (orders).
+  saga.py hops --redis-port R --since-ms MS
+      the saga's steps of every order placed at or after MS (Redis' ms clock:
+      the entry ids), read from the streams after a run (XRANGE, nothing
+      during it; used with the wrk driver, which does not know the order
+      ids). Prints `BENCH_SAGA_HOPS step=p50/p99/max ... saga=p50/p99/max
+      orders=N` (ms, over the confirmed orders): each step after the previous
+      one as in `run`, and saga = order.placed -> order.confirmed.
   saga.py stock --json BODY --initial N
       checks a product (GET /api/v1/products/{sku}): available + reserved +
       sold = N and reserved = 0; prints "ok: ..." or "BROKEN: ...".
@@ -319,6 +326,39 @@ def hop_times(port, ids):
     return out
 
 
+def cmd_hops(args):
+    r = redis.Redis(host="127.0.0.1", port=args.redis_port, socket_timeout=30,
+                    decode_responses=True)
+    at = {}
+    for stream in sorted(set(h[1] for h in HOPS)):
+        types = {h[2]: h[0] for h in HOPS if h[1] == stream}
+        start = f"{args.since_ms}-0"
+        while True:
+            batch = r.xrange(stream, start, "+", count=10000)
+            if not batch:
+                break
+            for eid, f in batch:
+                label = types.get(f.get("type"))
+                if label is None:
+                    continue
+                try:
+                    oid = json.loads(f["data"])["order_id"]
+                except (KeyError, ValueError, TypeError):
+                    continue
+                at.setdefault((label, oid), int(eid.split("-", 1)[0]))
+            start = "(" + batch[-1][0]
+    ids = [oid for (label, oid) in at if label == "placed" and ("confirmed", oid) in at]
+    out = {}
+    for (prev, _s, _t), (label, _s2, _t2) in zip(HOPS, HOPS[1:]):
+        out[label] = sorted(at[(label, i)] - at[(prev, i)] for i in ids
+                            if (label, i) in at and (prev, i) in at)
+    out["saga"] = sorted(at[("confirmed", i)] - at[("placed", i)] for i in ids)
+    print("BENCH_SAGA_HOPS " + " ".join(
+        f"{k}={us(q(v, 50))}/{us(q(v, 99))}/{us(q(v, 100))}" for k, v in out.items()) +
+        f" orders={len(ids)}")
+    return 0
+
+
 def cmd_run(args):
     with open(args.tokens) as f:
         tokens = [ln.strip().encode() for ln in f if ln.strip()]
@@ -511,6 +551,9 @@ def main():
     a = sub.add_parser("stock")
     a.add_argument("--json", required=True)
     a.add_argument("--initial", type=int, required=True)
+    a = sub.add_parser("hops")
+    a.add_argument("--redis-port", type=int, required=True)
+    a.add_argument("--since-ms", type=int, required=True)
     a = sub.add_parser("run")
     a.add_argument("--orders-port", type=int, required=True)
     a.add_argument("--redis-port", type=int, required=True)
@@ -524,7 +567,7 @@ def main():
     a.add_argument("--warm", action="store_true")
     a.add_argument("--pid", action="append", default=[])
     args = p.parse_args()
-    return cmd_stock(args) if args.cmd == "stock" else cmd_run(args)
+    return {"stock": cmd_stock, "hops": cmd_hops, "run": cmd_run}[args.cmd](args)
 
 
 if __name__ == "__main__":
