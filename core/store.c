@@ -67,8 +67,8 @@ struct store {
     int version; /* user_version after migrations */
     sqlite3_stmt *begin, *commit, *rollback, *ping;
     sqlite3_stmt *sp_begin, *sp_release, *sp_undo; /* a transaction inside a group */
-    sqlite3_stmt *stmts[STORE_MAX_STATEMENTS]; /* the cache; finalized at close */
-    char *stmt_sql[STORE_MAX_STATEMENTS];      /* owned copies: the cache key */
+    sqlite3_stmt *stmts[STORE_MAX_STATEMENTS];     /* the cache; finalized at close */
+    char *stmt_sql[STORE_MAX_STATEMENTS];          /* owned copies: the cache key */
     size_t nstmts;
     struct store_hook hooks[STORE_MAX_HOOKS];
     size_t nhooks;
@@ -94,7 +94,7 @@ struct store {
      * iteration, committed by whichever of the two handles runs first. */
     uv_prepare_t group_prepare;
     uv_check_t group_check;
-    int group_on;      /* the handles are initialized: groups are in use */
+    int group_on; /* the handles are initialized: groups are in use */
     const char *log_scope;
     int group_open;    /* BEGIN IMMEDIATE of group number gen is open */
     int in_write;      /* between store_begin and store_commit/rollback */
@@ -932,8 +932,7 @@ static void group_flush(struct store *st)
         } else {
             if (!sqlite3_get_autocommit(st->db))
                 (void)step_internal(st, st->rollback);
-            log_error("store: the group commit failed: its %zu transactions are rolled back",
-                      txns);
+            log_error("store: the group commit failed: its %zu transactions are rolled back", txns);
         }
     }
     group_stop_handles(st);
@@ -1170,8 +1169,7 @@ int store_writable(struct store *st)
 
     if (st->fault == 0)
         return 1;
-    if (!sqlite3_get_autocommit(st->db) ||
-        now - st->probe_ns < (uint64_t)STORE_PROBE_MS * 1000000)
+    if (!sqlite3_get_autocommit(st->db) || now - st->probe_ns < (uint64_t)STORE_PROBE_MS * 1000000)
         return 0;
     st->probe_ns = now;
     return probe_write(st) == 0;

@@ -150,9 +150,8 @@ static json_t *created_json(const char *id, const struct orders_new *n, const ch
 
     return json_pack("{s:s, s:s, s:s, s:O, s:n, s:s?, s:s, s:s, s:s?, s:o}", "id", id, "user_id",
                      n->user_id, "status", n->reason ? ORDERS_REJECTED : ORDERS_PENDING, "items",
-                     n->items, "amount_cents", "reason", n->reason, "created_at", at,
-                     "updated_at", at, "traceparent", trace, "timeline",
-                     timeline);
+                     n->items, "amount_cents", "reason", n->reason, "created_at", at, "updated_at",
+                     at, "traceparent", trace, "timeline", timeline);
 }
 
 static int create(struct orders *o, const struct orders_new *n, const char *id, const char *at)
