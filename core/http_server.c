@@ -82,7 +82,6 @@ struct http_conn {
     unsigned blocked : 1;    /* reads stopped for back-pressure */
     unsigned reject : 1;     /* over max_connections: answer 503 and close */
     unsigned begun : 1;      /* a request has begun on this connection */
-    unsigned releasing : 1;  /* a held answer is being sent: do not hold it again */
     int error_status;        /* set by a parser callback that failed */
     uint64_t body_deadline;  /* uv_now() ms by which the body must be in */
 
@@ -922,13 +921,16 @@ static const char unsaved_body[] =
     "{\"error\":{\"code\":\"unavailable\",\"message\":\"the database could not commit this "
     "request's writes: nothing was saved; retry\"}}";
 
+static int respond(struct http_request *req, int status, const char *content_type, const char *body,
+                   size_t len, int may_hold);
+
 /* Answers 503 in place of an answer whose writes were not saved. */
 static int respond_unsaved(struct http_request *req)
 {
     req->extra_len_ = 0; /* the headers were for the answer that is not sent */
     if (http_add_header(req, "Retry-After", "1") < 0)
         log_debug("http: Retry-After did not fit");
-    return http_respond(req, 503, "application/json", unsaved_body, sizeof(unsaved_body) - 1);
+    return respond(req, 503, "application/json", unsaved_body, sizeof(unsaved_body) - 1, 0);
 }
 
 static void on_released(void *arg, int ok)
@@ -943,18 +945,16 @@ static void on_released(void *arg, int ok)
         return;
     }
     scope(c->srv);
-    c->releasing = 1;
     if (held == NULL) { /* conn_hold failed */
         respond_unsaved(&c->req);
     } else if (!ok) {
-        log_warn("http: %s %s: the commit of its writes failed; answering 503",
-                 c->req.method, c->req.path);
+        log_warn("http: %s %s: the commit of its writes failed; answering 503", c->req.method,
+                 c->req.path);
         respond_unsaved(&c->req);
     } else {
-        http_respond(&c->req, c->held_status, c->held_ctype_len ? held : NULL,
-                     held + c->held_ctype_len + 1, c->held_len);
+        respond(&c->req, c->held_status, c->held_ctype_len ? held : NULL,
+                held + c->held_ctype_len + 1, c->held_len, 0);
     }
-    c->releasing = 0;
     free(held);
 }
 
@@ -983,11 +983,19 @@ static int conn_hold(struct http_conn *c, int status, const char *ctype, const c
 int http_respond(struct http_request *req, int status, const char *content_type, const char *body,
                  size_t len)
 {
+    return respond(req, status, content_type, body, len, 1);
+}
+
+/* http_respond; may_hold 0 for an answer that was held already (or stands
+ * in for one): it goes out now. */
+static int respond(struct http_request *req, int status, const char *content_type, const char *body,
+                   size_t len, int may_hold)
+{
     struct http_conn *c = req->conn_;
     struct http_server *srv = c->srv;
     int rc;
 
-    if (srv->hold != NULL && !c->releasing && !c->closing) {
+    if (may_hold && srv->hold != NULL && !c->closing) {
         /* Before anything else: the answer may have to wait for a commit. */
         rc = srv->hold(srv->hold_data, on_released, c);
         if (rc == 0) {
@@ -997,9 +1005,7 @@ int http_respond(struct http_request *req, int status, const char *content_type,
         }
         if (rc < 0) {
             log_error("http: cannot hold an answer until its commit: %s", strerror(-rc));
-            c->releasing = 1;
             respond_unsaved(req);
-            c->releasing = 0;
             return 0;
         }
     }

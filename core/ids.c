@@ -1,27 +1,66 @@
-/* ids.c -- UUID strings. See ids.h.
+/* ids.c -- UUID strings and random bytes. See ids.h.
  *
  * Random bits come from OpenSSL's RAND_bytes (a CSPRNG seeded from the
- * kernel). libuuid's uuid_generate_random re-seeds random(3) on every call,
- * which cost ~7% of a stream consumer's CPU. */
+ * kernel), drawn IDS_POOL bytes at a time: one call costs a lock, a getpid
+ * and a DRBG step whether it asks for 8 bytes or 256, and a saga step
+ * wants a dozen ids. The pool is per thread and forgotten in a forked child,
+ * so two processes never hand out the same bytes. libuuid's
+ * uuid_generate_random re-seeds random(3) on every call, which cost ~7% of
+ * a stream consumer's CPU. */
 #include <ripple/ids.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/time.h>
 
 #include <openssl/rand.h>
 
-static void random_bytes(unsigned char *u, int n)
+#define IDS_POOL 256
+
+static __thread unsigned char pool[IDS_POOL];
+static __thread size_t pool_left; /* the unused bytes are the last pool_left */
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+
+static void forget_pool(void)
+{
+    pool_left = 0; /* the child's only thread: the one that forked */
+}
+
+static void pool_init(void)
+{
+    (void)pthread_atfork(NULL, NULL, forget_pool);
+}
+
+static void fallback_bytes(unsigned char *u, size_t n)
 {
     struct timeval tv;
 
-    if (RAND_bytes(u, n) == 1)
-        return;
     /* The CSPRNG failed (it does not on Linux): ids must still differ. */
     gettimeofday(&tv, NULL);
-    for (int i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++)
         u[i] ^=
             (unsigned char)((unsigned long)tv.tv_usec >> (i % 3 * 8)) ^ (unsigned char)(i * 151);
+}
+
+void ids_random(void *buf, size_t n)
+{
+    unsigned char *u = buf;
+
+    pthread_once(&pool_once, pool_init);
+    if (n > IDS_POOL) {
+        if (RAND_bytes(u, (int)n) != 1)
+            fallback_bytes(u, n);
+        return;
+    }
+    if (pool_left < n) {
+        if (RAND_bytes(pool, IDS_POOL) != 1)
+            fallback_bytes(pool, IDS_POOL);
+        pool_left = IDS_POOL;
+    }
+    memcpy(u, pool + IDS_POOL - pool_left, n);
+    memset(pool + IDS_POOL - pool_left, 0, n); /* handed out once, then gone */
+    pool_left -= n;
 }
 
 static void format(const unsigned char u[16], char out[IDS_UUID_LEN + 1])
@@ -42,7 +81,7 @@ void ids_uuid4(char out[IDS_UUID_LEN + 1])
 {
     unsigned char u[16];
 
-    random_bytes(u, sizeof(u));
+    ids_random(u, sizeof(u));
     u[6] = (unsigned char)(0x40 | (u[6] & 0x0f)); /* version 4 */
     u[8] = (unsigned char)(0x80 | (u[8] & 0x3f)); /* RFC 4122 variant */
     format(u, out);
@@ -54,7 +93,7 @@ void ids_uuid7(char out[IDS_UUID_LEN + 1])
     unsigned long long ms;
     unsigned char u[16];
 
-    random_bytes(u, sizeof(u));
+    ids_random(u, sizeof(u));
     gettimeofday(&tv, NULL);
     ms = (unsigned long long)tv.tv_sec * 1000ULL + (unsigned long long)tv.tv_usec / 1000ULL;
     for (int i = 0; i < 6; i++)

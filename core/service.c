@@ -322,13 +322,12 @@ void service_open_store(struct service *svc)
     } else {
         log_warn("GROUP_COMMIT=0: every transaction commits on its own");
     }
-    svc->stats_->commits =
-        metrics_counter(svc->metrics, "store_commits_total",
-                        "SQLite COMMITs (with group commit, one per loop iteration that wrote).",
-                        "");
-    svc->stats_->txns = metrics_counter(
-        svc->metrics, "store_transactions_total",
-        "Transactions (store_begin .. store_commit) those COMMITs carried.", "");
+    svc->stats_->commits = metrics_counter(
+        svc->metrics, "store_commits_total",
+        "SQLite COMMITs (with group commit, one per loop iteration that wrote).", "");
+    svc->stats_->txns =
+        metrics_counter(svc->metrics, "store_transactions_total",
+                        "Transactions (store_begin .. store_commit) those COMMITs carried.", "");
     if (svc->stats_->commits == NULL || svc->stats_->txns == NULL)
         service_fatal(svc, "out of memory");
     if (store_on_commit(svc->store, count_commits, svc) < 0)

@@ -1,14 +1,14 @@
 /* trace.c -- W3C trace context. See ripple/trace.h.
  *
  * The current context is a copy in static storage: one loop, one piece of
- * work at a time. Random ids come from OpenSSL (RAND_bytes), as the event
- * ids do (core/ids.c). */
+ * work at a time. Random ids come from the same CSPRNG pool as the event
+ * ids (ids_random, core/ids.c). */
 #include <ripple/trace.h>
 
 #include <errno.h>
 #include <string.h>
 
-#include <openssl/rand.h>
+#include <ripple/ids.h>
 
 static char current[TRACE_PARENT_LEN + 1];
 static char current_id[TRACE_ID_LEN + 1];
@@ -49,8 +49,7 @@ static void random_hex(char *out, size_t n)
     unsigned char raw[16];
 
     do {
-        if (RAND_bytes(raw, (int)(n / 2)) != 1)
-            memset(raw, 0x5a, sizeof(raw)); /* never all zeros, if never random */
+        ids_random(raw, n / 2);
         for (size_t i = 0; i < n / 2; i++) {
             out[2 * i] = digits[raw[i] >> 4];
             out[2 * i + 1] = digits[raw[i] & 0xf];

@@ -14,6 +14,8 @@
 /* Writes a new id and its NUL into out (IDS_UUID_LEN + 1 bytes). */
 void ids_uuid4(char out[IDS_UUID_LEN + 1]);
 void ids_uuid7(char out[IDS_UUID_LEN + 1]);
+/* Fills buf with n bytes from a CSPRNG (OpenSSL's, drawn in blocks). */
+void ids_random(void *buf, size_t n);
 /* 1 when s[0..len) is a canonical UUID (hex digits in either case). */
 int ids_is_uuid(const char *s, size_t len);
 /* Copies the UUID s[0..len) lower-cased, with its NUL, into out: the one

@@ -43,6 +43,9 @@ void store_close(struct store *st);
 CORE_MUST_CHECK int store_offload_checkpoints(struct store *st, struct uv_loop_s *loop);
 /* Background checkpoints completed so far. */
 unsigned long store_checkpoints(const struct store *st);
+/* Checkpoints the loop ran itself to finish a background one, so that the
+ * WAL starts over instead of growing (see store.c). */
+unsigned long store_tail_checkpoints(const struct store *st);
 
 /* The connection, borrowed, for sqlite3_* calls on prepared statements. */
 struct sqlite3 *store_db(struct store *st);

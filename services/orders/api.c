@@ -177,17 +177,15 @@ static void place_free(struct place *p)
     free(p);
 }
 
-/* Answers 202 with order id (committed: even if it cannot be read back). */
-static void reply_order(struct place *p, const char *id, int replayed)
+/* Answers 202 with order id: order (stolen), or as read back when NULL
+ * (a replay; committed even if it cannot be read back). */
+static void reply_order(struct place *p, const char *id, json_t *order, int replayed)
 {
     char location[64];
-    json_t *order;
     int rc;
 
-    if (orders_get(p->o, id, NULL, &order) < 0)
-        order = replayed ? json_pack("{s:s, s:s}", "id", id, "user_id", p->user_id)
-                         : json_pack("{s:s, s:s, s:s}", "id", id, "user_id", p->user_id, "status",
-                                     ORDERS_PENDING);
+    if (order == NULL && orders_get(p->o, id, NULL, &order) < 0)
+        order = json_pack("{s:s, s:s}", "id", id, "user_id", p->user_id);
     rc = snprintf(location, sizeof(location), "/api/v1/orders/%s", id);
     if (rc > 0 && (size_t)rc < sizeof(location) &&
         http_add_header(p->req, "Location", location) < 0)
@@ -226,7 +224,7 @@ static int reply_replay(struct place *p)
     } else {
         log_write(LOG_LEVEL_INFO, id, "order replayed id=%s user=%s (Idempotency-Key)", id,
                   p->user_id);
-        reply_order(p, id, 1);
+        reply_order(p, id, NULL, 1);
     }
     free(items);
     free(had);
@@ -241,9 +239,10 @@ static void place_order(struct place *p)
     struct orders_new n = {
         .user_id = p->user_id, .items = p->items, .idempotency_key = p->key[0] ? p->key : NULL};
     char id[IDS_UUID_LEN + 1];
+    json_t *order = NULL;
     int rc = store_begin(st);
 
-    if (rc == 0 && (rc = orders_create(o, &n, id)) < 0)
+    if (rc == 0 && (rc = orders_create(o, &n, id, &order)) < 0)
         store_rollback(st);
     if (rc == 0)
         rc = store_commit(st);
@@ -254,12 +253,13 @@ static void place_order(struct place *p)
             return;
     }
     if (rc < 0) {
+        json_decref(order);
         http_reply_internal(p->req);
         return;
     }
     log_write(LOG_LEVEL_INFO, id, "order placed id=%s user=%s items=%zu", id, p->user_id,
               json_array_size(p->items));
-    reply_order(p, id, 0);
+    reply_order(p, id, order, 0);
 }
 
 static void reply_unavailable(struct http_request *req, const char *why)

@@ -112,7 +112,7 @@ static int place_finish(struct stream_msg *msg, struct orders *o)
 
     if (msg->ctx != pp || pp->items == NULL)
         return -EAGAIN; /* not ours to resume: start over */
-    rc = orders_create(o, &n, id);
+    rc = orders_create(o, &n, id, NULL);
     if (rc == 0)
         log_write(LOG_LEVEL_INFO, id, "order %s id=%s user=%s items=%zu from %s %s%s%s",
                   n.reason ? "rejected" : "placed", id, pp->user_id, json_array_size(pp->items),

@@ -73,12 +73,26 @@ int orders_model_prepare(struct orders *o)
  * Writes (inside the caller's transaction)
  * ------------------------------------------------------------------------- */
 
+/* A step as the timeline shows it (step_from_row's shape). */
+static json_t *step_json(const char *step, const char *event_type, const char *event_id,
+                         const char *stream, const char *entry_id, const char *at)
+{
+    return json_pack("{s:s, s:s, s:s?, s:s, s:s?, s:s}", "step", step, "event_type", event_type,
+                     "event_id", event_id, "stream", stream, "entry_id", entry_id, "at", at);
+}
+
 int orders_step_add(struct orders *o, const char *order_id, const char *step,
                     const char *event_type, const char *event_id, const char *stream,
                     const char *entry_id, const char *at)
 {
-    return store_exec(o->svc->store, o->step_add, "orders: add a timeline step", "sssssss",
-                      order_id, step, event_type, event_id, stream, entry_id, at);
+    int rc = store_exec(o->svc->store, o->step_add, "orders: add a timeline step", "sssssss",
+                        order_id, step, event_type, event_id, stream, entry_id, at);
+
+    if (rc == 0 && o->timeline != NULL &&
+        json_array_append_new(o->timeline,
+                              step_json(step, event_type, event_id, stream, entry_id, at)) < 0)
+        rc = -ENOMEM;
+    return rc;
 }
 
 int orders_emit(struct orders *o, const char *order_id, enum orders_out out, json_t *data,
@@ -127,21 +141,27 @@ static int emit_rejected(struct orders *o, const char *id, const struct orders_n
         ORDERS_STEP_REJECTED, at);
 }
 
-int orders_create(struct orders *o, const struct orders_new *n, char id[IDS_UUID_LEN + 1])
+/* The order orders_create wrote, as order_from_row and add_timeline would
+ * read it back; steals timeline. NULL on ENOMEM. */
+static json_t *created_json(const char *id, const struct orders_new *n, const char *at,
+                            json_t *timeline)
+{
+    const char *trace = trace_current();
+
+    return json_pack("{s:s, s:s, s:s, s:O, s:n, s:s?, s:s, s:s, s:s?, s:o}", "id", id, "user_id",
+                     n->user_id, "status", n->reason ? ORDERS_REJECTED : ORDERS_PENDING, "items",
+                     n->items, "amount_cents", "reason", n->reason, "created_at", at, "updated_at",
+                     at, "traceparent", trace, "timeline", timeline);
+}
+
+static int create(struct orders *o, const struct orders_new *n, const char *id, const char *at)
 {
     const struct stream_msg *cmd = n->cmd;
-    char at[CLOCK_ISO8601_LEN + 1];
-    char *items;
+    char *items = json_dumps(n->items, JSON_COMPACT);
     int rc;
 
-    if (!store_in_txn(o->svc->store))
-        return -EINVAL;
-    if (clock_iso8601(at, sizeof(at)) < 0)
-        return -EIO;
-    items = json_dumps(n->items, JSON_COMPACT);
     if (items == NULL)
         return -ENOMEM;
-    ids_uuid7(id); /* time-ordered: its index and its steps append */
     rc = insert_order(o, id, n, items, at);
     free(items);
     if (rc == 0 && cmd != NULL)
@@ -151,6 +171,32 @@ int orders_create(struct orders *o, const struct orders_new *n, char id[IDS_UUID
         rc = n->reason ? emit_rejected(o, id, n, at) : emit_placed(o, id, n, at);
     if (rc == 0 && n->reason == NULL)
         rc = orders_saga_arm(o, id);
+    return rc;
+}
+
+int orders_create(struct orders *o, const struct orders_new *n, char id[IDS_UUID_LEN + 1],
+                  json_t **out)
+{
+    char at[CLOCK_ISO8601_LEN + 1];
+    int rc;
+
+    if (!store_in_txn(o->svc->store))
+        return -EINVAL;
+    if (clock_iso8601(at, sizeof(at)) < 0)
+        return -EIO;
+    ids_uuid7(id); /* time-ordered: its index and its steps append */
+    if (out != NULL && (o->timeline = json_array()) == NULL)
+        return -ENOMEM;
+    rc = create(o, n, id, at);
+    if (out != NULL) {
+        json_t *timeline = o->timeline;
+
+        o->timeline = NULL;
+        if (rc == 0 && (*out = created_json(id, n, at, timeline)) == NULL)
+            rc = -ENOMEM;
+        else if (rc < 0)
+            json_decref(timeline);
+    }
     return rc;
 }
 

@@ -515,8 +515,7 @@ static void counts_are(uint64_t hits, uint64_t misses)
     uint64_t h, m;
 
     auth_cache_counts(&ca, &h, &m);
-    cr_assert_eq(h, hits, "hits %llu, want %llu", (unsigned long long)h,
-                 (unsigned long long)hits);
+    cr_assert_eq(h, hits, "hits %llu, want %llu", (unsigned long long)h, (unsigned long long)hits);
     cr_assert_eq(m, misses, "misses %llu, want %llu", (unsigned long long)m,
                  (unsigned long long)misses);
 }

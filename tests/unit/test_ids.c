@@ -1,7 +1,10 @@
 /* test_ids.c -- core/ids: new ids, and the one canonical spelling of a UUID. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <ripple/ids.h>
 
@@ -48,4 +51,41 @@ Test(ids, canonical_refuses_what_is_not_a_uuid)
     /* the length given is what counts, not a NUL further on */
     cr_assert_eq(ids_canonical("0189abcd-ef01-7abc-8def-0123456789afff", 36, out), 0);
     cr_assert_str_eq(out, "0189abcd-ef01-7abc-8def-0123456789af");
+}
+
+static int by_text(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+/* The random pool hands each byte out once: ids drawn across many refills
+ * never repeat, and a forked child does not hand out the bytes its parent
+ * has yet to use. */
+Test(ids, random_bytes_are_never_handed_out_twice)
+{
+    enum { N = 4000 };
+    static char seen[N][IDS_UUID_LEN + 1];
+    unsigned char parent[16], child[16];
+    int fd[2], status;
+    pid_t pid;
+
+    for (int i = 0; i < N; i++) /* 16 bytes each: 250 refills of the pool */
+        ids_uuid4(seen[i]);
+    qsort(seen, N, sizeof(seen[0]), by_text);
+    for (int i = 1; i < N; i++)
+        cr_assert_str_neq(seen[i], seen[i - 1]);
+    cr_assert_eq(pipe(fd), 0);
+    ids_random(parent, 1); /* the pool is filled and in use at the fork */
+    pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        ids_random(child, sizeof(child));
+        _exit(write(fd[1], child, sizeof(child)) == (ssize_t)sizeof(child) ? 0 : 1);
+    }
+    ids_random(parent, sizeof(parent));
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert_eq(read(fd[0], child, sizeof(child)), (ssize_t)sizeof(child));
+    cr_assert_neq(memcmp(parent, child, sizeof(parent)), 0, "the child repeated its parent");
+    close(fd[0]);
+    close(fd[1]);
 }
