@@ -93,8 +93,19 @@ static void conn_start(struct redis *r);
 struct redis_events {
     redisAsyncContext *ac; /* NULL once hiredis has cleaned up */
     uv_poll_t poll;
+    uv_check_t check;     /* flushes what was queued during the poll phase ... */
+    uv_prepare_t prepare; /* ... and before the next poll, what came after */
     int events;
+    int flush;    /* commands wait in hiredis's buffer: written at the next flush */
+    int flushing; /* inside flush: a write that does not finish polls for room */
+    int closes;   /* handles still closing */
 };
+
+static void ev_scope(const struct redis_events *p)
+{
+    if (p->ac->data != NULL && ((struct redis *)p->ac->data)->log_scope != NULL)
+        log_scope(((struct redis *)p->ac->data)->log_scope);
+}
 
 static void ev_on_poll(uv_poll_t *h, int status, int events)
 {
@@ -102,8 +113,7 @@ static void ev_on_poll(uv_poll_t *h, int status, int events)
 
     if (p->ac == NULL)
         return;
-    if (p->ac->data != NULL && ((struct redis *)p->ac->data)->log_scope != NULL)
-        log_scope(((struct redis *)p->ac->data)->log_scope);
+    ev_scope(p);
     /* An error (libuv has stopped the handle): let hiredis read, so that it
      * finds the error itself and disconnects, or fails the connect. */
     if (status < 0)
@@ -121,6 +131,41 @@ static void ev_update(struct redis_events *p, int events)
         uv_poll_start(&p->poll, events, ev_on_poll);
     else
         uv_poll_stop(&p->poll);
+}
+
+static void ev_flush_stop(struct redis_events *p)
+{
+    p->flush = 0;
+    uv_check_stop(&p->check);
+    uv_prepare_stop(&p->prepare);
+}
+
+/* Writes the commands queued since the last flush, once per loop phase
+ * rather than when the next poll says the socket is writable: a command
+ * issued in a callback reaches Redis in the same iteration (its reply can
+ * come back in the next), and a connected socket is not switched to write
+ * interest and back -- two epoll_ctl calls -- for every command. */
+static void ev_flush(struct redis_events *p)
+{
+    if (!p->flush)
+        return;
+    ev_flush_stop(p);
+    if (p->ac == NULL)
+        return;
+    ev_scope(p);
+    p->flushing = 1;
+    redisAsyncHandleWrite(p->ac); /* may disconnect: p lives until its close callbacks */
+    p->flushing = 0;
+}
+
+static void ev_on_check(uv_check_t *h)
+{
+    ev_flush(h->data);
+}
+
+static void ev_on_prepare(uv_prepare_t *h)
+{
+    ev_flush(h->data);
 }
 
 static void ev_add_read(void *data)
@@ -141,19 +186,35 @@ static void ev_add_write(void *data)
 {
     struct redis_events *p = data;
 
-    ev_update(p, p->events | UV_WRITABLE);
+    /* Connecting (the poll tells when it is done), or a flush that found
+     * the socket's buffer full: wait for room. */
+    if (p->flushing || p->ac == NULL || !(p->ac->c.flags & REDIS_CONNECTED)) {
+        ev_update(p, p->events | UV_WRITABLE);
+        return;
+    }
+    if (!p->flush && !(p->events & UV_WRITABLE)) {
+        p->flush = 1;
+        uv_check_start(&p->check, ev_on_check);
+        uv_prepare_start(&p->prepare, ev_on_prepare);
+    }
 }
 
 static void ev_del_write(void *data)
 {
     struct redis_events *p = data;
 
-    ev_update(p, p->events & ~UV_WRITABLE);
+    if (p->flush)
+        ev_flush_stop(p);
+    if (p->events & UV_WRITABLE)
+        ev_update(p, p->events & ~UV_WRITABLE);
 }
 
 static void ev_on_close(uv_handle_t *h)
 {
-    free(h->data);
+    struct redis_events *p = h->data;
+
+    if (--p->closes == 0)
+        free(p);
 }
 
 static void ev_cleanup(void *data)
@@ -161,7 +222,11 @@ static void ev_cleanup(void *data)
     struct redis_events *p = data;
 
     p->ac = NULL;
+    p->flush = 0;
+    p->closes = 3;
     uv_close((uv_handle_t *)&p->poll, ev_on_close);
+    uv_close((uv_handle_t *)&p->check, ev_on_close);
+    uv_close((uv_handle_t *)&p->prepare, ev_on_close);
 }
 
 static int ev_attach(redisAsyncContext *ac, uv_loop_t *loop)
@@ -177,8 +242,11 @@ static int ev_attach(redisAsyncContext *ac, uv_loop_t *loop)
         free(p);
         return -EIO;
     }
+    /* cannot fail on an initialized loop */
+    (void)uv_check_init(loop, &p->check);
+    (void)uv_prepare_init(loop, &p->prepare);
     p->ac = ac;
-    p->poll.data = p;
+    p->poll.data = p->check.data = p->prepare.data = p;
     ac->ev.addRead = ev_add_read;
     ac->ev.delRead = ev_del_read;
     ac->ev.addWrite = ev_add_write;
