@@ -152,6 +152,30 @@ Test(redis, connects_by_name)
     fx_close(&x);
 }
 
+/* A command goes out in the loop iteration that queued it, not when the next
+ * poll reports the socket writable: against a server on the same loop the
+ * reply is in by the second iteration (it was the third when writes waited
+ * for the poll). */
+Test(redis, a_command_is_written_in_the_iteration_that_queued_it)
+{
+    struct fx x;
+    struct outcome o = {0};
+    int iterations = 0;
+
+    fx_open(&x, "127.0.0.1", NULL);
+    redis_start(x.r);
+    cr_assert(RUN_UNTIL(&x, is_up, 5000));
+    cr_assert_eq(send_cmd(&x, "PING", &o), 0);
+    while (!o.fired && iterations < 10) {
+        uv_run(&x.loop, UV_RUN_ONCE);
+        iterations++;
+    }
+    cr_assert_eq(o.fired, 1);
+    cr_expect_str_eq(o.str, "PONG");
+    cr_expect_leq(iterations, 2, "the reply took %d loop iterations", iterations);
+    fx_close(&x);
+}
+
 static const char *readonly_set(struct fake_redis *f, int argc, char **argv)
 {
     (void)f;
