@@ -209,6 +209,12 @@ static int configure(struct store *st, const char *path)
         rc = run_pragma(st, "PRAGMA synchronous = NORMAL", NULL);
     if (rc == 0)
         rc = run_pragma(st, "PRAGMA foreign_keys = ON", NULL);
+    /* The savepoint of every transaction in a group keeps the pages it
+     * changes in a sub-journal, which SQLite spills past 64 KiB to a
+     * temporary file: created, written, unlinked and closed for every
+     * group. In memory it is a copy (and bounded by the group). */
+    if (rc == 0)
+        rc = run_pragma(st, "PRAGMA temp_store = MEMORY", NULL);
     if (rc == 0)
         rc = prepare_internal(st, "BEGIN IMMEDIATE", &st->begin);
     if (rc == 0)

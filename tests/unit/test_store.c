@@ -7,7 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <sqlite3.h>
 #include <uv.h>
@@ -694,6 +696,63 @@ Test(store, group_commit_shares_one_commit_per_loop_iteration)
     group_close(st, &loop); /* store_group_end commits what is pending */
     cr_assert_eq(late.calls, 0);
     cr_assert_eq(seen_elsewhere("SELECT count(*) FROM a WHERE x = 13"), 1);
+}
+
+/* Open files of ours that SQLite made as temporary files (etilqs_*). */
+static int sqlite_temp_files(void)
+{
+    char path[320], target[512];
+    struct dirent *d;
+    DIR *fds = opendir("/proc/self/fd");
+    int n = 0;
+
+    cr_assert_not_null(fds);
+    while ((d = readdir(fds)) != NULL) {
+        ssize_t len;
+
+        snprintf(path, sizeof(path), "/proc/self/fd/%s", d->d_name);
+        len = readlink(path, target, sizeof(target) - 1);
+        if (len <= 0)
+            continue;
+        target[len] = '\0';
+        n += strstr(target, "etilqs_") != NULL;
+    }
+    closedir(fds);
+    return n;
+}
+
+/* Many transactions in one group change the same pages: each savepoint's
+ * sub-journal holds them, ~400 KiB here, and it stays in memory instead of
+ * spilling to a temporary file that is created, written and deleted for
+ * every group. */
+Test(store, savepoints_of_a_group_never_spill_to_a_temporary_file)
+{
+    static const char schema[] =
+        "-- migration: 1\nCREATE TABLE wide (k INTEGER PRIMARY KEY, v BLOB);\n";
+    char blob[2000];
+    struct store *st;
+    uv_loop_t loop;
+
+    memset(blob, 'z', sizeof(blob));
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    cr_assert_eq(store_open(db_path, schema, &st), 0);
+    exec_ok(st, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100) "
+                "INSERT INTO wide (k, v) SELECT i, zeroblob(2000) FROM n");
+    cr_assert_eq(store_group_commit(st, &loop, NULL), 0);
+    for (int t = 0; t < 4; t++) {
+        struct sqlite3_stmt *up;
+
+        cr_assert_eq(store_begin(st), 0);
+        cr_assert_eq(store_prepare(st, "UPDATE wide SET v = ?", &up), 0);
+        blob[0] = (char)('a' + t);
+        sqlite3_bind_blob(up, 1, blob, sizeof(blob), SQLITE_STATIC);
+        cr_assert_eq(sqlite3_step(up), SQLITE_DONE, "%s", store_errmsg(st));
+        store_reset(up);
+        cr_assert_eq(store_commit(st), 0);
+    }
+    cr_assert_eq(store_group_pending(st), 1);
+    cr_assert_eq(sqlite_temp_files(), 0, "a savepoint's journal went to a temporary file");
+    group_close(st, &loop);
 }
 
 Test(store, a_failed_group_commit_rolls_back_every_transaction_and_tells_its_waiters)
