@@ -402,23 +402,32 @@ static int add_schemas(struct build *b)
     return 0;
 }
 
-/* The tags the operations use, the module's first, each described. */
+static const char *tag_description(const struct build *b, const char *name)
+{
+    if (strcmp(name, RUNTIME_TAG) == 0)
+        return "What every ripple service serves: liveness, readiness, metrics and this document.";
+    if (strcmp(name, b->info->title) == 0 && b->info->description != NULL)
+        return b->info->description;
+    return "Routes of this service.";
+}
+
+/* The tags the operations use, each described: the module's own first (a
+ * renderer lists them in this order), the runtime's last. */
 static json_t *tags_of(const struct build *b)
 {
     json_t *tags = json_array();
     const char *name;
     json_t *v;
 
-    json_object_foreach(b->tags_seen, name, v)
-    {
-        const char *what = strcmp(name, RUNTIME_TAG) == 0
-                               ? "What every ripple service serves: liveness, readiness, "
-                                 "metrics and this document."
-                           : strcmp(name, b->info->title) == 0 && b->info->description
-                               ? b->info->description
-                               : "Routes of this service.";
+    for (int pass = 0; pass < 3; pass++) {
+        json_object_foreach(b->tags_seen, name, v)
+        {
+            int which = strcmp(name, b->info->title) == 0 ? 0 : strcmp(name, RUNTIME_TAG) ? 1 : 2;
 
-        json_array_append_new(tags, json_pack("{s:s, s:s}", "name", name, "description", what));
+            if (which == pass)
+                json_array_append_new(tags, json_pack("{s:s, s:s}", "name", name, "description",
+                                                      tag_description(b, name)));
+        }
     }
     return tags;
 }
