@@ -8,6 +8,7 @@
  * before it listens. The result is a new json_t the caller serializes. */
 #include <ripple/openapi.h>
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -300,22 +301,30 @@ static int request_of(struct build *b, const struct openapi_route *doc, json_t *
  * Operations
  * ------------------------------------------------------------------------- */
 
+static char lower(char ch)
+{
+    return (char)tolower((unsigned char)ch);
+}
+
+/* A character of an operation id: letters and digits as they are, '_'
+ * for the rest. */
+static char id_char(char ch)
+{
+    if (isalnum((unsigned char)ch))
+        return ch;
+    return '_';
+}
+
 /* "get_api_v1_users_id" from GET /api/v1/users/{id}: unique per route. */
 static void operation_id(const struct http_route *rt, char *buf, size_t len)
 {
     size_t n = 0;
 
     for (const char *m = rt->method; *m && n + 1 < len; m++)
-        buf[n++] = (char)(*m >= 'A' && *m <= 'Z' ? *m - 'A' + 'a' : *m);
-    for (const char *p = rt->pattern; *p && n + 1 < len; p++) {
-        char ch = *p;
-
-        if (ch == '{' || ch == '}')
-            continue;
-        buf[n++] = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9')
-                       ? ch
-                       : '_';
-    }
+        buf[n++] = lower(*m);
+    for (const char *p = rt->pattern; *p && n + 1 < len; p++)
+        if (*p != '{' && *p != '}')
+            buf[n++] = id_char(*p);
     buf[n] = '\0';
 }
 
@@ -361,9 +370,7 @@ static int add_route(struct build *b)
     size_t i;
 
     for (i = 0; b->rt->method[i] && i + 1 < sizeof(method); i++)
-        method[i] =
-            (char)(b->rt->method[i] >= 'A' && b->rt->method[i] <= 'Z' ? b->rt->method[i] - 'A' + 'a'
-                                                                      : b->rt->method[i]);
+        method[i] = lower(b->rt->method[i]);
     method[i] = '\0';
     if (item == NULL) {
         item = json_object();
