@@ -11,7 +11,8 @@ OpenAPI 3.1 document built from the routes and what each declares beside it
   included, and every answer validates against its documented schema
   (python3-jsonschema, draft 2020-12); and the last test of the session
   validates every answer any e2e test got from a documented route
-  (conftest.record_answer).
+  (conftest.record_answer; RIPPLE_OPENAPI_ANSWERS=<file> writes what it
+  checked there).
 - The documents pass a real OpenAPI linter (@redocly/cli lint, pinned in
   tests/openapi, installed by tests/openapi/setup: `make e2e` runs it).
 - The committed docs/openapi/<module>.json equal what the modules serve, in
@@ -306,8 +307,8 @@ def test_every_answer_the_session_saw_matches_its_schema():
     documents (which test_committed_documents_are_what_the_services_serve
     holds equal to the served ones)."""
     docs = {n: json.loads((DOCS / f"{n}.json").read_text()) for n in MODULES}
-    problems, checked = [], 0
-    for (name, method, path, _status), answers in sorted(ANSWERS.items(), key=str):
+    problems, checked, report = [], 0, []
+    for (name, method, path, status), answers in sorted(ANSWERS.items(), key=str):
         if name not in docs:
             continue  # a module of an example, not documented here
         for resp in answers:
@@ -315,6 +316,12 @@ def test_every_answer_the_session_saw_matches_its_schema():
             if found is not None:
                 checked += 1
                 problems += [f"{name}: {p}" for p in found]
+                report.append({"module": name, "method": method, "path": path, "status": status,
+                               "route": find_operation(docs[name], method, path)[0],
+                               "problems": found})
+    if os.environ.get("RIPPLE_OPENAPI_ANSWERS"):  # a file of what was checked, for people
+        with open(os.environ["RIPPLE_OPENAPI_ANSWERS"], "w") as f:
+            json.dump(report, f, indent=1)
     assert checked > 0, "no answer of a documented route was recorded"
     assert problems == [], f"{len(problems)} of {checked} answers do not match:\n" + \
         "\n".join(sorted(set(problems))[:60])
