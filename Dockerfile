@@ -28,6 +28,15 @@ COPY Makefile ./
 COPY scripts/embed-sql scripts/gen-host scripts/embed-assets scripts/
 COPY scripts/dlq.d scripts/dlq.d
 COPY include include
+# The docs page's renderer (GET /api/docs), embedded by make: the four files
+# tools/apidocs/setup installed on the host from the pinned lock (make
+# compose-test runs scripts/install-deps first), so the build stage needs no
+# npm and no registry, and the image holds exactly the reviewed version.
+COPY tools/apidocs/node_modules/swagger-ui-dist/swagger-ui-bundle.js \
+     tools/apidocs/node_modules/swagger-ui-dist/swagger-ui.css \
+     tools/apidocs/node_modules/swagger-ui-dist/LICENSE \
+     tools/apidocs/node_modules/swagger-ui-dist/NOTICE \
+     tools/apidocs/node_modules/swagger-ui-dist/
 COPY core core
 COPY streams streams
 COPY services services

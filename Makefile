@@ -23,7 +23,7 @@ LDFLAGS  += $(MODE_LDFLAGS)
 LDLIBS   += -luv -lhiredis -lcurl -ljansson -lsqlite3 -ljwt -lcrypto -lpthread -lm
 
 CORE_SRC := $(wildcard core/*.c streams/*.c)
-CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
+CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/openapi_assets.o
 LLHTTP_OBJ := $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o $(BUILD)/llhttp/llhttp.o
 
 # Every services/<name>/ is a module (core/module.h): its .c files, and its
@@ -63,6 +63,26 @@ $(BUILD)/gen/%_schema.c: services/%/schema.sql scripts/embed-sql
 $(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+
+# Every service's GET /api/docs page (core/openapi.c): core/apidocs/ and the
+# renderer's files from swagger-ui-dist, pinned in tools/apidocs and
+# installed by tools/apidocs/setup (scripts/install-deps runs it too; the
+# Docker build gets the installed files in its context), embedded into the
+# runtime like a module's assets.
+APIDOCS_DIST := tools/apidocs/node_modules/swagger-ui-dist
+APIDOCS_NPM := $(APIDOCS_DIST)/swagger-ui-bundle.js $(APIDOCS_DIST)/swagger-ui.css \
+               $(APIDOCS_DIST)/LICENSE $(APIDOCS_DIST)/NOTICE
+APIDOCS_FILES := $(sort $(wildcard core/apidocs/*)) $(APIDOCS_NPM)
+$(APIDOCS_NPM) &:
+	tools/apidocs/setup --quiet
+
+$(BUILD)/gen/openapi_assets.c: scripts/embed-assets $(APIDOCS_FILES)
+	@mkdir -p $(@D)
+	scripts/embed-assets openapi include/ripple/openapi.h $(APIDOCS_FILES) > $@
+
+# The version the OpenAPI documents carry (info.version).
+$(BUILD)/obj/core/service.o $(BUILD)/pic/obj/core/service.o: \
+	CPPFLAGS += -DRIPPLE_VERSION_STRING='"$(RIPPLE_VERSION)"'
 
 $(BUILD)/libcore.a: $(CORE_OBJ) $(LLHTTP_OBJ)
 	rm -f $@
@@ -109,7 +129,7 @@ deps:
 unit: $(BUILD)/unit_tests
 	$(BUILD)/unit_tests --jobs 2
 
-e2e: all browser-deps
+e2e: all browser-deps openapi-deps
 	RIPPLE_REQUIRE_BROWSER=1 RIPPLE_BIN=$(abspath $(BUILD)) $(PYTHON) -m pytest -q tests/e2e \
 		$(PYTEST_ARGS)
 
@@ -119,6 +139,17 @@ e2e: all browser-deps
 browser-deps:
 	@scripts/install-deps --quiet --with chromium
 	@tests/browser/setup --quiet
+
+# The OpenAPI linter of tests/e2e/test_openapi.py: @redocly/cli from npm,
+# pinned in tests/openapi/ (node and npm from scripts/install-deps).
+.PHONY: openapi-deps openapi
+openapi-deps:
+	@tests/openapi/setup --quiet
+
+# docs/openapi/<module>.json: what each module serves at
+# GET /api/v1/openapi.json (test_openapi fails when a committed copy differs).
+openapi: all
+	RIPPLE_BIN=$(abspath $(BUILD)) scripts/openapi
 
 # Regenerates docs/console.png and docs/console-saga.png (README) from the
 # browser test's screenshots.
@@ -259,7 +290,7 @@ RIPPLE_REQUIRES := libuv hiredis jansson sqlite3 libjwt libcurl libcrypto
 RIPPLE_LIBS_PRIVATE := -lpthread -lm
 PUBLIC_HEADERS := $(wildcard include/ripple/*.h)
 RIPPLE_TOOLS := embed-sql gen-host embed-assets
-LIB_OBJ := $(CORE_SRC:%.c=$(PIC)/obj/%.o)
+LIB_OBJ := $(CORE_SRC:%.c=$(PIC)/obj/%.o) $(PIC)/obj/gen/openapi_assets.o
 LIB_LLHTTP_OBJ := $(PIC)/llhttp/api.o $(PIC)/llhttp/http.o $(PIC)/llhttp/llhttp.o
 MODULES_LIB_OBJ := $(patsubst $(BUILD)/obj/%,$(PIC)/obj/%,$(ALL_MODULE_OBJ))
 # What the modules call themselves besides the runtime: a static archive has

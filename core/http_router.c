@@ -99,6 +99,18 @@ static int route_parse(struct http_route *rt, const char *pattern)
 int http_router_add(struct http_router *r, const char *method, const char *pattern, unsigned flags,
                     http_handler_cb handler, void *data)
 {
+    return http_router_add_doc(r, method, pattern, flags, NULL, handler, data);
+}
+
+const struct http_route *http_router_route(const struct http_router *r, size_t i)
+{
+    return i < r->nroutes ? &r->routes[i] : NULL;
+}
+
+int http_router_add_doc(struct http_router *r, const char *method, const char *pattern,
+                        unsigned flags, const struct openapi_route *doc, http_handler_cb handler,
+                        void *data)
+{
     struct http_route *rt;
     int rc;
 
@@ -110,6 +122,7 @@ int http_router_add(struct http_router *r, const char *method, const char *patte
     rt->flags = flags;
     rt->handler = handler;
     rt->data = data;
+    rt->doc = doc;
     rt->pattern = strdup(pattern);
     if (rt->pattern == NULL)
         return -ENOMEM;

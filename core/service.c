@@ -18,11 +18,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include <ripple/http_client.h>
 #include <ripple/http_reply.h>
 #include <ripple/http_server.h>
 #include <ripple/log.h>
 #include <ripple/metrics.h>
+#include <ripple/openapi.h>
 #include <ripple/outbox.h>
 #include <ripple/redis.h>
 #include <ripple/store.h>
@@ -201,6 +204,169 @@ static void on_metrics(struct http_request *req, const struct auth_claims *who, 
 }
 
 /* ---------------------------------------------------------------------------
+ * Built-in routes: the OpenAPI document and its page
+ * ------------------------------------------------------------------------- */
+
+#ifndef RIPPLE_VERSION_STRING
+#define RIPPLE_VERSION_STRING "0.0.0" /* the Makefile passes RIPPLE_VERSION */
+#endif
+
+/* The page loads nothing but its own files (the renderer sets inline
+ * styles, never inline scripts). */
+#define DOCS_CSP                                                                                   \
+    "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "                 \
+    "base-uri 'none'; frame-ancestors 'none'"
+
+static void docs_headers(struct http_request *req, const char *cache_control)
+{
+    if (http_add_header(req, "Content-Security-Policy", DOCS_CSP) < 0 ||
+        http_add_header(req, "X-Content-Type-Options", "nosniff") < 0 ||
+        http_add_header(req, "Cache-Control", cache_control) < 0)
+        log_debug("http: a docs header did not fit");
+}
+
+static void on_openapi(struct http_request *req, const struct auth_claims *who, void *data)
+{
+    struct service *svc = data;
+
+    (void)who;
+    if (svc->openapi_ == NULL) { /* not reached: built before the service listens */
+        http_reply_error(req, 503, NULL, "the document is not built yet");
+        return;
+    }
+    if (http_add_header(req, "Cache-Control", "no-cache") < 0)
+        log_debug("http: Cache-Control did not fit");
+    http_respond(req, 200, "application/json", svc->openapi_, svc->openapi_len_);
+}
+
+static void serve_docs_file(struct http_request *req, const char *name, const char *cache)
+{
+    const struct openapi_asset *a = openapi_asset_find(name);
+
+    if (a == NULL) {
+        http_reply_error(req, 404, NULL, "no such file");
+        return;
+    }
+    docs_headers(req, cache);
+    http_respond(req, 200, a->content_type, (const char *)a->data, a->len);
+}
+
+static void on_docs(struct http_request *req, const struct auth_claims *who, void *data)
+{
+    (void)who;
+    (void)data;
+    serve_docs_file(req, "index.html", "no-cache");
+}
+
+static void on_docs_file(struct http_request *req, const struct auth_claims *who, void *data)
+{
+    const char *name = http_request_param(req, "file");
+
+    (void)who;
+    (void)data;
+    serve_docs_file(req, name ? name : "", "max-age=3600");
+}
+
+static const struct openapi_route doc_healthz = {
+    .summary = "Liveness: the process answers",
+    .tag = "runtime",
+    .responses = (const struct openapi_response[]){
+        OPENAPI_ANSWER(200, "Alive.",
+                       "{\"type\":\"object\",\"required\":[\"status\"],"
+                       "\"properties\":{\"status\":{\"const\":\"ok\"}}}"),
+        OPENAPI_END}};
+
+#define READY_SCHEMA                                                                               \
+    "{\"type\":\"object\",\"required\":[\"status\",\"checks\"],\"properties\":{"                   \
+    "\"status\":{\"enum\":[\"ready\",\"unavailable\",\"stopping\"]},"                              \
+    "\"checks\":{\"type\":\"object\",\"required\":[\"database\",\"redis\"],\"properties\":{"       \
+    "\"database\":{\"enum\":[\"ok\",\"down\",\"unwritable\",\"none\"]},"                           \
+    "\"redis\":{\"enum\":[\"ok\",\"down\"]}}}}}"
+static const struct openapi_route doc_readyz = {
+    .summary = "Readiness: the database open and Redis connected",
+    .description = "Depends on this service's own database and Redis only, never on other "
+                   "services. A module without a database reports `\"database\": \"none\"`.",
+    .tag = "runtime",
+    .responses = (const struct openapi_response[]){
+        OPENAPI_ANSWER(200, "Ready.", READY_SCHEMA),
+        OPENAPI_ANSWER(503, "Not ready (the checks say why), or stopping.", READY_SCHEMA),
+        OPENAPI_END}};
+
+static const struct openapi_route doc_metrics = {
+    .summary = "Prometheus metrics",
+    .description = "The Prometheus text format (version 0.0.4): HTTP requests and durations by "
+                   "route, consumers, outbox, store and HTTP client series.",
+    .tag = "runtime",
+    .responses = (const struct openapi_response[]){
+        OPENAPI_MEDIA(200, "The metrics.", "text/plain"),
+        OPENAPI_ERROR(500, "The metrics could not be rendered."), OPENAPI_END}};
+
+static const struct openapi_route doc_openapi = {
+    .summary = "This service's OpenAPI 3.1 document",
+    .description = "Built from the routes the service serves and what each declares beside it.",
+    .tag = "runtime",
+    .responses = (const struct openapi_response[]){
+        OPENAPI_ANSWER(200, "The document.",
+                       "{\"type\":\"object\",\"required\":[\"openapi\",\"info\",\"paths\"],"
+                       "\"properties\":{\"openapi\":{\"type\":\"string\"},"
+                       "\"info\":{\"type\":\"object\"},\"paths\":{\"type\":\"object\"}}}"),
+        OPENAPI_END}};
+
+static const struct openapi_route doc_docs = {
+    .summary = "The document rendered for people (Swagger UI)",
+    .description = "Its scripts and styles come from this service (`/api/docs/{file}`), "
+                   "embedded at build time; nothing is loaded from elsewhere.",
+    .tag = "runtime",
+    .responses = (const struct openapi_response[]){OPENAPI_MEDIA(200, "The page.", "text/html"),
+                                                   OPENAPI_END}};
+
+static const struct openapi_route doc_docs_file = {
+    .summary = "A file of the docs page (the renderer's script and styles)",
+    .tag = "runtime",
+    .params =
+        (const struct openapi_param[]){
+            OPENAPI_PATH("file", "A file name, e.g. swagger-ui-bundle.js.",
+                         "{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9._-]+$\"}"),
+            OPENAPI_END_PARAMS},
+    .responses = (const struct openapi_response[]){
+        OPENAPI_MEDIA(200, "The file.", "*/*"), OPENAPI_ERROR(404, "No such file."), OPENAPI_END}};
+
+static void service_build_openapi(struct service *svc)
+{
+    struct openapi_info info = {
+        .title = svc->module->name,
+        .version = RIPPLE_VERSION_STRING,
+        .description = svc->api_description_,
+        .schemas = svc->api_schemas_,
+    };
+    char err[512];
+    json_t *doc;
+    int rc = openapi_build(svc->router, &info, &doc, err, sizeof(err));
+
+    if (rc < 0)
+        service_fatal(svc, "%s", err);
+    free(svc->openapi_);
+    svc->openapi_ = json_dumps(doc, JSON_INDENT(2));
+    json_decref(doc);
+    if (svc->openapi_ == NULL)
+        service_fatal(svc, "out of memory");
+    svc->openapi_len_ = strlen(svc->openapi_);
+    for (size_t i = 0; http_router_route(svc->router, i) != NULL; i++) {
+        const struct http_route *rt = http_router_route(svc->router, i);
+
+        log_debug("route %s %s%s", rt->method, rt->pattern,
+                  rt->flags & HTTP_ROUTE_PUBLIC ? " (public)" : "");
+    }
+}
+
+void service_openapi(struct service *svc, const char *description,
+                     const struct openapi_schema *schemas)
+{
+    svc->api_description_ = description;
+    svc->api_schemas_ = schemas;
+}
+
+/* ---------------------------------------------------------------------------
  * Set-up
  * ------------------------------------------------------------------------- */
 
@@ -230,9 +396,14 @@ void service_init(struct service *svc, uv_loop_t *loop, const struct module *m, 
                       "", gauge_rss, svc) < 0)
         service_fatal(svc, "out of memory");
     service_open_redis(svc);
-    service_route(svc, "GET", "/healthz", HTTP_ROUTE_PUBLIC, on_healthz, svc);
-    service_route(svc, "GET", "/readyz", HTTP_ROUTE_PUBLIC, on_readyz, svc);
-    service_route(svc, "GET", "/metrics", HTTP_ROUTE_PUBLIC, on_metrics, svc);
+    service_route_doc(svc, "GET", "/healthz", HTTP_ROUTE_PUBLIC, &doc_healthz, on_healthz, svc);
+    service_route_doc(svc, "GET", "/readyz", HTTP_ROUTE_PUBLIC, &doc_readyz, on_readyz, svc);
+    service_route_doc(svc, "GET", "/metrics", HTTP_ROUTE_PUBLIC, &doc_metrics, on_metrics, svc);
+    service_route_doc(svc, "GET", "/api/v1/openapi.json", HTTP_ROUTE_PUBLIC, &doc_openapi,
+                      on_openapi, svc);
+    service_route_doc(svc, "GET", "/api/docs", HTTP_ROUTE_PUBLIC, &doc_docs, on_docs, svc);
+    service_route_doc(svc, "GET", "/api/docs/{file}", HTTP_ROUTE_PUBLIC, &doc_docs_file,
+                      on_docs_file, svc);
 }
 
 unsigned long service_setting_uint(const struct service *svc, const char *var, unsigned long def,
@@ -409,7 +580,13 @@ int service_shed_write(struct service *svc, struct http_request *req)
 void service_route(struct service *svc, const char *method, const char *pattern, unsigned flags,
                    http_handler_cb handler, void *data)
 {
-    int rc = http_router_add(svc->router, method, pattern, flags, handler, data);
+    service_route_doc(svc, method, pattern, flags, NULL, handler, data);
+}
+
+void service_route_doc(struct service *svc, const char *method, const char *pattern, unsigned flags,
+                       const struct openapi_route *doc, http_handler_cb handler, void *data)
+{
+    int rc = http_router_add_doc(svc->router, method, pattern, flags, doc, handler, data);
 
     if (rc < 0)
         service_fatal(svc, "route %s %s: %s", method, pattern, strerror(-rc));
@@ -595,11 +772,14 @@ void service_release(struct service *svc)
     svc->stats_ = NULL;
     free(svc->token_);
     svc->token_ = NULL;
+    free(svc->openapi_);
+    svc->openapi_ = NULL;
 }
 
 int service_start(struct service *svc)
 {
     log_scope(svc->module->name);
+    service_build_openapi(svc);
     redis_start(svc->redis);
     return service_listen(svc);
 }

@@ -15,6 +15,7 @@
 #include <ripple/common.h>
 
 struct http_request;
+struct openapi_route;
 struct auth;
 struct auth_claims;
 struct http_router; /* opaque */
@@ -37,6 +38,7 @@ struct http_route {
     unsigned flags;
     http_handler_cb handler;
     void *data;
+    const struct openapi_route *doc; /* borrowed (static); NULL: undocumented */
     /* private */
     char *segs_[HTTP_ROUTER_MAX_SEGMENTS];
     size_t nsegs_;
@@ -59,6 +61,17 @@ void http_router_free(struct http_router *r);
  * Returns 0, -EINVAL for a malformed pattern, -ENOSPC past the limits. */
 CORE_MUST_CHECK int http_router_add(struct http_router *r, const char *method, const char *pattern,
                                     unsigned flags, http_handler_cb handler, void *data);
+
+/* The same with the route's description for the OpenAPI document
+ * (ripple/openapi.h); doc is borrowed and must outlive the router. */
+CORE_MUST_CHECK int http_router_add_doc(struct http_router *r, const char *method,
+                                        const char *pattern, unsigned flags,
+                                        const struct openapi_route *doc, http_handler_cb handler,
+                                        void *data);
+
+/* The i-th route added (0-based), or NULL past the last: how the OpenAPI
+ * document and the route listing walk the table. Borrowed. */
+const struct http_route *http_router_route(const struct http_router *r, size_t i);
 
 /* Returns 0 and fills *m, -ENOENT (no such path) or -EPERM (path known, method
  * not allowed). */

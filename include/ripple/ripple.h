@@ -18,6 +18,7 @@
 #include <ripple/log.h>
 #include <ripple/metrics.h>
 #include <ripple/module.h>
+#include <ripple/openapi.h>
 #include <ripple/outbox.h>
 #include <ripple/redis.h>
 #include <ripple/service.h>

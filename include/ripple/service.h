@@ -28,6 +28,7 @@
 #include <ripple/config.h>
 #include <ripple/http_router.h>
 #include <ripple/module.h>
+#include <ripple/openapi.h>
 
 struct metrics;
 struct store;
@@ -85,6 +86,12 @@ struct service {
     char *token_; /* service_token's, new */
     service_stop_done_cb client_done_;
     long token_exp_; /* s since the epoch */
+    /* GET /api/v1/openapi.json: what service_openapi said, and the
+     * document built at service_start (new, served as is). */
+    const char *api_description_;
+    const struct openapi_schema *api_schemas_;
+    char *openapi_;
+    size_t openapi_len_;
 };
 
 /* Reads the settings of module m (with its prefix; shared = 1 in a host of
@@ -111,11 +118,29 @@ const char *service_setting_str(const struct service *svc, const char *var, cons
 void service_route(struct service *svc, const char *method, const char *pattern, unsigned flags,
                    http_handler_cb handler, void *data);
 
+/* service_route with what a client needs to know of the route (summary,
+ * parameters, body and answer schemas: ripple/openapi.h), for the service's
+ * OpenAPI document at GET /api/v1/openapi.json and its page at GET
+ * /api/docs. doc is borrowed: static storage. A wrong fragment in it stops
+ * the service at service_start with one line naming the route. */
+void service_route_doc(struct service *svc, const char *method, const char *pattern, unsigned flags,
+                       const struct openapi_route *doc, http_handler_cb handler, void *data);
+
+/* What the OpenAPI document says of the module as a whole: a description
+ * (CommonMark; NULL: a generic line) and the named schemas its routes'
+ * fragments may $ref (a list ending with a NULL name; NULL for none). Both
+ * borrowed: static storage. Call it from the module's start. */
+void service_openapi(struct service *svc, const char *description,
+                     const struct openapi_schema *schemas);
+
 /* Registers a stop hook (see service_stop_cb). Exits on overflow. */
 void service_on_stop(struct service *svc, service_stop_cb fn, void *data);
 
-/* Listens on the module's port and starts connecting to Redis. Returns 0,
- * or a negative errno (logged) when it cannot listen. */
+/* Builds the module's OpenAPI document from its routes (a bad route
+ * description stops the process with one line naming it; at LOG_LEVEL=debug
+ * every route is logged, "route GET /api/v1/users/{id}"), listens on the
+ * module's port and starts connecting to Redis. Returns 0, or a negative
+ * errno (logged) when it cannot listen. */
 CORE_MUST_CHECK int service_start(struct service *svc);
 
 /* The service's outbound HTTP client (HTTP_CLIENT_* settings), created on

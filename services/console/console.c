@@ -348,6 +348,48 @@ static void on_stop(struct service *svc, void *data, service_stop_done_cb done)
     console_maybe_stopped(c);
 }
 
+/* The routes' description (ripple/openapi.h): GET /api/v1/openapi.json. */
+
+static const struct openapi_route doc_page = {
+    .summary = "The console's page",
+    .responses = (const struct openapi_response[]){OPENAPI_MEDIA(200, "The page.", "text/html"),
+                                                   OPENAPI_END},
+};
+
+static const struct openapi_route doc_order_page = {
+    .summary = "The console's page, showing one order's saga",
+    .params = (const struct openapi_param[]){OPENAPI_PATH("id", "The order's id.", NULL),
+                                             OPENAPI_END_PARAMS},
+    .responses = (const struct openapi_response[]){OPENAPI_MEDIA(200, "The page.", "text/html"),
+                                                   OPENAPI_END},
+};
+
+static const struct openapi_route doc_asset = {
+    .summary = "A file of the page (script, styles, icon)",
+    .params =
+        (const struct openapi_param[]){OPENAPI_PATH("name", "A file name, e.g. app.js.", NULL),
+                                       OPENAPI_END_PARAMS},
+    .responses =
+        (const struct openapi_response[]){OPENAPI_MEDIA(200, "The file.", "*/*"),
+                                          OPENAPI_ERROR(404, "No such asset."), OPENAPI_END},
+};
+
+static const struct openapi_route doc_info = {
+    .summary = "What the page needs before its first report",
+    .responses =
+        (const struct openapi_response[]){
+            OPENAPI_ANSWER(
+                200, "The console's settings.",
+                "{\"type\":\"object\",\"required\":[\"console\",\"writes\",\"services\","
+                "\"refresh_ms\",\"orders\",\"dlq_letters\"],\"additionalProperties\":false,"
+                "\"properties\":{\"console\":{\"type\":\"string\"},"
+                "\"writes\":{\"type\":\"boolean\"},\"services\":{\"type\":\"array\","
+                "\"items\":{\"type\":\"string\"}},\"refresh_ms\":{\"type\":\"integer\"},"
+                "\"orders\":{\"type\":\"boolean\",\"description\":\"Whether an orders "
+                "service is watched.\"},\"dlq_letters\":{\"type\":\"integer\"}}}"),
+            OPENAPI_ERROR(500, "Out of memory."), OPENAPI_END},
+};
+
 static int console_start(struct service *svc)
 {
     struct console *c = calloc(1, sizeof(*c));
@@ -359,10 +401,14 @@ static int console_start(struct service *svc)
     /* Before the client's own hook: nothing new starts once the stop began. */
     service_on_stop(svc, on_stop, c);
     service_http_client(svc);
-    service_route(svc, "GET", "/", HTTP_ROUTE_PUBLIC, on_page, c);
-    service_route(svc, "GET", "/orders/{id}", HTTP_ROUTE_PUBLIC, on_page, c);
-    service_route(svc, "GET", "/assets/{name}", HTTP_ROUTE_PUBLIC, on_asset, c);
-    service_route(svc, "GET", "/api/v1/console/info", HTTP_ROUTE_PUBLIC, on_info, c);
+    service_openapi(svc,
+                    "The console: a read-only page over every service and stream (dead "
+                    "letter replay with CONSOLE_ALLOW_WRITES=1 and a service token).",
+                    NULL);
+    service_route_doc(svc, "GET", "/", HTTP_ROUTE_PUBLIC, &doc_page, on_page, c);
+    service_route_doc(svc, "GET", "/orders/{id}", HTTP_ROUTE_PUBLIC, &doc_order_page, on_page, c);
+    service_route_doc(svc, "GET", "/assets/{name}", HTTP_ROUTE_PUBLIC, &doc_asset, on_asset, c);
+    service_route_doc(svc, "GET", "/api/v1/console/info", HTTP_ROUTE_PUBLIC, &doc_info, on_info, c);
     console_services_routes(c);
     console_streams_routes(c);
     console_replay_routes(c);

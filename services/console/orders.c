@@ -294,8 +294,58 @@ static void on_list(struct http_request *req, const struct auth_claims *who, voi
     ask(data, req, 0, tail);
 }
 
+static const struct openapi_route doc_list = {
+    .summary = "Recent orders (the orders service's list, everyone's)",
+    .description = "Public, read-only: the console asks orders with its service token and "
+                   "answers the page as orders gave it.",
+    .params =
+        (const struct openapi_param[]){
+            OPENAPI_QUERY("limit", "1 to 100 (default 20).",
+                          "{\"type\":\"integer\",\"minimum\":1,\"maximum\":100}"),
+            OPENAPI_END_PARAMS},
+    .responses =
+        (const struct openapi_response[]){
+            OPENAPI_ANSWER(200, "A page of orders, as GET /api/v1/orders answers it.",
+                           "{\"type\":\"object\",\"required\":[\"items\",\"next\"],\"properties\":{"
+                           "\"items\":{\"type\":\"array\",\"items\":{\"type\":\"object\"}},"
+                           "\"next\":{\"type\":[\"string\",\"null\"]}}}"),
+            OPENAPI_ERROR(404, "The console watches no orders service."),
+            OPENAPI_ERROR(422, "A bad limit (`fields`)."),
+            OPENAPI_ERROR(502, "orders answered with an error."),
+            OPENAPI_ERROR(503, "orders is unavailable, or the console is stopping."), OPENAPI_END},
+};
+
+static const struct openapi_route doc_order = {
+    .summary = "One order's saga: its timeline as a sequence across the services",
+    .params = (const struct openapi_param[]){OPENAPI_PATH("id", "The order's id.", OPENAPI_UUID),
+                                             OPENAPI_END_PARAMS},
+    .responses =
+        (const struct openapi_response[]){
+            OPENAPI_ANSWER(
+                200, "The order, its trace, and its steps with the lanes they go between.",
+                "{\"type\":\"object\",\"required\":[\"order\",\"trace\",\"final\",\"total_ms\","
+                "\"lanes\",\"steps\"],\"properties\":{\"order\":{\"type\":\"object\"},"
+                "\"trace\":{\"type\":\"object\",\"required\":[\"id\",\"traceparent\",\"source\"],"
+                "\"properties\":{\"id\":{\"type\":[\"string\",\"null\"]},"
+                "\"traceparent\":{\"type\":[\"string\",\"null\"]},\"source\":{\"type\":\"string\"}}"
+                "},"
+                "\"final\":{\"type\":\"boolean\"},\"total_ms\":{\"type\":[\"integer\",\"null\"]},"
+                "\"lanes\":{\"type\":\"array\",\"items\":{\"type\":\"string\"}},"
+                "\"steps\":{\"type\":\"array\",\"items\":{\"type\":\"object\",\"required\":[\"n\","
+                "\"step\",\"from\",\"to\",\"since_prev_ms\",\"since_start_ms\"],\"properties\":{"
+                "\"n\":{\"type\":\"integer\"},\"step\":{\"type\":\"string\"},"
+                "\"from\":{\"type\":\"string\"},\"to\":{\"type\":\"string\"},"
+                "\"since_prev_ms\":{\"type\":[\"integer\",\"null\"]},"
+                "\"since_start_ms\":{\"type\":[\"integer\",\"null\"]}}}}}}"),
+            OPENAPI_ERROR(404, "No such order, or not a UUID, or no orders service watched."),
+            OPENAPI_ERROR(502, "orders answered with an error."),
+            OPENAPI_ERROR(503, "orders is unavailable, or the console is stopping."), OPENAPI_END},
+};
+
 void console_orders_routes(struct console *c)
 {
-    service_route(c->svc, "GET", "/api/v1/console/orders", HTTP_ROUTE_PUBLIC, on_list, c);
-    service_route(c->svc, "GET", "/api/v1/console/orders/{id}", HTTP_ROUTE_PUBLIC, on_order, c);
+    service_route_doc(c->svc, "GET", "/api/v1/console/orders", HTTP_ROUTE_PUBLIC, &doc_list,
+                      on_list, c);
+    service_route_doc(c->svc, "GET", "/api/v1/console/orders/{id}", HTTP_ROUTE_PUBLIC, &doc_order,
+                      on_order, c);
 }

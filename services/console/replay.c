@@ -149,8 +149,34 @@ static void on_replay(struct http_request *req, const struct auth_claims *who, v
     c->inflight++;
 }
 
+static const struct openapi_route doc_replay = {
+    .summary = "Replay one dead letter onto its stream",
+    .description = "The original fields go back to the stream under a new entry id and the dead "
+                   "letter is deleted, in one atomic step on Redis. Needs "
+                   "`CONSOLE_ALLOW_WRITES=1` and a service token.",
+    .params =
+        (const struct openapi_param[]){
+            OPENAPI_PATH("stream", "The stream (with or without its .dlq suffix).", NULL),
+            OPENAPI_PATH("id", "The dead letter's entry id.",
+                         "{\"type\":\"string\",\"pattern\":\"^[0-9]+-[0-9]+$\"}"),
+            OPENAPI_END_PARAMS},
+    .responses =
+        (const struct openapi_response[]){
+            OPENAPI_ANSWER(200, "Replayed.",
+                           "{\"type\":\"object\",\"required\":[\"stream\",\"dlq\",\"dlq_id\","
+                           "\"new_id\"],\"additionalProperties\":false,\"properties\":{"
+                           "\"stream\":{\"type\":\"string\"},\"dlq\":{\"type\":\"string\"},"
+                           "\"dlq_id\":{\"type\":\"string\"},\"new_id\":{\"type\":\"string\"}}}"),
+            OPENAPI_ERROR(400, "Not a stream name or an entry id."),
+            OPENAPI_ERROR(403, "The console is read-only, or the token is not a service token."),
+            OPENAPI_ERROR(404, "No such dead letter (replayed already?)."),
+            OPENAPI_ERROR(409, "The dead letter has no original fields to replay."),
+            OPENAPI_ERROR(502, "Redis refused the replay."),
+            OPENAPI_ERROR(503, "Redis is unavailable, or the console is stopping."), OPENAPI_END},
+};
+
 void console_replay_routes(struct console *c)
 {
-    service_route(c->svc, "POST", "/api/v1/console/streams/{stream}/dlq/{id}/replay", 0, on_replay,
-                  c);
+    service_route_doc(c->svc, "POST", "/api/v1/console/streams/{stream}/dlq/{id}/replay", 0,
+                      &doc_replay, on_replay, c);
 }

@@ -282,9 +282,33 @@ static void on_services(struct http_request *req, const struct auth_claims *who,
         console_answer(&c->services_wait, NULL, 503, "cannot ask the services now");
 }
 
+static const struct openapi_route doc_services = {
+    .summary = "Every watched service: health, readiness, memory, outbox and HTTP rates",
+    .description = "Public, read-only; one scrape of every service's /healthz, /readyz and "
+                   "/metrics, reused for CONSOLE_CACHE_MS.",
+    .responses =
+        (const struct openapi_response[]){
+            OPENAPI_ANSWER(
+                200, "The report.",
+                "{\"type\":\"object\",\"required\":[\"items\",\"at_ms\"],\"properties\":{"
+                "\"at_ms\":{\"type\":\"integer\"},\"items\":{\"type\":\"array\",\"items\":{"
+                "\"type\":\"object\",\"required\":[\"name\",\"url\",\"hosted\",\"health\","
+                "\"ready\",\"rss\",\"outbox\",\"http\"],\"properties\":{"
+                "\"name\":{\"type\":\"string\"},\"url\":{\"type\":\"string\"},"
+                "\"hosted\":{\"enum\":[\"this process\",\"remote\"]},"
+                "\"health\":{\"type\":\"string\"},"
+                "\"ready\":{\"type\":[\"boolean\",\"null\"]},"
+                "\"rss\":{\"type\":\"object\"},\"outbox\":{\"type\":[\"object\","
+                "\"null\"]},\"http\":{\"type\":[\"object\",\"null\"]}}}}}}"),
+            OPENAPI_ERROR(503,
+                          "Too many requests wait for the report, or the console is stopping."),
+            OPENAPI_END},
+};
+
 void console_services_routes(struct console *c)
 {
-    service_route(c->svc, "GET", "/api/v1/console/services", HTTP_ROUTE_PUBLIC, on_services, c);
+    service_route_doc(c->svc, "GET", "/api/v1/console/services", HTTP_ROUTE_PUBLIC, &doc_services,
+                      on_services, c);
 }
 
 void console_services_release(struct console *c)

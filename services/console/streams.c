@@ -348,9 +348,27 @@ static void on_streams(struct http_request *req, const struct auth_claims *who, 
         c->inflight++;
 }
 
+static const struct openapi_route doc_streams = {
+    .summary = "Every stream: length, groups, consumers, lag and last dead letters",
+    .description = "Public, read-only; read from Redis in one round trip, reused for "
+                   "CONSOLE_CACHE_MS.",
+    .responses =
+        (const struct openapi_response[]){
+            OPENAPI_ANSWER(200, "The report.",
+                           "{\"type\":\"object\",\"required\":[\"items\",\"truncated\",\"at_ms\"],"
+                           "\"properties\":{\"items\":{\"type\":\"array\",\"items\":{\"type\":"
+                           "\"object\"}},\"truncated\":{\"type\":\"boolean\"},"
+                           "\"at_ms\":{\"type\":\"integer\"}}}"),
+            OPENAPI_ERROR(503,
+                          "Redis is unavailable, too many requests wait for the report, or the "
+                          "console is stopping."),
+            OPENAPI_END},
+};
+
 void console_streams_routes(struct console *c)
 {
-    service_route(c->svc, "GET", "/api/v1/console/streams", HTTP_ROUTE_PUBLIC, on_streams, c);
+    service_route_doc(c->svc, "GET", "/api/v1/console/streams", HTTP_ROUTE_PUBLIC, &doc_streams,
+                      on_streams, c);
 }
 
 void console_streams_release(struct console *c)

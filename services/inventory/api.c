@@ -237,8 +237,57 @@ int inventory_api_prepare(struct inventory *inv)
     return rc;
 }
 
+/* The routes' description (ripple/openapi.h): GET /api/v1/openapi.json. */
+
+#define SKU_SCHEMA "{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9._-]{1,64}$\"}"
+#define COUNT_SCHEMA "{\"type\":\"integer\",\"minimum\":0}"
+
+static const struct openapi_schema inventory_schemas[] = {
+    {"Product", "{\"type\":\"object\",\"required\":[\"sku\",\"name\",\"price_cents\","
+                "\"available\",\"reserved\",\"sold\"],\"additionalProperties\":false,"
+                "\"properties\":{\"sku\":" SKU_SCHEMA ",\"name\":{\"type\":\"string\"},"
+                "\"price_cents\":" COUNT_SCHEMA ",\"available\":" COUNT_SCHEMA
+                ",\"reserved\":" COUNT_SCHEMA ",\"sold\":" COUNT_SCHEMA "}}"},
+    {"ProductPage", "{\"type\":\"object\",\"required\":[\"items\",\"next\"],"
+                    "\"additionalProperties\":false,\"properties\":{"
+                    "\"items\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/components/schemas/"
+                    "Product\"}},\"next\":{\"type\":[\"string\",\"null\"],\"description\":\"The "
+                    "last sku of this page (the next page's after), null on the last.\"}}}"},
+    {NULL, NULL},
+};
+
+static const struct openapi_route doc_list = {
+    .summary = "List products in sku order",
+    .description = "Public.",
+    .params =
+        (const struct openapi_param[]){
+            OPENAPI_QUERY("limit", "Page size, 1 to 100 (default 20).",
+                          "{\"type\":\"integer\",\"minimum\":1,\"maximum\":100,\"default\":20}"),
+            OPENAPI_QUERY("after", "The `next` of the previous page (a sku).", SKU_SCHEMA),
+            OPENAPI_END_PARAMS},
+    .responses =
+        (const struct openapi_response[]){
+            OPENAPI_ANSWER(200, "A page of products.", OPENAPI_REF("ProductPage")),
+            OPENAPI_ERROR(422, "A bad limit or after (`fields`)."), OPENAPI_END},
+};
+
+static const struct openapi_route doc_get = {
+    .summary = "Read a product",
+    .description = "Public.",
+    .params = (const struct openapi_param[]){OPENAPI_PATH("sku", "The product's sku.", SKU_SCHEMA),
+                                             OPENAPI_END_PARAMS},
+    .responses =
+        (const struct openapi_response[]){
+            OPENAPI_ANSWER(200, "The product.", OPENAPI_REF("Product")),
+            OPENAPI_ERROR(404, "No such product."), OPENAPI_END},
+};
+
 void inventory_api_routes(struct inventory *inv)
 {
-    service_route(inv->svc, "GET", "/api/v1/products", HTTP_ROUTE_PUBLIC, on_list, inv);
-    service_route(inv->svc, "GET", "/api/v1/products/{sku}", HTTP_ROUTE_PUBLIC, on_get, inv);
+    service_openapi(inv->svc, "Products and their stock: reserved for orders, then sold.",
+                    inventory_schemas);
+    service_route_doc(inv->svc, "GET", "/api/v1/products", HTTP_ROUTE_PUBLIC, &doc_list, on_list,
+                      inv);
+    service_route_doc(inv->svc, "GET", "/api/v1/products/{sku}", HTTP_ROUTE_PUBLIC, &doc_get,
+                      on_get, inv);
 }

@@ -398,9 +398,122 @@ static void on_list(struct http_request *req, const struct auth_claims *who, voi
     http_reply_page(req, items, next);
 }
 
+/* ---------------------------------------------------------------------------
+ * The routes' description (ripple/openapi.h): GET /api/v1/openapi.json
+ * ------------------------------------------------------------------------- */
+
+#define NULLABLE(type) "{\"type\":[\"" type "\",\"null\"]}"
+#define ORDER_PROPERTIES                                                                           \
+    "\"id\":" OPENAPI_UUID ",\"user_id\":" OPENAPI_UUID ","                                        \
+    "\"status\":{\"enum\":[\"PENDING\",\"AWAITING_PAYMENT\",\"CONFIRMED\",\"REJECTED\","           \
+    "\"CANCELLED\"]},"                                                                             \
+    "\"items\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/components/schemas/OrderItem\"}},"      \
+    "\"amount_cents\":" NULLABLE("integer") ",\"reason\":" NULLABLE(                               \
+        "string") ","                                                                              \
+                  "\"created_at\":" OPENAPI_TIME ",\"updated_at\":" OPENAPI_TIME ","               \
+                  "\"traceparent\":{\"type\":[\"string\",\"null\"],\"description\":\"The W3C "     \
+                  "trace context "                                                                 \
+                  "the order was placed in.\"},"                                                   \
+                  "\"timeline\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/components/schemas/"   \
+                  "Step\"},"                                                                       \
+                  "\"description\":\"GET /api/v1/orders/{id} only.\"}"
+
+static const struct openapi_schema orders_schemas[] = {
+    {"OrderItem", "{\"type\":\"object\",\"required\":[\"sku\",\"qty\"],"
+                  "\"additionalProperties\":false,\"properties\":{"
+                  "\"sku\":{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9._-]{1,64}$\"},"
+                  "\"qty\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":1000000}}}"},
+    {"Step", "{\"type\":\"object\",\"required\":[\"step\",\"event_type\",\"event_id\",\"stream\","
+             "\"entry_id\",\"at\"],\"additionalProperties\":false,\"properties\":{"
+             "\"step\":{\"type\":\"string\"},\"event_type\":{\"type\":\"string\"},"
+             "\"event_id\":" NULLABLE("string") ",\"stream\":{\"type\":\"string\"},"
+                                                "\"entry_id\":{\"type\":[\"string\",\"null\"],"
+                                                "\"description\":\"The stream entry, "
+                                                "once published.\"},\"at\":" OPENAPI_TIME "}}"},
+    {"Order", "{\"type\":\"object\",\"required\":[\"id\",\"user_id\",\"status\",\"items\","
+              "\"amount_cents\",\"reason\",\"created_at\",\"updated_at\"],"
+              "\"additionalProperties\":false,\"properties\":{" ORDER_PROPERTIES "}}"},
+    {"NewOrder", "{\"type\":\"object\",\"required\":[\"items\"],\"additionalProperties\":false,"
+                 "\"properties\":{\"items\":{\"type\":\"array\",\"minItems\":1,\"maxItems\":100,"
+                 "\"items\":{\"$ref\":\"#/components/schemas/OrderItem\"}},"
+                 "\"user_id\":{\"type\":\"string\",\"format\":\"uuid\",\"description\":"
+                 "\"Required with a service token; a user may name only themself.\"}}}"},
+    {"OrderPage", "{\"type\":\"object\",\"required\":[\"items\",\"next\"],"
+                  "\"additionalProperties\":false,\"properties\":{"
+                  "\"items\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/components/schemas/"
+                  "Order\"}},\"next\":{\"type\":[\"string\",\"null\"],\"description\":\"The "
+                  "cursor of the next page (its after), null on the last.\"}}}"},
+    {NULL, NULL},
+};
+
+static const struct openapi_route doc_place = {
+    .summary = "Place an order",
+    .description = "For the token's user (a service token names the user). The user is checked "
+                   "with the users service; then the order, its events and its first timeline "
+                   "steps commit in one transaction and the saga runs on the streams. With an "
+                   "`Idempotency-Key` its user used before, the answer is that order again "
+                   "(`Idempotent-Replayed: true`).",
+    .params = (const struct openapi_param[]){OPENAPI_HEADER("Idempotency-Key",
+                                                            "1 to 255 printable ASCII characters, "
+                                                            "scoped to the order's user.",
+                                                            NULL),
+                                             OPENAPI_END_PARAMS},
+    .request = OPENAPI_REF("NewOrder"),
+    .responses =
+        (const struct openapi_response[]){
+            OPENAPI_ANSWER(202,
+                           "The order, PENDING (only id, user_id and status if it could not "
+                           "be read back just after its commit).",
+                           "{\"anyOf\":[{\"$ref\":\"#/components/schemas/Order\"},"
+                           "{\"type\":\"object\",\"required\":[\"id\",\"user_id\"],"
+                           "\"properties\":{" ORDER_PROPERTIES "}}]}"),
+            OPENAPI_ERROR(400, "The body is not a JSON object, or a bad Idempotency-Key."),
+            OPENAPI_ERROR(403, "The token's subject is not a user."),
+            OPENAPI_ERROR(422, "Invalid items or user_id, no such user, or an Idempotency-Key used "
+                               "for other items (`fields` says which)."),
+            OPENAPI_ERROR(503, "The users service cannot be asked (and the user is not cached), "
+                               "the outbox backlog is past its threshold, or the service is "
+                               "stopping (`Retry-After`)."),
+            OPENAPI_END},
+};
+
+static const struct openapi_route doc_list = {
+    .summary = "List orders, newest first",
+    .description = "The caller's orders; a service token lists everyone's, or one user's with "
+                   "`user_id`. List items carry no `timeline`.",
+    .params =
+        (const struct openapi_param[]){
+            OPENAPI_QUERY("limit", "Page size, 1 to 100 (default 20).",
+                          "{\"type\":\"integer\",\"minimum\":1,\"maximum\":100,\"default\":20}"),
+            OPENAPI_QUERY("after", "The `next` of the previous page.", OPENAPI_STRING),
+            OPENAPI_QUERY("user_id", "One user's orders (a user may name only themself).",
+                          OPENAPI_UUID),
+            OPENAPI_END_PARAMS},
+    .responses =
+        (const struct openapi_response[]){
+            OPENAPI_ANSWER(200, "A page of orders.", OPENAPI_REF("OrderPage")),
+            OPENAPI_ERROR(403, "The token's subject is not a user, or another user's orders."),
+            OPENAPI_ERROR(422, "A bad limit, after or user_id (`fields`)."), OPENAPI_END},
+};
+
+static const struct openapi_route doc_get = {
+    .summary = "Read an order with its timeline",
+    .description = "Its owner or a service token; anyone else's order is 404, like an "
+                   "unknown one.",
+    .params = (const struct openapi_param[]){OPENAPI_PATH("id", "The order's id.", OPENAPI_UUID),
+                                             OPENAPI_END_PARAMS},
+    .responses =
+        (const struct openapi_response[]){
+            OPENAPI_ANSWER(200, "The order.",
+                           "{\"allOf\":[{\"$ref\":\"#/components/schemas/Order\"},"
+                           "{\"required\":[\"timeline\"]}]}"),
+            OPENAPI_ERROR(404, "No such order (or not the caller's, or not a UUID)."), OPENAPI_END},
+};
+
 void orders_api_start(struct orders *o)
 {
-    service_route(o->svc, "POST", "/api/v1/orders", 0, on_place, o);
-    service_route(o->svc, "GET", "/api/v1/orders", 0, on_list, o);
-    service_route(o->svc, "GET", "/api/v1/orders/{id}", 0, on_get, o);
+    service_openapi(o->svc, "Orders and the order saga's orchestrator.", orders_schemas);
+    service_route_doc(o->svc, "POST", "/api/v1/orders", 0, &doc_place, on_place, o);
+    service_route_doc(o->svc, "GET", "/api/v1/orders", 0, &doc_list, on_list, o);
+    service_route_doc(o->svc, "GET", "/api/v1/orders/{id}", 0, &doc_get, on_get, o);
 }

@@ -102,8 +102,56 @@ static void on_get_payment(struct http_request *req, const struct auth_claims *w
                                 pm.reason[0] ? pm.reason : NULL, "created_at", pm.created_at));
 }
 
+/* The routes' description (ripple/openapi.h): GET /api/v1/openapi.json. */
+
+static const struct openapi_schema payments_schemas[] = {
+    {"Account", "{\"type\":\"object\",\"required\":[\"user_id\",\"balance_cents\",\"updated_at\"],"
+                "\"additionalProperties\":false,\"properties\":{\"user_id\":" OPENAPI_UUID ","
+                "\"balance_cents\":{\"type\":\"integer\"},\"updated_at\":" OPENAPI_TIME "}}"},
+    {"Payment", "{\"type\":\"object\",\"required\":[\"order_id\",\"user_id\",\"amount_cents\","
+                "\"status\",\"reason\",\"created_at\"],\"additionalProperties\":false,"
+                "\"properties\":{\"order_id\":" OPENAPI_UUID ",\"user_id\":" OPENAPI_UUID ","
+                "\"amount_cents\":{\"type\":\"integer\"},"
+                "\"status\":{\"enum\":[\"succeeded\",\"failed\",\"refunded\"]},"
+                "\"reason\":{\"type\":[\"string\",\"null\"],\"description\":\"Why it failed "
+                "(no_account, insufficient_funds, ...); null otherwise.\"},"
+                "\"created_at\":" OPENAPI_TIME "}}"},
+    {NULL, NULL},
+};
+
+static const struct openapi_route doc_account = {
+    .summary = "Read a user's account",
+    .description = "The user themself or a service token.",
+    .params =
+        (const struct openapi_param[]){OPENAPI_PATH("user_id", "The user's id.", OPENAPI_UUID),
+                                       OPENAPI_END_PARAMS},
+    .responses =
+        (const struct openapi_response[]){
+            OPENAPI_ANSWER(200, "The account.", OPENAPI_REF("Account")),
+            OPENAPI_ERROR(403, "Another user's account."),
+            OPENAPI_ERROR(404, "No such account, or not a UUID."), OPENAPI_END},
+};
+
+static const struct openapi_route doc_payment = {
+    .summary = "Read an order's payment",
+    .description = "The payment's user or a service token; anyone else's is 404, like an "
+                   "unknown one.",
+    .params =
+        (const struct openapi_param[]){OPENAPI_PATH("order_id", "The order's id.", OPENAPI_UUID),
+                                       OPENAPI_END_PARAMS},
+    .responses =
+        (const struct openapi_response[]){
+            OPENAPI_ANSWER(200, "The payment.", OPENAPI_REF("Payment")),
+            OPENAPI_ERROR(404, "No such payment (or not the caller's, or not a UUID)."),
+            OPENAPI_END},
+};
+
 void payments_api_start(struct payments *p)
 {
-    service_route(p->svc, "GET", "/api/v1/accounts/{user_id}", 0, on_get_account, p);
-    service_route(p->svc, "GET", "/api/v1/payments/{order_id}", 0, on_get_payment, p);
+    service_openapi(p->svc, "Accounts and the charges, refunds and credits of orders.",
+                    payments_schemas);
+    service_route_doc(p->svc, "GET", "/api/v1/accounts/{user_id}", 0, &doc_account, on_get_account,
+                      p);
+    service_route_doc(p->svc, "GET", "/api/v1/payments/{order_id}", 0, &doc_payment, on_get_payment,
+                      p);
 }

@@ -660,6 +660,79 @@ static int prepare_statements(struct users *u)
     return rc;
 }
 
+/* ---------------------------------------------------------------------------
+ * The routes' description (ripple/openapi.h): GET /api/v1/openapi.json
+ * ------------------------------------------------------------------------- */
+
+static const struct openapi_schema users_schemas[] = {
+    {"User", "{\"type\":\"object\",\"required\":[\"id\",\"name\",\"email\",\"created_at\"],"
+             "\"additionalProperties\":false,\"properties\":{"
+             "\"id\":" OPENAPI_UUID ",\"name\":{\"type\":\"string\",\"minLength\":1},"
+             "\"email\":{\"type\":\"string\",\"format\":\"email\","
+             "\"description\":\"Trimmed and lower-cased.\"},"
+             "\"created_at\":" OPENAPI_TIME "}}"},
+    {"Registration",
+     "{\"type\":\"object\",\"required\":[\"name\",\"email\",\"password\"],\"properties\":{"
+     "\"name\":{\"type\":\"string\",\"minLength\":1,\"maxLength\":100,"
+     "\"description\":\"Trimmed; 1 to 100 bytes, no control characters.\"},"
+     "\"email\":{\"type\":\"string\",\"format\":\"email\",\"maxLength\":254,"
+     "\"description\":\"Trimmed and compared case-insensitively.\"},"
+     "\"password\":{\"type\":\"string\",\"minLength\":8,\"description\":\"8 characters or more "
+     "(at most 1024 bytes).\"}}}"},
+    {"Credentials", "{\"type\":\"object\",\"required\":[\"email\",\"password\"],\"properties\":{"
+                    "\"email\":{\"type\":\"string\"},\"password\":{\"type\":\"string\"}}}"},
+    {"Token", "{\"type\":\"object\",\"required\":[\"access_token\",\"token_type\",\"expires_in\"],"
+              "\"additionalProperties\":false,\"properties\":{"
+              "\"access_token\":{\"type\":\"string\",\"description\":\"An HS256 JWT whose sub is "
+              "the user's id.\"},\"token_type\":{\"const\":\"Bearer\"},"
+              "\"expires_in\":{\"type\":\"integer\",\"description\":\"Seconds.\"}}}"},
+    {NULL, NULL},
+};
+
+static const struct openapi_route doc_register = {
+    .summary = "Register a user",
+    .description = "Public. Hashes the password (PBKDF2) off the loop, stores the user and its "
+                   "`user.registered` event in one transaction; `Location` names the new user.",
+    .request = OPENAPI_REF("Registration"),
+    .responses =
+        (const struct openapi_response[]){
+            OPENAPI_ANSWER(201, "The new user.", OPENAPI_REF("User")),
+            OPENAPI_ERROR(400, "The body is not a JSON object."),
+            OPENAPI_ERROR(409, "The email is registered already (code `conflict`)."),
+            OPENAPI_ERROR(422, "Invalid fields (code `invalid`, with `fields`)."),
+            OPENAPI_ERROR(503, "Too many password hashes in progress, the outbox backlog is past "
+                               "its threshold, or the service is stopping (`Retry-After`)."),
+            OPENAPI_END},
+};
+
+static const struct openapi_route doc_token = {
+    .summary = "Trade an email and a password for a token",
+    .description = "Public. The token is valid for an hour; an unknown email costs the same "
+                   "hash as a known one.",
+    .request = OPENAPI_REF("Credentials"),
+    .responses =
+        (const struct openapi_response[]){
+            OPENAPI_ANSWER(200, "A bearer token.", OPENAPI_REF("Token")),
+            OPENAPI_ERROR(400, "The body is not a JSON object."),
+            OPENAPI_ERROR(401, "Invalid email or password."),
+            OPENAPI_ERROR(422, "email or password is missing or not a string."),
+            OPENAPI_ERROR(503, "Too many password checks in progress, or the service is stopping."),
+            OPENAPI_END},
+};
+
+static const struct openapi_route doc_get_user = {
+    .summary = "Read a user",
+    .description = "The user themself or a service token.",
+    .params = (const struct openapi_param[]){OPENAPI_PATH("id", "The user's id.", OPENAPI_UUID),
+                                             OPENAPI_END_PARAMS},
+    .responses =
+        (const struct openapi_response[]){
+            OPENAPI_ANSWER(200, "The user.", OPENAPI_REF("User")),
+            OPENAPI_ERROR(403, "Another user's record."),
+            OPENAPI_ERROR(404, "No such user, or not a UUID (code `user_not_found`)."),
+            OPENAPI_END},
+};
+
 int users_service_start(struct service *svc)
 {
     /* Checked before the database is touched: a bad setting is one line. */
@@ -679,9 +752,12 @@ int users_service_start(struct service *svc)
         free(u);
         return rc;
     }
-    service_route(svc, "POST", "/api/v1/users", HTTP_ROUTE_PUBLIC, on_register, u);
-    service_route(svc, "POST", "/api/v1/auth/token", HTTP_ROUTE_PUBLIC, on_token, u);
-    service_route(svc, "GET", "/api/v1/users/{id}", 0, on_get_user, u);
+    service_openapi(svc, "Users: registration, passwords and tokens.", users_schemas);
+    service_route_doc(svc, "POST", "/api/v1/users", HTTP_ROUTE_PUBLIC, &doc_register, on_register,
+                      u);
+    service_route_doc(svc, "POST", "/api/v1/auth/token", HTTP_ROUTE_PUBLIC, &doc_token, on_token,
+                      u);
+    service_route_doc(svc, "GET", "/api/v1/users/{id}", 0, &doc_get_user, on_get_user, u);
     service_on_stop(svc, on_stop, u);
     return users_events_start(svc);
 }

@@ -186,9 +186,42 @@ class Response:
         return f"<Response {self.status} {self.body[:200]!r}>"
 
 
+# ---------------------------------------------------------------------------
+# Answers seen, for tests/e2e/test_openapi.py: every answer http_request gets
+# from a port a module of ours listens on (launch and launch_host note which)
+# is kept -- a few per (module, method, path, status) -- and the last test of
+# the session validates them against the module's documented schemas.
+# ---------------------------------------------------------------------------
+
+PORT_MODULE = {}          # port -> module name, as the services were started
+ANSWERS = {}              # (module, method, path, status) -> [Response]
+ANSWERS_PER_KEY = 3
+ANSWERS_MAX = 50000
+
+
+def note_module(port, name):
+    PORT_MODULE[int(port)] = name
+
+
+def record_answer(port, method, path, resp):
+    name = PORT_MODULE.get(int(port))
+    if name is None or len(ANSWERS) >= ANSWERS_MAX:
+        return
+    seen = ANSWERS.setdefault((name, method, path, resp.status), [])
+    if len(seen) < ANSWERS_PER_KEY:
+        seen.append(resp)
+
+
 def http_request(host, port, method, path, body=None, headers=None, token=None, timeout=15,
                  raw_body=None):
-    """One request on a fresh connection. body is JSON-encoded; raw_body is sent as is."""
+    """One request on a fresh connection. body is JSON-encoded; raw_body is sent as is.
+    The answer is recorded for test_openapi (see record_answer)."""
+    resp = _http_request(host, port, method, path, body, headers, token, timeout, raw_body)
+    record_answer(port, method, path, resp)
+    return resp
+
+
+def _http_request(host, port, method, path, body, headers, token, timeout, raw_body):
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         hdrs = dict(headers or {})
@@ -722,6 +755,7 @@ def launch(name, redis, tmpdir, env_extra=None, wait=True, exe=None):
                                 stdin=subprocess.DEVNULL, cwd=str(tmpdir))
         err.close()
         svc = Service(name, port, proc, stderr_path, env["DB_PATH"], env)
+        note_module(port, name)
         if not wait or svc.wait_healthy():
             return svc
         log = svc.log_text()
@@ -796,6 +830,8 @@ def launch_host(names, redis, tmpdir, shared=None, per=None, ports=None, db_path
     err.close()
     views = {n: Service(n, ports[n], proc, stderr_path, db_paths[n], env, module=True)
              for n in names}
+    for n in names:
+        note_module(ports[n], n)
     if wait:
         for n in names:
             if not views[n].wait_healthy():
@@ -861,7 +897,15 @@ def run_to_exit(name, env_extra, redis=None, tmpdir=None, timeout=10):
     return p.returncode, p.stderr.decode(errors="replace")
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """Tests marked last run after every other (test_openapi's check of the
+    answers the whole session saw)."""
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)
+
+
 def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "last: runs after every other test of the session (sorted there)")
     config.addinivalue_line(
         "markers", "slow: long crash/chaos tests; they run by default, -m 'not slow' skips them")
     config.addinivalue_line(
