@@ -108,7 +108,7 @@ static const struct uint_setting uint_settings[] = {
     {"HTTP_IDLE_TIMEOUT_MS", 60000, 10, 86400000, offsetof(struct config, http_idle_timeout_ms)},
     {"HTTP_BODY_TIMEOUT_MS", 30000, 10, 3600000, offsetof(struct config, http_body_timeout_ms)},
     {"SHUTDOWN_TIMEOUT_MS", 10000, 0, 600000, offsetof(struct config, shutdown_timeout_ms)},
-    {"CONSUMER_BATCH", 128, 1, CONFIG_CONSUMER_BATCH_MAX, offsetof(struct config, consumer_batch)},
+    {"CONSUMER_BATCH", 512, 1, CONFIG_CONSUMER_BATCH_MAX, offsetof(struct config, consumer_batch)},
     {"CONSUMER_BLOCK_MS", 2000, 10, 60000, offsetof(struct config, consumer_block_ms)},
     {"MAX_DELIVERIES", 5, 1, 1000, offsetof(struct config, max_deliveries)},
     {"MAX_DELIVERIES_GUARD", 50, 1, 100000, offsetof(struct config, max_deliveries_guard)},

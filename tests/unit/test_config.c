@@ -87,7 +87,7 @@ Test(config, defaults)
     cr_assert_eq(cfg.http_header_timeout_ms, 10000);
     cr_assert_eq(cfg.http_idle_timeout_ms, 60000);
     cr_assert_eq(cfg.http_body_timeout_ms, 30000);
-    cr_assert_eq(cfg.consumer_batch, 128);
+    cr_assert_eq(cfg.consumer_batch, 512);
     cr_assert_eq(cfg.max_deliveries, 5);
     cr_assert_eq(cfg.reclaim_idle_ms, 30000);
     cr_assert_eq(cfg.stream_maxlen, 1000000);
