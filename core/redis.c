@@ -93,8 +93,8 @@ static void conn_start(struct redis *r);
 struct redis_events {
     redisAsyncContext *ac; /* NULL once hiredis has cleaned up */
     uv_poll_t poll;
-    uv_check_t check;     /* flushes what was queued during the poll phase ... */
-    uv_prepare_t prepare; /* ... and before the next poll, what came after */
+    uv_check_t check; /* flushes what was queued before it in the iteration ... */
+    uv_idle_t idle;   /* ... and keeps the poll from blocking while some waits */
     int events;
     int flush;    /* commands wait in hiredis's buffer: written at the next flush */
     int flushing; /* inside flush: a write that does not finish polls for room */
@@ -137,14 +137,18 @@ static void ev_flush_stop(struct redis_events *p)
 {
     p->flush = 0;
     uv_check_stop(&p->check);
-    uv_prepare_stop(&p->prepare);
+    uv_idle_stop(&p->idle);
 }
 
-/* Writes the commands queued since the last flush, once per loop phase
- * rather than when the next poll says the socket is writable: a command
- * issued in a callback reaches Redis in the same iteration (its reply can
- * come back in the next), and a connected socket is not switched to write
- * interest and back -- two epoll_ctl calls -- for every command. */
+/* Writes the commands queued since the last flush, at the end of the loop
+ * iteration rather than when the next poll says the socket is writable: a
+ * command issued in a callback reaches Redis in the same iteration (its
+ * reply can come back in the next), and a connected socket is not switched
+ * to write interest and back -- two epoll_ctl calls -- for every command.
+ * The check handle writes; the idle handle, while active, makes the poll
+ * return at once, so a command queued after the idle phase (a group COMMIT
+ * in a prepare callback relays its events) is not held up by a poll that
+ * blocks until the next timer. Both write at whichever runs first. */
 static void ev_flush(struct redis_events *p)
 {
     if (!p->flush)
@@ -163,7 +167,7 @@ static void ev_on_check(uv_check_t *h)
     ev_flush(h->data);
 }
 
-static void ev_on_prepare(uv_prepare_t *h)
+static void ev_on_idle(uv_idle_t *h)
 {
     ev_flush(h->data);
 }
@@ -195,7 +199,7 @@ static void ev_add_write(void *data)
     if (!p->flush && !(p->events & UV_WRITABLE)) {
         p->flush = 1;
         uv_check_start(&p->check, ev_on_check);
-        uv_prepare_start(&p->prepare, ev_on_prepare);
+        uv_idle_start(&p->idle, ev_on_idle);
     }
 }
 
@@ -226,7 +230,7 @@ static void ev_cleanup(void *data)
     p->closes = 3;
     uv_close((uv_handle_t *)&p->poll, ev_on_close);
     uv_close((uv_handle_t *)&p->check, ev_on_close);
-    uv_close((uv_handle_t *)&p->prepare, ev_on_close);
+    uv_close((uv_handle_t *)&p->idle, ev_on_close);
 }
 
 static int ev_attach(redisAsyncContext *ac, uv_loop_t *loop)
@@ -244,9 +248,9 @@ static int ev_attach(redisAsyncContext *ac, uv_loop_t *loop)
     }
     /* cannot fail on an initialized loop */
     (void)uv_check_init(loop, &p->check);
-    (void)uv_prepare_init(loop, &p->prepare);
+    (void)uv_idle_init(loop, &p->idle);
     p->ac = ac;
-    p->poll.data = p->check.data = p->prepare.data = p;
+    p->poll.data = p->check.data = p->idle.data = p;
     ac->ev.addRead = ev_add_read;
     ac->ev.delRead = ev_del_read;
     ac->ev.addWrite = ev_add_write;

@@ -346,11 +346,15 @@ static int on_wal(void *arg, sqlite3 *db, const char *name, int pages)
     (void)name;
     if (st->ckpt_tail && !st->ckpt_inflight && pages >= st->ckpt_backfill &&
         pages - st->ckpt_backfill <= STORE_CHECKPOINT_TAIL) {
+        int rc;
+
         st->ckpt_tail = 0;
         st->tail_checkpoints++;
-        if (sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &frames, &done) ==
-            SQLITE_OK)
+        rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &frames, &done);
+        if (rc == SQLITE_OK)
             return SQLITE_OK;
+        if (rc != SQLITE_BUSY && rc != SQLITE_LOCKED)
+            log_warn("store: checkpoint failed: %s", sqlite3_errstr(rc));
     }
     st->ckpt_tail = 0;
     if (pages < STORE_CHECKPOINT_PAGES || st->ckpt_inflight)
