@@ -121,7 +121,7 @@ static const struct uint_setting uint_settings[] = {
      offsetof(struct config, http_client_breaker_failures)},
     {"HTTP_CLIENT_BREAKER_COOLDOWN_MS", 5000, 10, 600000,
      offsetof(struct config, http_client_breaker_cooldown_ms)},
-    {"OUTBOX_BATCH", 256, 1, 1024, offsetof(struct config, outbox_batch)},
+    {"OUTBOX_BATCH", 1024, 1, 1024, offsetof(struct config, outbox_batch)},
     {"OUTBOX_MAX_BACKLOG", 10000, 1, 100000000, offsetof(struct config, outbox_max_backlog)},
     {"OUTBOX_RETENTION_MS", 3600000, 0, 4000000000UL, offsetof(struct config, outbox_retention_ms)},
     {"INBOX_RETENTION_MS", 604800000, 1000, 4000000000UL,
