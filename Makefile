@@ -88,6 +88,11 @@ $(BUILD)/libcore.a: $(CORE_OBJ) $(LLHTTP_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
+# Generated sources (schemas, hosts' mains, embedded assets) are kept, not
+# deleted as intermediates: deleted, the next make would regenerate and
+# recompile them and relink every binary.
+.SECONDARY:
+
 # The list of modules, rewritten only when it changes: a module added or
 # removed regenerates build/ripple's main.
 $(BUILD)/gen/modules.list: FORCE
