@@ -125,6 +125,9 @@ static void on_request(struct http_request *req, void *data)
     /* continue the caller's trace, or start one (an invalid header too) */
     trace_child(tp != NULL && trace_parse(tp, len, parent) == 0 ? parent : NULL, req->traceparent);
     trace_set(req->traceparent);
+    /* the reads of this iteration's GETs share one read transaction */
+    if (svc->store != NULL && (strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0))
+        (void)store_read_begin(svc->store);
     http_router_dispatch(svc->router, &svc->auth, (long)time(NULL), req);
     trace_set(NULL);
 }

@@ -66,6 +66,7 @@ struct store {
     sqlite3 *db;
     int version; /* user_version after migrations */
     sqlite3_stmt *begin, *commit, *rollback, *ping;
+    sqlite3_stmt *begin_read; /* BEGIN (deferred): store_read_begin */
     sqlite3_stmt *sp_begin, *sp_release, *sp_undo; /* a transaction inside a group */
     sqlite3_stmt *stmts[STORE_MAX_STATEMENTS];     /* the cache; finalized at close */
     char *stmt_sql[STORE_MAX_STATEMENTS];          /* owned copies: the cache key */
@@ -97,6 +98,7 @@ struct store {
     int group_on; /* the handles are initialized: groups are in use */
     const char *log_scope;
     int group_open;    /* BEGIN IMMEDIATE of group number gen is open */
+    int read_open;     /* store_read_begin's read transaction is open */
     int in_write;      /* between store_begin and store_commit/rollback */
     uint64_t gen;      /* groups opened so far */
     size_t group_txns; /* transactions committed into the open group */
@@ -108,6 +110,7 @@ struct store {
 };
 
 static int step_internal(struct store *st, sqlite3_stmt *stmt);
+static void read_end(struct store *st);
 
 /* One migration: a span of the schema text (borrowed). */
 struct migration {
@@ -218,6 +221,8 @@ static int configure(struct store *st, const char *path)
     if (rc == 0)
         rc = prepare_internal(st, "BEGIN IMMEDIATE", &st->begin);
     if (rc == 0)
+        rc = prepare_internal(st, "BEGIN", &st->begin_read);
+    if (rc == 0)
         rc = prepare_internal(st, "COMMIT", &st->commit);
     if (rc == 0)
         rc = prepare_internal(st, "ROLLBACK", &st->rollback);
@@ -280,7 +285,9 @@ void store_close(struct store *st)
         sqlite3_finalize(st->stmts[i]);
         free(st->stmt_sql[i]);
     }
+    read_end(st);
     sqlite3_finalize(st->begin);
+    sqlite3_finalize(st->begin_read);
     sqlite3_finalize(st->commit);
     sqlite3_finalize(st->rollback);
     sqlite3_finalize(st->ping);
@@ -930,6 +937,7 @@ static void group_flush(struct store *st)
 
     if (st->in_write) /* a transaction spans loop iterations: a caller's bug */
         return;
+    read_end(st);
     if (st->group_open) {
         st->group_open = 0;
         st->group_txns = 0;
@@ -1049,10 +1057,44 @@ void store_commit_counts(const struct store *st, uint64_t *commits, uint64_t *tx
     *txns = st->txns;
 }
 
+/* The read transaction of an iteration (store_read_begin). Every read
+ * transaction of SQLite's WAL mode takes a read lock on the WAL index and
+ * releases it (two fcntl calls, dear on some machines: a fifth of a read
+ * request's time here); the reads of one iteration share one instead. */
+int store_read_begin(struct store *st)
+{
+    if (!st->group_on || st->read_open || !sqlite3_get_autocommit(st->db))
+        return 0; /* no groups, or a transaction is open already */
+    if (step_internal(st, st->begin_read) < 0)
+        return -EIO;
+    st->read_open = 1;
+    uv_prepare_start(&st->group_prepare, on_group_prepare);
+    uv_check_start(&st->group_check, on_group_check);
+    return 0;
+}
+
+/* Ends the read transaction, if one is open: the next read sees what was
+ * committed since. */
+static void read_end(struct store *st)
+{
+    if (!st->read_open)
+        return;
+    st->read_open = 0;
+    if (sqlite3_get_autocommit(st->db))
+        return; /* SQLite ended it on its own (an error) */
+    if (step_internal(st, st->commit) < 0 && !sqlite3_get_autocommit(st->db))
+        (void)step_internal(st, st->rollback);
+}
+
 /* store_begin in group mode: a savepoint in the iteration's group, which
  * the first one opens. */
 static int group_begin(struct store *st)
 {
+    /* a write after reads in the same iteration: the reads' snapshot ends
+     * and BEGIN IMMEDIATE takes the write lock (upgrading the read
+     * transaction instead could fail for good: another connection may have
+     * committed since it began) */
+    read_end(st);
     if (st->group_open && sqlite3_get_autocommit(st->db)) {
         /* SQLite rolled the open group back on its own (a full disk, an
          * I/O error): its waiters hear so at the next flush; a new one
@@ -1179,6 +1221,7 @@ int store_writable(struct store *st)
 
     if (st->fault == 0)
         return 1;
+    read_end(st);
     if (!sqlite3_get_autocommit(st->db) || now - st->probe_ns < (uint64_t)STORE_PROBE_MS * 1000000)
         return 0;
     st->probe_ns = now;

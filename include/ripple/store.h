@@ -133,6 +133,13 @@ int store_in_txn(const struct store *st);
 CORE_MUST_CHECK int store_group_commit(struct store *st, struct uv_loop_s *loop,
                                        const char *log_scope);
 void store_group_end(struct store *st);
+/* Reads of one iteration in one read transaction (group mode only; a no-op
+ * otherwise, or when a transaction is open): opens a deferred BEGIN that
+ * the end of the iteration (or the next store_begin, which needs the write
+ * lock) ends. The reads after it see one snapshot: what was committed when
+ * the first of them ran, and the iteration's own writes. The service calls
+ * it before a GET's handler. Returns 0 or -EIO. */
+int store_read_begin(struct store *st);
 /* 1 while a group transaction is open: what was committed into it is not
  * durable yet. */
 int store_group_pending(const struct store *st);

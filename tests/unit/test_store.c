@@ -795,3 +795,64 @@ Test(store, a_failed_group_commit_rolls_back_every_transaction_and_tells_its_wai
     cr_assert_eq(seen_elsewhere("SELECT count(*) FROM p"), 1);
     group_close(st, &loop);
 }
+
+static void exec_other(sqlite3 *db, const char *sql)
+{
+    cr_assert_eq(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK, "%s: %s", sql,
+                 sqlite3_errmsg(db));
+}
+
+/* The reads of one loop iteration share one read transaction (one WAL read
+ * lock taken and released instead of one per read): one snapshot, which the
+ * end of the iteration ends, or a write, which needs the write lock. */
+Test(store, the_reads_of_an_iteration_share_one_read_transaction)
+{
+    struct store *st = open_ok(schema_v1);
+    sqlite3 *other = NULL;
+    uv_loop_t loop;
+
+    cr_assert_eq(store_read_begin(st), 0);
+    cr_assert_eq(sqlite3_get_autocommit(store_db(st)), 1, "without groups every read is its own");
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    cr_assert_eq(store_group_commit(st, &loop, NULL), 0);
+    cr_assert_eq(sqlite3_open_v2(db_path, &other, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    cr_assert_eq(sqlite3_busy_timeout(other, 2000), SQLITE_OK);
+
+    cr_assert_eq(store_read_begin(st), 0);
+    cr_assert_eq(query_int(st, "SELECT count(*) FROM a"), 1);
+    exec_other(other, "INSERT INTO a (x, v) VALUES (20, 'elsewhere')");
+    cr_assert_eq(query_int(st, "SELECT count(*) FROM a"), 1, "two snapshots in one iteration");
+    cr_assert_eq(sqlite3_get_autocommit(store_db(st)), 0);
+    cr_assert_eq(store_in_txn(st), 0, "a read transaction is not a write's");
+    cr_assert_eq(store_group_pending(st), 0, "nothing to wait for");
+    cr_assert_eq(uv_run(&loop, UV_RUN_NOWAIT), 0);
+    cr_assert_eq(sqlite3_get_autocommit(store_db(st)), 1, "the iteration did not end the read");
+    cr_assert_eq(query_int(st, "SELECT count(*) FROM a"), 2);
+
+    /* a write after reads, another connection having committed since they
+     * began: upgrading the read transaction would fail; the write's own
+     * transaction sees that commit */
+    cr_assert_eq(store_read_begin(st), 0);
+    cr_assert_eq(query_int(st, "SELECT count(*) FROM a"), 2);
+    exec_other(other, "INSERT INTO a (x, v) VALUES (21, 'elsewhere')");
+    cr_assert_eq(store_begin(st), 0, "%s", store_errmsg(st));
+    exec_ok(st, "INSERT INTO a (x, v) VALUES (22, 'here')");
+    cr_assert_eq(store_commit(st), 0);
+    cr_assert_eq(query_int(st, "SELECT count(*) FROM a WHERE x IN (21, 22)"), 2);
+    cr_assert_eq(store_group_pending(st), 1);
+    cr_assert_eq(uv_run(&loop, UV_RUN_NOWAIT), 0);
+    cr_assert_eq(seen_elsewhere("SELECT count(*) FROM a WHERE x = 22"), 1);
+
+    /* readiness' probe of an unwritable store runs from inside a read */
+    exec_other(other, "BEGIN IMMEDIATE");
+    cr_assert_eq(store_begin(st), -EIO, "the write lock is held elsewhere");
+    cr_assert_neq(store_fault(st), 0);
+    exec_other(other, "COMMIT");
+    cr_assert_eq(store_read_begin(st), 0);
+    cr_assert_eq(query_int(st, "SELECT count(*) FROM a"), 4);
+    cr_assert_eq(store_writable(st), 1, "the probe did not run inside a read transaction");
+    cr_assert_eq(store_fault(st), 0);
+
+    sqlite3_close(other);
+    group_close(st, &loop);
+}
