@@ -66,7 +66,7 @@ struct store {
     sqlite3 *db;
     int version; /* user_version after migrations */
     sqlite3_stmt *begin, *commit, *rollback, *ping;
-    sqlite3_stmt *begin_read; /* BEGIN (deferred): store_read_begin */
+    sqlite3_stmt *begin_read;                      /* BEGIN (deferred): store_read_begin */
     sqlite3_stmt *sp_begin, *sp_release, *sp_undo; /* a transaction inside a group */
     sqlite3_stmt *stmts[STORE_MAX_STATEMENTS];     /* the cache; finalized at close */
     char *stmt_sql[STORE_MAX_STATEMENTS];          /* owned copies: the cache key */
