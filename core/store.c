@@ -239,12 +239,28 @@ static int configure(struct store *st, const char *path)
 
 static int migrate(struct store *st, const char *schema);
 
+/* Once per process, before SQLite initializes itself (later calls are
+ * refused with SQLITE_MISUSE, harmlessly: a host that used SQLite first
+ * keeps its settings). Debian's SQLite counts every allocation under a
+ * global mutex (MEMSTATUS), and it has no lookaside, so every small
+ * allocation pays it; nothing here reads those counts. */
+static void configure_library(void)
+{
+    static int done;
+
+    if (done)
+        return;
+    done = 1;
+    (void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+}
+
 int store_open(const char *path, const char *schema, struct store **out)
 {
     struct store *st;
     int rc;
 
     *out = NULL;
+    configure_library();
     if (path == NULL) {
         log_error("store: no database path");
         return -EINVAL;
