@@ -215,7 +215,10 @@ static int configure(struct store *st, const char *path)
     /* The savepoint of every transaction in a group keeps the pages it
      * changes in a sub-journal, which SQLite spills past 64 KiB to a
      * temporary file: created, written, unlinked and closed for every
-     * group. In memory it is a copy (and bounded by the group). */
+     * group. In memory it is a copy (and bounded by the group), in 1 KiB
+     * chunks. (SQLITE_CONFIG_STMTJRNL_SPILL would make the chunks as large
+     * as the spill threshold, but Debian's SQLite 3.40 then fails writes
+     * with SQLITE_FULL once a journal spills past it.) */
     if (rc == 0)
         rc = run_pragma(st, "PRAGMA temp_store = MEMORY", NULL);
     if (rc == 0)

@@ -5,7 +5,8 @@
  *   ensure group --> read history (ID 0 .. own pending) --> read new (>)
  *   (created at the       |  (delivery counts from XPENDING)      |
  *    position settled     v                                       v
- *    last)  ^          process the batch: one transaction, a savepoint per
+ *    last)  ^          process the batch: one transaction (per
+ *           |          SC_CHUNK entries), a savepoint per
  *           |          entry; after the commit XACK, and dead letters (XADD
  *        NOGROUP       and XACK in one script). A batch is never given back:
  *                      a failed entry, a store that cannot write, a
@@ -70,6 +71,12 @@
 #define STATS_MS 5000
 #define PRUNE_MS 60000 /* inbox pruning at most this far apart */
 #define PRUNE_BATCH 500
+/* Entries run in one transaction at most; the rest of the batch goes on
+ * after its commit. Each entry's savepoint sits inside the transaction's,
+ * and releasing a nested savepoint walks SQLite's in-memory sub-journal (a
+ * list of 1 KiB chunks) from its start: a transaction of 512 entries made
+ * that walk quadratic, 16% of orders' time in the saga bench. */
+#define SC_CHUNK 64
 /* Arguments of one command: a dead letter's fields, or the ids of a whole
  * batch (XACK, the lease script) after the command's own head. */
 #define MAX_ARGS (CONFIG_CONSUMER_BATCH_MAX + 8)
@@ -1234,7 +1241,7 @@ static size_t run_entries(struct stream_consumer *sc)
 {
     size_t i;
 
-    for (i = sc->next; i < sc->n; i++) {
+    for (i = sc->next; i < sc->n && i - sc->next < SC_CHUNK; i++) {
         struct entry *e = &sc->batch[i];
 
         if (e->outcome == OUT_TODO)
@@ -1501,6 +1508,14 @@ static void after_commit(struct stream_consumer *sc, size_t i)
     sc->next = i;
     if (stop != NULL && stop->outcome == OUT_ASYNC) {
         sc->state = SC_ASYNC;
+        return;
+    }
+    if (stop != NULL && stop->outcome == OUT_TODO) {
+        /* SC_CHUNK entries went in one transaction: the rest of the batch
+         * goes on from the next loop iteration (not from inside the
+         * commit that called us: the outbox relays right after it) */
+        sc->state = SC_HOLDING;
+        uv_timer_start(&sc->retry, on_retry_held, 0, 0);
         return;
     }
     if (stop != NULL) {

@@ -463,3 +463,37 @@ def test_inbox_retention_below_reclaim_idle_is_refused(tmp_path):
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "INBOX_RETENTION_MS" in lines[0] and \
         "RECLAIM_IDLE_MS" in lines[0], err
+
+
+# ---------------------------------------------------------------------------
+# A batch larger than one transaction's share (SC_CHUNK, 64 entries)
+# ---------------------------------------------------------------------------
+
+def test_a_large_batch_goes_on_after_each_transaction(service_factory, r):
+    """A read of 300 entries runs in transactions of 64 at most (nested
+    savepoints cost in proportion to the transaction); the rest of the
+    batch goes on after each commit: every entry is applied once and acked,
+    none waits for a backoff or a restart."""
+    n = 300
+    svc = service_factory("payments", CONSUMER_BATCH=512, GROUP_COMMIT=0, **FAST)
+    svc.wait_ready()
+    wait_until(lambda: r.exists("users.events"), 10, what="the group created")
+    commits0 = metric(svc, "store_commits_total") or 0
+    uids = []
+    with r.pipeline(transaction=True) as p:  # one EXEC: the blocked read gets all
+        for _ in range(n):
+            uid = str(uuid.uuid4())
+            data = {"user_id": uid, "name": "Batch", "email": f"{uid}@example.com"}
+            p.xadd("users.events", {"type": "user.registered", "data": json.dumps(data),
+                                    "id": str(uuid.uuid4())})
+            uids.append(uid)
+        p.execute()
+    got = wait_until(lambda: (lambda a: a if len(a) == n else None)(accounts(svc)), 20,
+                     what=f"{n} accounts opened")
+    assert sorted(row["user_id"] for row in got) == sorted(uids)
+    wait_until(lambda: pending(r, "users.events", "payments") == 0, 10, what="all acked")
+    assert metric(svc, "stream_events_total", stream="users.events") == n
+    # GROUP_COMMIT=0: a COMMIT per transaction; the batch took five at least
+    commits = metric(svc, "store_commits_total") - commits0
+    assert commits >= (n + 63) // 64, commits
+    assert svc.alive()
