@@ -1234,14 +1234,15 @@ static void handle_entry(struct stream_consumer *sc, struct entry *e)
     run_handler(sc, e);
 }
 
-/* Runs the entries from sc->next until the end, a failure, an asynchronous
- * handler or a store failure. Returns the index of the entry that stopped
- * it (sc->n when none did). */
-static size_t run_entries(struct stream_consumer *sc)
+/* Runs the entries from `from` until the end, a failure, an asynchronous
+ * handler, a store failure or SC_CHUNK entries. Returns the index of the
+ * entry that stopped it (sc->n when none did; an entry still OUT_TODO when
+ * the chunk is full). */
+static size_t run_entries(struct stream_consumer *sc, size_t from)
 {
     size_t i;
 
-    for (i = sc->next; i < sc->n && i - sc->next < SC_CHUNK; i++) {
+    for (i = from; i < sc->n && i - from < SC_CHUNK; i++) {
         struct entry *e = &sc->batch[i];
 
         if (e->outcome == OUT_TODO)
@@ -1510,14 +1511,6 @@ static void after_commit(struct stream_consumer *sc, size_t i)
         sc->state = SC_ASYNC;
         return;
     }
-    if (stop != NULL && stop->outcome == OUT_TODO) {
-        /* SC_CHUNK entries went in one transaction: the rest of the batch
-         * goes on from the next loop iteration (not from inside the
-         * commit that called us: the outbox relays right after it) */
-        sc->state = SC_HOLDING;
-        uv_timer_start(&sc->retry, on_retry_held, 0, 0);
-        return;
-    }
     if (stop != NULL) {
         hold_entry(sc, stop);
         return;
@@ -1578,7 +1571,7 @@ static void on_batch_durable(void *data, int ok)
 
 static void process_now(struct stream_consumer *sc)
 {
-    size_t i;
+    size_t from, i;
 
     if (sc->next >= sc->n) {
         resend_dead_letters(sc);
@@ -1590,8 +1583,23 @@ static void process_now(struct stream_consumer *sc)
         hold_for_store(sc, sc->next);
         return;
     }
-    i = run_entries(sc);
-    if (!sc->store_fault && advance_position(sc, sc->next, i) < 0)
+    from = sc->next;
+    for (;;) {
+        i = run_entries(sc, from);
+        if (sc->store_fault || i == sc->n || sc->batch[i].outcome != OUT_TODO)
+            break;
+        /* A full chunk: its transaction ends here, into the iteration's
+         * group (see SC_CHUNK), and the next chunk's begins. Should the
+         * store fail later in the batch, hold_for_store runs these entries
+         * again too: their inbox claims make them duplicates then. */
+        if (advance_position(sc, from, i) < 0 || store_commit(sc->store) < 0 ||
+            store_begin(sc->store) < 0) {
+            store_failed(sc);
+            break;
+        }
+        from = i;
+    }
+    if (!sc->store_fault && advance_position(sc, from, i) < 0)
         store_failed(sc);
     if (sc->store_fault || store_commit(sc->store) < 0) {
         hold_for_store(sc, i);
