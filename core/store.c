@@ -45,10 +45,13 @@
 #define STORE_CKPT_BUSY_TIMEOUT_MS 5000 /* the checkpoint connection: a pool thread */
 #define STORE_PROBE_MS 1000             /* at most one writability probe per second */
 #define STORE_MAX_MIGRATIONS 1000
-#define STORE_CHECKPOINT_PAGES 1000 /* WAL pages that start a background checkpoint */
+/* WAL pages (8 MiB) that start a background checkpoint: each cycle costs
+ * the loop two fdatasyncs (its tail checkpoint), so not too often. */
+#define STORE_CHECKPOINT_PAGES 2000
 /* What a background checkpoint left behind, at most, for the loop to finish
- * itself so that the WAL starts over (see on_wal). */
-#define STORE_CHECKPOINT_TAIL 1000
+ * itself so that the WAL starts over (see on_wal); more, and another
+ * background pass copies it, leaving less behind. */
+#define STORE_CHECKPOINT_TAIL 250
 
 struct store_hook {
     store_commit_cb fn;
