@@ -78,6 +78,29 @@ def test_bench_refuses_bad_saga_settings_before_starting_anything(env, says):
     assert "redis" not in r.stdout, r.stdout
 
 
+def test_a_failed_run_keeps_its_logs_and_says_where(tmp_path):
+    """A service that dies at start fails the run; its temporary directory
+    (the service's log, its database) stays, and the bench says where."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    users = fake / "users"
+    users.write_text("#!/bin/sh\necho 'users: refusing to start (a test)' >&2\nexit 3\n")
+    users.chmod(0o755)
+    full = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
+    full.update(BENCH_PARTS="read", RIPPLE_BIN=str(fake))
+    r = subprocess.run([str(ROOT / "scripts" / "bench")], env=full, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode != 0, r.stdout
+    m = re.search(r"logs and databases kept in (\S+)", r.stderr)
+    assert m, r.stderr
+    kept = Path(m.group(1))
+    try:
+        assert kept.is_dir()
+        assert "refusing to start (a test)" in (kept / "users.log").read_text()
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)
+
+
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 def test_saga_post_lua_paces_and_counts_statuses(tmp_path):
     tokens = tmp_path / "tokens"
