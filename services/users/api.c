@@ -120,10 +120,8 @@ struct jbuf {
     int overflow;
 };
 
-static void jb_raw(struct jbuf *b, const char *s)
+static void jb_mem(struct jbuf *b, const char *s, size_t n)
 {
-    size_t n = strlen(s);
-
     if (b->overflow || n > b->cap - b->len) {
         b->overflow = 1;
         return;
@@ -132,29 +130,41 @@ static void jb_raw(struct jbuf *b, const char *s)
     b->len += n;
 }
 
+static void jb_raw(struct jbuf *b, const char *s)
+{
+    jb_mem(b, s, strlen(s));
+}
+
 /* Appends s as a JSON string. s is UTF-8 (it came through jansson or the
- * stream validators), so only '"', '\\' and control characters need escapes. */
+ * stream validators), so only '"', '\\' and control characters need escapes;
+ * the runs between them are copied whole. */
 static void jb_str(struct jbuf *b, const char *s)
 {
     static const char hex[] = "0123456789abcdef";
 
-    jb_raw(b, "\"");
-    for (; *s != '\0' && !b->overflow; s++) {
-        unsigned char c = (unsigned char)*s;
-        char esc[7] = {'\\', (char)c, '\0'};
+    jb_mem(b, "\"", 1);
+    while (*s != '\0' && !b->overflow) {
+        size_t run = 0;
+        unsigned char c;
 
+        while ((c = (unsigned char)s[run]) != '\0' && c >= 0x20 && c != '"' && c != '\\')
+            run++;
+        jb_mem(b, s, run);
+        s += run;
+        if (c == '\0')
+            break;
         if (c < 0x20) {
-            memcpy(esc, "\\u00", 4);
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 0xf];
-            esc[6] = '\0';
-        } else if (c != '"' && c != '\\') {
-            esc[0] = (char)c;
-            esc[1] = '\0';
+            char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 0xf]};
+
+            jb_mem(b, esc, sizeof(esc));
+        } else {
+            char esc[2] = {'\\', (char)c};
+
+            jb_mem(b, esc, sizeof(esc));
         }
-        jb_raw(b, esc);
+        s++;
     }
-    jb_raw(b, "\"");
+    jb_mem(b, "\"", 1);
 }
 
 /* Answers {id, name, email, created_at} with status. The hot path of GET

@@ -92,6 +92,18 @@ def test_create_user_unicode_name_round_trips(users):
     assert r.json()["name"] == name
 
 
+@pytest.mark.parametrize("name", ['Quote " in the middle', 'Back\\slash \\', '"\\"\\', 'end quote"'])
+def test_a_name_that_needs_json_escapes_round_trips(users, name):
+    """The GET answer is written by hand (no JSON library on the hot path):
+    quotes and backslashes, alone, in runs and at either end, come back as
+    they went in, in valid JSON."""
+    u, email = new_user(users, name=name)
+    assert u["name"] == name
+    r = users.get(f"/api/v1/users/{u['id']}", token=users.login(email))
+    assert r.status == 200, r
+    assert r.json()["name"] == name, r.body
+
+
 def test_create_user_email_is_trimmed(users):
     email = unique_email("trim")
     r = users.post("/api/v1/users", {"name": "Trim", "email": f"  {email}\t",
