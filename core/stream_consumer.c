@@ -73,10 +73,10 @@
 #define PRUNE_BATCH 500
 /* Entries run in one transaction at most; the next chunk's transaction
  * begins right after, in the same loop iteration (and group commit). Each
- * entry's savepoint sits inside the transaction's,
- * and releasing a nested savepoint walks SQLite's in-memory sub-journal (a
- * list of 1 KiB chunks) from its start: a transaction of 512 entries made
- * that walk quadratic, 16% of orders' time in the saga bench. */
+ * entry's savepoint sits inside the transaction's, and releasing a nested
+ * savepoint walks SQLite's in-memory sub-journal (a list of 1 KiB chunks)
+ * from its start: a transaction of 512 entries made that walk quadratic,
+ * 16% of orders' time in the saga bench. */
 #define SC_CHUNK 64
 /* Arguments of one command: a dead letter's fields, or the ids of a whole
  * batch (XACK, the lease script) after the command's own head. */
