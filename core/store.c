@@ -38,6 +38,8 @@
 
 #include <ripple/log.h>
 
+#include "store_wal.h"
+
 #define STORE_MAX_HOOKS 4
 /* How long BEGIN IMMEDIATE waits for a write lock held by another process
  * (the loop blocks meanwhile): short, a held lock is a store fault. */
@@ -220,8 +222,10 @@ static int configure(struct store *st, const char *path)
      * temporary file: created, written, unlinked and closed for every
      * group. In memory it is a copy (and bounded by the group), in 1 KiB
      * chunks. (SQLITE_CONFIG_STMTJRNL_SPILL would make the chunks as large
-     * as the spill threshold, but Debian's SQLite 3.40 then fails writes
-     * with SQLITE_FULL once a journal spills past it.) */
+     * as the spill threshold, but a journal that spills then writes a whole
+     * chunk at once, and the unix VFS takes less than 128 KiB per write:
+     * past that the write comes out short, reported as SQLITE_FULL; see
+     * STORE_WAL_WRITE_MAX.) */
     if (rc == 0)
         rc = run_pragma(st, "PRAGMA temp_store = MEMORY", NULL);
     if (rc == 0)
@@ -258,6 +262,16 @@ static void configure_library(void)
         return;
     done = 1;
     (void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+    /* A commit's WAL frames in one write (store_wal.h); without it, SQLite's
+     * own VFS (vfs_name() says which). */
+    if (store_wal_register() < 0)
+        log_error("store: cannot register the %s VFS: writing the WAL frame by frame",
+                  STORE_WAL_VFS);
+}
+
+static const char *vfs_name(void)
+{
+    return sqlite3_vfs_find(STORE_WAL_VFS) != NULL ? STORE_WAL_VFS : NULL;
 }
 
 int store_open(const char *path, const char *schema, struct store **out)
@@ -279,7 +293,7 @@ int store_open(const char *path, const char *schema, struct store **out)
         return -ENOMEM;
     }
     rc = sqlite3_open_v2(path, &st->db,
-                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, vfs_name());
     if (rc != SQLITE_OK) {
         log_error("store: open %s: %s", path,
                   st->db != NULL ? sqlite3_errmsg(st->db) : sqlite3_errstr(rc));
@@ -399,7 +413,7 @@ int store_offload_checkpoints(struct store *st, uv_loop_t *loop)
     if (is_memory_path(st->path) || st->ckpt_db != NULL)
         return 0;
     if (sqlite3_open_v2(st->path, &st->ckpt_db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
-                        NULL) != SQLITE_OK ||
+                        vfs_name()) != SQLITE_OK ||
         sqlite3_busy_timeout(st->ckpt_db, STORE_CKPT_BUSY_TIMEOUT_MS) != SQLITE_OK) {
         log_error("store: cannot open the checkpoint connection: %s",
                   st->ckpt_db ? sqlite3_errmsg(st->ckpt_db) : "out of memory");

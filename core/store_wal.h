@@ -1,0 +1,44 @@
+/* store_wal.h -- a VFS that writes a WAL commit's frames in one write.
+ *
+ * Private to core/store.c. SQLite writes each WAL frame with two calls of
+ * the VFS's xWrite (its 24-byte header, then its page), each a pwrite(2):
+ * a commit of n pages costs 2n system calls. This VFS ("ripple-wal") sits
+ * over the process's default one and, for WAL files only, gathers writes
+ * that follow each other in the file into one buffer, which it writes out:
+ *
+ *   - when the page of a commit frame (a header whose "database size" field
+ *     is not zero) has been added: before xWrite returns, so before SQLite
+ *     publishes the commit in the WAL index and before sqlite3_step returns
+ *     SQLITE_DONE. A commit that returned is in the file, as without the
+ *     VFS (synchronous = NORMAL: written, synced at checkpoints);
+ *   - before anything that must see the file as written: a write elsewhere
+ *     in it, a read, xSync, xTruncate, xFileSize, a file control, xClose;
+ *   - when the buffer holds STORE_WAL_BUFFER bytes (a large transaction's
+ *     pages spilled before its commit).
+ *
+ * It goes out in writes of STORE_WAL_WRITE_MAX bytes at most: a commit of
+ * up to 15 pages of 4 KiB is one pwrite.
+ *
+ * So the file's bytes change in the order SQLite wrote them, and a failed
+ * write fails the xWrite (or xRead, xSync...) that caused it, with the
+ * underlying VFS's own code (SQLITE_FULL on a full disk, SQLITE_IOERR_*):
+ * SQLite then fails the commit as it would have. The buffered bytes are
+ * dropped then: SQLite rewrites the frames of a transaction it retries.
+ * Every other file (the database, its -shm, journals) is the underlying
+ * VFS's own file, untouched. */
+#ifndef CORE_STORE_WAL_H
+#define CORE_STORE_WAL_H
+
+#define STORE_WAL_VFS "ripple-wal"
+#define STORE_WAL_BUFFER (256 * 1024) /* bytes, at most, held before a write */
+/* The most one xWrite of the underlying VFS is given: SQLite's unix VFS
+ * takes less than 128 KiB per call (it asserts so in a debug build, and
+ * otherwise masks the length to 17 bits: a longer write comes out short,
+ * which it reports as SQLITE_FULL). */
+#define STORE_WAL_WRITE_MAX (64 * 1024)
+
+/* Registers the VFS (not as the default) over the default VFS of the
+ * moment. Idempotent. Returns 0 or -ENOMEM / -EIO (no default VFS). */
+int store_wal_register(void);
+
+#endif
