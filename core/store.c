@@ -293,7 +293,8 @@ int store_open(const char *path, const char *schema, struct store **out)
         return -ENOMEM;
     }
     rc = sqlite3_open_v2(path, &st->db,
-                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, vfs_name());
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                         vfs_name());
     if (rc != SQLITE_OK) {
         log_error("store: open %s: %s", path,
                   st->db != NULL ? sqlite3_errmsg(st->db) : sqlite3_errstr(rc));

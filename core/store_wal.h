@@ -30,12 +30,12 @@
 #define CORE_STORE_WAL_H
 
 #define STORE_WAL_VFS "ripple-wal"
-#define STORE_WAL_BUFFER (256 * 1024) /* bytes, at most, held before a write */
+#define STORE_WAL_BUFFER ((size_t)256 * 1024) /* bytes, at most, held before a write */
 /* The most one xWrite of the underlying VFS is given: SQLite's unix VFS
  * takes less than 128 KiB per call (it asserts so in a debug build, and
  * otherwise masks the length to 17 bits: a longer write comes out short,
  * which it reports as SQLITE_FULL). */
-#define STORE_WAL_WRITE_MAX (64 * 1024)
+#define STORE_WAL_WRITE_MAX ((size_t)64 * 1024)
 
 /* Registers the VFS (not as the default) over the default VFS of the
  * moment. Idempotent. Returns 0 or -ENOMEM / -EIO (no default VFS). */

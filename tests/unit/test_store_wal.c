@@ -76,12 +76,11 @@ static void setup(void)
     cr_assert_not_null(unix_vfs);
     /* The build decides which of the two the VFS writes with. */
     for (const char **name = (const char *[]){"pwrite64", "pwrite", NULL}; *name; name++) {
-        real_pwrite = (ssize_t(*)(int, const void *, size_t, off_t))unix_vfs->xGetSystemCall(
-            unix_vfs, *name);
+        real_pwrite =
+            (ssize_t(*)(int, const void *, size_t, off_t))unix_vfs->xGetSystemCall(unix_vfs, *name);
         if (real_pwrite != NULL) {
-            cr_assert_eq(
-                unix_vfs->xSetSystemCall(unix_vfs, *name, (sqlite3_syscall_ptr)spy_pwrite),
-                SQLITE_OK);
+            cr_assert_eq(unix_vfs->xSetSystemCall(unix_vfs, *name, (sqlite3_syscall_ptr)spy_pwrite),
+                         SQLITE_OK);
             break;
         }
     }
