@@ -104,6 +104,8 @@ Test(store, open_creates_dir_and_sets_pragmas)
     sqlite3_finalize(stmt);
     cr_assert_eq(query_int(st, "PRAGMA foreign_keys"), 1);
     cr_assert_eq(query_int(st, "PRAGMA synchronous"), 1); /* NORMAL */
+    cr_assert_eq(query_int(st, "PRAGMA secure_delete"), 2); /* FAST */
+    cr_assert_eq(query_int(st, "PRAGMA cache_size"), -8192);
     cr_assert_eq(store_ping(st), 0);
     store_close(st);
     store_close(NULL);
