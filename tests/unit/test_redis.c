@@ -296,3 +296,51 @@ Test(redis, server_gone_reconnects)
     cr_expect_eq(x.downs, 1);
     fx_close(&x);
 }
+
+/* What the server parsed of the last ECHOALL: the arguments, each of its
+ * own length (the fake copies them NUL-terminated). */
+static struct {
+    int argc;
+    char args[4][48 * 1024];
+} echoed;
+
+static const char *record_echoall(struct fake_redis *f, int argc, char **argv)
+{
+    (void)f;
+    if (strcasecmp(argv[0], "ECHOALL") != 0)
+        return NULL;
+    echoed.argc = argc;
+    for (int i = 0; i < argc && i < 4; i++)
+        snprintf(echoed.args[i], sizeof(echoed.args[i]), "%s", argv[i]);
+    return "+OK\r\n";
+}
+
+Test(redis, commands_go_out_as_resp_with_each_arguments_length)
+{
+    static char big[40 * 1024 + 1];
+    struct fx x;
+    struct outcome o = {0}, o2 = {0};
+    const char *argv[] = {"ECHOALL", "a\r\n$3\r\nb", "", big};
+    const char *argv2[] = {"ECHOALL", "xyz-and-more", "p"};
+    const size_t len2[] = {7, 3, 1}; /* lengths given: "xyz", not all of it */
+
+    memset(big, 'z', sizeof(big) - 1);
+    big[0] = '$';
+    fx_open(&x, "127.0.0.1", record_echoall);
+    redis_start(x.r);
+    cr_assert(RUN_UNTIL(&x, is_up, 5000));
+    cr_assert_eq(redis_command(x.r, on_reply, &o, 4, argv, NULL), 0);
+    cr_assert(fake_redis_run_until(&x.loop, fired, &o, 5000));
+    cr_assert_str_eq(o.str, "OK");
+    cr_assert_eq(echoed.argc, 4);
+    cr_assert_str_eq(echoed.args[1], argv[1], "CRLF and '$' inside an argument are data");
+    cr_assert_str_eq(echoed.args[2], "");
+    cr_assert_eq(strlen(echoed.args[3]), sizeof(big) - 1);
+    cr_assert_eq(memcmp(echoed.args[3], big, sizeof(big) - 1), 0);
+    cr_assert_eq(redis_command(x.r, on_reply, &o2, 3, argv2, len2), 0);
+    cr_assert(fake_redis_run_until(&x.loop, fired, &o2, 5000));
+    cr_assert_eq(echoed.argc, 3);
+    cr_assert_str_eq(echoed.args[1], "xyz");
+    cr_assert_str_eq(echoed.args[2], "p");
+    fx_close(&x);
+}
