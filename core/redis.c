@@ -39,7 +39,7 @@
 
 #define WATCHDOG_MS 500
 
-#define ADDR_LEN 46 /* INET6_ADDRSTRLEN */
+#define ADDR_LEN 46                        /* INET6_ADDRSTRLEN */
 #define REDIS_OUT_KEEP ((size_t)64 * 1024) /* bytes of r->out kept between commands */
 
 enum redis_state { REDIS_DOWN, REDIS_RESOLVING, REDIS_CONNECTING, REDIS_UP };

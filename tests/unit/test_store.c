@@ -103,7 +103,7 @@ Test(store, open_creates_dir_and_sets_pragmas)
     cr_assert_str_eq((const char *)sqlite3_column_text(stmt, 0), "wal");
     sqlite3_finalize(stmt);
     cr_assert_eq(query_int(st, "PRAGMA foreign_keys"), 1);
-    cr_assert_eq(query_int(st, "PRAGMA synchronous"), 1); /* NORMAL */
+    cr_assert_eq(query_int(st, "PRAGMA synchronous"), 1);   /* NORMAL */
     cr_assert_eq(query_int(st, "PRAGMA secure_delete"), 2); /* FAST */
     cr_assert_eq(query_int(st, "PRAGMA cache_size"), -8192);
     cr_assert_eq(store_ping(st), 0);
