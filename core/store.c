@@ -1003,9 +1003,17 @@ static void group_flush(struct store *st)
     if (committed != 0)
         note_written(st);
     run_waiters(st, committed);
-    if (committed != 0) {
+    if (committed != 0 && st->nhooks > 0) {
+        /* The hooks read what was just committed (the outbox: its highest
+         * seq, then the rows to relay): in one read transaction, so one WAL
+         * read lock (two fcntl calls) for all of them instead of one per
+         * statement. A hook that writes ends it (group_begin); it ends here
+         * otherwise, before the loop waits. */
+        if (sqlite3_get_autocommit(st->db) && step_internal(st, st->begin_read) == 0)
+            st->read_open = 1;
         for (size_t i = 0; i < st->nhooks; i++)
             st->hooks[i].fn(st, st->hooks[i].data);
+        read_end(st);
     }
 }
 

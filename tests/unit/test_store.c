@@ -858,3 +858,60 @@ Test(store, the_reads_of_an_iteration_share_one_read_transaction)
     sqlite3_close(other);
     group_close(st, &loop);
 }
+
+/* What a hook saw: whether it ran inside a transaction, and a count. */
+struct hook_reads {
+    struct store *st;
+    int calls, in_txn;
+    long seen;
+    int write; /* and then writes a row */
+};
+
+static void reading_hook(struct store *st, void *data)
+{
+    struct hook_reads *h = data;
+
+    h->calls++;
+    h->in_txn += !sqlite3_get_autocommit(store_db(st));
+    h->seen = query_int(st, "SELECT count(*) FROM a");
+    if (h->write) {
+        h->write = 0;
+        cr_assert_eq(store_begin(st), 0, "a hook's write after its reads");
+        exec_ok(st, "INSERT INTO a (x, v) VALUES (99, 'from a hook')");
+        cr_assert_eq(store_commit(st), 0);
+    }
+}
+
+/* The hooks after a group's COMMIT read in one read transaction (one WAL
+ * read lock for all of them), which ends before the loop waits, or when a
+ * hook writes. */
+Test(store, the_hooks_after_a_group_commit_share_one_read_transaction)
+{
+    struct store *st = open_ok(schema_v1);
+    struct hook_reads h1 = {.st = st}, h2 = {.st = st};
+    uv_loop_t loop;
+
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    cr_assert_eq(store_group_commit(st, &loop, NULL), 0);
+    cr_assert_eq(store_on_commit(st, reading_hook, &h1), 0);
+    cr_assert_eq(store_on_commit(st, reading_hook, &h2), 0);
+    cr_assert_eq(store_begin(st), 0);
+    exec_ok(st, "INSERT INTO a (x, v) VALUES (10, 'ten')");
+    cr_assert_eq(store_commit(st), 0);
+    cr_assert_eq(uv_run(&loop, UV_RUN_NOWAIT), 0);
+    cr_assert_eq(h1.calls, 1);
+    cr_assert_eq(h2.calls, 1);
+    cr_assert_eq(h1.in_txn + h2.in_txn, 2, "the hooks read outside a transaction");
+    cr_assert_eq(h1.seen, 2, "the hook did not see the commit");
+    cr_assert(sqlite3_get_autocommit(store_db(st)), "the read transaction outlived the flush");
+
+    /* the first hook writes: its group commits at the next iteration's end */
+    h1.write = 1;
+    cr_assert_eq(store_begin(st), 0);
+    exec_ok(st, "INSERT INTO a (x, v) VALUES (11, 'eleven')");
+    cr_assert_eq(store_commit(st), 0);
+    (void)uv_run(&loop, UV_RUN_NOWAIT); /* the hook's group may be pending still */
+    cr_assert_eq(h2.seen, 4, "the second hook sees the first one's row in its group");
+    group_close(st, &loop);
+    cr_assert_eq(seen_elsewhere("SELECT count(*) FROM a WHERE x = 99"), 1);
+}
