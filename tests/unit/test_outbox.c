@@ -24,6 +24,8 @@
 #include <ripple/redis.h>
 #include <ripple/service.h>
 #include <ripple/store.h>
+
+#include "tmpdir.h"
 #include <ripple/streams.h>
 
 #define MAX_EVENTS 16
@@ -96,7 +98,7 @@ static void fx_open_emits(struct fx *x, const struct stream_type *emits)
     memset(x, 0, sizeof(*x));
     log_set_level(LOG_LEVEL_ERROR);
     snprintf(x->dir, sizeof(x->dir), "/tmp/ripple-outbox-XXXXXX");
-    cr_assert_not_null(mkdtemp(x->dir));
+    tmpdir_make(x->dir);
     snprintf(x->path, sizeof(x->path), "%s/test.db", x->dir);
     cr_assert_eq(uv_loop_init(&x->loop), 0);
     cr_assert_eq(fake_redis_start(&x->loop, &x->fake, on_cmd), 0);
@@ -132,8 +134,6 @@ static void on_outbox_closed(void *data)
 
 static void fx_close(struct fx *x)
 {
-    char cmd[160];
-
     outbox_close(x->svc.outbox, 0, on_outbox_closed, x);
     fake_redis_close(&x->fake);
     uv_run(&x->loop, UV_RUN_DEFAULT);
@@ -141,8 +141,7 @@ static void fx_close(struct fx *x)
     cr_assert_eq(uv_loop_close(&x->loop), 0);
     store_close(x->svc.store);
     metrics_free(x->svc.metrics);
-    if (snprintf(cmd, sizeof(cmd), "rm -rf '%s'", x->dir) < (int)sizeof(cmd))
-        cr_expect_eq(system(cmd), 0);
+    tmpdir_remove(x->dir);
 }
 
 /* Appends one event per stream, in one transaction. */

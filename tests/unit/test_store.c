@@ -16,13 +16,15 @@
 
 #include <ripple/store.h>
 
+#include "tmpdir.h"
+
 static char dir[64];
 static char db_path[128];
 
 static void setup(void)
 {
     snprintf(dir, sizeof(dir), "/tmp/ripple-store-XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
+    tmpdir_make(dir);
     /* a missing parent directory (two levels) must be created by store_open */
     cr_assert(snprintf(db_path, sizeof(db_path), "%s/var/data/test.db", dir) <
               (int)sizeof(db_path));
@@ -30,10 +32,7 @@ static void setup(void)
 
 static void teardown(void)
 {
-    char cmd[160];
-
-    if (snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir) < (int)sizeof(cmd))
-        cr_expect_eq(system(cmd), 0);
+    tmpdir_remove(dir);
 }
 
 TestSuite(store, .init = setup, .fini = teardown);

@@ -23,6 +23,8 @@
 
 #include <ripple/store.h>
 
+#include "tmpdir.h"
+
 #include "store_wal.h"
 
 static char dir[64];
@@ -70,7 +72,7 @@ static void setup(void)
     sqlite3_vfs *unix_vfs = sqlite3_vfs_find("unix");
 
     snprintf(dir, sizeof(dir), "/tmp/ripple-wal-XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
+    tmpdir_make(dir);
     snprintf(db_path, sizeof(db_path), "%s/test.db", dir);
     snprintf(wal_path, sizeof(wal_path), "%s-wal", db_path);
     cr_assert_not_null(unix_vfs);
@@ -90,10 +92,7 @@ static void setup(void)
 
 static void teardown(void)
 {
-    char cmd[160];
-
-    if (snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir) < (int)sizeof(cmd))
-        cr_expect_eq(system(cmd), 0);
+    tmpdir_remove(dir);
 }
 
 TestSuite(store_wal, .init = setup, .fini = teardown);
