@@ -23,14 +23,22 @@ struct wal_file {
     unsigned char *buf;   /* owned; STORE_WAL_BUFFER bytes, allocated at first use */
     sqlite3_int64 buf_at; /* the file offset of buf[0] */
     size_t buf_len;
-    int commit; /* the last header buffered was a commit frame's */
+    /* The end of what this handle has written, buffered or not, since the
+     * WAL's header (offset 0) was last written: only writes from there on
+     * are appends. */
+    sqlite3_int64 end;
+    /* The last frame header written was a commit frame's: every write
+     * until the next header completes the transaction (its page, or the
+     * part of it after a sync when SQLite pads to a sector). */
+    int commit;
 };
 
 static sqlite3_vfs *root; /* the underlying VFS: borrowed, lives for the process */
 static sqlite3_vfs wal_vfs;
 
 /* Writes the buffer out. The bytes are dropped whether or not that
- * succeeded: after a failure SQLite abandons the frames (see store_wal.h). */
+ * succeeded: they are frames of the transaction in progress (a commit's
+ * are written before its xWrite returns), which fails with them. */
 static int flush(struct wal_file *f)
 {
     int rc = SQLITE_OK;
@@ -43,8 +51,17 @@ static int flush(struct wal_file *f)
                                        f->buf_at + (sqlite3_int64)done);
     }
     f->buf_len = 0;
-    f->commit = 0;
     return rc;
+}
+
+/* flush() for a call other than xWrite. SQLite rolls back the whole
+ * transaction after an I/O error, but only the statement after
+ * SQLITE_FULL (when it has a statement journal), which would let the
+ * transaction go on without the frames just dropped: so any failure here
+ * is an I/O error. */
+static int flush_for(struct wal_file *f)
+{
+    return flush(f) == SQLITE_OK ? SQLITE_OK : SQLITE_IOERR_WRITE;
 }
 
 static int wal_close(sqlite3_file *file)
@@ -61,7 +78,7 @@ static int wal_close(sqlite3_file *file)
 static int wal_read(sqlite3_file *file, void *out, int n, sqlite3_int64 at)
 {
     struct wal_file *f = (struct wal_file *)file;
-    int rc = flush(f);
+    int rc = flush_for(f);
 
     return rc != SQLITE_OK ? rc : f->real->pMethods->xRead(f->real, out, n, at);
 }
@@ -71,41 +88,60 @@ static uint32_t be32(const unsigned char *p)
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
+/* Writes through, after what is buffered. */
+static int write_through(struct wal_file *f, const void *data, int n, sqlite3_int64 at)
+{
+    int rc = flush(f);
+
+    return rc != SQLITE_OK ? rc : f->real->pMethods->xWrite(f->real, data, n, at);
+}
+
 static int wal_write(sqlite3_file *file, const void *data, int n, sqlite3_int64 at)
 {
     struct wal_file *f = (struct wal_file *)file;
-    int rc;
+    int rc, header = n == WAL_FRAME_HEADER;
 
-    /* Only what follows the buffer joins it; and what would not fit in an
-     * empty buffer goes out as it is, after what came before it. */
-    if (f->buf_len > 0 && (at != f->buf_at + (sqlite3_int64)f->buf_len ||
-                           f->buf_len + (size_t)n > STORE_WAL_BUFFER)) {
-        if ((rc = flush(f)) != SQLITE_OK)
-            return rc;
-    }
-    if (n <= 0 || (size_t)n > STORE_WAL_WRITE_MAX)
-        return f->real->pMethods->xWrite(f->real, data, n, at);
-    if (f->buf == NULL && (f->buf = malloc(STORE_WAL_BUFFER)) == NULL)
-        return f->real->pMethods->xWrite(f->real, data, n, at);
-    if (f->buf_len == 0)
-        f->buf_at = at;
-    memcpy(f->buf + f->buf_len, data, (size_t)n);
-    f->buf_len += (size_t)n;
     /* A frame's header is the only 24-byte write (the WAL header is 32
      * bytes, a page 512 at least); bytes 4-7 are the database's size in
-     * pages after a commit, and zero in the other frames. The commit
-     * frame's page is the next write: then the transaction is whole. */
-    if (n == WAL_FRAME_HEADER) {
+     * pages after a commit, and zero in the other frames. */
+    if (header)
         f->commit = be32((const unsigned char *)data + 4) != 0;
-        return SQLITE_OK;
+    if (at == 0)
+        f->end = 0; /* the WAL's header: the file starts over */
+    /* Only appends are buffered. A write over what was written already --
+     * SQLite rewriting a page it spilled earlier in the transaction, or the
+     * frame headers' checksums up to the commit frame's
+     * (walRewriteChecksums) -- goes through at once, after the buffer: the
+     * file's bytes change in the order SQLite wrote them, and the commit's
+     * last bytes are in the file when it publishes the commit. */
+    if (at < f->end || n <= 0 || (size_t)n > STORE_WAL_WRITE_MAX) {
+        rc = write_through(f, data, n, at);
+    } else {
+        if (f->buf_len > 0 && (at != f->buf_at + (sqlite3_int64)f->buf_len ||
+                               f->buf_len + (size_t)n > STORE_WAL_BUFFER)) {
+            if ((rc = flush(f)) != SQLITE_OK)
+                return rc;
+        }
+        if (f->buf == NULL && (f->buf = malloc(STORE_WAL_BUFFER)) == NULL) {
+            rc = write_through(f, data, n, at);
+        } else {
+            if (f->buf_len == 0)
+                f->buf_at = at;
+            memcpy(f->buf + f->buf_len, data, (size_t)n);
+            f->buf_len += (size_t)n;
+            /* After a commit frame's header, any write completes it. */
+            rc = f->commit && !header ? flush(f) : SQLITE_OK;
+        }
     }
-    return f->commit ? flush(f) : SQLITE_OK;
+    if (rc == SQLITE_OK && at + n > f->end)
+        f->end = at + n;
+    return rc;
 }
 
 static int wal_truncate(sqlite3_file *file, sqlite3_int64 size)
 {
     struct wal_file *f = (struct wal_file *)file;
-    int rc = flush(f);
+    int rc = flush_for(f);
 
     return rc != SQLITE_OK ? rc : f->real->pMethods->xTruncate(f->real, size);
 }
@@ -113,7 +149,7 @@ static int wal_truncate(sqlite3_file *file, sqlite3_int64 size)
 static int wal_sync(sqlite3_file *file, int flags)
 {
     struct wal_file *f = (struct wal_file *)file;
-    int rc = flush(f);
+    int rc = flush_for(f);
 
     return rc != SQLITE_OK ? rc : f->real->pMethods->xSync(f->real, flags);
 }
@@ -121,7 +157,7 @@ static int wal_sync(sqlite3_file *file, int flags)
 static int wal_file_size(sqlite3_file *file, sqlite3_int64 *size)
 {
     struct wal_file *f = (struct wal_file *)file;
-    int rc = flush(f);
+    int rc = flush_for(f);
 
     return rc != SQLITE_OK ? rc : f->real->pMethods->xFileSize(f->real, size);
 }
@@ -147,12 +183,13 @@ static int wal_check_reserved_lock(sqlite3_file *file, int *out)
     return f->real->pMethods->xCheckReservedLock(f->real, out);
 }
 
+/* No flush: no file control reads the file's bytes, and SQLite ignores the
+ * result of some (a size hint), which would hide a failed flush. */
 static int wal_file_control(sqlite3_file *file, int op, void *arg)
 {
     struct wal_file *f = (struct wal_file *)file;
-    int rc = flush(f);
 
-    return rc != SQLITE_OK ? rc : f->real->pMethods->xFileControl(f->real, op, arg);
+    return f->real->pMethods->xFileControl(f->real, op, arg);
 }
 
 static int wal_sector_size(sqlite3_file *file)
@@ -210,7 +247,7 @@ static int wal_shm_unmap(sqlite3_file *file, int delete_flag)
 static int wal_fetch(sqlite3_file *file, sqlite3_int64 at, int n, void **out)
 {
     struct wal_file *f = (struct wal_file *)file;
-    int rc = flush(f);
+    int rc = flush_for(f);
 
     *out = NULL;
     if (rc != SQLITE_OK)

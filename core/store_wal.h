@@ -19,11 +19,17 @@
  * It goes out in writes of STORE_WAL_WRITE_MAX bytes at most: a commit of
  * up to 15 pages of 4 KiB is one pwrite.
  *
- * So the file's bytes change in the order SQLite wrote them, and a failed
- * write fails the xWrite (or xRead, xSync...) that caused it, with the
- * underlying VFS's own code (SQLITE_FULL on a full disk, SQLITE_IOERR_*):
- * SQLite then fails the commit as it would have. The buffered bytes are
- * dropped then: SQLite rewrites the frames of a transaction it retries.
+ * Only appends are buffered: a write over bytes this handle wrote before
+ * (SQLite rewriting a page it spilled earlier in the same transaction, or
+ * walRewriteChecksums rewriting frame headers up to the commit frame's)
+ * goes through at once, after the buffer. So the file's bytes change in
+ * the order SQLite wrote them, and everything a commit wrote is in the
+ * file before SQLite publishes it. A failed write fails the xWrite that
+ * caused it with the underlying VFS's own code (SQLITE_FULL on a full
+ * disk, SQLITE_IOERR_*), or the xRead, xSync, ... with SQLITE_IOERR_WRITE
+ * (after which SQLite rolls the whole transaction back; after
+ * SQLITE_FULL it may roll back only the statement). The buffered bytes
+ * are dropped then: they are frames of the transaction that fails.
  * Every other file (the database, its -shm, journals) is the underlying
  * VFS's own file, untouched. */
 #ifndef CORE_STORE_WAL_H

@@ -273,3 +273,150 @@ Test(store_wal, a_failed_write_fails_its_commit_and_nothing_else)
     store_close(st);
     integrity_ok();
 }
+
+/* Copies the database and its WAL as they are in the file system now --
+ * what a process killed at this point leaves -- and opens the copy with
+ * SQLite's own VFS, which recovers it from the WAL. */
+static sqlite3 *open_crash_copy(void)
+{
+    char cmd[600], copy[160];
+    sqlite3 *db = NULL;
+
+    snprintf(copy, sizeof(copy), "%s/crash", dir);
+    cr_assert_lt(snprintf(cmd, sizeof(cmd), "mkdir -p '%s' && cp '%s' '%s' '%s/'", copy, db_path,
+                          wal_path, copy),
+                 (int)sizeof(cmd));
+    cr_assert_eq(system(cmd), 0, "%s", cmd);
+    cr_assert_lt(strlen(copy) + sizeof("/test.db"), sizeof(copy));
+    strcat(copy, "/test.db");
+    cr_assert_eq(sqlite3_open_v2(copy, &db, SQLITE_OPEN_READWRITE, "unix"), SQLITE_OK);
+    return db;
+}
+
+static long count_of(sqlite3 *db, const char *sql)
+{
+    sqlite3_stmt *stmt = NULL;
+    long v = -1;
+
+    cr_assert_eq(sqlite3_prepare_v2(db, sql, -1, &stmt, NULL), SQLITE_OK, "%s", sqlite3_errmsg(db));
+    if (sqlite3_step(stmt) == SQLITE_ROW)
+        v = sqlite3_column_int64(stmt, 0);
+    sqlite3_finalize(stmt);
+    return v;
+}
+
+/* A transaction larger than the page cache spills pages into the WAL and
+ * then changes them again: SQLite overwrites those frames and rewrites
+ * the checksums of every frame after them, the commit frame's last. All
+ * of it is in the file when the commit returns -- with or without a
+ * checkpoint by another connection meanwhile (which would copy a torn
+ * transaction into the database if the last header were still held). */
+static void rewritten_transaction_survives(int checkpoint)
+{
+    struct store *st = open_ok();
+    sqlite3 *db;
+
+    exec_ok(st, "PRAGMA cache_size = 10");
+    cr_assert_eq(store_begin(st), 0);
+    exec_ok(st, "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 2000) "
+                "INSERT INTO a (x, v) SELECT i, 'v1' || hex(randomblob(150)) FROM c");
+    exec_ok(st, "UPDATE a SET v = 'v2' || substr(v, 3)");
+    cr_assert_eq(store_commit(st), 0);
+    if (checkpoint) {
+        sqlite3 *other = NULL;
+        int log = -1, done = -1;
+
+        cr_assert_eq(sqlite3_open_v2(db_path, &other, SQLITE_OPEN_READWRITE, STORE_WAL_VFS),
+                     SQLITE_OK);
+        /* (a connection that never read the database has not opened its WAL) */
+        cr_assert_eq(count_of(other, "SELECT count(*) FROM sqlite_master"), 1);
+        cr_assert_eq(sqlite3_wal_checkpoint_v2(other, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done),
+                     SQLITE_OK);
+        cr_assert_gt(done, 0, "the checkpoint copied nothing (log %d)", log);
+        sqlite3_close(other);
+    }
+    db = open_crash_copy();
+    cr_assert_eq(count_of(db, "SELECT count(*) FROM a WHERE substr(v, 1, 2) = 'v2'"), 2000);
+    cr_assert_eq(count_of(db, "SELECT count(*) FROM a"), 2000);
+    cr_assert_eq(count_of(db, "SELECT count(*) FROM pragma_integrity_check WHERE "
+                              "integrity_check != 'ok'"),
+                 0);
+    sqlite3_close(db);
+    store_close(st);
+}
+
+Test(store_wal, a_transaction_that_rewrites_its_spilled_frames_is_whole_after_a_crash)
+{
+    rewritten_transaction_survives(0);
+}
+
+Test(store_wal, a_checkpoint_after_a_rewritten_transaction_copies_it_whole)
+{
+    rewritten_transaction_survives(1);
+}
+
+/* synchronous = FULL on a device without powersafe overwrite: SQLite pads
+ * a commit to a sector boundary with copies of its last frame and syncs in
+ * the middle of one; what follows the sync is in the file when the commit
+ * returns, so another connection reads every commit. */
+Test(store_wal, commits_padded_to_a_sector_are_readable_at_once)
+{
+    char uri[200];
+    sqlite3 *writer = NULL;
+
+    cr_assert_eq(store_wal_register(), 0);
+    snprintf(uri, sizeof(uri), "file:%s?psow=0", db_path);
+    cr_assert_eq(sqlite3_open_v2(uri, &writer,
+                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI,
+                                 STORE_WAL_VFS),
+                 SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(writer,
+                              "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; "
+                              "CREATE TABLE a (x INTEGER PRIMARY KEY, v BLOB)",
+                              NULL, NULL, NULL),
+                 SQLITE_OK, "%s", sqlite3_errmsg(writer));
+    for (int i = 1; i <= 20; i++) {
+        char sql[100];
+
+        snprintf(sql, sizeof(sql), "INSERT INTO a (x, v) VALUES (%d, randomblob(%d))", i, 100 * i);
+        cr_assert_eq(sqlite3_exec(writer, sql, NULL, NULL, NULL), SQLITE_OK, "%s",
+                     sqlite3_errmsg(writer));
+        cr_assert_eq(seen_elsewhere("SELECT count(*) FROM a"), i, "after commit %d", i);
+    }
+    sqlite3_close(writer);
+    integrity_ok();
+}
+
+/* Frames spilled before the commit that cannot be written (the disk
+ * fills up in the middle of a large transaction): whichever call finds
+ * out -- a write, or a read of a spilled page -- the transaction fails
+ * whole, and the store writes again once the disk has room. */
+Test(store_wal, a_large_transaction_that_cannot_spill_fails_whole)
+{
+    struct store *st = open_ok();
+    int rc;
+
+    exec_ok(st, "PRAGMA cache_size = 10");
+    cr_assert_eq(insert_rows(st, 1, 2, 100), 0);
+    cr_assert_eq(store_begin(st), 0);
+    exec_ok(st, "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 300) "
+                "INSERT INTO a (x, v) SELECT 100 + i, randomblob(3000) FROM c");
+    wal.fail_errno = ENOSPC;
+    rc = sqlite3_exec(
+        store_db(st),
+        "UPDATE a SET v = randomblob(2000) WHERE x > 100;"
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 300) "
+        "INSERT INTO a (x, v) SELECT 1000 + i, randomblob(3000) FROM c",
+        NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        cr_assert_lt(store_commit(st), 0, "a commit whose spilled frames were lost");
+    else
+        store_rollback(st);
+    (void)store_check_fault(st);
+    cr_assert_neq(store_fault(st), 0, "the failure was not a store fault");
+    wal.fail_errno = 0;
+    cr_assert_eq(insert_rows(st, 50, 1, 100), 0, "the store writes again: %s", store_errmsg(st));
+    cr_assert_eq(seen_elsewhere("SELECT count(*) FROM a"), 3, "a part of the failed transaction");
+    store_close(st);
+    integrity_ok();
+}
