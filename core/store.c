@@ -115,6 +115,7 @@ struct store {
 };
 
 static int step_internal(struct store *st, sqlite3_stmt *stmt);
+static int read_begin(struct store *st);
 static void read_end(struct store *st);
 
 /* One migration: a span of the schema text (borrowed). */
@@ -1009,8 +1010,7 @@ static void group_flush(struct store *st)
          * read lock (two fcntl calls) for all of them instead of one per
          * statement. A hook that writes ends it (group_begin); it ends here
          * otherwise, before the loop waits. */
-        if (sqlite3_get_autocommit(st->db) && step_internal(st, st->begin_read) == 0)
-            st->read_open = 1;
+        (void)read_begin(st);
         for (size_t i = 0; i < st->nhooks; i++)
             st->hooks[i].fn(st, st->hooks[i].data);
         read_end(st);
@@ -1117,13 +1117,26 @@ void store_commit_counts(const struct store *st, uint64_t *commits, uint64_t *tx
  * request's time here); the reads of one iteration share one instead. */
 int store_read_begin(struct store *st)
 {
-    if (!st->group_on || st->read_open || !sqlite3_get_autocommit(st->db))
-        return 0; /* no groups, or a transaction is open already */
+    if (!st->group_on || st->read_open)
+        return 0; /* no groups, or a read transaction is open already */
+    if (read_begin(st) < 0)
+        return -EIO;
+    if (!st->read_open)
+        return 0; /* a write transaction is open */
+    uv_prepare_start(&st->group_prepare, on_group_prepare);
+    uv_check_start(&st->group_check, on_group_check);
+    return 0;
+}
+
+/* Opens a (deferred) read transaction unless a transaction is open: the
+ * reads until read_end share its snapshot and one WAL read lock. */
+static int read_begin(struct store *st)
+{
+    if (st->read_open || !sqlite3_get_autocommit(st->db))
+        return 0;
     if (step_internal(st, st->begin_read) < 0)
         return -EIO;
     st->read_open = 1;
-    uv_prepare_start(&st->group_prepare, on_group_prepare);
-    uv_check_start(&st->group_check, on_group_check);
     return 0;
 }
 

@@ -25,7 +25,7 @@
 #include <ripple/service.h>
 #include <ripple/store.h>
 
-#include "tmpdir.h"
+#include "db_fixture.h"
 #include <ripple/streams.h>
 
 #define MAX_EVENTS 16

@@ -16,7 +16,7 @@
 
 #include <ripple/store.h>
 
-#include "tmpdir.h"
+#include "db_fixture.h"
 
 static char dir[64];
 static char db_path[128];
@@ -55,15 +55,7 @@ static const char schema_v2[] = "-- users service schema\n"
 /* One integer from a query without parameters, or -1. */
 static long query_int(struct store *st, const char *sql)
 {
-    sqlite3_stmt *stmt = NULL;
-    long v = -1;
-
-    cr_assert_eq(sqlite3_prepare_v2(store_db(st), sql, -1, &stmt, NULL), SQLITE_OK, "%s: %s", sql,
-                 store_errmsg(st));
-    if (sqlite3_step(stmt) == SQLITE_ROW)
-        v = sqlite3_column_int64(stmt, 0);
-    sqlite3_finalize(stmt);
-    return v;
+    return db_int(store_db(st), sql);
 }
 
 static int table_exists(struct store *st, const char *name)
@@ -612,17 +604,7 @@ static void count_hook(struct store *st, void *data)
 /* One integer from sql, as another connection (read-only) sees it. */
 static long seen_elsewhere(const char *sql)
 {
-    sqlite3 *db = NULL;
-    sqlite3_stmt *stmt = NULL;
-    long v = -1;
-
-    cr_assert_eq(sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    cr_assert_eq(sqlite3_prepare_v2(db, sql, -1, &stmt, NULL), SQLITE_OK, "%s", sqlite3_errmsg(db));
-    if (sqlite3_step(stmt) == SQLITE_ROW)
-        v = sqlite3_column_int64(stmt, 0);
-    sqlite3_finalize(stmt);
-    sqlite3_close(db);
-    return v;
+    return db_int_at(db_path, sql);
 }
 
 static void exec_ok(struct store *st, const char *sql)

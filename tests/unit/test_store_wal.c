@@ -23,7 +23,7 @@
 
 #include <ripple/store.h>
 
-#include "tmpdir.h"
+#include "db_fixture.h"
 
 #include "store_wal.h"
 
@@ -144,30 +144,14 @@ static long file_size(const char *path)
 /* One integer as another connection sees it, through SQLite's own VFS. */
 static long seen_elsewhere(const char *sql)
 {
-    sqlite3 *db = NULL;
-    sqlite3_stmt *stmt = NULL;
-    long v = -1;
-
-    cr_assert_eq(sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, "unix"), SQLITE_OK);
-    cr_assert_eq(sqlite3_prepare_v2(db, sql, -1, &stmt, NULL), SQLITE_OK, "%s", sqlite3_errmsg(db));
-    if (sqlite3_step(stmt) == SQLITE_ROW)
-        v = sqlite3_column_int64(stmt, 0);
-    sqlite3_finalize(stmt);
-    sqlite3_close(db);
-    return v;
+    return db_int_at(db_path, sql);
 }
 
 static void integrity_ok(void)
 {
-    sqlite3 *db = NULL;
-    sqlite3_stmt *stmt = NULL;
-
-    cr_assert_eq(sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, "unix"), SQLITE_OK);
-    cr_assert_eq(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &stmt, NULL), SQLITE_OK);
-    cr_assert_eq(sqlite3_step(stmt), SQLITE_ROW);
-    cr_assert_str_eq((const char *)sqlite3_column_text(stmt, 0), "ok");
-    sqlite3_finalize(stmt);
-    sqlite3_close(db);
+    cr_assert_eq(seen_elsewhere("SELECT count(*) FROM pragma_integrity_check "
+                                "WHERE integrity_check != 'ok'"),
+                 0);
 }
 
 Test(store_wal, the_store_opens_its_database_through_the_vfs)
@@ -293,18 +277,6 @@ static sqlite3 *open_crash_copy(void)
     return db;
 }
 
-static long count_of(sqlite3 *db, const char *sql)
-{
-    sqlite3_stmt *stmt = NULL;
-    long v = -1;
-
-    cr_assert_eq(sqlite3_prepare_v2(db, sql, -1, &stmt, NULL), SQLITE_OK, "%s", sqlite3_errmsg(db));
-    if (sqlite3_step(stmt) == SQLITE_ROW)
-        v = sqlite3_column_int64(stmt, 0);
-    sqlite3_finalize(stmt);
-    return v;
-}
-
 /* A transaction larger than the page cache spills pages into the WAL and
  * then changes them again: SQLite overwrites those frames and rewrites
  * the checksums of every frame after them, the commit frame's last. All
@@ -329,17 +301,17 @@ static void rewritten_transaction_survives(int checkpoint)
         cr_assert_eq(sqlite3_open_v2(db_path, &other, SQLITE_OPEN_READWRITE, STORE_WAL_VFS),
                      SQLITE_OK);
         /* (a connection that never read the database has not opened its WAL) */
-        cr_assert_eq(count_of(other, "SELECT count(*) FROM sqlite_master"), 1);
+        cr_assert_eq(db_int(other, "SELECT count(*) FROM sqlite_master"), 1);
         cr_assert_eq(sqlite3_wal_checkpoint_v2(other, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done),
                      SQLITE_OK);
         cr_assert_gt(done, 0, "the checkpoint copied nothing (log %d)", log);
         sqlite3_close(other);
     }
     db = open_crash_copy();
-    cr_assert_eq(count_of(db, "SELECT count(*) FROM a WHERE substr(v, 1, 2) = 'v2'"), 2000);
-    cr_assert_eq(count_of(db, "SELECT count(*) FROM a"), 2000);
-    cr_assert_eq(count_of(db, "SELECT count(*) FROM pragma_integrity_check WHERE "
-                              "integrity_check != 'ok'"),
+    cr_assert_eq(db_int(db, "SELECT count(*) FROM a WHERE substr(v, 1, 2) = 'v2'"), 2000);
+    cr_assert_eq(db_int(db, "SELECT count(*) FROM a"), 2000);
+    cr_assert_eq(db_int(db, "SELECT count(*) FROM pragma_integrity_check WHERE "
+                            "integrity_check != 'ok'"),
                  0);
     sqlite3_close(db);
     store_close(st);
