@@ -21,7 +21,7 @@ FROM debian:bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       build-essential libuv1-dev libhiredis-dev libjansson-dev node-llhttp \
-      libsqlite3-dev libjwt-dev libssl-dev libcurl4-openssl-dev \
+      libsqlite3-dev libjwt-dev libssl-dev libcurl4-openssl-dev libgoogle-perftools-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Makefile ./
@@ -45,13 +45,14 @@ RUN make -j"$(nproc)" all \
       build/console
 
 # The runtime libraries of the link line (-luv -lhiredis -lcurl -ljansson
-# -lsqlite3 -ljwt -lcrypto) and nothing else: no curl, no CA bundle (the
+# -lsqlite3 -ljwt -lcrypto, and the allocator, -ltcmalloc_minimal) and nothing else: no curl, no CA bundle (the
 # services speak plain HTTP to each other; add ca-certificates for an https
 # USERS_URL). The healthcheck is a bash probe, as bash is in every Debian.
 FROM debian:bookworm-slim AS base
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libuv1 libhiredis0.14 libjansson4 libsqlite3-0 libjwt0 libssl3 libcurl4 \
+      libtcmalloc-minimal4 \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log \
  && groupadd --system --gid 10001 ripple \
  && useradd --system --uid 10001 --gid ripple --home-dir /var/lib/ripple --create-home \

@@ -21,6 +21,21 @@ CPPFLAGS += -Iinclude -Icore -I. -isystem $(LLHTTP_INC) -DRIPPLE_SHORT_NAMES
 CFLAGS   += $(WARN_CFLAGS) $(MODE_CFLAGS) -MMD -MP
 LDFLAGS  += $(MODE_LDFLAGS)
 LDLIBS   += -luv -lhiredis -lcurl -ljansson -lsqlite3 -ljwt -lcrypto -lpthread -lm
+# The services' allocator (README "Dependencies"): tcmalloc from gperftools,
+# linked into the executables only (never into the library or the tests).
+# --no-as-needed because nothing calls it by name: it replaces malloc by
+# coming before libc. `make MALLOC_LIBS=` builds on glibc's malloc, as the
+# sanitizer, valgrind and fuzz builds do (they bring their own).
+# Without the package (a machine set up before it was added: `make deps`
+# installs it), make says so and builds on glibc's.
+ifeq ($(origin MALLOC_LIBS),undefined)
+ifeq ($(shell pkg-config --exists libtcmalloc_minimal 2>/dev/null && echo y),y)
+MALLOC_LIBS := -Wl,--push-state,--no-as-needed -ltcmalloc_minimal -Wl,--pop-state
+else
+$(warning tcmalloc is not installed (libgoogle-perftools-dev): building on glibc's malloc; `make deps` installs it)
+MALLOC_LIBS :=
+endif
+endif
 
 CORE_SRC := $(wildcard core/*.c streams/*.c)
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/openapi_assets.o
@@ -107,8 +122,15 @@ $(BUILD)/gen/host_%.c: scripts/gen-host
 	@mkdir -p $(@D)
 	scripts/gen-host $* > $@
 
-$(BUILD)/ripple: $(ALL_MODULE_OBJ) $(BUILD)/obj/gen/host_all.o $(BUILD)/libcore.a
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libcore.a $(LDLIBS)
+# The executables' link line in a stamp each depends on: `make MALLOC_LIBS=`
+# after `make` relinks them rather than keeping the other allocator.
+LINK_FLAGS := $(CC) $(CFLAGS) $(LDFLAGS) $(LDLIBS) $(MALLOC_LIBS)
+$(BUILD)/.link-flags: FORCE
+	@mkdir -p $(@D)
+	@echo '$(LINK_FLAGS)' | cmp -s - $@ || echo '$(LINK_FLAGS)' > $@
+
+$(BUILD)/ripple: $(ALL_MODULE_OBJ) $(BUILD)/obj/gen/host_all.o $(BUILD)/libcore.a $(BUILD)/.link-flags
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libcore.a $(LDLIBS) $(MALLOC_LIBS)
 
 define assets_rule
 $(BUILD)/gen/$(1)_assets.c: scripts/embed-assets $(call module_assets,$(1))
@@ -118,9 +140,9 @@ endef
 $(foreach m,$(MODULES),$(if $(wildcard services/$(m)/assets),$(eval $(call assets_rule,$(m)))))
 
 define module_rule
-$(BUILD)/$(1): $(call module_obj,$(1)) $(BUILD)/obj/gen/host_$(1).o $(BUILD)/libcore.a
+$(BUILD)/$(1): $(call module_obj,$(1)) $(BUILD)/obj/gen/host_$(1).o $(BUILD)/libcore.a $(BUILD)/.link-flags
 	$$(CC) $$(CFLAGS) $$(LDFLAGS) -o $$@ $(call module_obj,$(1)) $(BUILD)/obj/gen/host_$(1).o \
-		$(BUILD)/libcore.a $$(LDLIBS)
+		$(BUILD)/libcore.a $$(LDLIBS) $$(MALLOC_LIBS)
 endef
 $(foreach m,$(MODULES),$(eval $(call module_rule,$(m))))
 
@@ -135,7 +157,7 @@ unit: $(BUILD)/unit_tests
 	$(BUILD)/unit_tests --jobs 2
 
 e2e: all browser-deps openapi-deps
-	RIPPLE_REQUIRE_BROWSER=1 RIPPLE_BIN=$(abspath $(BUILD)) $(PYTHON) -m pytest -q tests/e2e \
+	RIPPLE_MALLOC=$(if $(MALLOC_LIBS),tcmalloc,glibc) RIPPLE_REQUIRE_BROWSER=1 RIPPLE_BIN=$(abspath $(BUILD)) $(PYTHON) -m pytest -q tests/e2e \
 		$(PYTEST_ARGS)
 
 # The console's browser test (tests/e2e/test_console_browser.py): Debian's
@@ -171,11 +193,12 @@ test: deps
 # The same suites under ASan + UBSan, in a build of their own.
 check-san: deps
 	$(MAKE) BUILD=build/san MODE_CFLAGS="$(SAN_CFLAGS)" MODE_LDFLAGS="-fsanitize=address,undefined" \
-		all build/san/unit_tests
+		MALLOC_LIBS= all build/san/unit_tests
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:quarantine_size_mb=32 RIPPLE_RSS_SLACK=8 \
 		RIPPLE_TIME_SLACK=3 \
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-		$(MAKE) BUILD=build/san MODE_CFLAGS="$(SAN_CFLAGS)" MODE_LDFLAGS="-fsanitize=address,undefined" unit e2e
+		$(MAKE) BUILD=build/san MODE_CFLAGS="$(SAN_CFLAGS)" MODE_LDFLAGS="-fsanitize=address,undefined" \
+		MALLOC_LIBS= unit e2e
 
 # valgrind (STYLE.md §4: a -O0 -g build without sanitizers): the unit tests,
 # and the users service under its e2e suites, must be clean -- any error or a
@@ -183,7 +206,7 @@ check-san: deps
 VALGRIND := valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,indirect \
             --error-exitcode=1
 check-valgrind: deps
-	$(MAKE) BUILD=build/vg MODE_CFLAGS="-O0 -g" all build/vg/unit_tests
+	$(MAKE) BUILD=build/vg MODE_CFLAGS="-O0 -g" MALLOC_LIBS= all build/vg/unit_tests
 	RIPPLE_TIME_SLACK=10 $(VALGRIND) --trace-children=yes build/vg/unit_tests --jobs 1
 	RIPPLE_BIN=$(abspath build/vg) RIPPLE_VALGRIND=users RIPPLE_STARTUP_TIMEOUT=60 RIPPLE_TIME_SLACK=10 \
 		RIPPLE_STOP_TIMEOUT=60 $(PYTHON) -m pytest -q tests/e2e/test_users.py \

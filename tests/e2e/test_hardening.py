@@ -7,13 +7,14 @@ import os
 import resource
 import selectors
 import socket
+import subprocess
 import threading
 import time
 
 import pytest
 import redis as redislib
 
-from conftest import HOST, start_redis
+from conftest import BIN_DIR, HOST, start_redis
 
 
 # Memory bounds hold for the release build (make test). An ASan build keeps
@@ -35,6 +36,34 @@ def own_redis(tmp_path):
     srv = start_redis(tmp_path)
     yield srv
     srv.down()
+
+
+def needed_libraries(path):
+    """The DT_NEEDED entries of an ELF file, in link order."""
+    out = subprocess.run(["readelf", "-d", str(path)], check=True, capture_output=True,
+                         text=True).stdout
+    return [ln.split("[", 1)[1].rstrip("]") for ln in out.splitlines() if "(NEEDED)" in ln]
+
+
+def test_the_services_run_on_the_allocator_they_were_built_with(users):
+    """make links the executables with tcmalloc (MALLOC_LIBS), the sanitizer
+    and valgrind builds with glibc's malloc (make sets RIPPLE_MALLOC to say
+    which). A linker that drops an unreferenced library (--as-needed) would
+    leave the release build on glibc's malloc without a word: the library
+    must be needed before libc, and mapped in the running service."""
+    needed = needed_libraries(BIN_DIR / "users")
+    tc = [n for n in needed if n.startswith("libtcmalloc")]
+    expect = os.environ.get("RIPPLE_MALLOC") or ("tcmalloc" if tc else "glibc")
+    with open(f"/proc/{users.proc.pid}/maps") as f:
+        mapped = "libtcmalloc" in f.read()
+    if expect == "tcmalloc":
+        assert tc, f"users is not linked with tcmalloc: NEEDED {needed}"
+        assert needed.index(tc[0]) < needed.index("libc.so.6"), \
+            f"tcmalloc must come before libc to replace malloc: {needed}"
+        assert mapped, "tcmalloc is not mapped in the running service"
+    else:
+        assert expect == "glibc", f"RIPPLE_MALLOC={expect}: tcmalloc or glibc"
+        assert not tc and not mapped, f"a {expect} build maps tcmalloc: NEEDED {needed}"
 
 
 def test_slow_reader_costs_bounded_memory(users):
