@@ -280,7 +280,8 @@ compose-test: deps
 # ---------------------------------------------------------------------------
 # ripple as a library (DESIGN.md §13): `make lib` builds it into $(BUILD)/pic,
 # `make install PREFIX=... [DESTDIR=...]` installs it, `make uninstall`
-# removes exactly what install wrote. Installed:
+# removes every file install wrote (and include/ripple/; the shared
+# directories above it stay). Installed:
 #   lib/libripple.a, lib/libripple.so.X.Y.Z (soname libripple.so.X) and its
 #     two links: the runtime (core/, streams/), with llhttp compiled in --
 #     hidden (-fvisibility=hidden, then localized in the .a), so neither the

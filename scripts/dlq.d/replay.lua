@@ -2,10 +2,10 @@
 -- entry ARGV[1] of KEYS[2] (<stream>.dlq) to KEYS[1] (<stream>) and deletes
 -- the dead letter, atomically (a script runs alone on the server).
 --
--- A dead letter is the original entry's fields followed by the three the
--- consumer appended: error, group and deliveries (DESIGN.md §5). The last
--- occurrence of each of those is dropped, so an original field of the same
--- name survives. An explicit `id` field is kept: it is the de-duplication
+-- A dead letter is the original entry's fields followed by the four the
+-- consumer appended: error, group, deliveries and failures (DESIGN.md §5,
+-- DLQ_* in ripple/streams.h). The last occurrence of each of those is
+-- dropped, so an original field of the same name survives. An explicit `id` field is kept: it is the de-duplication
 -- key, so a replayed event never takes effect twice.
 --
 -- The one replay of the project: scripts/dlq runs it with EVAL, and the
@@ -20,7 +20,7 @@ if #rows == 0 then
 end
 local flat = rows[1][2]
 local drop = {}
-for _, name in ipairs({'error', 'group', 'deliveries'}) do
+for _, name in ipairs({'error', 'group', 'deliveries', 'failures'}) do
     for i = #flat - 1, 1, -2 do
         if flat[i] == name and not drop[i] then
             drop[i] = true
