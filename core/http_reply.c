@@ -87,6 +87,11 @@ int http_reply_json(struct http_request *req, int status, json_t *body)
     return rc;
 }
 
+int http_reply_json_text(struct http_request *req, int status, const char *body, size_t len)
+{
+    return http_respond(req, status, content_json, body, len);
+}
+
 /* Answers status with a body built without allocating, for when even the
  * error could not be encoded. */
 static int reply_fallback(struct http_request *req, int status)

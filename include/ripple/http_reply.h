@@ -30,6 +30,8 @@ char *http_error_body(const char *code, const char *message, const struct json_t
 
 /* Answers with status and body serialized compactly. Steals body. */
 int http_reply_json(struct http_request *req, int status, struct json_t *body);
+/* Answers with status and body, JSON text already written (json_out.h). */
+int http_reply_json_text(struct http_request *req, int status, const char *body, size_t len);
 /* Answers with the error shape; code NULL means http_error_code(status). */
 int http_reply_error(struct http_request *req, int status, const char *code, const char *message);
 /* Answers 422 "invalid" with fields (stolen; an object of field -> message). */

@@ -15,6 +15,7 @@
 #include <ripple/http_router.h>
 #include <ripple/http_server.h>
 #include <ripple/ids.h>
+#include <ripple/json_out.h>
 #include <ripple/log.h>
 #include <ripple/metrics.h>
 #include <ripple/module.h>

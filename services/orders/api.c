@@ -45,6 +45,7 @@
 #include <ripple/http_reply.h>
 #include <ripple/http_router.h>
 #include <ripple/http_server.h>
+#include <ripple/json_out.h>
 #include "input.h"
 #include <ripple/log.h>
 #include <ripple/service.h>
@@ -52,6 +53,9 @@
 #include <ripple/trace.h>
 
 #define KEY_MAX 255 /* bytes of an Idempotency-Key */
+/* A new order's 202, written on the stack: the largest valid order (100
+ * items of a 64-byte SKU, about 9 KiB of items) and its first steps fit. */
+#define ORDERS_CREATED_MAX 16384
 
 /* A POST waiting for its user check. */
 struct place {
@@ -179,19 +183,28 @@ static void place_free(struct place *p)
 
 /* Answers 202 with order id: order (stolen), or as read back when NULL
  * (a replay; committed even if it cannot be read back). */
-static void reply_order(struct place *p, const char *id, json_t *order, int replayed)
+/* The headers of a 202 with an order: where it is, and whether it is one an
+ * earlier POST with the same Idempotency-Key made. */
+static void add_order_headers(struct place *p, const char *id, int replayed)
 {
     char location[64];
-    int rc;
+    int rc = snprintf(location, sizeof(location), "/api/v1/orders/%s", id);
 
-    if (order == NULL && orders_get(p->o, id, NULL, &order) < 0)
-        order = json_pack("{s:s, s:s}", "id", id, "user_id", p->user_id);
-    rc = snprintf(location, sizeof(location), "/api/v1/orders/%s", id);
     if (rc > 0 && (size_t)rc < sizeof(location) &&
         http_add_header(p->req, "Location", location) < 0)
         log_warn("orders: no room for Location");
     if (replayed && http_add_header(p->req, "Idempotent-Replayed", "true") < 0)
         log_warn("orders: no room for Idempotent-Replayed");
+}
+
+/* Answers 202 with order id as GET shows it, read back. */
+static void reply_order(struct place *p, const char *id, int replayed)
+{
+    json_t *order = NULL;
+
+    if (orders_get(p->o, id, NULL, &order) < 0)
+        order = json_pack("{s:s, s:s}", "id", id, "user_id", p->user_id);
+    add_order_headers(p, id, replayed);
     http_reply_json(p->req, 202, order);
 }
 
@@ -224,7 +237,7 @@ static int reply_replay(struct place *p)
     } else {
         log_write(LOG_LEVEL_INFO, id, "order replayed id=%s user=%s (Idempotency-Key)", id,
                   p->user_id);
-        reply_order(p, id, NULL, 1);
+        reply_order(p, id, 1);
     }
     free(items);
     free(had);
@@ -238,11 +251,12 @@ static void place_order(struct place *p)
     struct store *st = o->svc->store;
     struct orders_new n = {
         .user_id = p->user_id, .items = p->items, .idempotency_key = p->key[0] ? p->key : NULL};
-    char id[IDS_UUID_LEN + 1];
-    json_t *order = NULL;
+    char id[IDS_UUID_LEN + 1], body[ORDERS_CREATED_MAX];
+    struct json_out out;
     int rc = store_begin(st);
 
-    if (rc == 0 && (rc = orders_create(o, &n, id, &order)) < 0)
+    json_out_init(&out, body, sizeof(body));
+    if (rc == 0 && (rc = orders_create(o, &n, id, &out)) < 0)
         store_rollback(st);
     if (rc == 0)
         rc = store_commit(st);
@@ -253,13 +267,17 @@ static void place_order(struct place *p)
             return;
     }
     if (rc < 0) {
-        json_decref(order);
         http_reply_internal(p->req);
         return;
     }
     log_write(LOG_LEVEL_INFO, id, "order placed id=%s user=%s items=%zu", id, p->user_id,
               json_array_size(p->items));
-    reply_order(p, id, order, 0);
+    if (out.overflow) { /* items and a reason longer than any valid order's */
+        reply_order(p, id, 0);
+        return;
+    }
+    add_order_headers(p, id, 0);
+    http_reply_json_text(p->req, 202, body, out.len);
 }
 
 static void reply_unavailable(struct http_request *req, const char *why)

@@ -25,6 +25,7 @@
 #include <sqlite3.h>
 
 #include <ripple/clock.h>
+#include <ripple/json_out.h>
 #include <ripple/log.h>
 #include <ripple/outbox.h>
 #include <ripple/store.h>
@@ -76,12 +77,27 @@ int orders_model_prepare(struct orders *o)
  * Writes (inside the caller's transaction)
  * ------------------------------------------------------------------------- */
 
-/* A step as the timeline shows it (step_from_row's shape). */
-static json_t *step_json(const char *step, const char *event_type, const char *event_id,
-                         const char *stream, const char *entry_id, const char *at)
+/* Appends a step to the timeline orders_create is writing, in
+ * step_from_row's shape; a comma first unless it is the first. */
+static void write_step(struct json_out *b, const char *step, const char *event_type,
+                       const char *event_id, const char *stream, const char *entry_id,
+                       const char *at)
 {
-    return json_pack("{s:s, s:s, s:s?, s:s, s:s?, s:s}", "step", step, "event_type", event_type,
-                     "event_id", event_id, "stream", stream, "entry_id", entry_id, "at", at);
+    if (b->len > 0 && b->p[b->len - 1] != '[')
+        json_out_raw(b, ",");
+    json_out_raw(b, "{\"step\":");
+    json_out_str(b, step);
+    json_out_raw(b, ",\"event_type\":");
+    json_out_str(b, event_type);
+    json_out_raw(b, ",\"event_id\":");
+    json_out_str(b, event_id);
+    json_out_raw(b, ",\"stream\":");
+    json_out_str(b, stream);
+    json_out_raw(b, ",\"entry_id\":");
+    json_out_str(b, entry_id);
+    json_out_raw(b, ",\"at\":");
+    json_out_str(b, at);
+    json_out_raw(b, "}");
 }
 
 int orders_step_add(struct orders *o, const char *order_id, const char *step,
@@ -91,10 +107,8 @@ int orders_step_add(struct orders *o, const char *order_id, const char *step,
     int rc = store_exec(o->svc->store, o->step_add, "orders: add a timeline step", "sssssss",
                         order_id, step, event_type, event_id, stream, entry_id, at);
 
-    if (rc == 0 && o->timeline != NULL &&
-        json_array_append_new(o->timeline,
-                              step_json(step, event_type, event_id, stream, entry_id, at)) < 0)
-        rc = -ENOMEM;
+    if (rc == 0 && o->timeline != NULL)
+        write_step(o->timeline, step, event_type, event_id, stream, entry_id, at);
     return rc;
 }
 
@@ -144,29 +158,36 @@ static int emit_rejected(struct orders *o, const char *id, const struct orders_n
         ORDERS_STEP_REJECTED, at);
 }
 
-/* The order orders_create wrote, as order_from_row and add_timeline would
- * read it back; steals timeline. NULL on ENOMEM. */
-static json_t *created_json(const char *id, const struct orders_new *n, const char *at,
-                            json_t *timeline)
+/* The order orders_create is writing, up to its timeline's steps, as
+ * order_from_row reads it back (the same keys in the same order). */
+static void write_head(struct json_out *b, const char *id, const struct orders_new *n,
+                       const char *items, const char *at)
 {
-    const char *trace = trace_current();
-
-    return json_pack("{s:s, s:s, s:s, s:O, s:n, s:s?, s:s, s:s, s:s?, s:o}", "id", id, "user_id",
-                     n->user_id, "status", n->reason ? ORDERS_REJECTED : ORDERS_PENDING, "items",
-                     n->items, "amount_cents", "reason", n->reason, "created_at", at, "updated_at",
-                     at, "traceparent", trace, "timeline", timeline);
+    json_out_raw(b, "{\"id\":");
+    json_out_str(b, id);
+    json_out_raw(b, ",\"user_id\":");
+    json_out_str(b, n->user_id);
+    json_out_raw(b, ",\"status\":");
+    json_out_str(b, n->reason ? ORDERS_REJECTED : ORDERS_PENDING);
+    json_out_raw(b, ",\"items\":");
+    json_out_raw(b, items); /* jansson's compact text of a valid array */
+    json_out_raw(b, ",\"amount_cents\":null,\"reason\":");
+    json_out_str(b, n->reason);
+    json_out_raw(b, ",\"created_at\":");
+    json_out_str(b, at);
+    json_out_raw(b, ",\"updated_at\":");
+    json_out_str(b, at);
+    json_out_raw(b, ",\"traceparent\":");
+    json_out_str(b, trace_current());
+    json_out_raw(b, ",\"timeline\":[");
 }
 
-static int create(struct orders *o, const struct orders_new *n, const char *id, const char *at)
+static int create(struct orders *o, const struct orders_new *n, const char *id, const char *items,
+                  const char *at)
 {
     const struct stream_msg *cmd = n->cmd;
-    char *items = json_dumps(n->items, JSON_COMPACT);
-    int rc;
+    int rc = insert_order(o, id, n, items, at);
 
-    if (items == NULL)
-        return -ENOMEM;
-    rc = insert_order(o, id, n, items, at);
-    free(items);
     if (rc == 0 && cmd != NULL)
         rc = orders_step_add(o, id, ORDERS_STEP_REQUESTED, cmd->type, cmd->id, cmd->stream,
                              cmd->entry_id, at);
@@ -178,28 +199,26 @@ static int create(struct orders *o, const struct orders_new *n, const char *id, 
 }
 
 int orders_create(struct orders *o, const struct orders_new *n, char id[IDS_UUID_LEN + 1],
-                  json_t **out)
+                  struct json_out *out)
 {
-    char at[CLOCK_ISO8601_LEN + 1];
+    char at[CLOCK_ISO8601_LEN + 1], *items;
     int rc;
 
     if (!store_in_txn(o->svc->store))
         return -EINVAL;
     if (clock_iso8601(at, sizeof(at)) < 0)
         return -EIO;
-    ids_uuid7(id); /* time-ordered: its index and its steps append */
-    if (out != NULL && (o->timeline = json_array()) == NULL)
+    if ((items = json_dumps(n->items, JSON_COMPACT)) == NULL)
         return -ENOMEM;
-    rc = create(o, n, id, at);
-    if (out != NULL) {
-        json_t *timeline = o->timeline;
-
-        o->timeline = NULL;
-        if (rc == 0 && (*out = created_json(id, n, at, timeline)) == NULL)
-            rc = -ENOMEM;
-        else if (rc < 0)
-            json_decref(timeline);
-    }
+    ids_uuid7(id); /* time-ordered: its index and its steps append */
+    if (out != NULL)
+        write_head(out, id, n, items, at);
+    o->timeline = out;
+    rc = create(o, n, id, items, at);
+    o->timeline = NULL;
+    if (out != NULL)
+        json_out_raw(out, "]}");
+    free(items);
     return rc;
 }
 

@@ -27,6 +27,7 @@
 #include <ripple/streams.h>
 
 struct json_t;
+struct json_out;
 struct metrics_histogram;
 struct sqlite3_stmt;
 struct stream_msg;
@@ -106,7 +107,7 @@ struct orders {
     /* Prepared statements, owned (finalized) by the store. */
     struct sqlite3_stmt *insert, *by_id, *list_all, *list_user, *by_key;
     struct sqlite3_stmt *steps, *step_add, *step_entry;
-    struct json_t *timeline; /* orders_create: the steps it adds, or NULL */
+    struct json_out *timeline; /* orders_create: where it writes its steps, or NULL */
     struct orders_pending_place place;
     unsigned checks;                /* user checks in flight (HTTP and stream) */
     unsigned refs;                  /* the stop hook's and the consumer's */
@@ -178,12 +179,12 @@ struct orders_new {
     const char *idempotency_key;  /* the client's Idempotency-Key, or NULL */
 };
 /* Creates the order (inside the caller's transaction); its id (a new UUID)
- * goes to id and, when out is not NULL, the order as GET shows it to *out
- * (a new reference, built from what was written: no read-back). Returns 0,
- * -EEXIST when the user already has an order with n->idempotency_key
- * (nothing written: roll back), or -EIO / -ENOMEM. */
+ * goes to id and, when out is not NULL, the order as GET shows it is
+ * written into out as JSON text (from what was written: no read-back; see
+ * out->overflow). Returns 0, -EEXIST when the user already has an order
+ * with n->idempotency_key (nothing written: roll back), or -EIO / -ENOMEM. */
 CORE_MUST_CHECK int orders_create(struct orders *o, const struct orders_new *n,
-                                  char id[IDS_UUID_LEN + 1], struct json_t **out);
+                                  char id[IDS_UUID_LEN + 1], struct json_out *out);
 
 /* What orders emits (catalog.c), indexed by these. */
 enum orders_out {

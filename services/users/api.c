@@ -37,6 +37,7 @@
 #include <ripple/http_router.h>
 #include <ripple/http_server.h>
 #include <ripple/ids.h>
+#include <ripple/json_out.h>
 #include "input.h"
 #include <ripple/log.h>
 #include <ripple/service.h>
@@ -56,7 +57,6 @@
 #define USERS_TOKEN_TTL 3600   /* s */
 #define USERS_MAX_HASH_JOBS 64 /* in the thread pool at once; 503 beyond */
 #define USERS_JSON_MAX 4096    /* one user, escaped; fits every valid row */
-#define USERS_JSON_TYPE "application/json"
 
 static const char *const sql_by_id = "SELECT name, email, created_at FROM users WHERE id = ?1";
 static const char *const sql_by_email =
@@ -113,80 +113,27 @@ struct user_view {
  * Answers
  * ------------------------------------------------------------------------- */
 
-/* A bounded output buffer; past cap it only remembers that it overflowed. */
-struct jbuf {
-    char *p;
-    size_t len, cap;
-    int overflow;
-};
-
-static void jb_mem(struct jbuf *b, const char *s, size_t n)
-{
-    if (b->overflow || n > b->cap - b->len) {
-        b->overflow = 1;
-        return;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-}
-
-static void jb_raw(struct jbuf *b, const char *s)
-{
-    jb_mem(b, s, strlen(s));
-}
-
-/* Appends s as a JSON string. s is UTF-8 (it came through jansson or the
- * stream validators), so only '"', '\\' and control characters need escapes;
- * the runs between them are copied whole. */
-static void jb_str(struct jbuf *b, const char *s)
-{
-    static const char hex[] = "0123456789abcdef";
-
-    jb_mem(b, "\"", 1);
-    while (*s != '\0' && !b->overflow) {
-        size_t run = 0;
-        unsigned char c;
-
-        while ((c = (unsigned char)s[run]) != '\0' && c >= 0x20 && c != '"' && c != '\\')
-            run++;
-        jb_mem(b, s, run);
-        s += run;
-        if (c == '\0')
-            break;
-        if (c < 0x20) {
-            char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 0xf]};
-
-            jb_mem(b, esc, sizeof(esc));
-        } else {
-            char esc[2] = {'\\', (char)c};
-
-            jb_mem(b, esc, sizeof(esc));
-        }
-        s++;
-    }
-    jb_mem(b, "\"", 1);
-}
-
 /* Answers {id, name, email, created_at} with status. The hot path of GET
  * /users/{id}: encoded into a stack buffer, no allocation but the
  * response's own copy. */
 static void respond_user(struct http_request *req, int status, const struct user_view *v)
 {
     char buf[USERS_JSON_MAX];
-    struct jbuf b = {buf, 0, sizeof(buf), 0};
+    struct json_out b;
     json_t *body;
 
-    jb_raw(&b, "{\"id\":");
-    jb_str(&b, v->id);
-    jb_raw(&b, ",\"name\":");
-    jb_str(&b, v->name);
-    jb_raw(&b, ",\"email\":");
-    jb_str(&b, v->email);
-    jb_raw(&b, ",\"created_at\":");
-    jb_str(&b, v->created_at);
-    jb_raw(&b, "}");
+    json_out_init(&b, buf, sizeof(buf));
+    json_out_raw(&b, "{\"id\":");
+    json_out_str(&b, v->id);
+    json_out_raw(&b, ",\"name\":");
+    json_out_str(&b, v->name);
+    json_out_raw(&b, ",\"email\":");
+    json_out_str(&b, v->email);
+    json_out_raw(&b, ",\"created_at\":");
+    json_out_str(&b, v->created_at);
+    json_out_raw(&b, "}");
     if (!b.overflow) {
-        http_respond(req, status, USERS_JSON_TYPE, buf, b.len);
+        http_reply_json_text(req, status, buf, b.len);
         return;
     }
     /* Only a row written by something that skipped the limits gets here. */

@@ -363,6 +363,22 @@ def test_order_for_real_user_202_pending_with_events(stack, r):
     assert client_count(stack.orders, "2xx") >= 1
 
 
+def test_the_largest_order_is_answered_whole_as_get_shows_it(stack):
+    """The 202 of the largest valid order (100 items of a 64-byte SKU) is
+    written on orders' stack (ORDERS_CREATED_MAX): whole, valid JSON, and
+    what a GET says but the entry ids not yet known."""
+    _, tok = stack.new_user()
+    many = [{"sku": f"{i:03d}-" + "x" * 60, "qty": 1000000 - i} for i in range(100)]
+    resp = place(stack.orders, tok, many)
+    assert resp.status == 202, resp
+    o = resp.json()
+    assert o["items"] == many and set(o) == ORDER_KEYS, o
+    g = get_order(stack.orders, o["id"], tok).json()
+    for k in ("id", "user_id", "items", "created_at", "traceparent"):
+        assert o[k] == g[k], k
+    assert [dict(s, entry_id=None) for s in g["timeline"][:2]] == o["timeline"], (o, g)
+
+
 def test_order_items_at_the_limits_accepted(stack):
     _, tok = stack.new_user()
     many = [{"sku": f"SKU-{i}", "qty": 1} for i in range(100)]
