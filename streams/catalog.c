@@ -80,17 +80,78 @@ static void show(char *dst, const char *s, size_t len)
         dst[i] = '\0';
 }
 
+/* Where a value is: the root ("data"), then .key and [index] steps, each
+ * on the stack of the check that took it. It is written out only when a
+ * message names it: a valid payload costs no formatting at all. */
+struct vpath {
+    const struct vpath *up; /* NULL at the root */
+    const char *key;        /* len bytes; NULL for an array index */
+    size_t len, index;
+};
+
+/* A path being written into PATH_MAX_LEN bytes; past them it is cut. */
+struct pathbuf {
+    char *p;
+    size_t len;
+    int cut;
+};
+
+static void path_put(struct pathbuf *b, const char *s)
+{
+    size_t n = strlen(s);
+
+    if (b->len + n >= PATH_MAX_LEN) {
+        b->cut = 1;
+        n = PATH_MAX_LEN - 1 - b->len;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+static void path_steps(const struct vpath *path, struct pathbuf *b)
+{
+    char part[SHOWN_MAX + 8];
+
+    if (path->up != NULL)
+        path_steps(path->up, b);
+    if (path->key == NULL) {
+        snprintf(part, sizeof(part), "[%zu]", path->index);
+    } else {
+        part[0] = '.';
+        show(part + 1, path->key, path->len);
+    }
+    path_put(b, path->up == NULL ? part + 1 : part);
+}
+
+/* Writes path into out (PATH_MAX_LEN bytes), keys shown printable. The
+ * parts are the catalog's own names, an index below STREAMS_MAX_ITEMS and
+ * keys cut by show(), so it always fits; were it cut, it would end in "..."
+ * and only the message would be shorter. */
+static void path_format(const struct vpath *path, char *out)
+{
+    struct pathbuf b = {out, 0, 0};
+
+    out[0] = '\0';
+    path_steps(path, &b);
+    if (b.cut)
+        memcpy(out + PATH_MAX_LEN - 4, "...", 4);
+}
+
 /* Writes "<path>: <message>" and returns -EINVAL. A message longer than the
  * buffer is cut: it is for people, and the rc carries the meaning. */
-static int fail(const struct vctx *c, const char *path, const char *fmt, ...) CORE_PRINTF(3, 4);
+static int fail(const struct vctx *c, const struct vpath *path, const char *fmt, ...)
+    CORE_PRINTF(3, 4);
 
-static int fail(const struct vctx *c, const char *path, const char *fmt, ...)
+static int fail(const struct vctx *c, const struct vpath *path, const char *fmt, ...)
 {
+    char where[PATH_MAX_LEN];
     int n;
 
     if (c->err == NULL || c->errlen == 0)
         return -EINVAL;
-    n = snprintf(c->err, c->errlen, "%s: ", path);
+    path_format(path, where);
+    n = snprintf(c->err, c->errlen, "%s: ", where);
     if (n >= 0 && (size_t)n < c->errlen) {
         va_list ap;
 
@@ -99,35 +160,6 @@ static int fail(const struct vctx *c, const char *path, const char *fmt, ...)
         va_end(ap);
     }
     return -EINVAL;
-}
-
-/* Formats a path into path (PATH_MAX_LEN bytes). The parts are the
- * catalog's own names, an index below STREAMS_MAX_ITEMS and keys cut by
- * show(), so it always fits; were it cut, it would end in "..." and only the
- * message would be shorter. */
-static void path_printf(char *path, const char *fmt, ...) CORE_PRINTF(2, 3);
-
-static void path_printf(char *path, const char *fmt, ...)
-{
-    va_list ap;
-    int n;
-
-    va_start(ap, fmt);
-    n = vsnprintf(path, PATH_MAX_LEN, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        path[0] = '\0';
-    else if ((size_t)n >= PATH_MAX_LEN)
-        memcpy(path + PATH_MAX_LEN - 4, "...", 4);
-}
-
-/* Writes "<parent>.<name>" into path, name (len bytes) shown printable. */
-static void join_path(char *path, const char *parent, const char *name, size_t len)
-{
-    char shown[SHOWN_MAX + 4];
-
-    show(shown, name, len);
-    path_printf(path, "%s.%s", parent, shown);
 }
 
 /* ---------------------------------------------------------------------------
@@ -199,7 +231,7 @@ static int email_ok(const char *s, size_t len)
     return ats == 1;
 }
 
-static int check_email(const char *s, size_t len, long long max, const char *path,
+static int check_email(const char *s, size_t len, long long max, const struct vpath *path,
                        const struct vctx *c)
 {
     trim(&s, &len);
@@ -210,7 +242,7 @@ static int check_email(const char *s, size_t len, long long max, const char *pat
     return 0;
 }
 
-static int check_text(const char *s, size_t len, long long max, const char *path,
+static int check_text(const char *s, size_t len, long long max, const struct vpath *path,
                       const struct vctx *c)
 {
     trim(&s, &len);
@@ -225,7 +257,7 @@ static int check_text(const char *s, size_t len, long long max, const char *path
     return 0;
 }
 
-static int check_free(const char *s, size_t len, long long max, const char *path,
+static int check_free(const char *s, size_t len, long long max, const struct vpath *path,
                       const struct vctx *c)
 {
     if ((long long)len > max)
@@ -239,7 +271,7 @@ static int check_free(const char *s, size_t len, long long max, const char *path
     return 0;
 }
 
-static int check_enum(const char *s, size_t len, const char *const *words, const char *path,
+static int check_enum(const char *s, size_t len, const char *const *words, const struct vpath *path,
                       const struct vctx *c)
 {
     char list[160];
@@ -255,7 +287,7 @@ static int check_enum(const char *s, size_t len, const char *const *words, const
 }
 
 /* The string kinds: v is known to be present. */
-static int check_string(const json_t *v, const struct spec_field *f, const char *path,
+static int check_string(const json_t *v, const struct spec_field *f, const struct vpath *path,
                         const struct vctx *c)
 {
     const char *s = json_string_value(v);
@@ -284,7 +316,7 @@ static int check_string(const json_t *v, const struct spec_field *f, const char 
     }
 }
 
-static int check_int(const json_t *v, json_int_t min, json_int_t max, const char *path,
+static int check_int(const json_t *v, json_int_t min, json_int_t max, const struct vpath *path,
                      const struct vctx *c)
 {
     /* json_is_integer is false for "3", 1.5, 1.0 and true alike. */
@@ -301,37 +333,37 @@ static int check_int(const json_t *v, json_int_t min, json_int_t max, const char
     return 0;
 }
 
-static int check_value(const json_t *v, const struct spec_field *f, const char *path,
+static int check_value(const json_t *v, const struct spec_field *f, const struct vpath *path,
                        const struct vctx *c);
 
 /* No two object items with the same value of f->unique. */
-static int check_unique(const json_t *v, const struct spec_field *f, const char *path,
+static int check_unique(const json_t *v, const struct spec_field *f, const struct vpath *path,
                         const struct vctx *c)
 {
-    char ipath[PATH_MAX_LEN];
     size_t n = json_array_size(v);
 
     for (size_t i = 1; i < n; i++) {
         const json_t *si = json_object_get(json_array_get(v, i), f->unique);
 
         for (size_t j = 0; si != NULL && j < i; j++) {
+            struct vpath item = {path, NULL, 0, i};
+            struct vpath key = {&item, f->unique, strlen(f->unique), 0};
+
             if (!json_equal(si, json_object_get(json_array_get(v, j), f->unique)))
                 continue;
-            path_printf(ipath, "%s[%zu].%s", path, i, f->unique);
             if (json_is_string(si))
-                return fail(c, ipath, "duplicate %s \"%s\" (also %s[%zu])", f->unique,
+                return fail(c, &key, "duplicate %s \"%s\" (also %s[%zu])", f->unique,
                             json_string_value(si), f->name ? f->name : "items", j);
-            return fail(c, ipath, "duplicate %s (also [%zu])", f->unique, j);
+            return fail(c, &key, "duplicate %s (also [%zu])", f->unique, j);
         }
     }
     return 0;
 }
 
 /* Each item is checked whole before the next, then the unique field. */
-static int check_array(const json_t *v, const struct spec_field *f, const char *path,
+static int check_array(const json_t *v, const struct spec_field *f, const struct vpath *path,
                        const struct vctx *c)
 {
-    char ipath[PATH_MAX_LEN];
     size_t n = json_array_size(v);
 
     if (!json_is_array(v) && f->item->kind == SPEC_K_OBJECT) {
@@ -349,10 +381,9 @@ static int check_array(const json_t *v, const struct spec_field *f, const char *
     if ((long long)n > f->max)
         return fail(c, path, "must have at most %lld items", f->max);
     for (size_t i = 0; i < n; i++) {
-        int rc;
+        struct vpath item = {path, NULL, 0, i};
+        int rc = check_value(json_array_get(v, i), f->item, &item, c);
 
-        path_printf(ipath, "%s[%zu]", path, i);
-        rc = check_value(json_array_get(v, i), f->item, ipath, c);
         if (rc != 0)
             return rc;
     }
@@ -360,9 +391,9 @@ static int check_array(const json_t *v, const struct spec_field *f, const char *
 }
 
 static int check_object(const json_t *obj, const struct spec_field *fields, int open,
-                        const char *path, const struct vctx *c);
+                        const struct vpath *path, const struct vctx *c);
 
-static int check_value(const json_t *v, const struct spec_field *f, const char *path,
+static int check_value(const json_t *v, const struct spec_field *f, const struct vpath *path,
                        const struct vctx *c)
 {
     switch (f->kind) {
@@ -398,14 +429,14 @@ static int spec_has(const struct spec_field *fields, const char *key, size_t len
  * a NUL byte, which jansson's parser refuses but json_object_setn allows and
  * json_deep_copy cuts), the message is less precise but the data is still
  * rejected: the caller counted the key by its full length. */
-static int fail_unknown(const json_t *obj, const struct spec_field *fields, const char *path,
-                        const struct vctx *c)
+static int fail_unknown(const json_t *obj, const struct spec_field *fields,
+                        const struct vpath *path, const struct vctx *c)
 {
     json_t *copy = json_deep_copy(obj);
-    char kpath[PATH_MAX_LEN];
     const char *key;
     size_t len;
     json_t *v;
+    int rc;
 
     if (copy == NULL)
         return fail(c, path, "has an unknown field");
@@ -418,15 +449,18 @@ static int fail_unknown(const json_t *obj, const struct spec_field *fields, cons
         json_decref(copy);
         return fail(c, path, "has an unknown field");
     }
-    join_path(kpath, path, key, len);
+    {
+        struct vpath at = {path, key, len, 0};
+
+        rc = fail(c, &at, "unknown field"); /* before the copy, which owns key, goes */
+    }
     json_decref(copy);
-    return fail(c, kpath, "unknown field");
+    return rc;
 }
 
 static int check_object(const json_t *obj, const struct spec_field *fields, int open,
-                        const char *path, const struct vctx *c)
+                        const struct vpath *path, const struct vctx *c)
 {
-    char fpath[PATH_MAX_LEN];
     size_t known = 0;
     int rc;
 
@@ -440,14 +474,14 @@ static int check_object(const json_t *obj, const struct spec_field *fields, int 
         return fail_unknown(obj, fields, path, c);
     for (const struct spec_field *f = fields; f->name != NULL; f++) {
         const json_t *v = json_object_get(obj, f->name);
+        struct vpath at = {path, f->name, strlen(f->name), 0};
 
-        join_path(fpath, path, f->name, strlen(f->name));
         if (v == NULL) {
             if (f->optional)
                 continue;
-            return fail(c, fpath, "required");
+            return fail(c, &at, "required");
         }
-        rc = check_value(v, f, fpath, c);
+        rc = check_value(v, f, &at, c);
         if (rc != 0)
             return rc;
     }
@@ -475,8 +509,9 @@ int streams_validate(const struct stream_type *t, const json_t *data,
                      size_t errlen)
 {
     struct vctx c = {err, errlen};
+    struct vpath root = {NULL, ENVELOPE_DATA, strlen(ENVELOPE_DATA), 0};
 
-    return check_object(data, t->fields, 0, ENVELOPE_DATA, &c);
+    return check_object(data, t->fields, 0, &root, &c);
 }
 
 /* ---------------------------------------------------------------------------
