@@ -2,8 +2,9 @@
  *
  * Random bits come from OpenSSL's RAND_bytes (a CSPRNG seeded from the
  * kernel), drawn IDS_POOL bytes at a time: one call costs a lock, a getpid
- * and a DRBG step whether it asks for 8 bytes or 256, and a saga step
- * wants a dozen ids. The pool is per thread and forgotten in a forked child,
+ * (a system call, and a slow one on a paravirtualized machine) and a DRBG
+ * step whether it asks for 8 bytes or 4096, and a consumed event wants 40
+ * (its trace and span ids, its event's id). The pool is per thread and forgotten in a forked child,
  * so two processes never hand out the same bytes. libuuid's
  * uuid_generate_random re-seeds random(3) on every call, which cost ~7% of
  * a stream consumer's CPU. */
@@ -16,7 +17,7 @@
 
 #include <openssl/rand.h>
 
-#define IDS_POOL 256
+#define IDS_POOL 4096
 
 static __thread unsigned char pool[IDS_POOL];
 static __thread size_t pool_left; /* the unused bytes are the last pool_left */

@@ -63,3 +63,37 @@ Test(trace, the_current_context)
     trace_set(NULL);
     cr_expect_null(trace_current());
 }
+
+/* hex_digit is arithmetic, not a branch per range: every byte value is
+ * tried at every position of both ids and the flags, and only 0-9 and a-f
+ * pass. */
+Test(trace, every_byte_but_lower_case_hex_is_refused_in_every_id_position)
+{
+    static const int positions[] = {3, 20, 34, 36, 44, 51, 53, 54};
+    char tp[TRACE_PARENT_LEN + 1], out[TRACE_PARENT_LEN + 1];
+
+    for (size_t k = 0; k < sizeof(positions) / sizeof(positions[0]); k++) {
+        for (int c = 1; c < 256; c++) {
+            int hex = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+
+            memcpy(tp, TP, sizeof(tp));
+            tp[positions[k]] = (char)c;
+            cr_expect_eq(trace_parse(tp, TRACE_PARENT_LEN, out), hex ? 0 : -EINVAL,
+                         "byte 0x%02x at %d", (unsigned)c, positions[k]);
+        }
+    }
+}
+
+/* The ids a new trace gets are never all zeros and always hex; many of them,
+ * drawn through the pool's refills. */
+Test(trace, new_ids_are_hex_and_distinct_across_pool_refills)
+{
+    char prev[TRACE_PARENT_LEN + 1] = TP, tp[TRACE_PARENT_LEN + 1], out[TRACE_PARENT_LEN + 1];
+
+    for (int i = 0; i < 20000; i++) {
+        trace_child(NULL, tp);
+        cr_assert_eq(trace_parse(tp, strlen(tp), out), 0, "%s", tp);
+        cr_assert_neq(memcmp(tp + 3, prev + 3, 32), 0, "%s", tp);
+        memcpy(prev, tp, sizeof(prev));
+    }
+}
