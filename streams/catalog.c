@@ -336,6 +336,19 @@ static int check_int(const json_t *v, json_int_t min, json_int_t max, const stru
 static int check_value(const json_t *v, const struct spec_field *f, const struct vpath *path,
                        const struct vctx *c);
 
+/* Item i repeats item j's f->unique: the path is made only now. */
+static int fail_duplicate(const json_t *si, const struct spec_field *f, const struct vpath *path,
+                          size_t i, size_t j, const struct vctx *c)
+{
+    struct vpath item = {path, NULL, 0, i};
+    struct vpath key = {&item, f->unique, strlen(f->unique), 0};
+
+    if (json_is_string(si))
+        return fail(c, &key, "duplicate %s \"%s\" (also %s[%zu])", f->unique, json_string_value(si),
+                    f->name ? f->name : "items", j);
+    return fail(c, &key, "duplicate %s (also [%zu])", f->unique, j);
+}
+
 /* No two object items with the same value of f->unique. */
 static int check_unique(const json_t *v, const struct spec_field *f, const struct vpath *path,
                         const struct vctx *c)
@@ -346,15 +359,8 @@ static int check_unique(const json_t *v, const struct spec_field *f, const struc
         const json_t *si = json_object_get(json_array_get(v, i), f->unique);
 
         for (size_t j = 0; si != NULL && j < i; j++) {
-            struct vpath item = {path, NULL, 0, i};
-            struct vpath key = {&item, f->unique, strlen(f->unique), 0};
-
-            if (!json_equal(si, json_object_get(json_array_get(v, j), f->unique)))
-                continue;
-            if (json_is_string(si))
-                return fail(c, &key, "duplicate %s \"%s\" (also %s[%zu])", f->unique,
-                            json_string_value(si), f->name ? f->name : "items", j);
-            return fail(c, &key, "duplicate %s (also [%zu])", f->unique, j);
+            if (json_equal(si, json_object_get(json_array_get(v, j), f->unique)))
+                return fail_duplicate(si, f, path, i, j, c);
         }
     }
     return 0;
