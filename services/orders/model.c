@@ -1,15 +1,18 @@
 /* model.c -- the orders service's database: orders, their timelines, JSON.
  *
  * orders holds one row per order (seq, its insertion order, is the list
- * cursor); order_steps holds each order's saga timeline, one row per event
- * that moved it on, numbered 1, 2, ... per order. Writes happen inside the
- * caller's store transaction, together with the outbox rows they announce:
- * orders_emit appends an event and its step at once, so a state change, the
- * events it sends and its timeline commit or vanish together.
+ * cursor), its saga timeline included: the JSON array of the events that
+ * moved it on. Writes happen inside the caller's store transaction,
+ * together with the outbox rows they announce: orders_emit appends an event
+ * to the outbox and its step to o->steps, the steps of the transition being
+ * written, which the transition's one write of the row (the INSERT here,
+ * the saga's UPDATE) appends to the timeline. So a state change, the events
+ * it sends and its timeline commit or vanish together, and a transition
+ * writes one row of orders, not one per step besides.
  *
  * The stream entry id of an event we sent is known only once the relay has
  * published it: reads look it up in the outbox (outbox_entry_id) and store
- * it back into the step, so the timeline keeps it after the outbox row is
+ * it back into the timeline, so it keeps the id after the outbox row is
  * pruned. The items column holds the canonical [{sku, qty}] JSON text that
  * the input rules produced. Statements are prepared once and finalized by
  * the store. */
@@ -33,41 +36,32 @@
 #include <ripple/stream_consumer.h>
 #include <ripple/streams.h>
 
-#define BACKFILL_MAX 16 /* entry ids stored back per read; the rest on a later one */
-
 #define ORDER_COLS                                                                                 \
     "seq, id, user_id, status, items, amount_cents, reason, created_at, updated_at, traceparent"
 
+/* ?9: the saga's deadline, 0 for none (a rejected order); ?10: its steps. */
 static const char *const sql_insert =
     "INSERT INTO orders (id, user_id, status, items, reason, created_at, updated_at, "
-    "idempotency_key, traceparent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8)";
+    "idempotency_key, traceparent, deadline_ms, timeline) "
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, NULLIF(?9, 0), '[' || ?10 || ']')";
 static const char *const sql_by_key =
     "SELECT id, items FROM orders WHERE user_id = ?1 AND idempotency_key = ?2";
-static const char *const sql_by_id = "SELECT " ORDER_COLS " FROM orders WHERE id = ?1";
+static const char *const sql_by_id = "SELECT " ORDER_COLS ", timeline FROM orders WHERE id = ?1";
 static const char *const sql_list_all =
     "SELECT " ORDER_COLS " FROM orders WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2";
 static const char *const sql_list_user = "SELECT " ORDER_COLS " FROM orders "
                                          "WHERE user_id = ?1 AND seq < ?2 "
                                          "ORDER BY seq DESC LIMIT ?3";
-static const char *const sql_steps =
-    "SELECT n, step, event_type, event_id, stream, entry_id, at FROM order_steps "
-    "WHERE order_id = ?1 ORDER BY n";
-/* One row of VALUES, its number from a subquery: an INSERT ... SELECT would
- * be a "multi-write" statement, which SQLite runs in a statement savepoint
- * of its own inside the transaction's (a third of this statement's time). */
-static const char *const sql_step_add =
-    "INSERT INTO order_steps (order_id, n, step, event_type, event_id, stream, entry_id, at) "
-    "VALUES (?1, (SELECT COALESCE(MAX(n), 0) + 1 FROM order_steps WHERE order_id = ?1), "
-    "?2, ?3, ?4, ?5, ?6, ?7)";
-static const char *const sql_step_entry = "UPDATE order_steps SET entry_id = ?3 "
-                                          "WHERE order_id = ?1 AND n = ?2 AND entry_id IS NULL";
+/* The timeline with the entry ids a read found (in the same loop turn as
+ * the read: no write came between). */
+static const char *const sql_timeline_fill = "UPDATE orders SET timeline = ?2 WHERE id = ?1";
 
 int orders_model_prepare(struct orders *o)
 {
     const struct store_sql list[] = {
-        {sql_insert, &o->insert},         {sql_by_id, &o->by_id},   {sql_list_all, &o->list_all},
-        {sql_list_user, &o->list_user},   {sql_steps, &o->steps},   {sql_step_add, &o->step_add},
-        {sql_step_entry, &o->step_entry}, {sql_by_key, &o->by_key},
+        {sql_insert, &o->insert},     {sql_by_id, &o->by_id},
+        {sql_list_all, &o->list_all}, {sql_list_user, &o->list_user},
+        {sql_by_key, &o->by_key},     {sql_timeline_fill, &o->timeline_fill},
     };
 
     return store_prepare_all(o->svc->store, list, ARRAY_SIZE(list));
@@ -77,13 +71,13 @@ int orders_model_prepare(struct orders *o)
  * Writes (inside the caller's transaction)
  * ------------------------------------------------------------------------- */
 
-/* Appends a step to the timeline orders_create is writing, in
- * step_from_row's shape; a comma first unless it is the first. */
+/* Appends a step to o->steps, in the timeline's shape; a comma first
+ * unless it is the first. */
 static void write_step(struct json_out *b, const char *step, const char *event_type,
                        const char *event_id, const char *stream, const char *entry_id,
                        const char *at)
 {
-    if (b->len > 0 && b->p[b->len - 1] != '[')
+    if (b->len > 0)
         json_out_raw(b, ",");
     json_out_raw(b, "{\"step\":");
     json_out_str(b, step);
@@ -100,16 +94,25 @@ static void write_step(struct json_out *b, const char *step, const char *event_t
     json_out_raw(b, "}");
 }
 
-int orders_step_add(struct orders *o, const char *order_id, const char *step,
-                    const char *event_type, const char *event_id, const char *stream,
-                    const char *entry_id, const char *at)
+void orders_steps_reset(struct orders *o)
 {
-    int rc = store_exec(o->svc->store, o->step_add, "orders: add a timeline step", "sssssss",
-                        order_id, step, event_type, event_id, stream, entry_id, at);
+    json_out_init(&o->steps, o->steps_buf, sizeof(o->steps_buf));
+}
 
-    if (rc == 0 && o->timeline != NULL)
-        write_step(o->timeline, step, event_type, event_id, stream, entry_id, at);
-    return rc;
+int orders_steps_check(const struct orders *o, const char *order_id)
+{
+    if (!o->steps.overflow)
+        return 0;
+    /* a transition's few steps are far below ORDERS_STEPS_MAX: a bug */
+    log_error("orders: the steps of a transition of %s exceed %zu bytes", order_id,
+              sizeof(o->steps_buf));
+    return -EOVERFLOW;
+}
+
+void orders_step_add(struct orders *o, const char *step, const char *event_type,
+                     const char *event_id, const char *stream, const char *entry_id, const char *at)
+{
+    write_step(&o->steps, step, event_type, event_id, stream, entry_id, at);
 }
 
 int orders_emit(struct orders *o, const char *order_id, enum orders_out out, json_t *data,
@@ -119,19 +122,26 @@ int orders_emit(struct orders *o, const char *order_id, enum orders_out out, jso
     char event_id[IDS_UUID_LEN + 1];
     int rc = outbox_emit(o->svc->outbox, t, data, order_id, event_id);
 
-    if (rc < 0)
-        return rc;
-    return orders_step_add(o, order_id, step, t->type, event_id, t->stream, NULL, at);
+    if (rc == 0)
+        orders_step_add(o, step, t->type, event_id, t->stream, NULL, at);
+    return rc;
 }
 
+/* The order row, its timeline o->steps, and a deadline unless rejected. */
 static int insert_order(struct orders *o, const char *id, const struct orders_new *n,
                         const char *items, const char *at)
 {
+    int64_t deadline = n->reason ? 0 : orders_saga_deadline(o);
+    int rc = orders_steps_check(o, id);
+
     /* -EEXIST: the user's Idempotency-Key is taken (a POST with it
      * committed first); the id, a fresh UUIDv7, cannot be */
-    return store_exec(o->svc->store, o->insert, "orders: insert an order", "ssssssss", id,
-                      n->user_id, n->reason ? ORDERS_REJECTED : ORDERS_PENDING, items, n->reason,
-                      at, n->idempotency_key, trace_current());
+    if (rc == 0)
+        rc =
+            store_exec(o->svc->store, o->insert, "orders: insert an order", "ssssssssIS", id,
+                       n->user_id, n->reason ? ORDERS_REJECTED : ORDERS_PENDING, items, n->reason,
+                       at, n->idempotency_key, trace_current(), deadline, o->steps.p, o->steps.len);
+    return rc;
 }
 
 /* order.placed and stock.reserve: the saga's first step. */
@@ -158,10 +168,10 @@ static int emit_rejected(struct orders *o, const char *id, const struct orders_n
         ORDERS_STEP_REJECTED, at);
 }
 
-/* The order orders_create is writing, up to its timeline's steps, as
- * order_from_row reads it back (the same keys in the same order). */
-static void write_head(struct json_out *b, const char *id, const struct orders_new *n,
-                       const char *items, const char *at)
+/* The order orders_create wrote, as load_order and add_timeline read it
+ * back (the same keys in the same order). */
+static void write_order(struct json_out *b, const char *id, const struct orders_new *n,
+                        const char *items, const char *at, const struct json_out *steps)
 {
     json_out_raw(b, "{\"id\":");
     json_out_str(b, id);
@@ -180,21 +190,24 @@ static void write_head(struct json_out *b, const char *id, const struct orders_n
     json_out_raw(b, ",\"traceparent\":");
     json_out_str(b, trace_current());
     json_out_raw(b, ",\"timeline\":[");
+    json_out_mem(b, steps->p, steps->len);
+    json_out_raw(b, "]}");
 }
 
+/* The events first, then the row with the steps they made. */
 static int create(struct orders *o, const struct orders_new *n, const char *id, const char *items,
                   const char *at)
 {
     const struct stream_msg *cmd = n->cmd;
-    int rc = insert_order(o, id, n, items, at);
+    int rc;
 
-    if (rc == 0 && cmd != NULL)
-        rc = orders_step_add(o, id, ORDERS_STEP_REQUESTED, cmd->type, cmd->id, cmd->stream,
-                             cmd->entry_id, at);
+    orders_steps_reset(o);
+    if (cmd != NULL)
+        orders_step_add(o, ORDERS_STEP_REQUESTED, cmd->type, cmd->id, cmd->stream, cmd->entry_id,
+                        at);
+    rc = n->reason ? emit_rejected(o, id, n, at) : emit_placed(o, id, n, at);
     if (rc == 0)
-        rc = n->reason ? emit_rejected(o, id, n, at) : emit_placed(o, id, n, at);
-    if (rc == 0 && n->reason == NULL)
-        rc = orders_saga_arm(o, id);
+        rc = insert_order(o, id, n, items, at);
     return rc;
 }
 
@@ -210,14 +223,10 @@ int orders_create(struct orders *o, const struct orders_new *n, char id[IDS_UUID
         return -EIO;
     if ((items = json_dumps(n->items, JSON_COMPACT)) == NULL)
         return -ENOMEM;
-    ids_uuid7(id); /* time-ordered: its index and its steps append */
-    if (out != NULL)
-        write_head(out, id, n, items, at);
-    o->timeline = out;
+    ids_uuid7(id); /* time-ordered: its index appends */
     rc = create(o, n, id, items, at);
-    o->timeline = NULL;
-    if (out != NULL)
-        json_out_raw(out, "]}");
+    if (rc == 0 && out != NULL)
+        write_order(out, id, n, items, at, &o->steps);
     free(items);
     return rc;
 }
@@ -280,111 +289,64 @@ static json_t *order_from_row(struct sqlite3_stmt *st)
     return v;
 }
 
-/* An entry id to store back into step n once the timeline is read. */
-struct backfill {
-    int64_t n;
+/* Fills in the entry ids of the steps in steps (the timeline) whose event
+ * was published since. Returns how many it filled. */
+static int fill_entry_ids(struct orders *o, json_t *steps)
+{
     char entry_id[ORDERS_ENTRY_MAX];
-};
+    size_t i;
+    json_t *step;
+    int n = 0;
 
-/* The step on st's current row as JSON. A step without an entry id gets it
- * from the outbox when its event is published, noted in *fill (*filled). */
-static json_t *step_from_row(struct orders *o, struct sqlite3_stmt *st, struct backfill *fill,
-                             int *filled)
-{
-    const char *event_id = col_text(st, 3);
-    json_t *v = json_object(), *entry;
-    int bad = 0;
+    json_array_foreach(steps, i, step)
+    {
+        const char *event_id = json_string_value(json_object_get(step, "event_id"));
 
-    *filled = 0;
-    if (sqlite3_column_type(st, 5) != SQLITE_NULL) {
-        entry = json_string(col_text(st, 5));
-    } else if (event_id != NULL && fill != NULL &&
-               outbox_entry_id(o->svc->outbox, event_id, fill->entry_id, sizeof(fill->entry_id)) ==
-                   0) {
-        fill->n = sqlite3_column_int64(st, 0);
-        *filled = 1;
-        entry = json_string(fill->entry_id);
-    } else {
-        entry = json_null();
+        if (!json_is_null(json_object_get(step, "entry_id")) || event_id == NULL ||
+            outbox_entry_id(o->svc->outbox, event_id, entry_id, sizeof(entry_id)) < 0)
+            continue;
+        if (json_object_set_new(step, "entry_id", json_string(entry_id)) == 0)
+            n++;
     }
-    /* Each call steals its value, even on failure (v NULL included). */
-    bad |= json_object_set_new(v, "step", json_string(col_text(st, 1))) < 0;
-    bad |= json_object_set_new(v, "event_type", json_string(col_text(st, 2))) < 0;
-    bad |= json_object_set_new(v, "event_id", json_string(event_id)) < 0;
-    bad |= json_object_set_new(v, "stream", json_string(col_text(st, 4))) < 0;
-    bad |= json_object_set_new(v, "entry_id", entry) < 0;
-    bad |= json_object_set_new(v, "at", json_string(col_text(st, 6))) < 0;
-    if (bad) {
-        json_decref(v);
-        return NULL;
-    }
-    return v;
+    return n;
 }
 
-/* Stores entry ids found in the outbox back into their steps. A failure
- * costs only a lookup on a later read (and the id, once the outbox row is
- * pruned). */
-static void store_backfill(struct orders *o, const char *order_id, const struct backfill *fill,
-                           size_t n)
+/* Stores the timeline with the entry ids a read found. A failure costs only
+ * a lookup on a later read (and the id, once the outbox row is pruned). */
+static void store_timeline(struct orders *o, const char *id, const json_t *steps)
 {
-    struct sqlite3_stmt *st = o->step_entry;
+    char *text = json_dumps(steps, JSON_COMPACT);
 
-    for (size_t i = 0; i < n; i++) {
-        if (store_exec(o->svc->store, st, "orders: store an entry id", "sIs", order_id,
-                       (int64_t)fill[i].n, fill[i].entry_id) < 0)
-            return;
-    }
+    if (text != NULL &&
+        store_exec(o->svc->store, o->timeline_fill, "orders: store entry ids", "ss", id, text) < 0)
+        log_warn("orders: %s: entry ids not stored; a later read looks them up again", id);
+    free(text);
 }
 
-/* Steps st (bound) through the steps of an order into steps, noting
- * entry ids to store back in fill (BACKFILL_MAX, *nfill used). Returns the
- * last sqlite3_step code, or SQLITE_NOMEM. */
-static int read_steps(struct orders *o, struct sqlite3_stmt *st, json_t *steps,
-                      struct backfill *fill, size_t *nfill)
+/* Adds "timeline" to v from column col of st (the order id's row): its
+ * steps, oldest first, with the entry ids published since filled in
+ * (*filled: how many). Returns 0, -EIO (logged) or -ENOMEM. */
+static int add_timeline(struct orders *o, json_t *v, struct sqlite3_stmt *st, int col,
+                        const char *id, int *filled)
 {
-    int rc, filled;
+    const char *text = col_text(st, col);
+    json_t *steps = text ? json_loads(text, JSON_REJECT_DUPLICATES, NULL) : NULL;
 
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        json_t *step = step_from_row(o, st, *nfill < BACKFILL_MAX ? &fill[*nfill] : NULL, &filled);
-
-        if (json_array_append_new(steps, step) < 0)
-            return SQLITE_NOMEM;
-        *nfill += (size_t)filled;
-    }
-    return rc;
-}
-
-/* Adds "timeline" to v, the order id's steps in order. Returns 0, -EIO or
- * -ENOMEM. */
-static int add_timeline(struct orders *o, json_t *v, const char *id)
-{
-    struct backfill fill[BACKFILL_MAX];
-    struct sqlite3_stmt *st = o->steps;
-    json_t *steps = json_array();
-    size_t nfill = 0;
-    int rc;
-
-    if (steps == NULL)
-        return -ENOMEM;
-    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-    rc = read_steps(o, st, steps, fill, &nfill);
-    if (rc != SQLITE_DONE && rc != SQLITE_NOMEM)
-        log_error("orders: read the timeline of %s: %s", id, store_errmsg(o->svc->store));
-    store_reset(st);
-    if (rc != SQLITE_DONE) {
+    if (!json_is_array(steps)) {
+        log_error("orders: cannot read the timeline of order %s", id);
         json_decref(steps);
-        return rc == SQLITE_NOMEM ? -ENOMEM : -EIO;
+        return text ? -EIO : -ENOMEM;
     }
-    store_backfill(o, id, fill, nfill);
+    *filled = fill_entry_ids(o, steps);
     return json_object_set_new(v, "timeline", steps) < 0 ? -ENOMEM : 0;
 }
 
-/* Reads order id (without timeline) into *out when owner matches. Returns
+/* Reads order id with its timeline into *out when owner matches. Returns
  * 0, -ENOENT, -EIO or -ENOMEM. */
 static int load_order(struct orders *o, const char *id, const char *owner, json_t **out)
 {
     struct sqlite3_stmt *st = o->by_id;
-    int rc;
+    int rc, filled = 0;
 
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
     rc = sqlite3_step(st);
@@ -393,15 +355,19 @@ static int load_order(struct orders *o, const char *id, const char *owner, json_
 
         if (owner != NULL && (user_id == NULL || strcmp(user_id, owner) != 0))
             rc = -ENOENT; /* another user's order: as if there were none */
-        else
-            rc = (*out = order_from_row(st)) != NULL ? 0 : -ENOMEM;
+        else if ((*out = order_from_row(st)) == NULL)
+            rc = -ENOMEM;
+        else if ((rc = add_timeline(o, *out, st, 10, id, &filled)) < 0)
+            json_decref(*out);
     } else if (rc == SQLITE_DONE) {
         rc = -ENOENT;
     } else {
         log_error("orders: read order %s: %s", id, store_errmsg(o->svc->store));
         rc = -EIO;
     }
-    store_reset(st);
+    store_reset(st); /* before the write: st's columns die here */
+    if (rc == 0 && filled > 0)
+        store_timeline(o, id, json_object_get(*out, "timeline"));
     return rc;
 }
 
@@ -435,17 +401,7 @@ int orders_find_by_key(struct orders *o, const char *user_id, const char *key,
 
 int orders_get(struct orders *o, const char *id, const char *owner, json_t **out)
 {
-    json_t *v = NULL;
-    int rc = load_order(o, id, owner, &v);
-
-    if (rc == 0)
-        rc = add_timeline(o, v, id);
-    if (rc < 0) {
-        json_decref(v);
-        return rc;
-    }
-    *out = v;
-    return 0;
+    return load_order(o, id, owner, out);
 }
 
 /* Steps st (bound) into list, at most limit rows; *last is the seq of the

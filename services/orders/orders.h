@@ -11,8 +11,9 @@
  * events.c, model.c, users_check.c; input.h has the input rules). State: one struct orders, shared
  * by the routes, the consumer and the user checks. It is freed once both the module's stop hook has
  * seen the last user check end and the consumer has released it. Every state change runs in one
- * store transaction with its outbox rows and its timeline steps (order_steps): a step records the
- * event that moved the order on, so the saga adds transitions with orders_emit and orders_step_add.
+ * store transaction with its outbox rows and its timeline steps (the order row's timeline): a step
+ * records the event that moved the order on. A transition collects its steps in o->steps
+ * (orders_emit, orders_step_add) and appends them with its one write of the order's row.
  * Loop thread only. */
 #ifndef SERVICES_ORDERS_ORDERS_H
 #define SERVICES_ORDERS_ORDERS_H
@@ -23,11 +24,11 @@
 #include <ripple/clock.h>
 #include <ripple/common.h>
 #include <ripple/ids.h>
+#include <ripple/json_out.h>
 #include <ripple/service.h>
 #include <ripple/streams.h>
 
 struct json_t;
-struct json_out;
 struct metrics_histogram;
 struct sqlite3_stmt;
 struct stream_msg;
@@ -48,8 +49,9 @@ CORE_MUST_CHECK int orders_service_start(struct service *svc);
  * Internal to the module
  * ------------------------------------------------------------------------- */
 
-#define ORDERS_URL_MAX 512  /* USERS_URL, bytes */
-#define ORDERS_ENTRY_MAX 64 /* a Redis stream entry id, with its NUL */
+#define ORDERS_URL_MAX 512    /* USERS_URL, bytes */
+#define ORDERS_ENTRY_MAX 64   /* a Redis stream entry id, with its NUL */
+#define ORDERS_STEPS_MAX 4096 /* a transition's steps as JSON (3 at most, ~250 B each) */
 
 /* Order statuses (the CHECK in schema.sql lists the same). */
 #define ORDERS_PENDING "PENDING"
@@ -105,9 +107,11 @@ struct orders {
     struct service *svc;            /* borrowed: outlives the module */
     char users_url[ORDERS_URL_MAX]; /* USERS_URL without trailing slashes */
     /* Prepared statements, owned (finalized) by the store. */
-    struct sqlite3_stmt *insert, *by_id, *list_all, *list_user, *by_key;
-    struct sqlite3_stmt *steps, *step_add, *step_entry;
-    struct json_out *timeline; /* orders_create: where it writes its steps, or NULL */
+    struct sqlite3_stmt *insert, *by_id, *list_all, *list_user, *by_key, *timeline_fill;
+    /* The steps of the transition being written, the timeline's next
+     * elements as JSON text ("{...},{...}"): its write of the row appends them. */
+    struct json_out steps;
+    char steps_buf[ORDERS_STEPS_MAX];
     struct orders_pending_place place;
     unsigned checks;                /* user checks in flight (HTTP and stream) */
     unsigned refs;                  /* the stop hook's and the consumer's */
@@ -118,7 +122,7 @@ struct orders {
     unsigned long saga_timeout_ms; /* SAGA_TIMEOUT_MS */
     uv_timer_t saga_timer;         /* the deadline sweep */
     service_stop_done_cb saga_stop_done;
-    struct sqlite3_stmt *saga_load, *saga_update, *saga_arm, *saga_due;
+    struct sqlite3_stmt *saga_load, *saga_update, *saga_append, *saga_due;
     struct metrics_histogram *saga_seconds[3]; /* orders_saga_seconds: confirmed, rejected,
                                                   cancelled; NULL on ENOMEM (not observed) */
 };
@@ -140,8 +144,8 @@ void orders_events_start(struct orders *o);
  * and consumes inventory.events and payments.events. Returns 0 or a
  * negative errno. */
 CORE_MUST_CHECK int orders_saga_start(struct orders *o);
-/* Gives a new PENDING order its deadline (inside the open transaction). */
-CORE_MUST_CHECK int orders_saga_arm(struct orders *o, const char *order_id);
+/* The deadline of an order whose step starts now: ms since the epoch. */
+int64_t orders_saga_deadline(const struct orders *o);
 
 /* users_check.c */
 
@@ -210,27 +214,33 @@ int orders_on_payment_succeeded(struct stream_msg *msg, void *data);
 int orders_on_payment_failed(struct stream_msg *msg, void *data);
 int orders_on_payment_refunded(struct stream_msg *msg, void *data);
 
+/* Starts a transition: o->steps empty. */
+void orders_steps_reset(struct orders *o);
+/* Before the transition writes o->steps: 0, or -EOVERFLOW (logged) when
+ * they did not fit ORDERS_STEPS_MAX. */
+CORE_MUST_CHECK int orders_steps_check(const struct orders *o, const char *order_id);
 /* Appends data (stolen; NULL is -ENOMEM) as the event out of orders_emits
- * to the outbox, with the order id as its trace, and records it as the
- * order's next timeline step. at is the transition's time (ISO-8601). */
+ * to the outbox, with the order id as its trace, and adds it to o->steps.
+ * at is the transition's time (ISO-8601). */
 CORE_MUST_CHECK int orders_emit(struct orders *o, const char *order_id, enum orders_out out,
                                 struct json_t *data, const char *step, const char *at);
-/* Records a timeline step: an event the order received (with its stream
- * entry id) or sent (entry_id NULL: looked up in the outbox once published). */
-CORE_MUST_CHECK int orders_step_add(struct orders *o, const char *order_id, const char *step,
-                                    const char *event_type, const char *event_id,
-                                    const char *stream, const char *entry_id, const char *at);
+/* Adds a timeline step to o->steps: an event the order received (with its
+ * stream entry id) or sent (entry_id NULL: looked up in the outbox once
+ * published). */
+void orders_step_add(struct orders *o, const char *step, const char *event_type,
+                     const char *event_id, const char *stream, const char *entry_id,
+                     const char *at);
 
-/* Loads order id as its JSON resource with its timeline (DESIGN.md §4).
- * owner, when not NULL, must be its user_id, or the order is not found.
- * Entry ids of published events are looked up in the outbox and stored back.
- * Returns 0 and *out (new), -ENOENT, -EIO or -ENOMEM. Outside transactions. */
 /* The order user_id placed with Idempotency-Key key: its id, and in
  * *items its canonical items JSON text (malloc'ed). Returns 0, -ENOENT,
  * -EIO or -ENOMEM. */
 CORE_MUST_CHECK int orders_find_by_key(struct orders *o, const char *user_id, const char *key,
                                        char id[IDS_UUID_LEN + 1], char **items);
 
+/* Loads order id as its JSON resource with its timeline (DESIGN.md §4).
+ * owner, when not NULL, must be its user_id, or the order is not found.
+ * Entry ids of published events are looked up in the outbox and stored back.
+ * Returns 0 and *out (new), -ENOENT, -EIO or -ENOMEM. Outside transactions. */
 CORE_MUST_CHECK int orders_get(struct orders *o, const char *id, const char *owner,
                                struct json_t **out);
 /* Lists orders, newest first: those of user_id (NULL: everyone's) with seq

@@ -15,7 +15,10 @@
  * order, and otherwise acked.
  *
  * Every transition is one local transaction -- the consumer's -- with its
- * outbox rows and its timeline steps. Deadlines live in the orders table
+ * outbox rows and its timeline steps: the handler sends its events and
+ * decides the order's next state (move), then save writes the order's row
+ * once, the new state and the steps appended to its timeline together.
+ * Deadlines live in the orders table
  * (deadline_ms, NULL once the order is final), so a sweep timer re-arms
  * them from the database after a restart. Loop thread only. */
 #include "orders.h"
@@ -39,7 +42,8 @@
 
 #define SAGA_SWEEP_BATCH 100
 
-/* What a loaded order looks like to the saga. */
+/* What a loaded order looks like to the saga, and the move a transition
+ * makes of it until save writes it. */
 struct saga_order {
     char id[IDS_UUID_LEN + 1];
     char traceparent[TRACE_PARENT_LEN + 1]; /* the order's, from its creation; "" if none */
@@ -47,6 +51,10 @@ struct saga_order {
     char status[24];
     char created_at[CLOCK_ISO8601_LEN + 1]; /* ISO-8601 UTC, ms: clock_iso8601 at creation */
     long long amount_cents;                 /* 0 while unknown */
+    int moved;                              /* move ran: status and what follows are new */
+    long long new_amount_cents;             /* 0 keeps amount_cents */
+    const char *reason;                     /* borrowed until save; NULL for none */
+    int64_t deadline_ms;                    /* 0 once final */
 };
 
 static int is_final(const struct saga_order *so)
@@ -83,6 +91,7 @@ static int load(struct orders *o, const char *id, struct saga_order *so)
         so->amount_cents = sqlite3_column_int64(st, 2);
         snprintf(so->traceparent, sizeof(so->traceparent), "%s", col(st, 3));
         snprintf(so->created_at, sizeof(so->created_at), "%s", col(st, 4));
+        so->moved = 0;
         rc = 0;
     } else if (rc == SQLITE_DONE) {
         rc = -ENOENT;
@@ -143,48 +152,47 @@ static void observe_final(struct orders *o, const struct saga_order *so, const c
                               now > created * 1000 ? (double)(now - created * 1000) / 1e6 : 0.0);
 }
 
-/* Moves so to status (amount_cents 0 keeps it; reason may be NULL); a
- * non-final status gets a new deadline. A final one is observed in
- * orders_saga_seconds. */
-static int move(struct orders *o, struct saga_order *so, const char *status, long long amount_cents,
-                const char *reason, const char *at)
+/* Moves so to status (amount_cents 0 keeps it; reason, borrowed until
+ * save, may be NULL); a non-final status gets a new deadline. */
+static void move(struct orders *o, struct saga_order *so, const char *status,
+                 long long amount_cents, const char *reason)
 {
-    struct sqlite3_stmt *st = o->saga_update;
-    int final = strcmp(status, ORDERS_CONFIRMED) == 0 || strcmp(status, ORDERS_REJECTED) == 0 ||
-                strcmp(status, ORDERS_CANCELLED) == 0;
+    snprintf(so->status, sizeof(so->status), "%s", status);
+    if (amount_cents > 0)
+        so->amount_cents = amount_cents;
+    so->new_amount_cents = amount_cents;
+    so->reason = reason;
+    so->deadline_ms = is_final(so) ? 0 : orders_saga_deadline(o);
+    so->moved = 1;
+}
+
+/* Writes the transition: one UPDATE of the order's row appends the steps
+ * in o->steps to its timeline and, when move ran, sets the new state. A
+ * final state is observed in orders_saga_seconds. */
+static int save(struct orders *o, struct saga_order *so, const char *at)
+{
+    struct store *st = o->svc->store;
     int rc;
 
-    sqlite3_bind_text(st, 1, status, -1, SQLITE_STATIC);
-    if (amount_cents > 0)
-        sqlite3_bind_int64(st, 2, amount_cents);
-    if (reason != NULL)
-        sqlite3_bind_text(st, 3, reason, -1, SQLITE_STATIC);
-    if (!final)
-        sqlite3_bind_int64(st, 4, clock_now_ms() + (int64_t)o->saga_timeout_ms);
-    sqlite3_bind_text(st, 5, at, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 6, so->id, -1, SQLITE_STATIC);
-    rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -EIO;
-    store_reset(st);
-    if (rc == 0) {
-        snprintf(so->status, sizeof(so->status), "%s", status);
-        if (amount_cents > 0)
-            so->amount_cents = amount_cents;
-        if (final)
-            observe_final(o, so, status);
-    }
+    if (o->steps.len == 0 && !so->moved)
+        return 0;
+    if ((rc = orders_steps_check(o, so->id)) < 0)
+        return rc;
+    if (so->moved)
+        rc = store_exec(st, o->saga_update, "orders: move an order", "sSsIsIs", so->id, o->steps.p,
+                        o->steps.len, so->status, (int64_t)so->new_amount_cents, so->reason,
+                        so->deadline_ms, at);
+    else
+        rc = store_exec(st, o->saga_append, "orders: add to a timeline", "sS", so->id, o->steps.p,
+                        o->steps.len);
+    if (rc == 0 && so->moved && is_final(so))
+        observe_final(o, so, so->status);
     return rc;
 }
 
-int orders_saga_arm(struct orders *o, const char *order_id)
+int64_t orders_saga_deadline(const struct orders *o)
 {
-    struct sqlite3_stmt *st = o->saga_arm;
-    int rc;
-
-    sqlite3_bind_int64(st, 1, clock_now_ms() + (int64_t)o->saga_timeout_ms);
-    sqlite3_bind_text(st, 2, order_id, -1, SQLITE_STATIC);
-    rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -EIO;
-    store_reset(st);
-    return rc;
+    return clock_now_ms() + (int64_t)o->saga_timeout_ms;
 }
 
 static int send_release(struct orders *o, const struct saga_order *so, const char *at)
@@ -205,10 +213,10 @@ static int send_final(struct orders *o, const struct saga_order *so, enum orders
 }
 
 /* Records the event that arrived as the order's next step. */
-static int received(struct orders *o, const struct saga_order *so, const struct stream_msg *msg,
-                    const char *step, const char *at)
+static void received(struct orders *o, const struct stream_msg *msg, const char *step,
+                     const char *at)
 {
-    return orders_step_add(o, so->id, step, msg->type, msg->id, msg->stream, msg->entry_id, at);
+    orders_step_add(o, step, msg->type, msg->id, msg->stream, msg->entry_id, at);
 }
 
 /* ---------------------------------------------------------------------------
@@ -219,12 +227,10 @@ static int on_stock_reserved(struct orders *o, struct saga_order *so, struct str
                              const char *at)
 {
     json_int_t amount = json_integer_value(json_object_get(msg->data, "amount_cents"));
-    int rc;
 
     if (strcmp(so->status, ORDERS_PENDING) == 0) {
-        if ((rc = received(o, so, msg, ORDERS_STEP_STOCK_RESERVED, at)) < 0 ||
-            (rc = move(o, so, ORDERS_AWAITING_PAYMENT, (long long)amount, NULL, at)) < 0)
-            return rc;
+        received(o, msg, ORDERS_STEP_STOCK_RESERVED, at);
+        move(o, so, ORDERS_AWAITING_PAYMENT, (long long)amount, NULL);
         return orders_emit(o, so->id, ORDERS_OUT_CHARGE,
                            json_pack("{s:s, s:s, s:I}", "order_id", so->id, "user_id", so->user_id,
                                      "amount_cents", amount),
@@ -234,8 +240,7 @@ static int on_stock_reserved(struct orders *o, struct saga_order *so, struct str
         /* The saga is over (a timeout): give the stock back. */
         log_write(LOG_LEVEL_INFO, so->id, "late stock.reserved for a %s order: releasing",
                   so->status);
-        if ((rc = received(o, so, msg, ORDERS_STEP_LATE_STOCK_RESERVED, at)) < 0)
-            return rc;
+        received(o, msg, ORDERS_STEP_LATE_STOCK_RESERVED, at);
         return send_release(o, so, at);
     }
     return STREAM_CONSUMER_SKIP; /* a repeat: the order moved on already */
@@ -245,13 +250,11 @@ static int on_stock_rejected(struct orders *o, struct saga_order *so, struct str
                              const char *at)
 {
     const char *reason = json_string_value(json_object_get(msg->data, "reason"));
-    int rc;
 
     if (strcmp(so->status, ORDERS_PENDING) != 0)
         return STREAM_CONSUMER_SKIP;
-    if ((rc = received(o, so, msg, ORDERS_STEP_STOCK_REJECTED, at)) < 0 ||
-        (rc = move(o, so, ORDERS_REJECTED, 0, reason, at)) < 0)
-        return rc;
+    received(o, msg, ORDERS_STEP_STOCK_REJECTED, at);
+    move(o, so, ORDERS_REJECTED, 0, reason);
     log_write(LOG_LEVEL_INFO, so->id, "order rejected: %s", reason);
     return send_final(o, so, ORDERS_OUT_REJECTED, reason, ORDERS_STEP_REJECTED, at);
 }
@@ -262,9 +265,9 @@ static int on_payment_succeeded(struct orders *o, struct saga_order *so, struct 
     int rc;
 
     if (strcmp(so->status, ORDERS_AWAITING_PAYMENT) == 0) {
-        if ((rc = received(o, so, msg, ORDERS_STEP_PAYMENT_SUCCEEDED, at)) < 0 ||
-            (rc = move(o, so, ORDERS_CONFIRMED, 0, NULL, at)) < 0 ||
-            (rc = orders_emit(o, so->id, ORDERS_OUT_COMMIT, json_pack("{s:s}", "order_id", so->id),
+        received(o, msg, ORDERS_STEP_PAYMENT_SUCCEEDED, at);
+        move(o, so, ORDERS_CONFIRMED, 0, NULL);
+        if ((rc = orders_emit(o, so->id, ORDERS_OUT_COMMIT, json_pack("{s:s}", "order_id", so->id),
                               ORDERS_STEP_COMMIT_STOCK, at)) < 0)
             return rc;
         log_write(LOG_LEVEL_INFO, so->id, "order confirmed: %lld cents", so->amount_cents);
@@ -274,8 +277,7 @@ static int on_payment_succeeded(struct orders *o, struct saga_order *so, struct 
         /* Charged for an order that is over: pay it back. */
         log_write(LOG_LEVEL_INFO, so->id, "late payment.succeeded for a %s order: refunding",
                   so->status);
-        if ((rc = received(o, so, msg, ORDERS_STEP_LATE_PAYMENT_SUCCEEDED, at)) < 0)
-            return rc;
+        received(o, msg, ORDERS_STEP_LATE_PAYMENT_SUCCEEDED, at);
         return orders_emit(o, so->id, ORDERS_OUT_REFUND, json_pack("{s:s}", "order_id", so->id),
                            ORDERS_STEP_REFUND_PAYMENT, at);
     }
@@ -290,9 +292,9 @@ static int on_payment_failed(struct orders *o, struct saga_order *so, struct str
 
     if (strcmp(so->status, ORDERS_AWAITING_PAYMENT) != 0)
         return STREAM_CONSUMER_SKIP; /* nothing was charged: nothing to undo */
-    if ((rc = received(o, so, msg, ORDERS_STEP_PAYMENT_FAILED, at)) < 0 ||
-        (rc = move(o, so, ORDERS_CANCELLED, 0, reason, at)) < 0 ||
-        (rc = send_release(o, so, at)) < 0)
+    received(o, msg, ORDERS_STEP_PAYMENT_FAILED, at);
+    move(o, so, ORDERS_CANCELLED, 0, reason);
+    if ((rc = send_release(o, so, at)) < 0)
         return rc;
     log_write(LOG_LEVEL_INFO, so->id, "order cancelled: %s", reason);
     return send_final(o, so, ORDERS_OUT_CANCELLED, reason, ORDERS_STEP_CANCELLED, at);
@@ -318,7 +320,10 @@ static int reply(struct stream_msg *msg, struct orders *o, saga_handler fn)
     }
     if (rc < 0 || (rc = clock_iso8601(at, sizeof(at))) < 0)
         return rc;
-    return fn(o, &so, msg, at);
+    orders_steps_reset(o);
+    if ((rc = fn(o, &so, msg, at)) == 0)
+        rc = save(o, &so, at);
+    return rc;
 }
 
 int orders_on_stock_reserved(struct stream_msg *msg, void *data)
@@ -345,19 +350,25 @@ int orders_on_payment_failed(struct stream_msg *msg, void *data)
 static int on_released(struct orders *o, struct saga_order *so, struct stream_msg *msg,
                        const char *at)
 {
-    return received(o, so, msg, ORDERS_STEP_STOCK_RELEASED, at);
+    (void)so;
+    received(o, msg, ORDERS_STEP_STOCK_RELEASED, at);
+    return 0;
 }
 
 static int on_committed(struct orders *o, struct saga_order *so, struct stream_msg *msg,
                         const char *at)
 {
-    return received(o, so, msg, ORDERS_STEP_STOCK_COMMITTED, at);
+    (void)so;
+    received(o, msg, ORDERS_STEP_STOCK_COMMITTED, at);
+    return 0;
 }
 
 static int on_refunded(struct orders *o, struct saga_order *so, struct stream_msg *msg,
                        const char *at)
 {
-    return received(o, so, msg, ORDERS_STEP_PAYMENT_REFUNDED, at);
+    (void)so;
+    received(o, msg, ORDERS_STEP_PAYMENT_REFUNDED, at);
+    return 0;
 }
 
 int orders_on_stock_released(struct stream_msg *msg, void *data)
@@ -393,11 +404,13 @@ static int time_out(struct orders *o, const char *id, const char *at)
     trace_set(span);
     log_write(LOG_LEVEL_INFO, so.id, "order %s timed out after %lu ms: cancelling", so.status,
               o->saga_timeout_ms);
-    if ((rc = move(o, &so, ORDERS_CANCELLED, 0, ORDERS_REASON_TIMEOUT, at)) < 0 ||
-        (rc = send_release(o, &so, at)) < 0)
+    orders_steps_reset(o);
+    move(o, &so, ORDERS_CANCELLED, 0, ORDERS_REASON_TIMEOUT);
+    if ((rc = send_release(o, &so, at)) < 0 ||
+        (rc = send_final(o, &so, ORDERS_OUT_CANCELLED, ORDERS_REASON_TIMEOUT, ORDERS_STEP_TIMED_OUT,
+                         at)) < 0)
         return rc;
-    return send_final(o, &so, ORDERS_OUT_CANCELLED, ORDERS_REASON_TIMEOUT, ORDERS_STEP_TIMED_OUT,
-                      at);
+    return save(o, &so, at);
 }
 
 /* Collects up to SAGA_SWEEP_BATCH overdue order ids into ids. */
@@ -478,6 +491,11 @@ static void saga_metrics(struct orders *o)
             labels[i], saga_bounds, ARRAY_SIZE(saga_bounds));
 }
 
+/* timeline, a JSON array, with the steps ?2 ("{...},{...}") appended: text
+ * spliced, not parsed -- the row's old timeline is copied, never read. */
+#define SAGA_APPEND                                                                                \
+    "timeline = rtrim(timeline, ']') || CASE timeline WHEN '[]' THEN '' ELSE ',' END || ?2 || ']'"
+
 static int saga_prepare(struct orders *o)
 {
     struct store *st = o->svc->store;
@@ -488,12 +506,12 @@ static int saga_prepare(struct orders *o)
                             "orders WHERE id = ?",
                             &o->saga_load)) < 0 ||
         (rc = store_prepare(st,
-                            "UPDATE orders SET status = ?1, amount_cents = COALESCE(?2, "
-                            "amount_cents), reason = ?3, deadline_ms = ?4, updated_at = ?5 "
-                            "WHERE id = ?6",
+                            "UPDATE orders SET " SAGA_APPEND ", status = ?3, amount_cents = "
+                            "COALESCE(NULLIF(?4, 0), amount_cents), reason = ?5, "
+                            "deadline_ms = NULLIF(?6, 0), updated_at = ?7 WHERE id = ?1",
                             &o->saga_update)) < 0 ||
-        (rc = store_prepare(st, "UPDATE orders SET deadline_ms = ?1 WHERE id = ?2", &o->saga_arm)) <
-            0 ||
+        (rc = store_prepare(st, "UPDATE orders SET " SAGA_APPEND " WHERE id = ?1",
+                            &o->saga_append)) < 0 ||
         (rc = store_prepare(st,
                             "SELECT id FROM orders WHERE deadline_ms IS NOT NULL AND "
                             "deadline_ms <= ?1 ORDER BY deadline_ms LIMIT ?2",

@@ -60,3 +60,21 @@ CREATE UNIQUE INDEX orders_by_idempotency_key ON orders (user_id, idempotency_ke
 -- The W3C trace context of the request or command that placed the order
 -- (ripple/trace.h): the saga's later steps, timeouts included, continue it.
 ALTER TABLE orders ADD COLUMN traceparent TEXT;
+
+-- migration: 5
+-- The saga timeline moves into its order's row: timeline is the JSON array
+-- of its steps, as GET shows them ({step, event_type, event_id, stream,
+-- entry_id, at}, oldest first). A transition appends its steps with the
+-- same UPDATE that moves the order on -- one row written per transition,
+-- not a row per step besides the order's. entry_id is null for an event
+-- the order sent until a read finds it published (the outbox) and stores
+-- it back. No CHECK (json_valid): it would parse the whole timeline on
+-- every transition; only the service writes it, from json_out or jansson.
+ALTER TABLE orders ADD COLUMN timeline TEXT NOT NULL DEFAULT '[]';
+UPDATE orders SET timeline = (
+    SELECT json_group_array(json_object('step', step, 'event_type', event_type,
+                                        'event_id', event_id, 'stream', stream,
+                                        'entry_id', entry_id, 'at', at))
+    FROM (SELECT * FROM order_steps s WHERE s.order_id = orders.id ORDER BY s.n))
+WHERE id IN (SELECT order_id FROM order_steps);
+DROP TABLE order_steps;

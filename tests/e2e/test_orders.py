@@ -29,15 +29,17 @@ hangs (the loop never waits for users).
 import json
 import re
 import signal
+import sqlite3
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import redis
 
-from conftest import (HOST, TIME_SLACK, TOPOLOGIES, assert_error, is_uuid, raw_request, service_token,
-                      stable_port, unique_email, user_token, wait_until)
+from conftest import (HOST, REPO, TIME_SLACK, TOPOLOGIES, assert_error, is_uuid, raw_request,
+                      service_token, stable_port, unique_email, user_token, wait_until)
 
 ORDERS_CMDS = "orders.commands"
 ORDERS_EVENTS = "orders.events"
@@ -1016,3 +1018,82 @@ def test_http_client_metrics(stack):
     assert "# TYPE circuit_state gauge" in text
     assert re.search(r'^http_requests_total\{[^}]*route="/api/v1/orders"[^}]*code="202"',
                      text, re.M), text[:3000]
+
+
+# ---------------------------------------------------------------------------
+# Schema migrations
+# ---------------------------------------------------------------------------
+
+def schema_blocks(path):
+    """{N: sql} of a schema.sql, split on its "-- migration: N" lines."""
+    blocks, n = {}, None
+    for line in Path(path).read_text().splitlines(keepends=True):
+        m = re.match(r"-- migration: (\d+)\s*$", line)
+        if m:
+            n = int(m.group(1))
+            blocks[n] = ""
+        elif n is not None:
+            blocks[n] += line
+    return blocks
+
+
+def test_orders_from_before_the_timeline_column_keep_their_timelines(service_factory, r,
+                                                                     tmp_path):
+    """Migration 5 moves each order's order_steps rows, in n order, into its
+    timeline column: an orders.db written by the version before it answers
+    GET with the same timeline, and the saga appends to it."""
+    blocks = schema_blocks(REPO / "services" / "orders" / "schema.sql")
+    assert 5 in blocks and "order_steps" in blocks[1]
+    db = tmp_path / "old-orders.db"
+    conn = sqlite3.connect(db)
+    for n in range(1, 5):
+        conn.executescript(f"BEGIN; {blocks[n]}; PRAGMA user_version = {n}; COMMIT;")
+    oid, bare, user = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    at = "2026-11-30T10:00:00.000Z"
+    for o in (oid, bare):
+        conn.execute("INSERT INTO orders (id, user_id, status, items, amount_cents, created_at, "
+                     "updated_at) VALUES (?, ?, 'CONFIRMED', ?, 700, ?, ?)",
+                     (o, user, json.dumps([{"sku": "SKU-1", "qty": 1}]), at, at))
+    steps = [  # (n, step, event_type, stream, entry_id), stored out of order
+        (3, "confirmed", "order.confirmed", "orders.events", None),
+        (1, "placed", "order.placed", "orders.events", "1764496800000-0"),
+        (2, "stock_reserved", "stock.reserved", "inventory.events", "1764496800001-0"),
+    ]
+    want = []
+    for n, step, etype, stream, entry in steps:
+        eid = str(uuid.uuid4())
+        conn.execute("INSERT INTO order_steps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                     (oid, n, step, etype, eid, stream, entry, f"2026-11-30T10:00:0{n}.000Z"))
+        want.append((n, {"step": step, "event_type": etype, "event_id": eid, "stream": stream,
+                         "entry_id": entry, "at": f"2026-11-30T10:00:0{n}.000Z"}))
+    conn.commit()
+    conn.close()
+    want = [s for _, s in sorted(want, key=lambda x: x[0])]
+
+    orders = service_factory("orders", DB_PATH=str(db), USERS_URL="http://127.0.0.1:1",
+                             CONSUMER_BLOCK_MS=100)
+    tok = service_token()
+    got = orders.get(f"/api/v1/orders/{oid}", token=tok)
+    assert got.status == 200, got
+    assert got.json()["timeline"] == want
+    assert orders.get(f"/api/v1/orders/{bare}", token=tok).json()["timeline"] == []
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] >= 5
+        assert conn.execute("SELECT count(*) FROM sqlite_master "
+                            "WHERE name = 'order_steps'").fetchone()[0] == 0
+    finally:
+        conn.close()
+
+    # The saga appends to a migrated timeline: an acknowledgement is a step.
+    entry = r.xadd("inventory.events", {"type": "stock.committed",
+                                        "data": json.dumps({"order_id": oid})})
+
+    def appended():
+        tl = orders.get(f"/api/v1/orders/{oid}", token=tok).json()["timeline"]
+        return tl if len(tl) == 4 else None
+
+    tl = wait_until(appended, 15, what="the stock.committed step")
+    assert tl[:3] == want
+    assert tl[3]["step"] == "stock_committed" and tl[3]["entry_id"] == entry
+    assert orders.alive()

@@ -374,9 +374,7 @@ class Stack:
             try:
                 o = db_rows(self.orders.db_path, "SELECT * FROM orders WHERE id = ?",
                             (order_id,))[0]
-                o["timeline"] = db_rows(self.orders.db_path,
-                                        "SELECT * FROM order_steps WHERE order_id = ? "
-                                        "ORDER BY n", (order_id,))
+                o["timeline"] = json.loads(o["timeline"])
             except Exception:  # noqa: BLE001
                 return f"order {order_id}: cannot read it ({exc!r})"
         head = (f"order {order_id} user={o.get('user_id')} status={o.get('status')} "
@@ -616,7 +614,9 @@ def orders_by_entry(stack):
     step "requested" records the entry an order came from)."""
     out = {}
     for row in db_rows(stack.orders.db_path,
-                       "SELECT order_id, entry_id FROM order_steps WHERE step = 'requested'"):
+                       "SELECT o.id AS order_id, s.value ->> '$.entry_id' AS entry_id "
+                       "FROM orders o, json_each(o.timeline) s "
+                       "WHERE s.value ->> '$.step' = 'requested'"):
         out.setdefault(row["entry_id"], []).append(row["order_id"])
     return out
 
@@ -1261,7 +1261,9 @@ def run_crash_burst(stack_factory, redis_restart):
     final_step = {"confirmed": "CONFIRMED", "rejected": "REJECTED", "cancelled": "CANCELLED",
                   "timed_out": "CANCELLED"}
     steps = {}
-    for row in db_rows(st.orders.db_path, "SELECT order_id, step FROM order_steps ORDER BY n"):
+    for row in db_rows(st.orders.db_path,
+                       "SELECT o.id AS order_id, s.value ->> '$.step' AS step "
+                       "FROM orders o, json_each(o.timeline) s ORDER BY o.id, s.key"):
         if row["step"] in final_step:
             steps.setdefault(row["order_id"], []).append(row["step"])
     odd = []
@@ -1288,8 +1290,9 @@ def run_crash_burst(stack_factory, redis_restart):
     pays = db_rows(st.payments.db_path,
                    "SELECT status, count(*) AS n FROM payments GROUP BY status")
     late = db_rows(st.orders.db_path,
-                   "SELECT step, count(*) AS n FROM order_steps WHERE step LIKE 'late_%' "
-                   "GROUP BY step")
+                   "SELECT s.value ->> '$.step' AS step, count(*) AS n "
+                   "FROM orders o, json_each(o.timeline) s "
+                   "WHERE s.value ->> '$.step' LIKE 'late_%' GROUP BY 1")
     print("payments: " + ", ".join(f"{p['status']}: {p['n']}" for p in pays) +
           "; late replies compensated: " + ", ".join(f"{r['step']}: {r['n']}" for r in late))
     print(f"runtime {time.monotonic() - t_start:.1f}s")
