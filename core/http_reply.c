@@ -11,6 +11,10 @@
 
 #include <ripple/http_server.h>
 #include <ripple/ids.h>
+#include <ripple/json_out.h>
+
+/* A JSON answer is written on the stack up to this size, by json_dumps past it. */
+#define HTTP_REPLY_JSON_STACK 8192
 
 static const char content_json[] = "application/json";
 
@@ -76,14 +80,17 @@ char *http_error_body(const char *code, const char *message, const json_t *field
 
 int http_reply_json(struct http_request *req, int status, json_t *body)
 {
-    char *s = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    char buf[HTTP_REPLY_JSON_STACK];
+    size_t len = 0;
+    char *s = body ? json_out_dump(body, buf, sizeof(buf), &len) : NULL;
     int rc;
 
     json_decref(body);
     if (s == NULL)
         return http_reply_error(req, 500, NULL, "could not encode the response");
-    rc = http_respond(req, status, content_json, s, strlen(s));
-    free(s);
+    rc = http_respond(req, status, content_json, s, len);
+    if (s != buf)
+        free(s);
     return rc;
 }
 

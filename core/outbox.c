@@ -38,6 +38,7 @@
 #include <uv.h>
 
 #include <ripple/clock.h>
+#include <ripple/json_out.h>
 #include <ripple/log.h>
 #include <ripple/metrics.h>
 #include <ripple/redis.h>
@@ -52,6 +53,7 @@
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 5000
 #define XADD_ARGS 24
+#define OUTBOX_DATA_STACK 4096 /* an event's data is dumped on the stack up to this size */
 
 static const char schema[] = "CREATE TABLE IF NOT EXISTS outbox ("
                              " seq INTEGER PRIMARY KEY,"
@@ -193,22 +195,22 @@ int outbox_emit(struct outbox *ob, const struct stream_type *t, json_t *data, co
 int outbox_append(struct outbox *ob, const char *stream, const char *type,
                   const struct json_t *data, const char *trace, char event_id[IDS_UUID_LEN + 1])
 {
-    char id[IDS_UUID_LEN + 1];
+    char id[IDS_UUID_LEN + 1], buf[OUTBOX_DATA_STACK];
     char *text;
+    size_t len = 0;
     int rc;
 
     if (!store_in_txn(ob->store))
         return -EINVAL;
     if ((rc = check_declared(ob, stream, type, data)) < 0)
         return rc;
-    text = json_dumps(data, JSON_COMPACT);
-    if (text == NULL)
+    if ((text = json_out_dump(data, buf, sizeof(buf), &len)) == NULL)
         return -ENOMEM;
     ids_uuid7(id);
     sqlite3_bind_text(ob->insert_st, 1, stream, -1, SQLITE_STATIC);
     sqlite3_bind_text(ob->insert_st, 2, id, -1, SQLITE_STATIC);
     sqlite3_bind_text(ob->insert_st, 3, type, -1, SQLITE_STATIC);
-    sqlite3_bind_text(ob->insert_st, 4, text, -1, SQLITE_STATIC);
+    sqlite3_bind_text(ob->insert_st, 4, text, (int)len, SQLITE_STATIC);
     if (trace != NULL)
         sqlite3_bind_text(ob->insert_st, 5, trace, -1, SQLITE_STATIC);
     else
@@ -220,7 +222,8 @@ int outbox_append(struct outbox *ob, const char *stream, const char *type,
     if (rc < 0)
         log_error("outbox: append %s to %s failed: %s", type, stream, store_errmsg(ob->store));
     store_reset(ob->insert_st);
-    free(text);
+    if (text != buf)
+        free(text);
     if (rc == 0 && event_id != NULL)
         memcpy(event_id, id, sizeof(id));
     return rc;

@@ -12,6 +12,8 @@
 
 #include <stddef.h>
 
+struct json_t;
+
 struct json_out {
     char *p;
     size_t len, cap;
@@ -32,7 +34,17 @@ void json_out_mem(struct json_out *b, const char *s, size_t n);
 void json_out_raw(struct json_out *b, const char *s);
 /* Appends s as a JSON string, quoted and escaped; NULL appends null. */
 void json_out_str(struct json_out *b, const char *s);
+/* Appends the n bytes at s (NULs included) as a JSON string. */
+void json_out_strn(struct json_out *b, const char *s, size_t n);
 /* Appends a JSON integer. */
 void json_out_int(struct json_out *b, long long v);
+/* Appends the jansson value v as compact JSON text: what
+ * json_dumps(v, JSON_COMPACT) writes, keys in the object's order, without
+ * its allocations (one strbuffer per call) and per-character callbacks. */
+void json_out_value(struct json_out *b, const struct json_t *v);
+/* v as compact JSON text, NUL-terminated: in buf (cap bytes) when it fits,
+ * else in a new string from json_dumps; its length in *len. Returns buf,
+ * the new string (free it when it is not buf), or NULL on ENOMEM. */
+char *json_out_dump(const struct json_t *v, char *buf, size_t cap, size_t *len);
 
 #endif

@@ -36,6 +36,8 @@
 #include <ripple/stream_consumer.h>
 #include <ripple/streams.h>
 
+#define ORDERS_ITEMS_STACK 4096 /* the items' JSON is written on the stack up to this size */
+
 #define ORDER_COLS                                                                                 \
     "seq, id, user_id, status, items, amount_cents, reason, created_at, updated_at, traceparent"
 
@@ -214,20 +216,22 @@ static int create(struct orders *o, const struct orders_new *n, const char *id, 
 int orders_create(struct orders *o, const struct orders_new *n, char id[IDS_UUID_LEN + 1],
                   struct json_out *out)
 {
-    char at[CLOCK_ISO8601_LEN + 1], *items;
+    char at[CLOCK_ISO8601_LEN + 1], buf[ORDERS_ITEMS_STACK], *items;
+    size_t len;
     int rc;
 
     if (!store_in_txn(o->svc->store))
         return -EINVAL;
     if (clock_iso8601(at, sizeof(at)) < 0)
         return -EIO;
-    if ((items = json_dumps(n->items, JSON_COMPACT)) == NULL)
+    if ((items = json_out_dump(n->items, buf, sizeof(buf), &len)) == NULL)
         return -ENOMEM;
     ids_uuid7(id); /* time-ordered: its index appends */
     rc = create(o, n, id, items, at);
     if (rc == 0 && out != NULL)
         write_order(out, id, n, items, at, &o->steps);
-    free(items);
+    if (items != buf)
+        free(items);
     return rc;
 }
 

@@ -3,6 +3,7 @@
 #include <criterion/criterion.h>
 #include <jansson.h>
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <ripple/json_out.h>
@@ -111,4 +112,80 @@ Test(json_out, a_buffer_too_small_overflows_without_writing_past_it)
     json_out_raw(&b, "1");
     cr_assert(b.overflow);
     cr_assert_eq(b.len, 0);
+}
+
+/* json_out_value writes what json_dumps(JSON_COMPACT) writes, byte for byte,
+ * for every kind of value jansson has (control characters aside: those it
+ * escapes as \u00XX where jansson writes \n; both parse back the same). */
+Test(json_out, a_jansson_tree_is_written_as_json_dumps_writes_it)
+{
+    static const char *const cases[] = {
+        "{}",
+        "[]",
+        "{\"order_id\":\"0193f\",\"items\":[{\"sku\":\"SKU-1\",\"qty\":2}],\"amount_cents\":700}",
+        "[true,false,null,0,-1,9223372036854775807,-9223372036854775808]",
+        "[1.0,0.1,-2.5e-07,1e+20,1.7976931348623157e308,5e-324,123456.789]",
+        "{\"quote\\\"\":\"back\\\\slash\",\"utf8\":\"Zo\\u00eb \\u6771 \\ud83d\\ude00\"}",
+        "{\"nested\":{\"a\":[[],[{}],{\"b\":[1,[2,[3]]]}]},\"last\":\"\"}",
+        "\"a bare string\"",
+        "42",
+    };
+    char buf[512];
+    struct json_out b;
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        json_t *v = json_loads(cases[i], JSON_DECODE_ANY, NULL);
+        char *want;
+
+        cr_assert_not_null(v, "case %zu does not parse", i);
+        want = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        json_out_init(&b, buf, sizeof(buf));
+        json_out_value(&b, v);
+        cr_assert_not(b.overflow, "case %zu", i);
+        cr_assert_eq(b.len, strlen(want), "case %zu: %.*s, want %s", i, (int)b.len, buf, want);
+        cr_assert_eq(memcmp(buf, want, b.len), 0, "case %zu: %.*s, want %s", i, (int)b.len, buf,
+                     want);
+        free(want);
+        json_decref(v);
+    }
+}
+
+/* A string with a NUL and control characters inside comes back whole. */
+Test(json_out, a_string_value_keeps_its_nul_and_control_characters)
+{
+    json_t *v = json_stringn("a\0b\nc\x01", 6), *back;
+    char buf[64];
+    struct json_out b;
+
+    json_out_init(&b, buf, sizeof(buf));
+    json_out_value(&b, v);
+    cr_assert_not(b.overflow);
+    back = json_loadb(buf, b.len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    cr_assert(json_equal(v, back), "%.*s", (int)b.len, buf);
+    json_decref(back);
+    json_decref(v);
+}
+
+/* json_out_dump answers from the caller's buffer when the text fits and
+ * from json_dumps when it does not: the same text either way. */
+Test(json_out, a_dump_too_large_for_the_buffer_comes_from_jansson)
+{
+    json_t *v = json_pack("{s:s, s:[i, i, i], s:f}", "name", "a fairly long string value", "n", 1,
+                          22, 333, "x", 0.5);
+    char *want = json_dumps(v, JSON_COMPACT), small[16], big[256], *text;
+    size_t len = 0;
+
+    text = json_out_dump(v, big, sizeof(big), &len);
+    cr_assert_eq(text, big);
+    cr_assert_eq(len, strlen(want));
+    cr_assert_eq(text[len], '\0');
+    cr_assert_eq(memcmp(text, want, len), 0);
+    text = json_out_dump(v, small, sizeof(small), &len);
+    cr_assert_not_null(text);
+    cr_assert_neq(text, small);
+    cr_assert_str_eq(text, want);
+    cr_assert_eq(len, strlen(want));
+    free(text);
+    free(want);
+    json_decref(v);
 }
