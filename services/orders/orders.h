@@ -52,6 +52,10 @@ CORE_MUST_CHECK int orders_service_start(struct service *svc);
 #define ORDERS_URL_MAX 512    /* USERS_URL, bytes */
 #define ORDERS_ENTRY_MAX 64   /* a Redis stream entry id, with its NUL */
 #define ORDERS_STEPS_MAX 4096 /* a transition's steps as JSON (3 at most, ~250 B each) */
+/* A timeline past this many bytes records no more steps that do not move the
+ * order on (acknowledgements, late replies: a flood of them must not make
+ * every write of the row ever larger); a move is recorded always. */
+#define ORDERS_TIMELINE_MAX 65536
 
 /* Order statuses (the CHECK in schema.sql lists the same). */
 #define ORDERS_PENDING "PENDING"

@@ -51,6 +51,7 @@ struct saga_order {
     char status[24];
     char created_at[CLOCK_ISO8601_LEN + 1]; /* ISO-8601 UTC, ms: clock_iso8601 at creation */
     long long amount_cents;                 /* 0 while unknown */
+    int64_t timeline_bytes;                 /* the row's timeline as loaded */
     int moved;                              /* move ran: status and what follows are new */
     long long new_amount_cents;             /* 0 keeps amount_cents */
     const char *reason;                     /* borrowed until save; NULL for none */
@@ -91,6 +92,7 @@ static int load(struct orders *o, const char *id, struct saga_order *so)
         so->amount_cents = sqlite3_column_int64(st, 2);
         snprintf(so->traceparent, sizeof(so->traceparent), "%s", col(st, 3));
         snprintf(so->created_at, sizeof(so->created_at), "%s", col(st, 4));
+        so->timeline_bytes = sqlite3_column_int64(st, 5);
         so->moved = 0;
         rc = 0;
     } else if (rc == SQLITE_DONE) {
@@ -178,6 +180,13 @@ static int save(struct orders *o, struct saga_order *so, const char *at)
         return 0;
     if ((rc = orders_steps_check(o, so->id)) < 0)
         return rc;
+    if (!so->moved && so->timeline_bytes + (int64_t)o->steps.len > ORDERS_TIMELINE_MAX) {
+        log_write(LOG_LEVEL_WARN, so->id,
+                  "order %s: its timeline is full (%lld bytes): %.*s not recorded", so->id,
+                  (long long)so->timeline_bytes, (int)(o->steps.len < 300 ? o->steps.len : 300),
+                  o->steps.p);
+        return 0;
+    }
     if (so->moved)
         rc = store_exec(st, o->saga_update, "orders: move an order", "sSsIsIs", so->id, o->steps.p,
                         o->steps.len, so->status, (int64_t)so->new_amount_cents, so->reason,
@@ -502,8 +511,8 @@ static int saga_prepare(struct orders *o)
     int rc;
 
     if ((rc = store_prepare(st,
-                            "SELECT status, user_id, amount_cents, traceparent, created_at FROM "
-                            "orders WHERE id = ?",
+                            "SELECT status, user_id, amount_cents, traceparent, created_at, "
+                            "length(CAST(timeline AS BLOB)) FROM orders WHERE id = ?",
                             &o->saga_load)) < 0 ||
         (rc = store_prepare(st,
                             "UPDATE orders SET " SAGA_APPEND ", status = ?3, amount_cents = "

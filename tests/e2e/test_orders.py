@@ -1097,3 +1097,47 @@ def test_orders_from_before_the_timeline_column_keep_their_timelines(service_fac
     assert tl[:3] == want
     assert tl[3]["step"] == "stock_committed" and tl[3]["entry_id"] == entry
     assert orders.alive()
+
+
+def test_a_flood_of_acknowledgements_cannot_grow_a_timeline_without_bound(stack_factory, r):
+    """Replies that do not move an order on (here: stock.released, each a
+    distinct event) are recorded until the timeline holds 64 KiB; past that
+    they are acked and logged, not stored, so a flood cannot make every write
+    of the row ever larger. A reply that moves the order is still recorded."""
+    st = stack_factory()
+    _, tok = st.new_user()
+    order = place_ok(st.orders, tok)
+    oid = order["id"]
+    flood = 450  # ~190 bytes a step: well past 64 KiB
+    pipe = r.pipeline(transaction=False)
+    for _ in range(flood):
+        pipe.xadd("inventory.events", {"type": "stock.released",
+                                       "data": json.dumps({"order_id": oid})})
+    pipe.execute()
+
+    def consumed():
+        for g in r.xinfo_groups("inventory.events"):
+            if g["name"] in ("orders", b"orders"):
+                return g["pending"] == 0 and g["entries-read"] >= flood
+        return False
+
+    wait_until(consumed, 30, what="orders to consume the flood")
+    got = get_order(st.orders, oid, tok)
+    assert got.status == 200, got
+    tl = got.json()["timeline"]
+    size = len(json.dumps(tl, separators=(",", ":")))
+    released = sum(1 for s in tl if s["step"] == "stock_released")
+    assert 0 < released < flood, released
+    assert size <= 65536 + 4096, size
+    assert "its timeline is full" in st.orders.log_text()
+
+    r.xadd("inventory.events", {"type": "stock.reserved",
+                                "data": json.dumps({"order_id": oid, "amount_cents": 700})})
+
+    def moved():
+        o = get_order(st.orders, oid, tok).json()
+        return o if o["status"] == "AWAITING_PAYMENT" else None
+
+    o = wait_until(moved, 15, what="the order to move on")
+    assert [s["step"] for s in o["timeline"][-2:]] == ["stock_reserved", "charge_payment"]
+    assert st.orders.alive()
