@@ -105,18 +105,23 @@ void json_out_value(struct json_out *b, const json_t *v)
 {
     const char *key;
     json_t *item;
-    size_t i;
+    size_t i, klen;
     int first = 1;
 
+    if (v == NULL) { /* what json_dumps refuses too */
+        b->overflow = 1;
+        return;
+    }
     switch (json_typeof(v)) {
     case JSON_OBJECT:
         json_out_mem(b, "{", 1);
-        json_object_foreach((json_t *)v, key, item)
+        /* keys by length: jansson allows a NUL inside one (json_object_setn) */
+        json_object_keylen_foreach((json_t *)v, key, klen, item)
         {
             if (!first)
                 json_out_mem(b, ",", 1);
             first = 0;
-            json_out_str(b, key);
+            json_out_strn(b, key, klen);
             json_out_mem(b, ":", 1);
             json_out_value(b, item);
         }
@@ -158,6 +163,8 @@ char *json_out_dump(const json_t *v, char *buf, size_t cap, size_t *len)
     struct json_out b;
     char *text;
 
+    if (v == NULL)
+        return NULL;
     json_out_init(&b, buf, cap > 0 ? cap - 1 : 0);
     json_out_value(&b, v);
     if (cap > 0 && !b.overflow) {

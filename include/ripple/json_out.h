@@ -39,12 +39,14 @@ void json_out_strn(struct json_out *b, const char *s, size_t n);
 /* Appends a JSON integer. */
 void json_out_int(struct json_out *b, long long v);
 /* Appends the jansson value v as compact JSON text: what
- * json_dumps(v, JSON_COMPACT) writes, keys in the object's order, without
- * its allocations (one strbuffer per call) and per-character callbacks. */
+ * json_dumps(v, JSON_COMPACT) writes (control characters aside, escaped
+ * as \u00XX), keys in the object's order, without its allocations (one
+ * strbuffer per call) and per-character callbacks. NULL overflows b. The
+ * tree must be acyclic, as every tree the runtime builds or parses is. */
 void json_out_value(struct json_out *b, const struct json_t *v);
 /* v as compact JSON text, NUL-terminated: in buf (cap bytes) when it fits,
  * else in a new string from json_dumps; its length in *len. Returns buf,
- * the new string (free it when it is not buf), or NULL on ENOMEM. */
+ * the new string (free it when it is not buf), or NULL (ENOMEM, v NULL). */
 char *json_out_dump(const struct json_t *v, char *buf, size_t cap, size_t *len);
 
 #endif

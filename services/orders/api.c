@@ -224,12 +224,14 @@ static void reply_key_reused(struct http_request *req)
  * answered, -ENOENT when the key is new. */
 static int reply_replay(struct place *p)
 {
-    char id[IDS_UUID_LEN + 1], *had = NULL, *items;
+    char id[IDS_UUID_LEN + 1], *had = NULL, *items, buf[ORDERS_ITEMS_STACK];
+    size_t len;
     int rc = orders_find_by_key(p->o, p->user_id, p->key, id, &had);
 
     if (rc == -ENOENT)
         return rc;
-    items = rc == 0 ? json_dumps(p->items, JSON_COMPACT) : NULL;
+    /* the encoder orders_create stored them with: the same items, the same text */
+    items = rc == 0 ? json_out_dump(p->items, buf, sizeof(buf), &len) : NULL;
     if (items == NULL) {
         http_reply_internal(p->req); /* the lookup failed, or no memory */
     } else if (strcmp(items, had) != 0) {
@@ -239,7 +241,8 @@ static int reply_replay(struct place *p)
                   p->user_id);
         reply_order(p, id, 1);
     }
-    free(items);
+    if (items != buf)
+        free(items);
     free(had);
     return 0;
 }

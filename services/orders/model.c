@@ -36,8 +36,6 @@
 #include <ripple/stream_consumer.h>
 #include <ripple/streams.h>
 
-#define ORDERS_ITEMS_STACK 4096 /* the items' JSON is written on the stack up to this size */
-
 #define ORDER_COLS                                                                                 \
     "seq, id, user_id, status, items, amount_cents, reason, created_at, updated_at, traceparent"
 
@@ -99,6 +97,7 @@ static void write_step(struct json_out *b, const char *step, const char *event_t
 void orders_steps_reset(struct orders *o)
 {
     json_out_init(&o->steps, o->steps_buf, sizeof(o->steps_buf));
+    o->steps_sent = 0;
 }
 
 int orders_steps_check(const struct orders *o, const char *order_id)
@@ -124,8 +123,10 @@ int orders_emit(struct orders *o, const char *order_id, enum orders_out out, jso
     char event_id[IDS_UUID_LEN + 1];
     int rc = outbox_emit(o->svc->outbox, t, data, order_id, event_id);
 
-    if (rc == 0)
+    if (rc == 0) {
         orders_step_add(o, step, t->type, event_id, t->stream, NULL, at);
+        o->steps_sent++;
+    }
     return rc;
 }
 
@@ -361,8 +362,10 @@ static int load_order(struct orders *o, const char *id, const char *owner, json_
             rc = -ENOENT; /* another user's order: as if there were none */
         else if ((*out = order_from_row(st)) == NULL)
             rc = -ENOMEM;
-        else if ((rc = add_timeline(o, *out, st, 10, id, &filled)) < 0)
+        else if ((rc = add_timeline(o, *out, st, 10, id, &filled)) < 0) {
             json_decref(*out);
+            *out = NULL;
+        }
     } else if (rc == SQLITE_DONE) {
         rc = -ENOENT;
     } else {

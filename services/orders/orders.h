@@ -49,12 +49,14 @@ CORE_MUST_CHECK int orders_service_start(struct service *svc);
  * Internal to the module
  * ------------------------------------------------------------------------- */
 
-#define ORDERS_URL_MAX 512    /* USERS_URL, bytes */
-#define ORDERS_ENTRY_MAX 64   /* a Redis stream entry id, with its NUL */
-#define ORDERS_STEPS_MAX 4096 /* a transition's steps as JSON (3 at most, ~250 B each) */
-/* A timeline past this many bytes records no more steps that do not move the
- * order on (acknowledgements, late replies: a flood of them must not make
- * every write of the row ever larger); a move is recorded always. */
+#define ORDERS_URL_MAX 512      /* USERS_URL, bytes */
+#define ORDERS_ENTRY_MAX 64     /* a Redis stream entry id, with its NUL */
+#define ORDERS_STEPS_MAX 4096   /* a transition's steps as JSON (3 at most, ~250 B each) */
+#define ORDERS_ITEMS_STACK 4096 /* items' JSON text is written on the stack up to this */
+/* A timeline past this many bytes records no more acknowledgements (steps
+ * that neither move the order on nor send anything: a flood of them must
+ * not make every write of the row ever larger). A move, and a reply that
+ * sends a compensation, is recorded always. */
 #define ORDERS_TIMELINE_MAX 65536
 
 /* Order statuses (the CHECK in schema.sql lists the same). */
@@ -116,6 +118,7 @@ struct orders {
      * elements as JSON text ("{...},{...}"): its write of the row appends them. */
     struct json_out steps;
     char steps_buf[ORDERS_STEPS_MAX];
+    unsigned steps_sent; /* of those, events the transition sent (orders_emit) */
     struct orders_pending_place place;
     unsigned checks;                /* user checks in flight (HTTP and stream) */
     unsigned refs;                  /* the stop hook's and the consumer's */

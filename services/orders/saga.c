@@ -170,7 +170,9 @@ static void move(struct orders *o, struct saga_order *so, const char *status,
 
 /* Writes the transition: one UPDATE of the order's row appends the steps
  * in o->steps to its timeline and, when move ran, sets the new state. A
- * final state is observed in orders_saga_seconds. */
+ * final state is observed in orders_saga_seconds. An acknowledgement (no
+ * move, nothing sent) to a full timeline (ORDERS_TIMELINE_MAX) is logged,
+ * not stored. */
 static int save(struct orders *o, struct saga_order *so, const char *at)
 {
     struct store *st = o->svc->store;
@@ -180,7 +182,8 @@ static int save(struct orders *o, struct saga_order *so, const char *at)
         return 0;
     if ((rc = orders_steps_check(o, so->id)) < 0)
         return rc;
-    if (!so->moved && so->timeline_bytes + (int64_t)o->steps.len > ORDERS_TIMELINE_MAX) {
+    if (!so->moved && o->steps_sent == 0 &&
+        so->timeline_bytes + (int64_t)o->steps.len > ORDERS_TIMELINE_MAX) {
         log_write(LOG_LEVEL_WARN, so->id,
                   "order %s: its timeline is full (%lld bytes): %.*s not recorded", so->id,
                   (long long)so->timeline_bytes, (int)(o->steps.len < 300 ? o->steps.len : 300),

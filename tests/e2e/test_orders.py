@@ -1100,10 +1100,11 @@ def test_orders_from_before_the_timeline_column_keep_their_timelines(service_fac
 
 
 def test_a_flood_of_acknowledgements_cannot_grow_a_timeline_without_bound(stack_factory, r):
-    """Replies that do not move an order on (here: stock.released, each a
-    distinct event) are recorded until the timeline holds 64 KiB; past that
-    they are acked and logged, not stored, so a flood cannot make every write
-    of the row ever larger. A reply that moves the order is still recorded."""
+    """Replies that neither move an order on nor send anything (here:
+    stock.released, each a distinct event) are recorded until the timeline
+    holds 64 KiB; past that they are acked and logged, not stored, so a flood
+    cannot make every write of the row ever larger. A reply that moves the
+    order, and a late one that sends a compensation, are still recorded."""
     st = stack_factory()
     _, tok = st.new_user()
     order = place_ok(st.orders, tok)
@@ -1121,23 +1122,37 @@ def test_a_flood_of_acknowledgements_cannot_grow_a_timeline_without_bound(stack_
                 return g["pending"] == 0 and g["entries-read"] >= flood
         return False
 
+    def order_now():
+        got = get_order(st.orders, oid, tok)
+        assert got.status == 200, got
+        return got.json()
+
     wait_until(consumed, 30, what="orders to consume the flood")
-    got = get_order(st.orders, oid, tok)
-    assert got.status == 200, got
-    tl = got.json()["timeline"]
+    tl = order_now()["timeline"]
     size = len(json.dumps(tl, separators=(",", ":")))
     released = sum(1 for s in tl if s["step"] == "stock_released")
     assert 0 < released < flood, released
-    assert size <= 65536 + 4096, size
+    assert 65536 - 1024 < size <= 65536, size  # filled up to the cap, not past it
     assert "its timeline is full" in st.orders.log_text()
 
+    # A move is recorded past the cap ...
+    r.xadd("inventory.events", {"type": "stock.rejected",
+                                "data": json.dumps({"order_id": oid, "reason": "out_of_stock"})})
+    o = wait_until(lambda: (lambda o: o if o["status"] == "REJECTED" else None)(order_now()), 15,
+                   what="the order to be rejected")
+    assert [s["step"] for s in o["timeline"][-2:]] == ["stock_rejected", "rejected"]
+
+    # ... and so is a late reply that sends a compensation.
     r.xadd("inventory.events", {"type": "stock.reserved",
                                 "data": json.dumps({"order_id": oid, "amount_cents": 700})})
 
-    def moved():
-        o = get_order(st.orders, oid, tok).json()
-        return o if o["status"] == "AWAITING_PAYMENT" else None
+    def compensated():
+        tl = order_now()["timeline"]
+        return tl if tl[-1]["step"] == "release_stock" else None
 
-    o = wait_until(moved, 15, what="the order to move on")
-    assert [s["step"] for s in o["timeline"][-2:]] == ["stock_reserved", "charge_payment"]
+    tl = wait_until(compensated, 15, what="the late stock.reserved to be compensated")
+    assert [s["step"] for s in tl[-2:]] == ["late_stock_reserved", "release_stock"]
+    assert any(json.loads(f[b"data"] if b"data" in f else f["data"]).get("order_id") == oid
+               for _, f in r.xrange("inventory.commands")
+               if (f.get(b"type") or f.get("type")) in (b"stock.release", "stock.release"))
     assert st.orders.alive()

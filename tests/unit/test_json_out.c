@@ -189,3 +189,49 @@ Test(json_out, a_dump_too_large_for_the_buffer_comes_from_jansson)
     free(want);
     json_decref(v);
 }
+
+/* A key with a NUL inside (json_object_setn) is written whole, as
+ * json_dumps writes it; NULL is refused like json_dumps refuses it. */
+Test(json_out, a_key_with_a_nul_is_written_whole_and_null_is_refused)
+{
+    json_t *v = json_object();
+    char *want, buf[64];
+    struct json_out b;
+    size_t len = 1;
+
+    cr_assert_eq(json_object_setn_new(v, "a\0b", 3, json_integer(1)), 0);
+    cr_assert_eq(json_object_set_new(v, "a", json_integer(2)), 0);
+    want = json_dumps(v, JSON_COMPACT);
+    json_out_init(&b, buf, sizeof(buf));
+    json_out_value(&b, v);
+    cr_assert_not(b.overflow);
+    cr_assert_eq(b.len, strlen(want), "%.*s, want %s", (int)b.len, buf, want);
+    cr_assert_eq(memcmp(buf, want, b.len), 0, "%.*s, want %s", (int)b.len, buf, want);
+    free(want);
+    json_decref(v);
+
+    json_out_init(&b, buf, sizeof(buf));
+    json_out_value(&b, NULL);
+    cr_assert(b.overflow);
+    cr_assert_null(json_out_dump(NULL, buf, sizeof(buf), &len));
+}
+
+/* A text of exactly cap - 1 bytes fits (its NUL takes the last byte); one
+ * byte more comes from jansson. */
+Test(json_out, a_dump_that_fills_the_buffer_to_its_last_byte_fits)
+{
+    json_t *v = json_string("0123456789"); /* "0123456789": 12 bytes */
+    char buf[13], *text;
+    size_t len = 0;
+
+    memset(buf, '#', sizeof(buf));
+    text = json_out_dump(v, buf, 13, &len);
+    cr_assert_eq(text, buf);
+    cr_assert_eq(len, 12);
+    cr_assert_str_eq(buf, "\"0123456789\"");
+    text = json_out_dump(v, buf, 12, &len);
+    cr_assert_neq(text, buf);
+    cr_assert_str_eq(text, "\"0123456789\"");
+    free(text);
+    json_decref(v);
+}
