@@ -108,10 +108,10 @@ void json_out_value(struct json_out *b, const json_t *v)
     size_t i, klen;
     int first = 1;
 
-    if (v == NULL) { /* what json_dumps refuses too */
+    if (v == NULL) /* what json_dumps refuses too */
         b->overflow = 1;
-        return;
-    }
+    if (b->overflow)
+        return; /* the text is lost: the caller falls back, no need to walk on */
     switch (json_typeof(v)) {
     case JSON_OBJECT:
         json_out_mem(b, "{", 1);
