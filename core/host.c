@@ -6,7 +6,15 @@
  * environment; settings are all checked before any module starts; every
  * module has started before any listens. A stop is a count: each service
  * reports back once it has stopped, and the last one closes the signal
- * handles so the loop runs dry. */
+ * handles so the loop runs dry.
+ *
+ * With RIPPLE_THREADS=1 each module gets a loop of its own, run by a thread
+ * of its own once every module has started and listens (all of that on the
+ * main thread); the host's loop then holds the signals alone, a stop
+ * reaches each module's loop through a uv_async, and the host joins the
+ * threads. The little process-wide state core/ has is per thread (the log
+ * scope, the trace context, the id pool) or set once before the threads
+ * start (the log level, SQLite's configuration). */
 #include <ripple/host.h>
 
 #include <errno.h>
@@ -15,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -25,13 +34,24 @@
 #include <ripple/service.h>
 #include <ripple/streams.h>
 
-struct host {
+/* A module on a loop and a thread of its own (RIPPLE_THREADS=1). */
+struct host_thread {
+    struct host *h;
+    struct service *svc;
     uv_loop_t loop;
+    uv_async_t stop; /* the host's stop, handed to this loop */
+    uv_thread_t tid;
+    int started;
+};
+
+struct host {
+    uv_loop_t loop; /* every module's, or with threads the signals' alone */
     uv_signal_t sigterm, sigint;
     const struct module *sel[HOST_MAX_MODULES]; /* borrowed */
     size_t n;
-    struct service *svcs; /* n of them */
-    size_t running;       /* services not yet stopped */
+    struct service *svcs;        /* n of them */
+    struct host_thread *threads; /* n of them with RIPPLE_THREADS=1, else NULL */
+    size_t running;              /* services not yet stopped (one loop) */
     int stopping;
 };
 
@@ -236,6 +256,23 @@ static void on_stopped(struct service *svc, void *data)
     uv_close((uv_handle_t *)&h->sigint, NULL);
 }
 
+/* With threads: a module has stopped, on its own loop; closing the stop
+ * handle lets that loop run dry. */
+static void on_thread_stopped(struct service *svc, void *data)
+{
+    struct host_thread *t = data;
+
+    (void)svc;
+    uv_close((uv_handle_t *)&t->stop, NULL);
+}
+
+static void on_thread_stop(uv_async_t *a)
+{
+    struct host_thread *t = a->data;
+
+    service_stop(t->svc, on_thread_stopped, t);
+}
+
 static void host_stop(struct host *h)
 {
     if (h->stopping)
@@ -243,6 +280,14 @@ static void host_stop(struct host *h)
     h->stopping = 1;
     uv_signal_stop(&h->sigterm);
     uv_signal_stop(&h->sigint);
+    if (h->threads != NULL) {
+        /* Each module stops on its own loop; the signals' loop is done. */
+        for (size_t i = 0; i < h->n; i++)
+            (void)uv_async_send(&h->threads[i].stop);
+        uv_close((uv_handle_t *)&h->sigterm, NULL);
+        uv_close((uv_handle_t *)&h->sigint, NULL);
+        return;
+    }
     h->running = h->n;
     for (size_t i = 0; i < h->n; i++)
         service_stop(&h->svcs[i], on_stopped, h);
@@ -270,12 +315,95 @@ static void on_stray_handle(uv_handle_t *handle, void *arg)
  * Running
  * ------------------------------------------------------------------------- */
 
+/* Runs one module's loop until it has stopped and every handle is closed. */
+static void run_loop(uv_loop_t *loop)
+{
+    uv_run(loop, UV_RUN_DEFAULT);
+    uv_walk(loop, on_stray_handle, NULL);
+    uv_run(loop, UV_RUN_DEFAULT);
+}
+
+static void thread_main(void *arg)
+{
+    struct host_thread *t = arg;
+
+    /* Named after its module (cut to the kernel's 15 bytes): what top -H
+     * and /proc/PID/task/TID/comm show. */
+    (void)prctl(PR_SET_NAME, t->svc->module->name, 0, 0, 0);
+    log_scope(t->svc->module->name);
+    run_loop(&t->loop);
+}
+
+/* RIPPLE_THREADS=1 in a host of several modules: a loop for each, made
+ * here, run by threads_start. */
+static void threads_init(struct host *h)
+{
+    const char *s = getenv("RIPPLE_THREADS");
+    int rc;
+
+    if (s == NULL || *s == '\0' || strcmp(s, "0") == 0)
+        return;
+    if (strcmp(s, "1") != 0)
+        host_fatal("config: RIPPLE_THREADS=\"%.32s\" must be 0 (one loop for every module) or 1 "
+                   "(a loop and a thread for each)",
+                   s);
+    if (h->n < 2)
+        return;
+    h->threads = calloc(h->n, sizeof(*h->threads));
+    if (h->threads == NULL)
+        host_fatal("out of memory");
+    for (size_t i = 0; i < h->n; i++) {
+        struct host_thread *t = &h->threads[i];
+
+        t->h = h;
+        t->svc = &h->svcs[i];
+        if ((rc = uv_loop_init(&t->loop)) < 0 ||
+            (rc = uv_async_init(&t->loop, &t->stop, on_thread_stop)) < 0)
+            host_fatal("cannot create a loop for module %s: %s", h->sel[i]->name, uv_strerror(rc));
+        t->stop.data = t;
+    }
+}
+
+static void threads_start(struct host *h)
+{
+    for (size_t i = 0; h->threads != NULL && i < h->n; i++) {
+        struct host_thread *t = &h->threads[i];
+        int rc = uv_thread_create(&t->tid, thread_main, t);
+
+        if (rc < 0)
+            host_fatal("cannot start the thread of module %s: %s", h->sel[i]->name,
+                       uv_strerror(rc));
+        t->started = 1;
+    }
+}
+
+/* Waits for every module's thread; returns 0, or -1 when a loop did not
+ * close. */
+static int threads_join(struct host *h)
+{
+    int failed = 0;
+
+    for (size_t i = 0; h->threads != NULL && i < h->n; i++) {
+        struct host_thread *t = &h->threads[i];
+        int rc;
+
+        if (t->started)
+            uv_thread_join(&t->tid);
+        service_release(t->svc);
+        if ((rc = uv_loop_close(&t->loop)) < 0) {
+            log_error("stop: the loop of %s did not close: %s", h->sel[i]->name, uv_strerror(rc));
+            failed = -1;
+        }
+    }
+    return failed;
+}
+
 static void start_all(struct host *h)
 {
     int shared = h->n > 1;
 
     for (size_t i = 0; i < h->n; i++) {
-        service_init(&h->svcs[i], &h->loop, h->sel[i], shared);
+        service_init(&h->svcs[i], h->threads ? &h->threads[i].loop : &h->loop, h->sel[i], shared);
         h->svcs[i].peers = h->svcs;
         h->svcs[i].n_peers = h->n;
     }
@@ -306,7 +434,8 @@ static int listen_all(struct host *h)
     }
     log_scope(NULL);
     if (h->n > 1)
-        log_info("hosting %zu modules in one process", h->n);
+        log_info("hosting %zu modules in one process, %s", h->n,
+                 h->threads ? "each on a loop and a thread of its own" : "on one loop");
     return 0;
 }
 
@@ -456,6 +585,7 @@ int host_main(int argc, char **argv, const struct module *const *modules, size_t
     h.svcs = calloc(h.n, sizeof(*h.svcs));
     if (h.svcs == NULL)
         host_fatal("out of memory");
+    threads_init(&h);
     start_all(&h);
     raise_fd_limit(&h);
     uv_signal_init(&h.loop, &h.sigterm);
@@ -464,12 +594,19 @@ int host_main(int argc, char **argv, const struct module *const *modules, size_t
     uv_signal_start(&h.sigterm, on_signal, SIGTERM);
     uv_signal_start(&h.sigint, on_signal, SIGINT);
     failed = listen_all(&h) < 0;
+    /* Every module was set up on this thread; its loop runs on its own
+     * from here (thread creation orders those writes before its reads). */
+    threads_start(&h);
 
-    uv_run(&h.loop, UV_RUN_DEFAULT);
-    uv_walk(&h.loop, on_stray_handle, NULL);
-    uv_run(&h.loop, UV_RUN_DEFAULT);
-    for (size_t i = 0; i < h.n; i++)
-        service_release(&h.svcs[i]);
+    run_loop(&h.loop);
+    if (h.threads != NULL) {
+        if (threads_join(&h) < 0)
+            failed = 1;
+    } else {
+        for (size_t i = 0; i < h.n; i++)
+            service_release(&h.svcs[i]);
+    }
+    free(h.threads);
     free(h.svcs);
     rc = uv_loop_close(&h.loop);
     if (rc < 0) {

@@ -16,7 +16,7 @@
 
 static enum log_level log_level = LOG_LEVEL_INFO;
 static char log_service[32] = "ripple";
-static const char *log_current; /* borrowed; NULL: log_service */
+static __thread const char *log_current; /* borrowed; NULL: log_service */
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 

@@ -39,7 +39,8 @@ static const double duration_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.0
 /* Cache of the dispatcher's series, so a request costs no label formatting. */
 struct service_stats {
     struct metrics_counter *commits, *txns; /* the store's COMMITs, the transactions in them */
-    uint64_t commits_seen, txns_seen;
+    struct metrics_counter *wal_bytes;      /* what the COMMITs wrote to the WAL */
+    uint64_t commits_seen, txns_seen, wal_bytes_seen;
     struct {
         const char *route; /* borrowed: a route's pattern, or a literal */
         int status;        /* 0: the duration histogram of route */
@@ -449,13 +450,16 @@ static void service_open_redis(struct service *svc)
 static void count_commits(struct store *st, void *data)
 {
     struct service_stats *stats = ((struct service *)data)->stats_;
-    uint64_t commits, txns;
+    uint64_t commits, txns, wal;
 
     store_commit_counts(st, &commits, &txns);
     metrics_counter_add(stats->commits, commits - stats->commits_seen);
     metrics_counter_add(stats->txns, txns - stats->txns_seen);
     stats->commits_seen = commits;
     stats->txns_seen = txns;
+    wal = store_wal_bytes(st);
+    metrics_counter_add(stats->wal_bytes, wal - stats->wal_bytes_seen);
+    stats->wal_bytes_seen = wal;
 }
 
 /* http_server_hold_answers: an answer waits for its writes' group commit. */
@@ -502,7 +506,12 @@ void service_open_store(struct service *svc)
     svc->stats_->txns =
         metrics_counter(svc->metrics, "store_transactions_total",
                         "Transactions (store_begin .. store_commit) those COMMITs carried.", "");
-    if (svc->stats_->commits == NULL || svc->stats_->txns == NULL)
+    svc->stats_->wal_bytes = metrics_counter(
+        svc->metrics, "store_wal_bytes_total",
+        "Bytes those COMMITs wrote to the write-ahead log: a whole page (and a 24-byte header) "
+        "for every page a group changed.",
+        "");
+    if (svc->stats_->commits == NULL || svc->stats_->txns == NULL || svc->stats_->wal_bytes == NULL)
         service_fatal(svc, "out of memory");
     if (store_on_commit(svc->store, count_commits, svc) < 0)
         service_fatal(svc, "cannot count the store's commits");

@@ -112,6 +112,9 @@ struct store {
     struct store_waiter *running; /* the list being called back, for cancels */
     size_t nrunning;
     uint64_t commits, txns; /* store_commit_counts */
+    /* store_wal_bytes: what earlier WAL handles wrote, and what the open
+     * one had written when last asked (a new handle starts from 0). */
+    uint64_t wal_base, wal_seen;
 };
 
 static int step_internal(struct store *st, sqlite3_stmt *stmt);
@@ -264,19 +267,21 @@ static int migrate(struct store *st, const char *schema);
  * keeps its settings). Debian's SQLite counts every allocation under a
  * global mutex (MEMSTATUS), and it has no lookaside, so every small
  * allocation pays it; nothing here reads those counts. */
-static void configure_library(void)
+static void configure_library_once(void)
 {
-    static int done;
-
-    if (done)
-        return;
-    done = 1;
     (void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
     /* A commit's WAL frames in one write (store_wal.h); without it, SQLite's
      * own VFS (vfs_name() says which). */
     if (store_wal_register() < 0)
         log_error("store: cannot register the %s VFS: writing the WAL frame by frame",
                   STORE_WAL_VFS);
+}
+
+static void configure_library(void)
+{
+    static uv_once_t once = UV_ONCE_INIT;
+
+    uv_once(&once, configure_library_once); /* stores may open on several threads */
 }
 
 static const char *vfs_name(void)
@@ -1109,6 +1114,21 @@ void store_commit_counts(const struct store *st, uint64_t *commits, uint64_t *tx
 {
     *commits = st->commits;
     *txns = st->txns;
+}
+
+uint64_t store_wal_bytes(struct store *st)
+{
+    sqlite3_file *wal = NULL;
+    uint64_t n;
+
+    /* The pager's journal is its WAL file in WAL mode. */
+    if (sqlite3_file_control(st->db, "main", SQLITE_FCNTL_JOURNAL_POINTER, &wal) == SQLITE_OK &&
+        store_wal_written(wal, &n) == 0) {
+        if (n < st->wal_seen) /* the WAL was closed and opened again */
+            st->wal_base += st->wal_seen;
+        st->wal_seen = n;
+    }
+    return st->wal_base + st->wal_seen;
 }
 
 /* The read transaction of an iteration (store_read_begin). Every read

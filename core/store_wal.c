@@ -31,6 +31,7 @@ struct wal_file {
      * until the next header completes the transaction (its page, or the
      * part of it after a sync when SQLite pads to a sector). */
     int commit;
+    uint64_t written; /* bytes SQLite has written through this handle */
 };
 
 static sqlite3_vfs *root; /* the underlying VFS: borrowed, lives for the process */
@@ -135,6 +136,8 @@ static int wal_write(sqlite3_file *file, const void *data, int n, sqlite3_int64 
     }
     if (rc == SQLITE_OK && at + n > f->end)
         f->end = at + n;
+    if (rc == SQLITE_OK && n > 0)
+        f->written += (uint64_t)n;
     return rc;
 }
 
@@ -304,6 +307,14 @@ static int wal_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *file, int 
         return rc; /* base.pMethods stays NULL: nothing to close */
     f->base.pMethods = &wal_methods;
     return SQLITE_OK;
+}
+
+int store_wal_written(sqlite3_file *file, uint64_t *out)
+{
+    if (file == NULL || file->pMethods != &wal_methods)
+        return -ENOENT;
+    *out = ((struct wal_file *)file)->written;
+    return 0;
 }
 
 int store_wal_register(void)

@@ -35,6 +35,10 @@
 #ifndef CORE_STORE_WAL_H
 #define CORE_STORE_WAL_H
 
+#include <stdint.h>
+
+#include <sqlite3.h>
+
 #define STORE_WAL_VFS "ripple-wal"
 #define STORE_WAL_BUFFER ((size_t)256 * 1024) /* bytes, at most, held before a write */
 /* The most one xWrite of the underlying VFS is given: SQLite's unix VFS
@@ -42,6 +46,12 @@
  * otherwise masks the length to 17 bits: a longer write comes out short,
  * which it reports as SQLITE_FULL). */
 #define STORE_WAL_WRITE_MAX ((size_t)64 * 1024)
+
+/* The bytes SQLite has written to the WAL file through this handle (frame
+ * headers, pages, the WAL's own header), buffered or not, since it was
+ * opened. Returns 0, or -ENOENT when file is NULL or not a WAL file of this
+ * VFS. */
+int store_wal_written(sqlite3_file *file, uint64_t *out);
 
 /* Registers the VFS (not as the default) over the default VFS of the
  * moment. Idempotent. Returns 0 or -ENOMEM / -EIO (no default VFS). */

@@ -1,6 +1,7 @@
 /* trace.c -- W3C trace context. See ripple/trace.h.
  *
- * The current context is a copy in static storage: one loop, one piece of
+ * The current context is a copy in thread-local storage (a host with
+ * RIPPLE_THREADS=1 runs a loop per thread): one loop, one piece of
  * work at a time. Random ids come from the same CSPRNG pool as the event
  * ids (ids_random, core/ids.c). */
 #include <ripple/trace.h>
@@ -10,8 +11,8 @@
 
 #include <ripple/ids.h>
 
-static char current[TRACE_PARENT_LEN + 1];
-static char current_id[TRACE_ID_LEN + 1];
+static __thread char current[TRACE_PARENT_LEN + 1];
+static __thread char current_id[TRACE_ID_LEN + 1];
 
 /* Without branches: which kind of digit comes next in a random id is a
  * coin toss, and a mispredicted branch per digit cost more than the rest

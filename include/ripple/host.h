@@ -1,6 +1,9 @@
 /* host.h -- one process, one loop, any set of modules (DESIGN.md §11).
  *
- * A host runs the modules it is asked for in one libuv loop of its own:
+ * A host runs the modules it is asked for in one libuv loop of its own
+ * (with RIPPLE_THREADS=1 and several modules: a loop and a thread for each,
+ * all set up and listening before the threads start; a module never sees
+ * the difference, its code runs on its one loop either way):
  * `ripple users orders` (or `ripple all`, or RIPPLE_SERVICES=users,orders),
  * and a binary named after a module (build/users) is a host of that module
  * alone. Each module gets a struct service (core/service.h) with its own

@@ -158,6 +158,12 @@ CORE_MUST_CHECK int store_when_durable(struct store *st, store_durable_cb fn, vo
 void store_cancel_durable(struct store *st, store_durable_cb fn, const void *data);
 /* Real COMMITs so far, and the transactions (store_commit) they carried. */
 void store_commit_counts(const struct store *st, uint64_t *commits, uint64_t *txns);
+/* Bytes the store's connection has written to its write-ahead log so far:
+ * every COMMIT's frames (a 24-byte header and a whole page each, however
+ * little of the page changed) and the WAL's own headers. The write volume
+ * of the database's commits, before checkpoints copy the newest frame of
+ * each page into the database file. 0 for a database not in WAL mode. */
+uint64_t store_wal_bytes(struct store *st);
 
 /* fn runs inside BEGIN IMMEDIATE; 0 from fn commits, anything else rolls
  * back and is returned. A failed COMMIT rolls back and returns -EIO. */

@@ -9,6 +9,8 @@ the relay's mark -- before the COMMIT that carries it.
   requests it carried 503 "unavailable" with Retry-After, and saved none of
   them; the service goes on and saves the retry once there is room.
 - GROUP_COMMIT=0 commits each transaction on its own (one COMMIT each).
+- store_wal_bytes_total counts what the COMMITs wrote to the WAL: a whole
+  frame (a page and its header) at least for each of them.
 
 Every wait is a deadline poll; the disk-full test mounts a tmpfs (root, as
 CI runs; it fails with a clear message, never skips).
@@ -56,14 +58,19 @@ def register_round(svc, n, prefix):
     return out
 
 
-def counts(svc):
-    """(COMMITs, transactions) from one scrape of /metrics."""
+FRAME = 4096 + 24  # a WAL frame: its header and a page
+
+
+def counts(svc, wal=False):
+    """(COMMITs, transactions), and the WAL's bytes when wal, from one scrape
+    of /metrics."""
     got = {}
     for line in svc.metrics().splitlines():
         name, _, value = line.partition(" ")
-        if name in ("store_commits_total", "store_transactions_total"):
+        if name in ("store_commits_total", "store_transactions_total", "store_wal_bytes_total"):
             got[name] = float(value)
-    return got.get("store_commits_total", 0), got.get("store_transactions_total", 0)
+    out = (got.get("store_commits_total", 0), got.get("store_transactions_total", 0))
+    return out + (got.get("store_wal_bytes_total", 0),) if wal else out
 
 
 def test_concurrent_writes_share_commits_and_answers_follow_them(service_factory):
@@ -85,6 +92,26 @@ def test_concurrent_writes_share_commits_and_answers_follow_them(service_factory
     assert txns - txns0 >= made, (txns - txns0, made)
     assert txns - txns0 > commits - commits0, \
         f"{made} concurrent writes never shared a COMMIT ({commits - commits0} commits)"
+
+
+def test_the_wal_bytes_follow_the_commits(service_factory):
+    svc = service_factory("users")
+    svc.wait_ready()
+    # a first write, counted: the baseline is past the WAL's own header
+    for email, resp, seen in register_round(svc, 1, "wal-warm-"):
+        assert resp.status == 201, (email, resp)
+    commits0, _, wal0 = wait_until(
+        lambda: (lambda c: c if c[0] > 0 else None)(counts(svc, wal=True)), 10,
+        what="the first commit counted")
+    for email, resp, seen in register_round(svc, 6, "wal-"):
+        assert resp.status == 201 and seen == 1, (email, resp)
+    commits, _, wal = wait_until(
+        lambda: (lambda c: c if c[0] > commits0 else None)(counts(svc, wal=True)), 10,
+        what="the registrations' commits counted")
+    assert wal - wal0 >= (commits - commits0) * FRAME, \
+        f"{commits - commits0} COMMITs wrote {wal - wal0} bytes: less than a frame each"
+    # (a WAL that a checkpoint emptied starts over with a 32-byte header)
+    assert (wal - wal0) % FRAME in (0, 32), f"{wal - wal0} bytes: not whole frames"
 
 
 def test_without_group_commit_each_transaction_commits_alone(service_factory):

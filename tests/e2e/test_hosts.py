@@ -172,11 +172,13 @@ def log_records(text):
     return out
 
 
-def monolith(host_factory):
+def monolith(host_factory, threads=False):
     """The four modules in one host, orders asking the co-hosted users over
-    loopback; every module ready."""
+    loopback; every module ready. threads: RIPPLE_THREADS=1, a loop and a
+    thread for each module."""
     ports = {n: stable_port() for n in MODULE_NAMES}
-    views = host_factory(MODULE_NAMES, shared=FAST, ports=ports,
+    views = host_factory(MODULE_NAMES, shared={**FAST, "RIPPLE_THREADS": int(threads)},
+                         ports=ports,
                          per={"orders": {"USERS_URL": f"http://{HOST}:{ports['users']}"}})
     for v in views.values():
         v.wait_ready()
@@ -184,9 +186,59 @@ def monolith(host_factory):
     return views, ports
 
 
-def test_sigterm_stops_every_module_and_leaves_nothing_unpublished(host_factory, r):
-    views, _ = monolith(host_factory)
+def hosting_line(views):
+    """The host's "hosting N modules in one process, ..." log line."""
+    recs = log_records(Path(next(iter(views.values())).stderr_path).read_text())
+    return next(rec["msg"] for rec in recs if rec["msg"].startswith("hosting "))
+
+
+def thread_names(pid):
+    """The names (comm) of the process's threads."""
+    names = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except FileNotFoundError:  # a thread that just ended
+            pass
+    return names
+
+
+@pytest.mark.parametrize("threads", [False, True], ids=["one-loop", "threads"])
+def test_sigterm_stops_every_module_and_leaves_nothing_unpublished(host_factory, r, threads):
+    views, _ = monolith(host_factory, threads)
+    line = hosting_line(views)
+    if threads:
+        assert line == "hosting 4 modules in one process, each on a loop and a thread of its own"
+    else:
+        assert line == "hosting 4 modules in one process, on one loop"
     stop_and_check(views, r)
+
+
+def test_with_threads_each_module_runs_on_a_thread_of_its_own(host_factory, r):
+    many, _ = monolith(host_factory, threads=True)
+    names = thread_names(many["users"].proc.pid)
+    for module in MODULE_NAMES:
+        assert names.count(module) == 1, names
+    # the saga crosses the threads: an order confirmed end to end
+    users = many["users"]
+    token = users.login(users.create_user(email=unique_email("thr"))["email"])
+    resp = many["orders"].post("/api/v1/orders", {"items": [{"sku": "SKU-1", "qty": 1}]},
+                               token=token)
+    assert resp.status == 202, resp
+    oid = resp.json()["id"]
+    wait_until(lambda: many["orders"].get(f"/api/v1/orders/{oid}", token=token).json()["status"]
+               == "CONFIRMED", 20, what="the order confirmed")
+    # and on one loop, no thread is a module's
+    users.stop()
+    one, _ = monolith(host_factory)
+    assert not set(thread_names(one["users"].proc.pid)) & set(MODULE_NAMES)
+
+
+def test_a_bad_ripple_threads_is_refused(tmp_path):
+    rc, err = run_host(["users", "orders"], {"RIPPLE_THREADS": "yes"}, tmp_path)
+    assert rc == 1, err
+    lines = plain_lines(err)
+    assert len(lines) == 1 and "RIPPLE_THREADS" in lines[0], err
 
 
 def stop_and_check(views, r):

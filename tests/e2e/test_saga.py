@@ -118,10 +118,16 @@ def parse_ts(s):
     return datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# The saga also runs as one host whose modules each have a loop and a
+# thread of their own (RIPPLE_THREADS=1): topology "threads".
+SAGA_TOPOLOGIES = TOPOLOGIES + ("threads",)
+
+
 class Stack:
     """users, inventory, payments and orders on one redis-server, as four
     processes (topology "split") or as the four modules of one host process
-    (topology "monolith", DESIGN.md §11).
+    (topology "monolith", DESIGN.md §11; "threads": the same host with a loop
+    and a thread for each module).
 
     .svc[name] is the running incarnation; .lives[name] every one (for logs).
     restart(name) starts the service again on the same port and DB file; in
@@ -129,10 +135,13 @@ class Stack:
 
     def __init__(self, start, redis_srv, env, per_service, topology="split", host_start=None):
         self.topology = topology
+        self.hosted = topology != "split"  # the four modules in one process
         self._host_start = host_start
         self._start = start
         self.redis = redis_srv
         self.env = dict(env)
+        if topology == "threads":
+            self.env["RIPPLE_THREADS"] = "1"
         self.per = {name: dict(per_service.get(name, {})) for name in SERVICES}
         self.svc = {}
         self.lives = {name: [] for name in SERVICES}
@@ -160,7 +169,7 @@ class Stack:
         return views
 
     def boot(self):
-        if self.topology == "monolith":
+        if self.hosted:
             self._launch_host()
             for name in SERVICES:
                 self.wait_ready(name)
@@ -190,7 +199,7 @@ class Stack:
         /readyz. The previous incarnation must have exited."""
         old = self.svc[name]
         assert old.proc.poll() is not None, f"{name} is still running"
-        if self.topology == "monolith":
+        if self.hosted:
             self._launch_host(ports={n: self.svc[n].port for n in SERVICES},
                               db_paths={n: self.svc[n].db_path for n in SERVICES})
             for n in SERVICES:
@@ -394,10 +403,11 @@ class Stack:
         return "\n".join(parts)
 
 
-@pytest.fixture(params=TOPOLOGIES)
+@pytest.fixture(params=SAGA_TOPOLOGIES)
 def stack_factory(request, service_factory, host_factory, redis_server):
     """start(saga_timeout_ms=None, initial_credit=None) -> a booted Stack, in
-    each topology: every saga test runs split and as one monolith."""
+    each topology: every saga test runs split, as one monolith, and as one
+    monolith with a thread for each module."""
     made = []
 
     def start(saga_timeout_ms=None, initial_credit=None, **env):

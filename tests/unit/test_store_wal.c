@@ -185,6 +185,44 @@ Test(store_wal, a_commit_writes_its_frames_in_one_write)
     cr_assert_eq(seen_elsewhere("SELECT count(*) FROM a"), 7);
 }
 
+Test(store_wal, the_store_counts_the_bytes_its_commits_write_to_the_wal)
+{
+    struct store *st = open_ok();
+    uint64_t before, frames;
+    long size0;
+
+    cr_assert_eq(insert_rows(st, 1, 1, 10), 0);
+    before = store_wal_bytes(st);
+    cr_assert_geq(before, 32 + 4096 + 24, "the WAL's header and a frame at least: %llu",
+                  (unsigned long long)before);
+    size0 = file_size(wal_path);
+    /* Appends only: what the count grows by is what the file grows by. */
+    cr_assert_eq(insert_rows(st, 100, 6, 3000), 0);
+    frames = store_wal_bytes(st) - before;
+    cr_assert_eq(frames, (uint64_t)(file_size(wal_path) - size0), "%llu bytes counted",
+                 (unsigned long long)frames);
+    cr_assert_eq(frames % (4096 + 24), 0, "whole frames: %llu", (unsigned long long)frames);
+    cr_assert_geq(frames / (4096 + 24), 6);
+    /* A transaction that changed nothing writes nothing. */
+    before = store_wal_bytes(st);
+    cr_assert_eq(store_begin(st), 0);
+    cr_assert_eq(store_commit(st), 0);
+    cr_assert_eq(store_wal_bytes(st), before);
+    store_close(st);
+}
+
+Test(store_wal, a_store_in_memory_writes_no_wal)
+{
+    struct store *st = NULL;
+
+    cr_assert_eq(store_open(":memory:", schema, &st), 0);
+    cr_assert_eq(store_begin(st), 0);
+    exec_ok(st, "INSERT INTO a (x, v) VALUES (1, randomblob(3000))");
+    cr_assert_eq(store_commit(st), 0);
+    cr_assert_eq(store_wal_bytes(st), 0);
+    store_close(st);
+}
+
 Test(store_wal, a_commit_is_in_the_file_when_it_returns)
 {
     pid_t pid = fork();
