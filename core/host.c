@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +48,8 @@ struct host_thread {
 struct host {
     uv_loop_t loop; /* every module's, or with threads the signals' alone */
     uv_signal_t sigterm, sigint;
+    uv_async_t done;                            /* with threads: a module's thread has ended */
+    atomic_size_t threads_done;                 /* how many (or will not start) */
     const struct module *sel[HOST_MAX_MODULES]; /* borrowed */
     size_t n;
     struct service *svcs;        /* n of them */
@@ -244,6 +247,18 @@ static void raise_fd_limit(const struct host *h)
  * Stopping
  * ------------------------------------------------------------------------- */
 
+/* Everything has stopped: the signal handles go, so the host's loop runs
+ * dry. Until then a repeated SIGTERM finds them there and is ignored (with
+ * the default action back, it would kill the stop half way). */
+static void close_signals(struct host *h)
+{
+    log_scope(NULL);
+    uv_close((uv_handle_t *)&h->sigterm, NULL);
+    uv_close((uv_handle_t *)&h->sigint, NULL);
+    if (h->threads != NULL)
+        uv_close((uv_handle_t *)&h->done, NULL);
+}
+
 static void on_stopped(struct service *svc, void *data)
 {
     struct host *h = data;
@@ -251,9 +266,7 @@ static void on_stopped(struct service *svc, void *data)
     (void)svc;
     if (--h->running > 0)
         return;
-    log_scope(NULL);
-    uv_close((uv_handle_t *)&h->sigterm, NULL);
-    uv_close((uv_handle_t *)&h->sigint, NULL);
+    close_signals(h);
 }
 
 /* With threads: a module has stopped, on its own loop; closing the stop
@@ -273,19 +286,25 @@ static void on_thread_stop(uv_async_t *a)
     service_stop(t->svc, on_thread_stopped, t);
 }
 
+/* On the host's loop: some module threads have ended (sends coalesce, so
+ * the count says how many). */
+static void on_thread_done(uv_async_t *a)
+{
+    struct host *h = a->data;
+
+    if (atomic_load(&h->threads_done) == h->n)
+        close_signals(h);
+}
+
 static void host_stop(struct host *h)
 {
     if (h->stopping)
         return;
     h->stopping = 1;
-    uv_signal_stop(&h->sigterm);
-    uv_signal_stop(&h->sigint);
     if (h->threads != NULL) {
-        /* Each module stops on its own loop; the signals' loop is done. */
+        /* Each module stops on its own loop; the threads say when done. */
         for (size_t i = 0; i < h->n; i++)
             (void)uv_async_send(&h->threads[i].stop);
-        uv_close((uv_handle_t *)&h->sigterm, NULL);
-        uv_close((uv_handle_t *)&h->sigint, NULL);
         return;
     }
     h->running = h->n;
@@ -296,9 +315,14 @@ static void host_stop(struct host *h)
 static void on_signal(uv_signal_t *s, int signum)
 {
     struct host *h = s->data;
+    const char *name = signum == SIGTERM ? "SIGTERM" : "SIGINT";
 
     log_scope(NULL);
-    log_info("received %s", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    if (h->stopping) {
+        log_info("received %s again: still stopping", name);
+        return;
+    }
+    log_info("received %s", name);
     host_stop(h);
 }
 
@@ -332,6 +356,8 @@ static void thread_main(void *arg)
     (void)prctl(PR_SET_NAME, t->svc->module->name, 0, 0, 0);
     log_scope(t->svc->module->name);
     run_loop(&t->loop);
+    atomic_fetch_add(&t->h->threads_done, 1);
+    (void)uv_async_send(&t->h->done);
 }
 
 /* RIPPLE_THREADS=1 in a host of several modules: a loop for each, made
@@ -352,6 +378,9 @@ static void threads_init(struct host *h)
     h->threads = calloc(h->n, sizeof(*h->threads));
     if (h->threads == NULL)
         host_fatal("out of memory");
+    if ((rc = uv_async_init(&h->loop, &h->done, on_thread_done)) < 0)
+        host_fatal("cannot create the host's loop handles: %s", uv_strerror(rc));
+    h->done.data = h;
     for (size_t i = 0; i < h->n; i++) {
         struct host_thread *t = &h->threads[i];
 
@@ -364,20 +393,31 @@ static void threads_init(struct host *h)
     }
 }
 
-static void threads_start(struct host *h)
+/* Starts every module's thread. Returns 0; or, when one cannot start
+ * (threads running already: no exit), stops the host and returns the
+ * error: the modules without a thread stop on this one, in threads_join. */
+static int threads_start(struct host *h)
 {
     for (size_t i = 0; h->threads != NULL && i < h->n; i++) {
         struct host_thread *t = &h->threads[i];
         int rc = uv_thread_create(&t->tid, thread_main, t);
 
-        if (rc < 0)
-            host_fatal("cannot start the thread of module %s: %s", h->sel[i]->name,
-                       uv_strerror(rc));
+        if (rc < 0) {
+            log_error("cannot start the thread of module %s: %s: stopping every module",
+                      h->sel[i]->name, uv_strerror(rc));
+            atomic_fetch_add(&h->threads_done, h->n - i);
+            if (atomic_load(&h->threads_done) == h->n)
+                (void)uv_async_send(&h->done); /* none started: nothing else will */
+            host_stop(h);
+            return rc;
+        }
         t->started = 1;
     }
+    return 0;
 }
 
-/* Waits for every module's thread; returns 0, or -1 when a loop did not
+/* Waits for every module's thread (and runs the loops of those that never
+ * started: their stop is pending); returns 0, or -1 when a loop did not
  * close. */
 static int threads_join(struct host *h)
 {
@@ -389,6 +429,8 @@ static int threads_join(struct host *h)
 
         if (t->started)
             uv_thread_join(&t->tid);
+        else
+            run_loop(&t->loop);
         service_release(t->svc);
         if ((rc = uv_loop_close(&t->loop)) < 0) {
             log_error("stop: the loop of %s did not close: %s", h->sel[i]->name, uv_strerror(rc));
@@ -555,10 +597,49 @@ static int print_catalog(const struct module *const *all, size_t n)
     return bad;
 }
 
+/* Runs the selected modules from start to stop; returns the exit status. */
+static int host_run(struct host *h)
+{
+    int rc, failed;
+
+    /* The signals first: one that comes while the modules start (their
+     * migrations can take a while) waits for the loop, then stops them. */
+    uv_signal_init(&h->loop, &h->sigterm);
+    uv_signal_init(&h->loop, &h->sigint);
+    h->sigterm.data = h->sigint.data = h;
+    uv_signal_start(&h->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&h->sigint, on_signal, SIGINT);
+    threads_init(h);
+    start_all(h);
+    raise_fd_limit(h);
+    failed = listen_all(h) < 0;
+    /* Every module was set up on this thread; its loop runs on its own
+     * from here (thread creation orders those writes before its reads). */
+    if (threads_start(h) < 0)
+        failed = 1;
+
+    run_loop(&h->loop);
+    if (h->threads != NULL) {
+        if (threads_join(h) < 0)
+            failed = 1;
+    } else {
+        for (size_t i = 0; i < h->n; i++)
+            service_release(&h->svcs[i]);
+    }
+    free(h->threads);
+    free(h->svcs);
+    rc = uv_loop_close(&h->loop);
+    if (rc < 0) {
+        log_error("stop: the loop did not close: %s", uv_strerror(rc));
+        return 1;
+    }
+    return failed ? 1 : 0;
+}
+
 int host_main(int argc, char **argv, const struct module *const *modules, size_t n)
 {
     struct host h;
-    int rc, failed;
+    int rc;
 
     if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
         char known[512];
@@ -585,33 +666,5 @@ int host_main(int argc, char **argv, const struct module *const *modules, size_t
     h.svcs = calloc(h.n, sizeof(*h.svcs));
     if (h.svcs == NULL)
         host_fatal("out of memory");
-    threads_init(&h);
-    start_all(&h);
-    raise_fd_limit(&h);
-    uv_signal_init(&h.loop, &h.sigterm);
-    uv_signal_init(&h.loop, &h.sigint);
-    h.sigterm.data = h.sigint.data = &h;
-    uv_signal_start(&h.sigterm, on_signal, SIGTERM);
-    uv_signal_start(&h.sigint, on_signal, SIGINT);
-    failed = listen_all(&h) < 0;
-    /* Every module was set up on this thread; its loop runs on its own
-     * from here (thread creation orders those writes before its reads). */
-    threads_start(&h);
-
-    run_loop(&h.loop);
-    if (h.threads != NULL) {
-        if (threads_join(&h) < 0)
-            failed = 1;
-    } else {
-        for (size_t i = 0; i < h.n; i++)
-            service_release(&h.svcs[i]);
-    }
-    free(h.threads);
-    free(h.svcs);
-    rc = uv_loop_close(&h.loop);
-    if (rc < 0) {
-        log_error("stop: the loop did not close: %s", uv_strerror(rc));
-        return 1;
-    }
-    return failed ? 1 : 0;
+    return host_run(&h);
 }

@@ -1,10 +1,13 @@
 /* log.c -- JSON lines on stderr. See log.h.
  *
- * Each line is built in a stack buffer and written with one write(2), so lines
- * from one process never interleave. */
+ * Each line is built in a stack buffer of PIPE_BUF bytes and written with one
+ * write(2), so lines from one process never interleave, even from the threads
+ * of a host with RIPPLE_THREADS=1 into a pipe (the kernel writes up to
+ * PIPE_BUF bytes to a pipe at once). A message that does not fit is cut. */
 #include <ripple/log.h>
 
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -101,7 +104,7 @@ static void log_vwrite(enum log_level level, const char *trace, const char *fmt,
 static void log_vwrite(enum log_level level, const char *trace, const char *fmt, va_list ap)
 {
     char msg[LOG_MAX_LINE];
-    char line[LOG_MAX_LINE * 2 + 256];
+    char line[PIPE_BUF];
     char ts[96];
     size_t pos = 0;
     struct timeval tv;

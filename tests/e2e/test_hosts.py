@@ -234,6 +234,27 @@ def test_with_threads_each_module_runs_on_a_thread_of_its_own(host_factory, r):
     assert not set(thread_names(one["users"].proc.pid)) & set(MODULE_NAMES)
 
 
+@pytest.mark.parametrize("threads", ["0", "1"], ids=["one-loop", "threads"])
+def test_a_port_taken_stops_every_module_cleanly(tmp_path, redis_server, threads):
+    """orders cannot listen (its port is taken): users, which listened
+    already, stops again; exit status 1 with the reason, and no module is
+    left listening."""
+    ports = {n: stable_port() for n in ("users", "orders")}
+    env = {"USERS_PORT": ports["users"], "ORDERS_PORT": ports["orders"],
+           "USERS_DB_PATH": tmp_path / "u.db", "ORDERS_DB_PATH": tmp_path / "o.db",
+           "REDIS_URL": redis_server.url, "RIPPLE_THREADS": threads}
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind((HOST, ports["orders"]))
+        taken.listen(1)
+        rc, err = run_host(["users", "orders"], env, tmp_path, timeout=30)
+    assert rc == 1, err
+    recs = log_records(err)
+    assert any(rec["msg"] == "orders could not start: stopping every module" for rec in recs), err
+    assert {rec["service"] for rec in recs if rec["msg"] == "stopped"} == {"users", "orders"}, err
+    assert not listening(ports["users"])
+
+
 def test_a_bad_ripple_threads_is_refused(tmp_path):
     rc, err = run_host(["users", "orders"], {"RIPPLE_THREADS": "yes"}, tmp_path)
     assert rc == 1, err

@@ -668,6 +668,29 @@ def test_sigterm_with_login_in_flight(service_factory):
     assert time.monotonic() - t0 < t_hash + 20
 
 
+def test_a_second_sigterm_does_not_cut_the_stop_short(service_factory):
+    """A login (a slow hash) holds the stop; a second SIGTERM meanwhile is
+    logged and ignored, not the default action that would kill the stop
+    half way (a supervisor or `timeout` signals the process and its group)."""
+    svc, email, t_hash = slow_service(service_factory, SHUTDOWN_TIMEOUT_MS=30000)
+    svc.expect_exit = 0
+    c = svc.raw(timeout=60)
+    c.send(login_request(email))
+    assert svc.get("/healthz").status == 200  # the loop has read the login
+    svc.send_signal(signal.SIGTERM)
+    wait_until(lambda: "received SIGTERM" in svc.log_text(), 10, what="the first SIGTERM seen")
+    svc.send_signal(signal.SIGTERM)
+    try:
+        rc = svc.proc.wait(t_hash + 20)
+    except Exception:
+        svc.proc.kill()
+        raise AssertionError("service did not exit after SIGTERM") from None
+    finally:
+        c.close()
+    assert rc == 0, f"exit status {rc}; stderr tail:\n{svc.log_text()[-2000:]}"
+    assert "received SIGTERM again: still stopping" in svc.log_text()
+
+
 def test_sigterm_with_idle_connections_exits_promptly(service_factory):
     svc = service_factory("users", SHUTDOWN_TIMEOUT_MS=30000)
     conns = []
