@@ -186,6 +186,20 @@ def monolith(host_factory, threads=False):
     return views, ports
 
 
+def order_confirmed(views, tag):
+    """A new user's order placed on the host's orders and awaited CONFIRMED;
+    its id."""
+    users = views["users"]
+    token = users.login(users.create_user(email=unique_email(tag))["email"])
+    resp = views["orders"].post("/api/v1/orders", {"items": [{"sku": "SKU-1", "qty": 1}]},
+                                token=token)
+    assert resp.status == 202, resp
+    oid = resp.json()["id"]
+    wait_until(lambda: views["orders"].get(f"/api/v1/orders/{oid}", token=token).json()["status"]
+               == "CONFIRMED", 20, what="the order confirmed")
+    return oid
+
+
 def hosting_line(views):
     """The host's "hosting N modules in one process, ..." log line."""
     recs = log_records(Path(next(iter(views.values())).stderr_path).read_text())
@@ -220,16 +234,9 @@ def test_with_threads_each_module_runs_on_a_thread_of_its_own(host_factory, r):
     for module in MODULE_NAMES:
         assert names.count(module) == 1, names
     # the saga crosses the threads: an order confirmed end to end
-    users = many["users"]
-    token = users.login(users.create_user(email=unique_email("thr"))["email"])
-    resp = many["orders"].post("/api/v1/orders", {"items": [{"sku": "SKU-1", "qty": 1}]},
-                               token=token)
-    assert resp.status == 202, resp
-    oid = resp.json()["id"]
-    wait_until(lambda: many["orders"].get(f"/api/v1/orders/{oid}", token=token).json()["status"]
-               == "CONFIRMED", 20, what="the order confirmed")
+    order_confirmed(many, "thr")
     # and on one loop, no thread is a module's
-    users.stop()
+    many["users"].stop()
     one, _ = monolith(host_factory)
     assert not set(thread_names(one["users"].proc.pid)) & set(MODULE_NAMES)
 
@@ -291,14 +298,7 @@ def stop_and_check(views, r):
 def test_each_log_line_names_its_module(host_factory, r):
     views, ports = monolith(host_factory)
     users = views["users"]
-    u = users.create_user(email=unique_email("logs"))
-    token = users.login(u["email"])
-    resp = views["orders"].post("/api/v1/orders", {"items": [{"sku": "SKU-1", "qty": 1}]},
-                                token=token)
-    assert resp.status == 202, resp
-    oid = resp.json()["id"]
-    wait_until(lambda: views["orders"].get(f"/api/v1/orders/{oid}", token=token).json()["status"]
-               == "CONFIRMED", 20, what="the order confirmed")
+    order_confirmed(views, "logs")
     assert users.stop() == 0
     recs = log_records(Path(users.stderr_path).read_text())
     assert {rec["service"] for rec in recs} <= set(MODULE_NAMES) | {"ripple"}
