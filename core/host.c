@@ -48,8 +48,9 @@ struct host_thread {
 struct host {
     uv_loop_t loop; /* every module's, or with threads the signals' alone */
     uv_signal_t sigterm, sigint;
-    uv_async_t done;                            /* with threads: a module's thread has ended */
-    atomic_size_t threads_done;                 /* how many (or will not start) */
+    uv_async_t done;            /* with threads: a module's thread has ended */
+    uv_work_t pool_start;       /* with threads: starts libuv's pool from this thread */
+    atomic_size_t threads_done; /* how many (or will not start) */
     const struct module *sel[HOST_MAX_MODULES]; /* borrowed */
     size_t n;
     struct service *svcs;        /* n of them */
@@ -360,6 +361,17 @@ static void thread_main(void *arg)
     (void)uv_async_send(&t->h->done);
 }
 
+static void pool_noop(uv_work_t *w)
+{
+    (void)w;
+}
+
+static void pool_started(uv_work_t *w, int status)
+{
+    (void)w;
+    (void)status;
+}
+
 /* RIPPLE_THREADS=1 in a host of several modules: a loop for each, made
  * here, run by threads_start. */
 static void threads_init(struct host *h)
@@ -381,6 +393,12 @@ static void threads_init(struct host *h)
     if ((rc = uv_async_init(&h->loop, &h->done, on_thread_done)) < 0)
         host_fatal("cannot create the host's loop handles: %s", uv_strerror(rc));
     h->done.data = h;
+    /* libuv starts its pool (checkpoints, password hashes, DNS) on the first
+     * work queued, and a thread is born with its creator's name: started
+     * here, the pool is "ripple" in top -H, not the module that used it
+     * first. */
+    if ((rc = uv_queue_work(&h->loop, &h->pool_start, pool_noop, pool_started)) < 0)
+        host_fatal("cannot start libuv's thread pool: %s", uv_strerror(rc));
     for (size_t i = 0; i < h->n; i++) {
         struct host_thread *t = &h->threads[i];
 

@@ -112,8 +112,13 @@ def main():
     args = p.parse_args()
     if args.cmd == "sample":
         return sample(args)
-    with open(args.wal, "rb") as f:
-        print(describe(f.read(), owners(args.db)))
+    try:
+        with open(args.wal, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        print(f"no sample: {args.wal} was never copied (no WAL during the window)")
+        return 1
+    print(describe(data, owners(args.db)))
     return 0
 
 
