@@ -1,17 +1,22 @@
 /* outbox.c -- the transactional outbox and its relay. See outbox.h.
  *
- * One relay pass at a time: select up to `batch` pending rows (neither
- * published nor set aside) in seq order, send one XADD per row down the
- * service's command connection (hiredis pipelines them), and when the last
- * reply is in, settle the pass in one transaction: exactly the rows Redis
- * accepted are marked published (with their entry ids), and the rows it
- * refused for a reason no retry fixes (WRONGTYPE, NOPERM, ERR) are set
- * aside with that reason (refused_at, refused_reason) -- counted and logged
- * once -- so the rows after them keep flowing. A row refused for now (OOM,
- * BUSY, READONLY, LOADING, ...) or whose reply was lost stays pending and the
- * next pass, after a backoff, starts at it. Rows pipelined after it that Redis
- * accepted are marked, never sent again; so such a transient refusal can let
- * a later row reach Redis before it (a crash, or a lost reply, can anyway).
+ * A relay pass selects up to `batch` pending rows (neither published nor
+ * set aside) in seq order, after the last row sent, and sends one XADD per
+ * row down the service's command connection (hiredis pipelines them). Passes
+ * are pipelined too: the rows of each commit go out right after it while
+ * earlier passes still wait for their replies -- on one connection, so Redis
+ * takes them in seq order -- with at most `batch` rows outstanding. When a
+ * pass's last reply is in, the pass is settled in one transaction (in the
+ * loop iteration's group commit): exactly the rows Redis accepted are marked
+ * published (with their entry ids), and the rows it refused for a reason no
+ * retry fixes (WRONGTYPE, NOPERM, ERR) are set aside with that reason
+ * (refused_at, refused_reason) -- counted and logged once -- so the rows
+ * after them keep flowing. A row refused for now (OOM, BUSY, READONLY,
+ * LOADING, ...) or whose reply was lost stays pending: once every pass sent
+ * is settled the relay rewinds, and the next pass, after a backoff, starts
+ * at it. Rows pipelined after it that Redis accepted are marked, never sent
+ * again; so such a transient refusal can let a later row reach Redis before
+ * it (a crash, or a lost reply, can anyway).
  *
  * A settle that fails (a full disk, an I/O error) keeps the outcomes in
  * memory (ob->unmarked): no pass runs -- nothing is sent again -- while the
@@ -19,11 +24,13 @@
  * scripts/outbox requeue clears its refused_at from another connection, which
  * the relay notices (PRAGMA data_version) at its next sweep.
  *
- * The pass is started by the commit hook (through a uv_check, so every
- * commit of one loop iteration shares one pass), by Redis coming up, and by a
- * slow recovery sweep. seq is a rowid without AUTOINCREMENT: SQLite gives a
- * new row MAX(seq) + 1 and pruning never deletes the newest row, so the rows
- * a commit appended are the seqs above the previous MAX(seq). */
+ * A pass is started by the commit hook (after a group COMMIT, or through a
+ * uv_check, so every commit of one loop iteration shares one pass), by a
+ * settled pass, by Redis coming up, and by a slow recovery sweep -- never
+ * inside a transaction, which could show it rows not yet committed. seq is
+ * a rowid without AUTOINCREMENT: SQLite gives a new row MAX(seq) + 1 and
+ * pruning never deletes the newest row, so the rows a commit appended are
+ * the seqs above the previous MAX(seq). */
 #include <ripple/outbox.h>
 
 #include <errno.h>
@@ -104,17 +111,21 @@ struct outbox {
     unsigned backoff_ms;
     uint64_t last_prune; /* uv_now ms */
 
-    int64_t max_seq;              /* highest committed seq */
-    uint64_t backlog;             /* rows neither published nor set aside */
-    uint64_t set_aside;           /* rows refused for good, waiting for an operator */
-    int64_t data_version;         /* PRAGMA data_version: moves when another connection commits */
-    struct relay_batch *unmarked; /* a pass whose settle failed: retried, never re-sent */
-    int mark_failing;             /* a settle failed; logged once per streak */
-    int marking;                  /* the settle waits for the store's group COMMIT */
-    int mark_retry;               /* ... and its pass left a row pending: back off after */
+    int64_t max_seq;      /* highest committed seq */
+    uint64_t backlog;     /* rows neither published nor set aside */
+    uint64_t set_aside;   /* rows refused for good, waiting for an operator */
+    int64_t data_version; /* PRAGMA data_version: moves when another connection commits */
+    /* The relay's passes: sent (in flight) until their last reply, then
+     * unmarked until their settle is durable. */
+    int64_t sent_seq;             /* the last row sent since the last rewind */
+    int rewind;                   /* a row sent stays pending: start over once all is settled */
+    unsigned inflight;            /* passes waiting for replies */
+    uint64_t outstanding;         /* rows of the passes in flight or unmarked */
+    struct relay_batch *unmarked; /* answered passes, oldest first, until their mark is durable */
+    unsigned marking;             /* of them, the ones whose mark waits for the group COMMIT */
+    int mark_failing;             /* a settle failed (one of unmarked): logged once per streak */
     int close_settled;            /* closing: the last settle was attempted */
     char mark_err[128];           /* why the last mark failed, for that log line */
-    int inflight;                 /* a pass is waiting for replies */
     int closing;
     unsigned pending_closes;
     outbox_closed_cb closed_cb;
@@ -146,8 +157,10 @@ struct relay_row {
 /* One relay pass: the rows sent and their replies. */
 struct relay_batch {
     struct outbox *ob;
+    struct relay_batch *next; /* in ob->unmarked */
     size_t n, answered;
-    int retry; /* a row stays pending: back off before the next pass */
+    int retry;   /* a row stays pending: rewind, and back off before the next pass */
+    int marking; /* its mark waits for the store's group COMMIT */
     struct relay_row rows[];
 };
 
@@ -389,13 +402,30 @@ static void account(struct outbox *ob, const struct relay_batch *b)
 
 static void on_marked(void *data, int ok);
 
-/* The mark of ob->unmarked is durable (rc 0) or failed: on success frees it
- * and returns 0; on failure keeps it (its rows are not sent again
- * meanwhile) and returns the error. */
-static int settled(struct outbox *ob, int rc)
+static void unlink_unmarked(struct outbox *ob, struct relay_batch *b)
 {
-    struct relay_batch *b = ob->unmarked;
+    struct relay_batch **p = &ob->unmarked;
 
+    while (*p != b)
+        p = &(*p)->next;
+    *p = b->next;
+}
+
+/* 1 when an unmarked pass's last settle failed (it is retried). */
+static int any_failed(const struct outbox *ob)
+{
+    for (const struct relay_batch *b = ob->unmarked; b != NULL; b = b->next) {
+        if (!b->marking)
+            return 1;
+    }
+    return 0;
+}
+
+/* The mark of b is durable (rc 0) or failed: on success accounts for b
+ * and frees it; on failure keeps it in ob->unmarked (its rows are not sent
+ * again meanwhile). Returns rc. */
+static int settled(struct outbox *ob, struct relay_batch *b, int rc)
+{
     if (rc < 0) {
         metrics_counter_add(ob->mark_failures, 1);
         if (!ob->mark_failing)
@@ -405,28 +435,31 @@ static int settled(struct outbox *ob, int rc)
         ob->mark_failing = 1;
         return rc;
     }
-    if (ob->mark_failing)
-        log_info("outbox: recorded what Redis accepted after failed attempts");
-    ob->mark_failing = 0;
-    ob->unmarked = NULL;
+    unlink_unmarked(ob, b);
+    ob->outstanding -= b->n;
     account(ob, b);
     free(b);
+    if (ob->mark_failing && !any_failed(ob)) {
+        log_info("outbox: recorded what Redis accepted after failed attempts");
+        ob->mark_failing = 0;
+    }
     return 0;
 }
 
-/* Settles ob->unmarked: 0 done, 1 waiting for the store's group COMMIT
- * (on_marked goes on), or the error (settled's). */
-static int settle(struct outbox *ob)
+/* Settles b: 0 done, 1 waiting for the store's group COMMIT (on_marked
+ * goes on), or the error (settled's). */
+static int settle(struct outbox *ob, struct relay_batch *b)
 {
     int rc;
 
-    if (ob->marking)
+    if (b->marking)
         return 1;
-    rc = mark_rows(ob, ob->unmarked);
+    rc = mark_rows(ob, b);
     if (rc == 0) {
-        rc = store_when_durable(ob->store, on_marked, ob);
+        rc = store_when_durable(ob->store, on_marked, b);
         if (rc == 0) {
-            ob->marking = 1;
+            b->marking = 1;
+            ob->marking++;
             return 1;
         }
         if (rc == 1)
@@ -434,7 +467,28 @@ static int settle(struct outbox *ob)
         else
             snprintf(ob->mark_err, sizeof(ob->mark_err), "cannot wait for the commit");
     }
-    return settled(ob, rc);
+    return settled(ob, b, rc);
+}
+
+/* Settles again every pass whose settle failed: 0 when none is left
+ * failed, 1 when one waits for a COMMIT, or the first error. */
+static int settle_failed(struct outbox *ob)
+{
+    struct relay_batch *b = ob->unmarked, *next;
+    int waits = 0;
+
+    for (; b != NULL; b = next) {
+        int rc;
+
+        next = b->next; /* settle may free b */
+        if (b->marking)
+            continue;
+        rc = settle(ob, b);
+        if (rc < 0)
+            return rc;
+        waits |= rc;
+    }
+    return waits;
 }
 
 /* ---------------------------------------------------------------------------
@@ -456,59 +510,71 @@ static void back_off(struct outbox *ob)
 static void on_backoff(uv_timer_t *t)
 {
     struct outbox *ob = t->data;
+    int rc;
 
     scope(ob);
-    if (ob->unmarked != NULL) {
-        int rc = settle(ob);
-
-        if (rc == 1)
-            return; /* on_marked goes on */
-        if (rc < 0) {
-            back_off(ob);
-            return;
-        }
-        ob->backoff_ms = 0;
+    rc = settle_failed(ob);
+    if (rc == 1)
+        return; /* on_marked goes on */
+    if (rc < 0) {
+        back_off(ob);
+        return;
     }
+    ob->backoff_ms = 0;
     relay_pass(ob);
 }
 
-/* The pass is settled (rc from settle): back off or go on. */
-static void after_settle(struct outbox *ob, int retry, int rc)
+/* A pass was settled (rc from settle): back off or go on. A pass that left
+ * a row pending backs off once every pass sent is settled, and the relay
+ * rewinds then (relay_pass). */
+static void after_settle(struct outbox *ob, int rc)
 {
-    if (rc < 0)
-        retry = 1;
-    if (retry)
-        back_off(ob);
-    else
-        ob->backoff_ms = 0;
-    if (ob->closing)
+    if (ob->closing) {
         maybe_closed(ob);
-    else if (!uv_is_active((uv_handle_t *)&ob->backoff))
+        return;
+    }
+    if (uv_is_active((uv_handle_t *)&ob->backoff))
+        return; /* on_backoff goes on */
+    if (rc < 0 || ob->mark_failing) {
+        back_off(ob);
+    } else if (ob->rewind) {
+        if (ob->inflight == 0 && ob->unmarked == NULL)
+            back_off(ob);
+    } else {
+        ob->backoff_ms = 0;
         relay_pass(ob);
+    }
 }
 
 static void on_marked(void *data, int ok)
 {
-    struct outbox *ob = data;
+    struct relay_batch *b = data;
+    struct outbox *ob = b->ob;
 
     scope(ob);
-    ob->marking = 0;
+    b->marking = 0;
+    ob->marking--;
     if (!ok)
         snprintf(ob->mark_err, sizeof(ob->mark_err), "the group commit failed");
-    after_settle(ob, ob->mark_retry, settled(ob, ok ? 0 : -EIO));
+    after_settle(ob, settled(ob, b, ok ? 0 : -EIO));
 }
 
+/* b's last reply is in: it joins the unmarked passes and is settled. */
 static void batch_done(struct relay_batch *b)
 {
     struct outbox *ob = b->ob;
+    struct relay_batch **tail = &ob->unmarked;
     int rc;
 
-    ob->inflight = 0;
-    ob->unmarked = b;
-    ob->mark_retry = b->retry;
-    rc = settle(ob);
+    ob->inflight--;
+    if (b->retry)
+        ob->rewind = 1;
+    while (*tail != NULL)
+        tail = &(*tail)->next;
+    *tail = b;
+    rc = settle(ob, b);
     if (rc != 1)
-        after_settle(ob, ob->mark_retry, rc);
+        after_settle(ob, rc);
 }
 
 static void note_refusal(struct relay_batch *b, struct relay_row *row, const char *err)
@@ -593,19 +659,41 @@ static void keep_row(struct relay_batch *b, struct sqlite3_stmt *st)
     snprintf(row->event_id, sizeof(row->event_id), "%s", (const char *)sqlite3_column_text(st, 2));
 }
 
+/* Rows a pass may take now: 0 while it must not run. */
+static size_t pass_room(struct outbox *ob)
+{
+    uint64_t waiting;
+
+    if (ob->mark_failing || !redis_is_up(ob->redis) || store_in_txn(ob->store) ||
+        store_group_pending(ob->store))
+        return 0; /* a transaction could show rows not committed yet */
+    if (ob->rewind) {
+        if (ob->inflight > 0 || ob->unmarked != NULL)
+            return 0;
+        ob->rewind = 0;
+        ob->sent_seq = 0; /* from the oldest pending row again */
+    }
+    waiting = ob->backlog > ob->outstanding ? ob->backlog - ob->outstanding : 0;
+    if (ob->outstanding >= ob->cfg.batch || waiting == 0)
+        return 0;
+    return (size_t)(waiting < ob->cfg.batch - ob->outstanding ? waiting
+                                                              : ob->cfg.batch - ob->outstanding);
+}
+
 static void relay_pass(struct outbox *ob)
 {
     struct relay_batch *b;
-    size_t cap = ob->backlog < ob->cfg.batch ? (size_t)ob->backlog : ob->cfg.batch;
+    size_t cap = pass_room(ob);
     int rc = 0;
 
-    if (ob->inflight || ob->unmarked != NULL || !redis_is_up(ob->redis) || cap == 0)
+    if (cap == 0)
         return;
     b = calloc(1, sizeof(*b) + cap * sizeof(b->rows[0]));
     if (b == NULL)
         return;
     b->ob = ob;
-    sqlite3_bind_int64(ob->select_st, 1, (sqlite3_int64)cap);
+    sqlite3_bind_int64(ob->select_st, 1, ob->sent_seq);
+    sqlite3_bind_int64(ob->select_st, 2, (sqlite3_int64)cap);
     while (rc == 0 && sqlite3_step(ob->select_st) == SQLITE_ROW) {
         rc = send_row(ob, b, ob->select_st);
         if (rc == 0)
@@ -617,7 +705,9 @@ static void relay_pass(struct outbox *ob)
         free(b);
         return;
     }
-    ob->inflight = 1;
+    ob->inflight++;
+    ob->outstanding += b->n;
+    ob->sent_seq = b->rows[b->n - 1].seq;
     if (rc < 0)
         b->retry = 1; /* the rows sent still get their replies */
     /* b now belongs to the XADD callbacks: the last reply frees it */
@@ -661,10 +751,12 @@ static void notice_other_writers(struct outbox *ob)
 {
     int64_t v = query_int(ob->version_st, ob->data_version);
 
-    if (v == ob->data_version || ob->inflight || ob->unmarked != NULL || store_in_txn(ob->store))
+    if (v == ob->data_version || ob->inflight > 0 || ob->unmarked != NULL ||
+        store_in_txn(ob->store))
         return;
     ob->data_version = v;
     recount(ob);
+    ob->sent_seq = 0; /* a re-queued row is older than the last sent */
     log_debug("outbox: another connection wrote: %llu rows pending, %llu set aside",
               (unsigned long long)ob->backlog, (unsigned long long)ob->set_aside);
 }
@@ -677,6 +769,8 @@ static void on_sweep(uv_timer_t *t)
     uint64_t now = uv_now(t->loop);
 
     notice_other_writers(ob);
+    if (ob->inflight == 0 && ob->unmarked == NULL)
+        ob->sent_seq = 0; /* recovery: every pending row, from the oldest */
     if (!uv_is_active((uv_handle_t *)&ob->backoff))
         relay_pass(ob);
     if (now - ob->last_prune >= prune_every_ms(ob)) {
@@ -690,7 +784,7 @@ static void on_redis_state(struct redis *r, int up, void *data)
     struct outbox *ob = data;
 
     (void)r;
-    if (up && !ob->closing && ob->unmarked == NULL) {
+    if (up && !ob->closing && !ob->mark_failing) {
         ob->backoff_ms = 0;
         uv_timer_stop(&ob->backoff);
         relay_pass(ob);
@@ -803,7 +897,8 @@ static int prepare_relay(struct outbox *ob)
 
     if ((rc = store_prepare(st,
                             "SELECT seq, stream, event_id, type, data, trace, created_at, "
-                            "traceparent FROM outbox WHERE " PENDING " ORDER BY seq LIMIT ?",
+                            "traceparent FROM outbox WHERE " PENDING
+                            " AND seq > ? ORDER BY seq LIMIT ?",
                             &ob->select_st)) < 0 ||
         (rc = store_prepare(st, "UPDATE outbox SET published_at = ?, entry_id = ? WHERE seq = ?",
                             &ob->mark_st)) < 0 ||
@@ -903,14 +998,19 @@ static void on_closed(uv_handle_t *h)
     cb = ob->closed_cb;
     data = ob->closed_data;
     metrics_gauge_detach(ob->svc->metrics, ob);
-    free(ob->unmarked);
+    while (ob->unmarked != NULL) {
+        struct relay_batch *b = ob->unmarked;
+
+        ob->unmarked = b->next;
+        free(b);
+    }
     free(ob);
     cb(data);
 }
 
-/* A last try at a failed mark; what stays unmarked goes out again at the
- * next start (consumers de-duplicate by event id). */
-/* 1 while the last settle waits for its commit. */
+/* A last try at the failed marks; what stays unmarked goes out again at
+ * the next start (consumers de-duplicate by event id). 1 while a settle
+ * waits for its commit. */
 static int settle_before_close(struct outbox *ob)
 {
     int rc = 0;
@@ -919,9 +1019,9 @@ static int settle_before_close(struct outbox *ob)
         return 0;
     if (!ob->close_settled) { /* one last attempt, not a retry loop */
         ob->close_settled = 1;
-        rc = settle(ob);
+        rc = settle_failed(ob);
     }
-    if (rc == 1)
+    if (rc == 1 || ob->marking > 0)
         return 1;
     if (ob->unmarked != NULL)
         log_warn("outbox: stopping with a pass Redis answered but not recorded; its accepted "
@@ -933,12 +1033,12 @@ static int settle_before_close(struct outbox *ob)
  * way to send it, or no time left). */
 static void maybe_closed(struct outbox *ob)
 {
-    if (ob->pending_closes > 0 || ob->inflight || ob->marking || settle_before_close(ob))
+    if (ob->pending_closes > 0 || ob->inflight > 0 || ob->marking > 0 || settle_before_close(ob))
         return;
     if (uv_is_active((uv_handle_t *)&ob->flush) && redis_is_up(ob->redis) && !ob->backoff_ms &&
         ob->unmarked == NULL && ob->backlog > 0) {
         relay_pass(ob);
-        if (ob->inflight)
+        if (ob->inflight > 0)
             return;
     }
     if (ob->backlog > 0)

@@ -19,6 +19,8 @@ struct fake_client {
     uv_tcp_t tcp;
     struct fake_redis *f;
     struct fake_client *next;
+    char *held; /* replies kept while f->holding, in order */
+    size_t held_len;
     size_t len;
     char buf[FAKE_REDIS_BUF];
 };
@@ -96,6 +98,19 @@ static const char *default_reply(const struct fake_redis *f, const char *cmd)
     return "+OK\r\n"; /* AUTH, SELECT, anything else */
 }
 
+/* Keeps reply until fake_redis_release. */
+static void hold_reply(struct fake_client *c, const char *reply)
+{
+    size_t n = strlen(reply);
+    char *p = realloc(c->held, c->held_len + n + 1);
+
+    if (p == NULL)
+        return;
+    memcpy(p + c->held_len, reply, n + 1);
+    c->held = p;
+    c->held_len += n;
+}
+
 static void answer(struct fake_client *c, int argc, char **argv)
 {
     struct fake_redis *f = c->f;
@@ -104,8 +119,24 @@ static void answer(struct fake_client *c, int argc, char **argv)
     f->commands++;
     if (reply == NULL)
         reply = default_reply(f, argv[0]);
-    if (reply != FAKE_REDIS_HANG)
+    if (reply == FAKE_REDIS_HANG)
+        return;
+    if (f->holding)
+        hold_reply(c, reply);
+    else
         send_reply(c, reply);
+}
+
+void fake_redis_release(struct fake_redis *f)
+{
+    f->holding = 0;
+    for (struct fake_client *c = f->clients; c != NULL; c = c->next) {
+        if (c->held != NULL)
+            send_reply(c, c->held);
+        free(c->held);
+        c->held = NULL;
+        c->held_len = 0;
+    }
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -118,7 +149,10 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 
 static void on_client_closed(uv_handle_t *h)
 {
-    free(h->data);
+    struct fake_client *c = h->data;
+
+    free(c->held); /* never answered: a server that went away */
+    free(c);
 }
 
 static void client_close(struct fake_client *c)

@@ -31,6 +31,7 @@ struct fake_redis {
     unsigned commands;    /* received so far */
     fake_redis_handler handler;
     const char *role_reply; /* NULL: a primary's */
+    int holding;            /* replies are kept, in order, until fake_redis_release */
     void *data;             /* the test's */
     struct fake_client *clients;
     int closing;
@@ -38,6 +39,9 @@ struct fake_redis {
 
 /* Listens on loop; returns 0 or a libuv error. */
 int fake_redis_start(uv_loop_t *loop, struct fake_redis *f, fake_redis_handler handler);
+/* Sends every reply kept while f->holding (a handler sets it: the replies
+ * to its command and to every command after it wait), and stops holding. */
+void fake_redis_release(struct fake_redis *f);
 /* Closes every connection, as a server that goes away does. */
 void fake_redis_drop_clients(struct fake_redis *f);
 /* Closes the server, its connections and its timer; run the loop

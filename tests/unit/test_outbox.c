@@ -3,7 +3,10 @@
  * directory: exactly the rows Redis accepted are marked, rows refused for
  * good are set aside and the rest keep flowing, a row refused for now is
  * retried alone, a failed mark (a trigger makes it fail as a full disk would)
- * sends nothing again, and a re-queue by another connection is noticed.
+ * sends nothing again, a re-queue by another connection is noticed, passes
+ * are pipelined (a commit's rows go out while an earlier pass waits for its
+ * replies: fake_redis holds them) and lost replies of pipelined passes send
+ * their rows again in order.
  * Every test closes everything and asserts uv_loop_close() == 0. */
 #include <criterion/criterion.h>
 
@@ -41,6 +44,9 @@ struct fx {
     int bad_fixed;
     char ids[MAX_EVENTS][IDS_UUID_LEN + 1];
     unsigned xadds[MAX_EVENTS]; /* per event, by order of append */
+    int sent[4 * MAX_EVENTS];   /* the events of the XADDs, in the order Redis got them */
+    unsigned nsent;
+    int hold_slow; /* the next XADD to stream "slow" starts holding replies */
     unsigned nids, entry;
     int closed;
 };
@@ -69,6 +75,12 @@ static const char *on_cmd(struct fake_redis *f, int argc, char **argv)
         ;
     if (i + 1 < argc && event_index(x, argv[i + 1]) >= 0)
         x->xadds[event_index(x, argv[i + 1])]++;
+    if (i + 1 < argc && x->nsent < ARRAY_SIZE(x->sent))
+        x->sent[x->nsent++] = event_index(x, argv[i + 1]);
+    if (strcmp(argv[1], "slow") == 0 && x->hold_slow) {
+        x->hold_slow = 0;
+        f->holding = 1;
+    }
     if (strcmp(argv[1], "bad") == 0 && !x->bad_fixed)
         return "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n";
     if (strcmp(argv[1], "oom") == 0 && x->oom_left > 0) {
@@ -329,5 +341,83 @@ Test(outbox, only_declared_types_with_valid_payloads_are_appended)
     cr_expect_eq(outbox_backlog(x.svc.outbox), 0);
     json_decref(ok);
     json_decref(bad);
+    fx_close(&x);
+}
+
+static int sent_n(const void *arg, unsigned n)
+{
+    const struct fx *x = arg;
+
+    return x->nsent >= n;
+}
+
+static int sent_one(const void *arg)
+{
+    return sent_n(arg, 1);
+}
+
+static int sent_three_xadds(const void *arg)
+{
+    return sent_n(arg, 3);
+}
+
+static int sent_six_xadds(const void *arg)
+{
+    return sent_n(arg, 6);
+}
+
+/* A commit's rows go out while an earlier pass still waits for its
+ * replies: in seq order, each once. */
+Test(outbox, passes_are_pipelined_in_order)
+{
+    static const char *const first[] = {"slow"}, *const second[] = {"a", "b"};
+    struct fx x;
+    char buf[80];
+
+    fx_open(&x);
+    x.hold_slow = 1;
+    append(&x, first, 1);
+    cr_assert(RUN_UNTIL(&x, sent_one, 5000));
+    append(&x, second, 2);
+    cr_assert(RUN_UNTIL(&x, sent_three_xadds, 5000),
+              "the second commit's rows waited for the first pass's replies");
+    for (unsigned i = 0; i < 3; i++) {
+        cr_expect_eq(x.sent[i], (int)i, "XADD %u was event %d", i, x.sent[i]);
+        cr_expect_str_eq(row_state(&x, i, buf, sizeof(buf)), "pending", "no reply yet");
+    }
+    fake_redis_release(&x.fake);
+    cr_assert(RUN_UNTIL(&x, drained, 5000));
+    for (unsigned i = 0; i < 3; i++) {
+        cr_expect_eq(x.xadds[i], 1, "event %u sent %u times", i, x.xadds[i]);
+        cr_expect_str_eq(row_state(&x, i, buf, sizeof(buf)), "published");
+    }
+    fx_close(&x);
+}
+
+/* The connection drops with two passes unanswered: once both are settled
+ * the relay rewinds and sends every row again, in seq order. */
+Test(outbox, lost_replies_of_pipelined_passes_go_again_in_order)
+{
+    static const char *const first[] = {"slow"}, *const second[] = {"a", "b"};
+    struct fx x;
+    char buf[80];
+
+    fx_open(&x);
+    x.hold_slow = 1;
+    append(&x, first, 1);
+    cr_assert(RUN_UNTIL(&x, sent_one, 5000));
+    append(&x, second, 2);
+    cr_assert(RUN_UNTIL(&x, sent_three_xadds, 5000));
+    fake_redis_drop_clients(&x.fake);
+    x.fake.holding = 0;
+    cr_assert(RUN_UNTIL(&x, sent_six_xadds, 5000), "the rows were not sent again");
+    cr_assert(RUN_UNTIL(&x, drained, 5000));
+    for (unsigned i = 0; i < 6; i++)
+        cr_expect_eq(x.sent[i], (int)(i % 3), "XADD %u was event %d", i, x.sent[i]);
+    for (unsigned i = 0; i < 3; i++) {
+        cr_expect_eq(x.xadds[i], 2, "event %u sent %u times", i, x.xadds[i]);
+        cr_expect_str_eq(row_state(&x, i, buf, sizeof(buf)), "published");
+    }
+    cr_expect_eq(x.nsent, 6, "%u XADDs", x.nsent);
     fx_close(&x);
 }
