@@ -47,9 +47,6 @@
 #define STORE_CKPT_BUSY_TIMEOUT_MS 5000 /* the checkpoint connection: a pool thread */
 #define STORE_PROBE_MS 1000             /* at most one writability probe per second */
 #define STORE_MAX_MIGRATIONS 1000
-/* WAL pages (8 MiB) that start a background checkpoint: each cycle costs
- * the loop two fdatasyncs (its tail checkpoint), so not too often. */
-#define STORE_CHECKPOINT_PAGES 2000
 /* What a background checkpoint left behind, at most, for the loop to finish
  * itself so that the WAL starts over (see on_wal); more, and another
  * background pass copies it, leaving less behind. */
@@ -89,6 +86,7 @@ struct store {
     int ckpt_frames;   /* the WAL's frames ... */
     int ckpt_backfill; /* ... and those copied, when the last one finished */
     int ckpt_tail;     /* it finished: the loop copies what it left behind */
+    int ckpt_pages;    /* the WAL's size that starts one (STORE_CHECKPOINT_PAGES) */
     unsigned long checkpoints, tail_checkpoints;
 
     /* Writability: the extended code of the store fault that last failed a
@@ -316,6 +314,7 @@ int store_open(const char *path, const char *schema, struct store **out)
         rc = -EIO;
         goto out_close;
     }
+    st->ckpt_pages = STORE_CHECKPOINT_PAGES;
     st->path = strdup(path);
     rc = st->path == NULL ? -ENOMEM : configure(st, path);
     if (rc == 0)
@@ -416,7 +415,7 @@ static int on_wal(void *arg, sqlite3 *db, const char *name, int pages)
             log_warn("store: checkpoint failed: %s", sqlite3_errstr(rc));
     }
     st->ckpt_tail = 0;
-    if (pages < STORE_CHECKPOINT_PAGES || st->ckpt_inflight)
+    if (pages < st->ckpt_pages || st->ckpt_inflight)
         return SQLITE_OK;
     st->ckpt_work.data = st;
     if (uv_queue_work(st->loop, &st->ckpt_work, on_checkpoint_work, on_checkpoint_done) == 0)
@@ -451,6 +450,11 @@ int store_offload_checkpoints(struct store *st, uv_loop_t *loop)
      * SQLite's auto-checkpoint and hands the work to the thread pool. */
     sqlite3_wal_hook(st->db, on_wal, st);
     return 0;
+}
+
+void store_set_checkpoint_pages(struct store *st, int pages)
+{
+    st->ckpt_pages = pages > STORE_CHECKPOINT_TAIL ? pages : STORE_CHECKPOINT_TAIL + 1;
 }
 
 unsigned long store_checkpoints(const struct store *st)

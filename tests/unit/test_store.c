@@ -408,6 +408,7 @@ Test(store, background_checkpoints_keep_the_wal_small)
     cr_assert_eq(uv_loop_init(&loop), 0);
     cr_assert_eq(store_open(db_path, schema, &st), 0);
     cr_assert_eq(store_offload_checkpoints(st, &loop), 0);
+    store_set_checkpoint_pages(st, 2000); /* 8 MiB: the test writes twice that */
     cr_assert_eq(store_prepare(st, "INSERT INTO blob_rows (b) VALUES (?)", &ins), 0);
     memset(payload, 'x', sizeof(payload));
     /* 400 commits of ~10 pages each: 16 MB through the WAL */
@@ -426,6 +427,36 @@ Test(store, background_checkpoints_keep_the_wal_small)
     cr_assert_eq(stat(wal, &sb), 0);
     cr_assert_lt(sb.st_size, 8 * 1024 * 1024, "the WAL grew to %lld bytes: checkpoints do nothing",
                  (long long)sb.st_size);
+    store_close(st);
+    cr_assert_eq(uv_loop_close(&loop), 0);
+}
+
+/* By default a checkpoint waits for STORE_CHECKPOINT_PAGES pages: a WAL of
+ * half that is left alone (each cycle copies a hot page once, however
+ * often the WAL holds it). */
+Test(store, no_checkpoint_before_the_default_wal_size)
+{
+    static const char schema[] = "-- migration: 1\nCREATE TABLE blob_rows (b BLOB);\n";
+    static char payload[40960];
+    struct sqlite3_stmt *ins;
+    struct store *st;
+    uv_loop_t loop;
+
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    cr_assert_eq(store_open(db_path, schema, &st), 0);
+    cr_assert_eq(store_offload_checkpoints(st, &loop), 0);
+    cr_assert_eq(store_prepare(st, "INSERT INTO blob_rows (b) VALUES (?)", &ins), 0);
+    memset(payload, 'z', sizeof(payload));
+    /* ~10 pages a commit: half of STORE_CHECKPOINT_PAGES */
+    for (int i = 0; i < STORE_CHECKPOINT_PAGES / 20; i++) {
+        cr_assert_eq(store_begin(st), 0);
+        sqlite3_bind_blob(ins, 1, payload, sizeof(payload), SQLITE_STATIC);
+        cr_assert_eq(sqlite3_step(ins), SQLITE_DONE);
+        store_reset(ins);
+        cr_assert_eq(store_commit(st), 0);
+        uv_run(&loop, UV_RUN_DEFAULT);
+    }
+    cr_expect_eq(store_checkpoints(st), 0, "a checkpoint ran before the WAL's default size");
     store_close(st);
     cr_assert_eq(uv_loop_close(&loop), 0);
 }
@@ -469,6 +500,7 @@ Test(store, the_wal_starts_over_under_a_steady_stream_of_writes)
     cr_assert_eq(uv_loop_init(&loop), 0);
     cr_assert_eq(store_open(db_path, schema, &w.st), 0);
     cr_assert_eq(store_offload_checkpoints(w.st, &loop), 0);
+    store_set_checkpoint_pages(w.st, 2000); /* 8 MiB: the test writes 60 MB */
     cr_assert_eq(store_prepare(w.st, "INSERT INTO blob_rows (b) VALUES (?)", &w.ins), 0);
     memset(w.payload, 'y', sizeof(w.payload));
     snprintf(w.wal, sizeof(w.wal), "%s-wal", db_path);
