@@ -125,6 +125,7 @@ struct outbox {
     unsigned marking;             /* of them, the ones whose mark waits for the group COMMIT */
     int mark_failing;             /* a settle failed (one of unmarked): logged once per streak */
     int close_settled;            /* closing: the last settle was attempted */
+    int close_waits;              /* closing: the drain waits for the open group's end */
     char mark_err[128];           /* why the last mark failed, for that log line */
     int closing;
     unsigned pending_closes;
@@ -530,6 +531,8 @@ static void on_backoff(uv_timer_t *t)
 static void after_settle(struct outbox *ob, int rc)
 {
     if (ob->closing) {
+        if (rc < 0 || ob->rewind)
+            back_off(ob); /* counts it; while closing, no timer, and no more drain */
         maybe_closed(ob);
         return;
     }
@@ -668,8 +671,8 @@ static size_t pass_room(struct outbox *ob)
         store_group_pending(ob->store))
         return 0; /* a transaction could show rows not committed yet */
     if (ob->rewind) {
-        if (ob->inflight > 0 || ob->unmarked != NULL)
-            return 0;
+        if (ob->inflight > 0 || ob->unmarked != NULL || uv_is_active((uv_handle_t *)&ob->backoff))
+            return 0; /* the backoff's pass rewinds */
         ob->rewind = 0;
         ob->sent_seq = 0; /* from the oldest pending row again */
     }
@@ -751,9 +754,14 @@ static void notice_other_writers(struct outbox *ob)
 {
     int64_t v = query_int(ob->version_st, ob->data_version);
 
-    if (v == ob->data_version || ob->inflight > 0 || ob->unmarked != NULL ||
-        store_in_txn(ob->store))
+    if (v == ob->data_version || store_in_txn(ob->store) || store_group_pending(ob->store))
         return;
+    if (ob->inflight > 0 || ob->unmarked != NULL) {
+        /* Busy: no new pass until every pass sent is settled, then the
+         * relay starts over and the next sweep counts again. */
+        ob->rewind = 1;
+        return;
+    }
     ob->data_version = v;
     recount(ob);
     ob->sent_seq = 0; /* a re-queued row is older than the last sent */
@@ -1031,12 +1039,28 @@ static int settle_before_close(struct outbox *ob)
 
 /* Closes once nothing is in flight and there is nothing more to send (or no
  * way to send it, or no time left). */
+static void on_group_ended(void *data, int ok)
+{
+    struct outbox *ob = data;
+
+    (void)ok;
+    scope(ob);
+    ob->close_waits = 0;
+    maybe_closed(ob);
+}
+
 static void maybe_closed(struct outbox *ob)
 {
-    if (ob->pending_closes > 0 || ob->inflight > 0 || ob->marking > 0 || settle_before_close(ob))
+    if (ob->pending_closes > 0 || ob->close_waits || ob->inflight > 0 || ob->marking > 0 ||
+        settle_before_close(ob))
         return;
     if (uv_is_active((uv_handle_t *)&ob->flush) && redis_is_up(ob->redis) && !ob->backoff_ms &&
         ob->unmarked == NULL && ob->backlog > 0) {
+        if (store_group_pending(ob->store) &&
+            store_when_durable(ob->store, on_group_ended, ob) == 0) {
+            ob->close_waits = 1; /* a pass must not see the group's rows: after its COMMIT */
+            return;
+        }
         relay_pass(ob);
         if (ob->inflight > 0)
             return;

@@ -421,3 +421,29 @@ Test(outbox, lost_replies_of_pipelined_passes_go_again_in_order)
     cr_expect_eq(x.nsent, 6, "%u XADDs", x.nsent);
     fx_close(&x);
 }
+
+static int is_closed(const void *arg)
+{
+    return ((const struct fx *)arg)->closed;
+}
+
+/* Stopping with a flush budget: a row Redis refuses for now is tried once,
+ * not again every round trip until the budget runs out. */
+Test(outbox, a_refusal_while_closing_ends_the_drain)
+{
+    static const char *const streams[] = {"oom"};
+    struct fx x;
+
+    fx_open(&x);
+    x.oom_left = 1000;
+    append(&x, streams, 1);
+    outbox_close(x.svc.outbox, 2000, on_outbox_closed, &x);
+    cr_assert(RUN_UNTIL(&x, is_closed, 1000), "the drain went on");
+    fake_redis_close(&x.fake);
+    uv_run(&x.loop, UV_RUN_DEFAULT);
+    cr_expect_eq(x.xadds[0], 1, "the refused row was sent %u times while closing", x.xadds[0]);
+    cr_assert_eq(uv_loop_close(&x.loop), 0);
+    store_close(x.svc.store);
+    metrics_free(x.svc.metrics);
+    tmpdir_remove(x.dir);
+}
