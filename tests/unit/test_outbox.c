@@ -366,21 +366,30 @@ static int sent_six_xadds(const void *arg)
     return sent_n(arg, 6);
 }
 
+/* Opens x and sends two passes: event 0 (stream "slow", whose reply and
+ * every one after it the fake holds), then events 1 and 2 committed while
+ * the first pass waits. */
+static void send_two_passes(struct fx *x)
+{
+    static const char *const first[] = {"slow"}, *const second[] = {"a", "b"};
+
+    fx_open(x);
+    x->hold_slow = 1;
+    append(x, first, 1);
+    cr_assert(RUN_UNTIL(x, sent_one, 5000));
+    append(x, second, 2);
+    cr_assert(RUN_UNTIL(x, sent_three_xadds, 5000),
+              "the second commit's rows waited for the first pass's replies");
+}
+
 /* A commit's rows go out while an earlier pass still waits for its
  * replies: in seq order, each once. */
 Test(outbox, passes_are_pipelined_in_order)
 {
-    static const char *const first[] = {"slow"}, *const second[] = {"a", "b"};
     struct fx x;
     char buf[80];
 
-    fx_open(&x);
-    x.hold_slow = 1;
-    append(&x, first, 1);
-    cr_assert(RUN_UNTIL(&x, sent_one, 5000));
-    append(&x, second, 2);
-    cr_assert(RUN_UNTIL(&x, sent_three_xadds, 5000),
-              "the second commit's rows waited for the first pass's replies");
+    send_two_passes(&x);
     for (unsigned i = 0; i < 3; i++) {
         cr_expect_eq(x.sent[i], (int)i, "XADD %u was event %d", i, x.sent[i]);
         cr_expect_str_eq(row_state(&x, i, buf, sizeof(buf)), "pending", "no reply yet");
@@ -398,16 +407,10 @@ Test(outbox, passes_are_pipelined_in_order)
  * the relay rewinds and sends every row again, in seq order. */
 Test(outbox, lost_replies_of_pipelined_passes_go_again_in_order)
 {
-    static const char *const first[] = {"slow"}, *const second[] = {"a", "b"};
     struct fx x;
     char buf[80];
 
-    fx_open(&x);
-    x.hold_slow = 1;
-    append(&x, first, 1);
-    cr_assert(RUN_UNTIL(&x, sent_one, 5000));
-    append(&x, second, 2);
-    cr_assert(RUN_UNTIL(&x, sent_three_xadds, 5000));
+    send_two_passes(&x);
     fake_redis_drop_clients(&x.fake);
     x.fake.holding = 0;
     cr_assert(RUN_UNTIL(&x, sent_six_xadds, 5000), "the rows were not sent again");

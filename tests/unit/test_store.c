@@ -392,6 +392,21 @@ Test(store, prepare_errors)
     store_close(st);
 }
 
+/* n commits of one blob each, with an idle loop after each: a checkpoint
+ * in flight finishes. */
+static void write_blobs(struct store *st, struct sqlite3_stmt *ins, uv_loop_t *loop,
+                        const char *payload, size_t len, int n)
+{
+    for (int i = 0; i < n; i++) {
+        cr_assert_eq(store_begin(st), 0);
+        sqlite3_bind_blob(ins, 1, payload, (int)len, SQLITE_STATIC);
+        cr_assert_eq(sqlite3_step(ins), SQLITE_DONE);
+        store_reset(ins);
+        cr_assert_eq(store_commit(st), 0);
+        uv_run(loop, UV_RUN_DEFAULT);
+    }
+}
+
 /* Background checkpoints really checkpoint: after many commits with the
  * loop running, the WAL has been reset and reused instead of growing with
  * every page ever written (the checkpoint connection must have read the
@@ -412,15 +427,7 @@ Test(store, background_checkpoints_keep_the_wal_small)
     cr_assert_eq(store_prepare(st, "INSERT INTO blob_rows (b) VALUES (?)", &ins), 0);
     memset(payload, 'x', sizeof(payload));
     /* 400 commits of ~10 pages each: 16 MB through the WAL */
-    for (int i = 0; i < 400; i++) {
-        cr_assert_eq(store_begin(st), 0);
-        sqlite3_bind_blob(ins, 1, payload, sizeof(payload), SQLITE_STATIC);
-        cr_assert_eq(sqlite3_step(ins), SQLITE_DONE);
-        store_reset(ins);
-        cr_assert_eq(store_commit(st), 0);
-        /* an idle loop between commits: a checkpoint in flight finishes */
-        uv_run(&loop, UV_RUN_DEFAULT);
-    }
+    write_blobs(st, ins, &loop, payload, sizeof(payload), 400);
     uv_run(&loop, UV_RUN_DEFAULT);
     cr_assert_gt(store_checkpoints(st), 0, "no background checkpoint ran");
     snprintf(wal, sizeof(wal), "%s-wal", db_path);
@@ -448,14 +455,7 @@ Test(store, no_checkpoint_before_the_default_wal_size)
     cr_assert_eq(store_prepare(st, "INSERT INTO blob_rows (b) VALUES (?)", &ins), 0);
     memset(payload, 'z', sizeof(payload));
     /* ~10 pages a commit: half of STORE_CHECKPOINT_PAGES */
-    for (int i = 0; i < STORE_CHECKPOINT_PAGES / 20; i++) {
-        cr_assert_eq(store_begin(st), 0);
-        sqlite3_bind_blob(ins, 1, payload, sizeof(payload), SQLITE_STATIC);
-        cr_assert_eq(sqlite3_step(ins), SQLITE_DONE);
-        store_reset(ins);
-        cr_assert_eq(store_commit(st), 0);
-        uv_run(&loop, UV_RUN_DEFAULT);
-    }
+    write_blobs(st, ins, &loop, payload, sizeof(payload), STORE_CHECKPOINT_PAGES / 20);
     cr_expect_eq(store_checkpoints(st), 0, "a checkpoint ran before the WAL's default size");
     store_close(st);
     cr_assert_eq(uv_loop_close(&loop), 0);
