@@ -60,7 +60,7 @@ struct config {
     unsigned http_client_breaker_cooldown_ms;
 
     /* Outbox and inbox */
-    unsigned outbox_batch;        /* rows per relay pass */
+    unsigned outbox_batch;        /* rows the relay has outstanding, at most */
     unsigned outbox_max_backlog;  /* HTTP writes answer 503 past this */
     unsigned outbox_retention_ms; /* published rows kept */
     unsigned inbox_retention_ms;  /* processed event ids kept for de-duplication */

@@ -41,7 +41,7 @@ struct outbox; /* opaque */
 struct outbox_config {
     const char *source;         /* the service name, the envelope's `source`; copied */
     const char *log_scope;      /* the module whose lines these are (log.h); borrowed, static */
-    unsigned batch;             /* rows per relay pass (pipelined XADDs), 1..1024 */
+    unsigned batch;             /* rows sent and not yet recorded, at most, 1..1024 */
     unsigned long maxlen;       /* XADD MAXLEN ~; 0 for none */
     unsigned long max_backlog;  /* outbox_overloaded() past this many unpublished rows */
     unsigned long retention_ms; /* published rows are kept this long */
