@@ -445,7 +445,10 @@ def test_the_examples_run_as_printed(stack, tmp_path):
         c = Ctx(stack, sh)
         for doc, name, text in blocks:
             what = f"{doc} block {name!r}"
-            c.out = sh.run(rewrite_ports(text, stack), what)
+            try:
+                c.out = sh.run(rewrite_ports(text, stack), what)
+            except pytest.fail.Exception as exc:  # what the services said, for the diagnosis
+                pytest.fail(f"{exc}\nthe stack's last lines:\n{stack.output()[-3000:]}")
             try:
                 CHECKS[name](c)
             except AssertionError as exc:
