@@ -240,8 +240,11 @@ static void raise_fd_limit(const struct host *h)
             return;
     }
     if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want)
-        log_warn("open files are limited to %llu: fewer than HTTP_MAX_CONNECTIONS can be open",
-                 (unsigned long long)rl.rlim_cur);
+        log_warn("open files are limited to %llu, fewer than the %lu the modules' "
+                 "HTTP_MAX_CONNECTIONS add up to (with their databases and Redis): past the "
+                 "limit new connections are refused; raise `ulimit -n` or lower "
+                 "<MODULE>_HTTP_MAX_CONNECTIONS",
+                 (unsigned long long)rl.rlim_cur, want);
 }
 
 /* ---------------------------------------------------------------------------

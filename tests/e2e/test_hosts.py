@@ -18,6 +18,7 @@ host mid burst.
 """
 
 import json
+import resource
 import signal
 import socket
 import sqlite3
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.fresh_redis
 FAST = {"CONSUMER_BLOCK_MS": 200, "RECLAIM_IDLE_MS": 2000, "PBKDF2_ITERATIONS": 1000}
 
 
-def run_host(args, env_extra, tmp_path, timeout=15):
+def run_host(args, env_extra, tmp_path, timeout=15, preexec_fn=None):
     """Runs build/ripple args expecting it to exit; (returncode, stderr)."""
     env = service_env(None, tmp_path, "ripple", 0, env_extra)
     env.pop("PORT", None)
@@ -46,7 +47,7 @@ def run_host(args, env_extra, tmp_path, timeout=15):
             env[k] = str(v)
     p = subprocess.run([str(binary("ripple")), *args], env=env, stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout,
-                       cwd=str(tmp_path))
+                       cwd=str(tmp_path), preexec_fn=preexec_fn)
     return p.returncode, p.stderr.decode(errors="replace")
 
 
@@ -265,6 +266,39 @@ def test_a_port_taken_stops_every_module_cleanly(tmp_path, redis_server, threads
     assert any(rec["msg"] == "orders could not start: stopping every module" for rec in recs), err
     assert {rec["service"] for rec in recs if rec["msg"] == "stopped"} == {"users", "orders"}, err
     assert not listening(ports["users"])
+
+
+def limit_open_files(n):
+    def apply():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+    return apply
+
+
+@pytest.mark.parametrize("max_conns,warned", [(None, True), (100, False)])
+def test_too_few_open_files_for_the_connections_is_said(tmp_path, redis_server, max_conns,
+                                                        warned):
+    """With `ulimit -n` 1024, two modules' 4096 connections each cannot all
+    be open: the host says so, with the way out; with 100 each it can, and
+    says nothing. (orders' port is taken, so the host stops right after.)"""
+    port = stable_port()
+    env = {"USERS_PORT": stable_port(), "ORDERS_PORT": port,
+           "USERS_DB_PATH": tmp_path / "u.db", "ORDERS_DB_PATH": tmp_path / "o.db",
+           "REDIS_URL": redis_server.url}
+    if max_conns is not None:
+        env.update(USERS_HTTP_MAX_CONNECTIONS=max_conns, ORDERS_HTTP_MAX_CONNECTIONS=max_conns)
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind((HOST, port))
+        taken.listen(1)
+        rc, err = run_host(["users", "orders"], env, tmp_path, timeout=30,
+                           preexec_fn=limit_open_files(1024))
+    assert rc == 1, err
+    said = [rec["msg"] for rec in log_records(err) if rec["msg"].startswith("open files")]
+    if warned:
+        assert len(said) == 1 and "limited to 1024" in said[0] and "8320" in said[0] \
+            and "ulimit -n" in said[0], err
+    else:
+        assert said == [], err
 
 
 def test_a_bad_ripple_threads_is_refused(tmp_path):
