@@ -7,22 +7,38 @@
  * earlier passes still wait for their replies -- on one connection, so Redis
  * takes them in seq order -- with at most `batch` rows outstanding. When a
  * pass's last reply is in, the pass is settled in one transaction (in the
- * loop iteration's group commit): exactly the rows Redis accepted are marked
- * published (with their entry ids), and the rows it refused for a reason no
+ * loop iteration's group commit): the rows Redis refused for a reason no
  * retry fixes (WRONGTYPE, NOPERM, ERR) are set aside with that reason
  * (refused_at, refused_reason) -- counted and logged once -- so the rows
- * after them keep flowing. A row refused for now (OOM, BUSY, READONLY,
- * LOADING, ...) or whose reply was lost stays pending: once every pass sent
- * is settled the relay rewinds, and the next pass, after a backoff, starts
- * at it. Rows pipelined after it that Redis accepted are marked, never sent
- * again; so such a transient refusal can let a later row reach Redis before
- * it (a crash, or a lost reply, can anyway).
+ * after them keep flowing, and exactly the rows it accepted are recorded
+ * published.
+ *
+ * Published is a watermark, not a write per row. outbox_passes holds one row
+ * per settled pass: last_seq, the watermark W it moved to, and the entry ids
+ * Redis gave its rows (for outbox_entry_id). Every row at or below W that is
+ * not set aside is published. A pass moves W only when each of its rows is
+ * settled and nothing pending lies between W and it (its `from`, the bound it
+ * selected above, is at or below W); otherwise its accepted rows are marked
+ * one by one (published_at, entry_id), as every row was before. That happens
+ * after a row refused for now (OOM, BUSY, READONLY, LOADING, ...) or whose
+ * reply was lost: it stays pending, once every pass sent is settled the relay
+ * rewinds, and the next pass, after a backoff, starts at it. Rows pipelined
+ * after it that Redis accepted are marked, never sent again; so such a
+ * transient refusal can let a later row reach Redis before it (a crash, or a
+ * lost reply, can anyway). The pass that sends it again moves W past them.
+ * A pending row is therefore one above W, neither marked nor set aside (the
+ * view outbox_backlog); the relay selects them by seq from W, and needs no
+ * index of its own.
  *
  * A settle that fails (a full disk, an I/O error) keeps the outcomes in
  * memory (ob->unmarked): no pass runs -- nothing is sent again -- while the
- * mark is retried with backoff. A set-aside row waits for an operator:
- * scripts/outbox requeue clears its refused_at from another connection, which
- * the relay notices (PRAGMA data_version) at its next sweep.
+ * mark is retried with backoff. W only counts marks that are durable: a
+ * group COMMIT that fails takes the planned W back with it. A set-aside row
+ * waits for an operator: scripts/outbox requeue clears its refused_at from
+ * another connection, and the trigger outbox_requeue moves the row to the
+ * end (seq MAX + 1), above W, where the relay finds it pending -- it would
+ * count as published where it was. The relay notices the other connection's
+ * commit (PRAGMA data_version) at its next sweep.
  *
  * A pass is started by the commit hook (after a group COMMIT, or through a
  * uv_check, so every commit of one loop iteration shares one pass), by a
@@ -80,13 +96,38 @@ static const char schema[] = "CREATE TABLE IF NOT EXISTS outbox ("
 static const char schema_upgrade[] = "ALTER TABLE outbox ADD COLUMN refused_at INTEGER;"
                                      "ALTER TABLE outbox ADD COLUMN refused_reason TEXT;";
 static const char schema_upgrade_trace[] = "ALTER TABLE outbox ADD COLUMN traceparent TEXT;";
+/* The watermark's table (see the top of the file). A table from before it
+ * starts at the row before its oldest pending one, or at its newest row. */
+static const char schema_passes[] =
+    "BEGIN;"
+    "CREATE TABLE outbox_passes ("
+    " last_seq INTEGER PRIMARY KEY,"  /* the watermark this pass moved to */
+    " first_seq INTEGER NOT NULL,"    /* the first seq it covered */
+    " published_at INTEGER NOT NULL," /* us */
+    " entries TEXT NOT NULL);"        /* a line "seq entry_id" per row Redis accepted */
+    "INSERT INTO outbox_passes (last_seq, first_seq, published_at, entries)"
+    " SELECT w, w + 1, CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER), ''"
+    " FROM (SELECT COALESCE((SELECT MIN(seq) FROM outbox"
+    "                        WHERE published_at IS NULL AND refused_at IS NULL) - 1,"
+    "                       (SELECT MAX(seq) FROM outbox), 0) AS w)"
+    " WHERE w > 0;"
+    "COMMIT;";
 static const char schema_indexes[] =
     "DROP INDEX IF EXISTS outbox_unpublished;"
-    "CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(seq) "
-    " WHERE published_at IS NULL AND refused_at IS NULL;"
-    "CREATE INDEX IF NOT EXISTS outbox_set_aside ON outbox(seq) WHERE refused_at IS NOT NULL;";
+    "DROP INDEX IF EXISTS outbox_pending;"
+    "CREATE INDEX IF NOT EXISTS outbox_set_aside ON outbox(seq) WHERE refused_at IS NOT NULL;"
+    /* a re-queued row goes to the end, above the watermark */
+    "CREATE TRIGGER IF NOT EXISTS outbox_requeue AFTER UPDATE OF refused_at ON outbox"
+    " WHEN OLD.refused_at IS NOT NULL AND NEW.refused_at IS NULL BEGIN"
+    " UPDATE outbox SET seq = (SELECT MAX(seq) FROM outbox) + 1 WHERE seq = NEW.seq; END;"
+    /* the rows not published yet, for operators and tests */
+    "CREATE VIEW IF NOT EXISTS outbox_backlog AS SELECT * FROM outbox"
+    " WHERE seq > (SELECT COALESCE(MAX(last_seq), 0) FROM outbox_passes)"
+    " AND published_at IS NULL AND refused_at IS NULL;";
 
+/* Pending, above the watermark (bound by the statement). */
 #define PENDING "published_at IS NULL AND refused_at IS NULL"
+#define PRUNE_PASSES 64 /* outbox_passes rows per prune: their rows go with them */
 
 static const double latency_bounds[] = {0.00005, 0.0001,  0.00015, 0.0002, 0.0003, 0.0004,
                                         0.0005,  0.00075, 0.001,   0.0015, 0.002,  0.003,
@@ -104,6 +145,8 @@ struct outbox {
 
     struct sqlite3_stmt *insert_st, *select_st, *mark_st, *refuse_st, *max_seq_st, *oldest_st;
     struct sqlite3_stmt *prune_st, *entry_st, *count_st, *aside_st, *version_st;
+    struct sqlite3_stmt *pass_st, *watermark_st, *pass_entries_st, *prune_upto_st;
+    struct sqlite3_stmt *prune_rows_st, *prune_passes_st;
     uv_check_t wake;    /* runs the relay at the end of the loop iteration */
     uv_timer_t sweep;   /* recovery pass, re-queues, pruning */
     uv_timer_t backoff; /* after a failed pass or settle */
@@ -112,6 +155,8 @@ struct outbox {
     uint64_t last_prune; /* uv_now ms */
 
     int64_t max_seq;      /* highest committed seq */
+    int64_t watermark;    /* durable: every row at or below is published or set aside */
+    int64_t planned;      /* the watermark with the marks of the open group */
     uint64_t backlog;     /* rows neither published nor set aside */
     uint64_t set_aside;   /* rows refused for good, waiting for an operator */
     int64_t data_version; /* PRAGMA data_version: moves when another connection commits */
@@ -159,6 +204,8 @@ struct relay_row {
 struct relay_batch {
     struct outbox *ob;
     struct relay_batch *next; /* in ob->unmarked */
+    int64_t from;             /* it selected rows above this seq */
+    int64_t moved_to;         /* the watermark its settle wrote, 0 if it marked rows */
     size_t n, answered;
     int retry;   /* a row stays pending: rewind, and back off before the next pass */
     int marking; /* its mark waits for the store's group COMMIT */
@@ -243,18 +290,55 @@ int outbox_append(struct outbox *ob, const char *stream, const char *type,
     return rc;
 }
 
+/* The entry id of seq in a pass's entries ("seq entry_id" lines). */
+static int find_entry(const char *entries, int64_t seq, char *buf, size_t len)
+{
+    const char *p = entries;
+
+    while (*p != '\0') {
+        char *end;
+        long long s = strtoll(p, &end, 10);
+        const char *nl = strchr(end, '\n');
+        size_t n;
+
+        if (end == p || *end != ' ' || nl == NULL)
+            return -EINVAL;
+        if (s == seq) {
+            n = (size_t)(nl - end - 1);
+            if (n + 1 > len)
+                return -ENOSPC;
+            memcpy(buf, end + 1, n);
+            buf[n] = '\0';
+            return 0;
+        }
+        p = nl + 1;
+    }
+    return -ENOENT;
+}
+
 int outbox_entry_id(struct outbox *ob, const char *event_id, char *buf, size_t len)
 {
+    int64_t seq = 0;
     int rc = -ENOENT;
 
     sqlite3_bind_text(ob->entry_st, 1, event_id, -1, SQLITE_STATIC);
-    if (sqlite3_step(ob->entry_st) == SQLITE_ROW &&
-        sqlite3_column_type(ob->entry_st, 0) != SQLITE_NULL) {
-        const char *id = (const char *)sqlite3_column_text(ob->entry_st, 0);
-
-        rc = snprintf(buf, len, "%s", id) >= (int)len ? -ENOSPC : 0;
+    if (sqlite3_step(ob->entry_st) == SQLITE_ROW) {
+        seq = sqlite3_column_int64(ob->entry_st, 0);
+        if (sqlite3_column_type(ob->entry_st, 1) != SQLITE_NULL) /* marked on its own */
+            rc = snprintf(buf, len, "%s", (const char *)sqlite3_column_text(ob->entry_st, 1)) >=
+                         (int)len
+                     ? -ENOSPC
+                     : 0;
     }
     store_reset(ob->entry_st);
+    if (rc != -ENOENT || seq == 0)
+        return rc;
+    /* published by a pass: the first pass row at or above it */
+    sqlite3_bind_int64(ob->pass_entries_st, 1, seq);
+    if (sqlite3_step(ob->pass_entries_st) == SQLITE_ROW &&
+        sqlite3_column_int64(ob->pass_entries_st, 0) <= seq)
+        rc = find_entry((const char *)sqlite3_column_text(ob->pass_entries_st, 1), seq, buf, len);
+    store_reset(ob->pass_entries_st);
     return rc;
 }
 
@@ -324,6 +408,7 @@ static void on_commit(struct store *st, void *data)
 static void recount(struct outbox *ob)
 {
     ob->max_seq = query_int(ob->max_seq_st, 0);
+    sqlite3_bind_int64(ob->count_st, 1, ob->watermark);
     ob->backlog = (uint64_t)query_int(ob->count_st, 0);
     ob->set_aside = (uint64_t)query_int(ob->aside_st, 0);
 }
@@ -350,30 +435,72 @@ static int mark_row(struct outbox *ob, const struct relay_row *row, int64_t now)
     return rc;
 }
 
-/* Writes the outcome of every accepted or refused row of b in one
- * transaction (none when there is nothing to write). */
-static int mark_rows(struct outbox *ob, const struct relay_batch *b)
+/* Records b's pass in outbox_passes: the watermark moves to its last row. */
+static int insert_pass(struct outbox *ob, const struct relay_batch *b, int64_t now)
 {
-    int64_t now = clock_now_us();
-    size_t todo = 0;
+    size_t cap = b->n * (sizeof(b->rows[0].entry_id) + 24) + 1, used = 0;
+    char *entries = malloc(cap);
     int rc;
 
+    if (entries == NULL) {
+        snprintf(ob->mark_err, sizeof(ob->mark_err), "out of memory");
+        return -ENOMEM;
+    }
+    entries[0] = '\0';
+    for (size_t i = 0; i < b->n; i++) {
+        const struct relay_row *row = &b->rows[i];
+
+        if (row->state == ROW_ACCEPTED && row->entry_id[0] != '\0')
+            used += (size_t)snprintf(entries + used, cap - used, "%lld %s\n", (long long)row->seq,
+                                     row->entry_id);
+    }
+    sqlite3_bind_int64(ob->pass_st, 1, b->rows[b->n - 1].seq);
+    sqlite3_bind_int64(ob->pass_st, 2, b->from + 1);
+    sqlite3_bind_int64(ob->pass_st, 3, now);
+    sqlite3_bind_text(ob->pass_st, 4, entries, (int)used, SQLITE_STATIC);
+    rc = sqlite3_step(ob->pass_st) == SQLITE_DONE ? 0 : -EIO;
+    if (rc < 0)
+        snprintf(ob->mark_err, sizeof(ob->mark_err), "%s", store_errmsg(ob->store));
+    store_reset(ob->pass_st);
+    free(entries);
+    return rc;
+}
+
+/* Writes the outcome of b in one transaction (none when there is nothing to
+ * write): the rows set aside, and either the pass (the watermark moves past
+ * it) or, when something pending lies before or in it, each accepted row.
+ * On success b->moved_to says which, and ob->planned follows it. */
+static int mark_rows(struct outbox *ob, struct relay_batch *b)
+{
+    int64_t now = clock_now_us(), last = b->rows[b->n - 1].seq;
+    size_t done = 0;
+    int moves, rc;
+
     for (size_t i = 0; i < b->n; i++)
-        todo += b->rows[i].state == ROW_ACCEPTED || b->rows[i].state == ROW_REFUSED;
-    if (todo == 0)
+        done += b->rows[i].state == ROW_ACCEPTED || b->rows[i].state == ROW_REFUSED;
+    if (done == 0)
         return 0;
+    moves = done == b->n && b->from <= ob->planned;
     snprintf(ob->mark_err, sizeof(ob->mark_err), "BEGIN or COMMIT failed");
     if ((rc = store_begin(ob->store)) < 0)
         return rc;
     for (size_t i = 0; i < b->n && rc == 0; i++) {
-        if (b->rows[i].state == ROW_ACCEPTED || b->rows[i].state == ROW_REFUSED)
+        if (b->rows[i].state == ROW_REFUSED || (!moves && b->rows[i].state == ROW_ACCEPTED))
             rc = mark_row(ob, &b->rows[i], now);
     }
+    if (rc == 0 && moves && last > ob->planned)
+        rc = insert_pass(ob, b, now);
     if (rc < 0) {
         store_rollback(ob->store);
         return rc;
     }
-    return store_commit(ob->store);
+    if ((rc = store_commit(ob->store)) < 0)
+        return rc;
+    if (moves && last > ob->planned) {
+        b->moved_to = last;
+        ob->planned = last;
+    }
+    return 0;
 }
 
 /* The pass is settled: counts, metrics and one line per row set aside. */
@@ -438,6 +565,8 @@ static int settled(struct outbox *ob, struct relay_batch *b, int rc)
     }
     unlink_unmarked(ob, b);
     ob->outstanding -= b->n;
+    if (b->moved_to > ob->watermark)
+        ob->watermark = b->moved_to;
     account(ob, b);
     free(b);
     if (ob->mark_failing && !any_failed(ob)) {
@@ -557,8 +686,11 @@ static void on_marked(void *data, int ok)
     scope(ob);
     b->marking = 0;
     ob->marking--;
-    if (!ok)
+    if (!ok) {
         snprintf(ob->mark_err, sizeof(ob->mark_err), "the group commit failed");
+        b->moved_to = 0;
+        ob->planned = ob->watermark; /* the group's marks are gone */
+    }
     after_settle(ob, settled(ob, b, ok ? 0 : -EIO));
 }
 
@@ -695,7 +827,8 @@ static void relay_pass(struct outbox *ob)
     if (b == NULL)
         return;
     b->ob = ob;
-    sqlite3_bind_int64(ob->select_st, 1, ob->sent_seq);
+    b->from = ob->sent_seq > ob->watermark ? ob->sent_seq : ob->watermark;
+    sqlite3_bind_int64(ob->select_st, 1, b->from);
     sqlite3_bind_int64(ob->select_st, 2, (sqlite3_int64)cap);
     while (rc == 0 && sqlite3_step(ob->select_st) == SQLITE_ROW) {
         rc = send_row(ob, b, ob->select_st);
@@ -720,23 +853,50 @@ static void relay_pass(struct outbox *ob)
  * Upkeep: recovery sweep, re-queues, pruning, metrics
  * ------------------------------------------------------------------------- */
 
+/* Runs one prune statement; returns the rows it deleted, or -1. */
+static int prune_step(struct outbox *ob, struct sqlite3_stmt *st)
+{
+    int changes = -1;
+
+    if (sqlite3_step(st) == SQLITE_DONE)
+        changes = sqlite3_changes(store_db(ob->store));
+    else
+        log_warn("outbox: pruning failed: %s", store_errmsg(ob->store));
+    store_reset(st);
+    return changes;
+}
+
 /* Published rows older than the retention, in batches; never the newest
- * row (see the top of the file). Set-aside rows stay until re-queued. */
+ * row (see the top of the file). Set-aside rows stay until re-queued. Rows
+ * the watermark published go with their passes (up to PRUNE_PASSES of
+ * them, the newest pass kept: it holds the watermark); rows marked one by
+ * one, by their published_at. */
 static void prune(struct outbox *ob)
 {
-    int64_t cutoff = clock_now_us() - (int64_t)ob->cfg.retention_ms * 1000;
-    int changes;
+    int64_t cutoff = clock_now_us() - (int64_t)ob->cfg.retention_ms * 1000, upto;
+    int rows = 0, n;
 
-    if (store_in_txn(ob->store))
+    if (store_in_txn(ob->store) || store_group_pending(ob->store))
         return;
+    sqlite3_bind_int64(ob->prune_upto_st, 1, cutoff);
+    sqlite3_bind_int(ob->prune_upto_st, 2, PRUNE_PASSES);
+    upto = query_int(ob->prune_upto_st, 0);
+    if (upto > 0 && store_begin(ob->store) == 0) {
+        sqlite3_bind_int64(ob->prune_rows_st, 1, upto);
+        sqlite3_bind_int64(ob->prune_passes_st, 1, upto);
+        if ((n = prune_step(ob, ob->prune_rows_st)) < 0 ||
+            prune_step(ob, ob->prune_passes_st) < 0) {
+            store_rollback(ob->store);
+        } else if (store_commit(ob->store) == 0) {
+            rows += n;
+        }
+    }
     sqlite3_bind_int64(ob->prune_st, 1, cutoff);
     sqlite3_bind_int(ob->prune_st, 2, PRUNE_BATCH);
-    if (sqlite3_step(ob->prune_st) != SQLITE_DONE)
-        log_warn("outbox: pruning failed: %s", store_errmsg(ob->store));
-    changes = sqlite3_changes(store_db(ob->store));
-    store_reset(ob->prune_st);
-    if (changes > 0)
-        log_debug("outbox: pruned %d published rows", changes);
+    if ((n = prune_step(ob, ob->prune_st)) > 0)
+        rows += n;
+    if (rows > 0)
+        log_debug("outbox: pruned %d published rows", rows);
 }
 
 /* Every minute, or as often as the retention asks, down to every sweep. */
@@ -816,6 +976,7 @@ static double gauge_oldest(void *data)
 
     if (ob->backlog == 0)
         return 0;
+    sqlite3_bind_int64(ob->oldest_st, 1, ob->watermark);
     created = query_int(ob->oldest_st, 0);
     return created > 0 ? (double)(clock_now_us() - created) / 1e6 : 0;
 }
@@ -895,6 +1056,17 @@ static int create_table(struct outbox *ob)
     if (query_int(has, 0) == 0 &&
         (rc = exec_sql(ob, schema_upgrade_trace, "add the traceparent column")) < 0)
         return rc;
+    rc = store_prepare(ob->store,
+                       "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table' AND "
+                       "name = 'outbox_passes'",
+                       &has);
+    if (rc < 0)
+        return rc;
+    if (query_int(has, 0) == 0 &&
+        (rc = exec_sql(ob, schema_passes, "create its watermark table")) < 0) {
+        sqlite3_exec(store_db(ob->store), "ROLLBACK", NULL, NULL, NULL);
+        return rc;
+    }
     return exec_sql(ob, schema_indexes, "create its indexes");
 }
 
@@ -905,15 +1077,22 @@ static int prepare_relay(struct outbox *ob)
 
     if ((rc = store_prepare(st,
                             "SELECT seq, stream, event_id, type, data, trace, created_at, "
-                            "traceparent FROM outbox WHERE " PENDING
-                            " AND seq > ? ORDER BY seq LIMIT ?",
+                            "traceparent FROM outbox WHERE seq > ? AND " PENDING
+                            " ORDER BY seq LIMIT ?",
                             &ob->select_st)) < 0 ||
         (rc = store_prepare(st, "UPDATE outbox SET published_at = ?, entry_id = ? WHERE seq = ?",
                             &ob->mark_st)) < 0 ||
         (rc =
              store_prepare(st, "UPDATE outbox SET refused_at = ?, refused_reason = ? WHERE seq = ?",
                            &ob->refuse_st)) < 0 ||
-        (rc = store_prepare(st, "SELECT COUNT(*) FROM outbox WHERE " PENDING, &ob->count_st)) < 0 ||
+        (rc = store_prepare(st, "SELECT COUNT(*) FROM outbox WHERE seq > ? AND " PENDING,
+                            &ob->count_st)) < 0 ||
+        (rc = store_prepare(st,
+                            "INSERT INTO outbox_passes (last_seq, first_seq, published_at, "
+                            "entries) VALUES (?, ?, ?, ?)",
+                            &ob->pass_st)) < 0 ||
+        (rc = store_prepare(st, "SELECT MAX(last_seq) FROM outbox_passes", &ob->watermark_st)) <
+            0 ||
         (rc = store_prepare(st, "SELECT COUNT(*) FROM outbox WHERE refused_at IS NOT NULL",
                             &ob->aside_st)) < 0 ||
         (rc = store_prepare(st, "PRAGMA data_version", &ob->version_st)) < 0)
@@ -933,11 +1112,25 @@ static int prepare_all(struct outbox *ob)
                             "traceparent) VALUES (?, ?, ?, ?, ?, ?, ?)",
                             &ob->insert_st)) < 0 ||
         (rc = store_prepare(st, "SELECT MAX(seq) FROM outbox", &ob->max_seq_st)) < 0 ||
-        (rc = store_prepare(st, "SELECT entry_id FROM outbox WHERE event_id = ?", &ob->entry_st)) <
-            0 ||
+        (rc = store_prepare(st, "SELECT seq, entry_id FROM outbox WHERE event_id = ?",
+                            &ob->entry_st)) < 0 ||
         (rc = store_prepare(st,
-                            "SELECT created_at FROM outbox WHERE " PENDING " ORDER BY seq LIMIT 1",
-                            &ob->oldest_st)) < 0 ||
+                            "SELECT first_seq, entries FROM outbox_passes WHERE last_seq >= ? "
+                            "ORDER BY last_seq LIMIT 1",
+                            &ob->pass_entries_st)) < 0 ||
+        (rc = store_prepare(
+             st, "SELECT created_at FROM outbox WHERE seq > ? AND " PENDING " ORDER BY seq LIMIT 1",
+             &ob->oldest_st)) < 0 ||
+        (rc = store_prepare(st,
+                            "SELECT MAX(last_seq) FROM (SELECT last_seq FROM outbox_passes "
+                            "WHERE published_at < ? ORDER BY last_seq LIMIT ?)",
+                            &ob->prune_upto_st)) < 0 ||
+        (rc = store_prepare(st,
+                            "DELETE FROM outbox WHERE seq <= ? AND refused_at IS NULL "
+                            "AND seq < (SELECT MAX(seq) FROM outbox)",
+                            &ob->prune_rows_st)) < 0 ||
+        (rc = store_prepare(st, "DELETE FROM outbox_passes WHERE last_seq < ?",
+                            &ob->prune_passes_st)) < 0 ||
         (rc = store_prepare(st,
                             "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox "
                             "WHERE published_at IS NOT NULL AND published_at < ? "
@@ -951,6 +1144,7 @@ static int prepare_all(struct outbox *ob)
 static void load_counts(struct outbox *ob)
 {
     ob->data_version = query_int(ob->version_st, 0);
+    ob->watermark = ob->planned = query_int(ob->watermark_st, 0);
     recount(ob);
     if (ob->backlog > 0)
         log_info("outbox: %llu rows from before the start wait to be published",

@@ -5,8 +5,9 @@
  * if the state change committed. After every commit the relay is woken in the
  * same loop iteration (a uv_check handle, not a poll): it reads pending rows
  * in seq order, pipelines XADD ... MAXLEN ~ <maxlen> with the envelope fields
- * of DESIGN.md §5, and once Redis has answered marks published exactly the
- * rows it accepted. A row Redis refuses for a reason no retry fixes
+ * of DESIGN.md §5, and once Redis has answered records published exactly
+ * the rows it accepted -- by a watermark, one outbox_passes row per pass
+ * (outbox.c), not a write per row. A row Redis refuses for a reason no retry fixes
  * (WRONGTYPE, NOPERM, an ERR) is set aside with its reason -- counted
  * (outbox_refused_total), logged once -- and the rows after it keep flowing;
  * an operator re-queues it (scripts/outbox requeue). A row refused for now

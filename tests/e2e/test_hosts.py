@@ -324,7 +324,7 @@ def stop_and_check(views, r):
     for name, v in views.items():
         db = sqlite3.connect(f"file:{v.db_path}?mode=ro", uri=True)
         try:
-            left = db.execute("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetchone()
+            left = db.execute("SELECT count(*) FROM outbox_backlog").fetchone()
         finally:
             db.close()
         assert left == (0,), f"{name}: {left[0]} outbox rows unpublished after SIGTERM"

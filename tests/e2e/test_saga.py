@@ -590,7 +590,7 @@ def assert_quiet(stack, timeout=20):
         last.clear()
         for name in SERVICES:
             n = db_rows(stack.svc[name].db_path,
-                        "SELECT count(*) AS n FROM outbox WHERE published_at IS NULL")[0]["n"]
+                        "SELECT count(*) AS n FROM outbox_backlog")[0]["n"]
             if n:
                 last.append(f"{name}: {n} outbox rows unpublished")
         for stream, group in GROUPS.items():

@@ -100,10 +100,12 @@ static int redis_up(const void *arg)
     return redis_is_up(x->svc.redis);
 }
 
+static const struct outbox_config test_outbox = {
+    .source = "test", .batch = 64, .retention_ms = 3600000};
+
 static void fx_open_emits(struct fx *x, const struct stream_type *emits)
 {
-    struct outbox_config oc = {
-        .source = "test", .batch = 64, .retention_ms = 3600000, .emits = emits};
+    struct outbox_config oc = test_outbox;
     struct redis_config rc = {.name = "test", .backoff_min_ms = 10, .backoff_max_ms = 40};
     char url[64], err[256];
 
@@ -121,6 +123,7 @@ static void fx_open_emits(struct fx *x, const struct stream_type *emits)
     cr_assert_eq(metrics_new(&x->svc.metrics), 0);
     cr_assert_eq(store_open(x->path, NULL, &x->svc.store), 0);
     cr_assert_eq(redis_new(&x->loop, &rc, &x->svc.redis, err, sizeof(err)), 0, "%s", err);
+    oc.emits = emits;
     cr_assert_eq(outbox_new(&x->svc, &oc, &x->svc.outbox), 0);
     redis_start(x->svc.redis);
     cr_assert(RUN_UNTIL(x, redis_up, 5000));
@@ -142,6 +145,34 @@ static void on_outbox_closed(void *data)
 
     x->svc.outbox = NULL;
     redis_close(x->svc.redis, on_redis_closed, x);
+}
+
+static void on_outbox_stopped(void *data)
+{
+    struct fx *x = data;
+
+    x->svc.outbox = NULL;
+}
+
+static int outbox_stopped(const void *arg)
+{
+    return ((const struct fx *)arg)->svc.outbox == NULL;
+}
+
+/* Closes the outbox alone (as a stop would), with fresh metrics for the
+ * next one; the store, Redis and the fake stay. */
+static void fx_stop_outbox(struct fx *x)
+{
+    outbox_close(x->svc.outbox, 0, on_outbox_stopped, x);
+    cr_assert(RUN_UNTIL(x, outbox_stopped, 5000));
+    metrics_free(x->svc.metrics);
+    cr_assert_eq(metrics_new(&x->svc.metrics), 0);
+}
+
+/* A new outbox on the same database, as after a restart. */
+static void fx_start_outbox(struct fx *x)
+{
+    cr_assert_eq(outbox_new(&x->svc, &test_outbox, &x->svc.outbox), 0);
 }
 
 static void fx_close(struct fx *x)
@@ -172,26 +203,50 @@ static void append(struct fx *x, const char *const *streams, size_t n)
     json_decref(data);
 }
 
-/* "published", "aside: <reason>" or "pending" for event i. */
+/* "published", "aside: <reason>" or "pending" for event i: pending rows
+ * are the view outbox_backlog's (above the watermark, not marked). */
 static const char *row_state(struct fx *x, unsigned i, char *buf, size_t len)
 {
     sqlite3_stmt *st;
 
     cr_assert_eq(sqlite3_prepare_v2(store_db(x->svc.store),
-                                    "SELECT published_at IS NOT NULL, refused_reason "
-                                    "FROM outbox WHERE event_id = ?",
+                                    "SELECT seq IN (SELECT seq FROM outbox_backlog), "
+                                    "refused_reason FROM outbox WHERE event_id = ?",
                                     -1, &st, NULL),
                  SQLITE_OK);
     sqlite3_bind_text(st, 1, x->ids[i], -1, SQLITE_STATIC);
     cr_assert_eq(sqlite3_step(st), SQLITE_ROW);
     if (sqlite3_column_int(st, 0))
-        snprintf(buf, len, "published");
+        snprintf(buf, len, "pending");
     else if (sqlite3_column_type(st, 1) != SQLITE_NULL)
         snprintf(buf, len, "aside: %.40s", (const char *)sqlite3_column_text(st, 1));
     else
-        snprintf(buf, len, "pending");
+        snprintf(buf, len, "published");
     sqlite3_finalize(st);
     return buf;
+}
+
+/* One integer from the test's own query on the store. */
+static long long query(struct fx *x, const char *sql)
+{
+    sqlite3_stmt *st;
+    long long v;
+
+    cr_assert_eq(sqlite3_prepare_v2(store_db(x->svc.store), sql, -1, &st, NULL), SQLITE_OK, "%s",
+                 sql);
+    cr_assert_eq(sqlite3_step(st), SQLITE_ROW, "%s", sql);
+    v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return v;
+}
+
+/* Event i's seq. */
+static long long seq_of(struct fx *x, unsigned i)
+{
+    char sql[128];
+
+    snprintf(sql, sizeof(sql), "SELECT seq FROM outbox WHERE event_id = '%s'", x->ids[i]);
+    return query(x, sql);
 }
 
 static int drained(const void *arg)
@@ -256,6 +311,8 @@ Test(outbox, a_requeue_by_another_connection_is_noticed)
     sqlite3_close(other);
     cr_assert(RUN_UNTIL(&x, all_published, 5000), "the re-queued row was not published");
     cr_expect_str_eq(row_state(&x, 0, buf, sizeof(buf)), "published");
+    /* outbox_requeue moved it above the watermark, behind the last row */
+    cr_expect_eq(seq_of(&x, 0), 3);
     cr_expect_eq(x.xadds[0], 2); /* refused once, then accepted */
     cr_expect_eq(x.xadds[1], 1);
     fx_close(&x);
@@ -277,6 +334,15 @@ Test(outbox, a_transient_refusal_retries_that_row_alone)
     for (unsigned i = 0; i < 3; i++)
         cr_expect_str_eq(row_state(&x, i, buf, sizeof(buf)), "published");
     cr_expect_eq(outbox_set_aside(x.svc.outbox), 0);
+    /* The first pass left event 1 pending: events 0 and 2 were marked on
+     * their own. The pass that sent event 1 again moved the watermark to it,
+     * and the next one moves it past event 2. */
+    cr_expect_eq(query(&x, "SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL"), 2);
+    cr_expect_eq(query(&x, "SELECT MAX(last_seq) FROM outbox_passes"), seq_of(&x, 1));
+    append(&x, streams, 1);
+    cr_assert(RUN_UNTIL(&x, drained, 5000));
+    cr_expect_eq(query(&x, "SELECT MAX(last_seq) FROM outbox_passes"), seq_of(&x, 3));
+    cr_expect_eq(x.xadds[3], 1);
     fx_close(&x);
 }
 
@@ -297,6 +363,8 @@ Test(outbox, a_failed_mark_sends_nothing_again)
     fx_open(&x);
     exec(&x, "CREATE TEMP TRIGGER full_disk BEFORE UPDATE ON main.outbox "
              "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END");
+    exec(&x, "CREATE TEMP TRIGGER full_disk_pass BEFORE INSERT ON main.outbox_passes "
+             "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END");
     append(&x, streams, 3);
     cr_assert(RUN_UNTIL(&x, sent_three, 5000));
     RUN_UNTIL(&x, fake_redis_never, 400); /* backoffs 50 + 100 + 200 ms: three failed marks */
@@ -306,6 +374,7 @@ Test(outbox, a_failed_mark_sends_nothing_again)
     }
     cr_expect_eq(outbox_backlog(x.svc.outbox), 3);
     exec(&x, "DROP TRIGGER full_disk");
+    exec(&x, "DROP TRIGGER full_disk_pass");
     cr_assert(RUN_UNTIL(&x, drained, 10000), "never marked once the disk had room");
     for (unsigned i = 0; i < 3; i++) {
         cr_expect_eq(x.xadds[i], 1, "event %u sent %u times", i, x.xadds[i]);
@@ -449,4 +518,79 @@ Test(outbox, a_refusal_while_closing_ends_the_drain)
     store_close(x.svc.store);
     metrics_free(x.svc.metrics);
     tmpdir_remove(x.dir);
+}
+
+/* Event i's entry id as outbox_entry_id finds it, or "-". */
+static const char *entry_of(struct fx *x, unsigned i, char *buf, size_t len)
+{
+    if (outbox_entry_id(x->svc.outbox, x->ids[i], buf, len) < 0)
+        snprintf(buf, len, "-");
+    return buf;
+}
+
+/* Settled passes move the watermark: no row is written when it is
+ * published, the entry ids Redis gave are found, and a restart sends
+ * nothing again. */
+Test(outbox, published_rows_are_recorded_per_pass_and_stay_published)
+{
+    static const char *const first[] = {"a", "b", "a"}, *const second[] = {"b", "a"};
+    struct fx x;
+    char buf[80], want[32];
+
+    fx_open(&x);
+    append(&x, first, 3);
+    cr_assert(RUN_UNTIL(&x, drained, 5000));
+    append(&x, second, 2);
+    cr_assert(RUN_UNTIL(&x, drained, 5000));
+    cr_expect_eq(query(&x, "SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL"), 0,
+                 "rows were marked one by one");
+    cr_expect_eq(query(&x, "SELECT MAX(last_seq) FROM outbox_passes"), 5);
+    cr_expect_eq(query(&x, "SELECT COUNT(*) FROM outbox_backlog"), 0);
+    for (unsigned i = 0; i < 5; i++) {
+        snprintf(want, sizeof(want), "%u-0", i + 1); /* the fake's ids, in the order sent */
+        cr_expect_str_eq(entry_of(&x, i, buf, sizeof(buf)), want, "event %u", i);
+    }
+    fx_stop_outbox(&x);
+    fx_start_outbox(&x);
+    cr_expect_eq(outbox_backlog(x.svc.outbox), 0);
+    RUN_UNTIL(&x, fake_redis_never, 1300); /* past a recovery sweep */
+    for (unsigned i = 0; i < 5; i++)
+        cr_expect_eq(x.xadds[i], 1, "event %u sent %u times", i, x.xadds[i]);
+    fx_close(&x);
+}
+
+/* A table from a build that marked every row: the watermark starts below
+ * its oldest pending row, and only the pending rows go out. */
+Test(outbox, a_table_marked_row_by_row_sends_only_its_pending_rows)
+{
+    struct fx x;
+    char buf[80];
+
+    fx_open(&x);
+    fx_stop_outbox(&x);
+    exec(&x, "DROP VIEW outbox_backlog; DROP TRIGGER outbox_requeue; DROP TABLE outbox_passes;"
+             "CREATE INDEX outbox_pending ON outbox(seq) "
+             "WHERE published_at IS NULL AND refused_at IS NULL;"
+             "INSERT INTO outbox (stream, event_id, type, data, created_at, published_at, entry_id)"
+             " VALUES ('a', 'e0', 't', '{}', 1, 2, '100-0'), ('a', 'e1', 't', '{}', 1, NULL, NULL),"
+             " ('a', 'e2', 't', '{}', 1, 2, '101-0'), ('a', 'e3', 't', '{}', 1, NULL, NULL);");
+    for (unsigned i = 0; i < 4; i++)
+        snprintf(x.ids[i], sizeof(x.ids[i]), "e%u", i);
+    x.nids = 4;
+    fx_start_outbox(&x);
+    cr_expect_eq(outbox_backlog(x.svc.outbox), 2);
+    cr_expect_eq(query(&x, "SELECT MAX(last_seq) FROM outbox_passes"), 1);
+    cr_expect_eq(query(&x, "SELECT COUNT(*) FROM sqlite_schema WHERE name = 'outbox_pending'"), 0);
+    cr_assert(RUN_UNTIL(&x, drained, 5000), "the pending rows were not sent");
+    cr_expect_eq(x.xadds[0], 0);
+    cr_expect_eq(x.xadds[1], 1);
+    cr_expect_eq(x.xadds[2], 0);
+    cr_expect_eq(x.xadds[3], 1);
+    for (unsigned i = 0; i < 4; i++)
+        cr_expect_str_eq(row_state(&x, i, buf, sizeof(buf)), "published", "event %u", i);
+    cr_expect_eq(query(&x, "SELECT MAX(last_seq) FROM outbox_passes"), 4);
+    cr_expect_str_eq(entry_of(&x, 0, buf, sizeof(buf)), "100-0");
+    cr_expect_str_eq(entry_of(&x, 1, buf, sizeof(buf)), "1-0");
+    cr_expect_str_eq(entry_of(&x, 3, buf, sizeof(buf)), "2-0");
+    fx_close(&x);
 }
