@@ -13,6 +13,12 @@
   metrics.py value FILE NAME [--label k=v ...] [--default X]
       prints the value of the sample NAME whose labels include the given ones
       (the sum when several match), or X (default 0) when none does.
+  metrics.py codes BEFORE AFTER [--label k=v ...] [--ok 202]
+      diffs http_requests_total (whose labels include the given ones) between
+      two scrapes, by its code label, and prints, on one line,
+        ok=N other=N statuses=CODE:N,..
+      ok = answers with the --ok code, other = every other code, statuses =
+      those other codes with their counts ("-" when none).
 
 Standard library only.
 """
@@ -146,6 +152,25 @@ def cmd_value(args):
     return 0
 
 
+def cmd_codes(args):
+    want = parse_labels(args.label)
+
+    def by_code(path):
+        out = {}
+        for labels, v in select(parse(path), "http_requests_total", want):
+            code = labels.get("code", "?")
+            out[code] = out.get(code, 0) + v
+        return out
+
+    before, after = by_code(args.before), by_code(args.after)
+    delta = {c: int(after[c] - before.get(c, 0)) for c in after}
+    ok = delta.pop(args.ok, 0)
+    others = sorted((c, n) for c, n in delta.items() if n > 0)
+    statuses = ",".join(f"{c}:{n}" for c, n in others) or "-"
+    print(f"ok={ok} other={sum(n for _, n in others)} statuses={statuses}")
+    return 0
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -160,8 +185,13 @@ def main():
     v.add_argument("name")
     v.add_argument("--label", action="append")
     v.add_argument("--default", default="0")
+    c = sub.add_parser("codes")
+    c.add_argument("before")
+    c.add_argument("after")
+    c.add_argument("--label", action="append")
+    c.add_argument("--ok", default="202")
     args = p.parse_args()
-    return cmd_quantiles(args) if args.cmd == "quantiles" else cmd_value(args)
+    return {"quantiles": cmd_quantiles, "value": cmd_value, "codes": cmd_codes}[args.cmd](args)
 
 
 if __name__ == "__main__":
