@@ -32,12 +32,17 @@
  *
  * A settle that fails (a full disk, an I/O error) keeps the outcomes in
  * memory (ob->unmarked): no pass runs -- nothing is sent again -- while the
- * mark is retried with backoff. W only counts marks that are durable: a
- * group COMMIT that fails takes the planned W back with it. A set-aside row
- * waits for an operator: scripts/outbox requeue clears its refused_at from
- * another connection, and the trigger outbox_requeue moves the row to the
- * end (seq MAX + 1), above W, where the relay finds it pending -- it would
- * count as published where it was. The relay notices the other connection's
+ * mark is retried with backoff. A pass moves W on what is durable, or on
+ * what the same store group (store_group_gen) planned: a group that fails --
+ * its COMMIT, or SQLite rolling it back on its own -- takes its planned W
+ * with it, and no later pass builds on it. Passes answered after such a
+ * failure mark their rows one by one, and make the relay rewind, so that
+ * once everything is settled it starts from W again and moves it.
+ *
+ * A set-aside row waits for an operator: scripts/outbox requeue clears its
+ * refused_at from another connection, and the trigger outbox_requeue moves
+ * the row to the end (seq MAX + 1), above W, where the relay finds it
+ * pending -- it would count as published where it was. The relay notices the other connection's
  * commit (PRAGMA data_version) at its next sweep.
  *
  * A pass is started by the commit hook (after a group COMMIT, or through a
@@ -156,7 +161,8 @@ struct outbox {
 
     int64_t max_seq;      /* highest committed seq */
     int64_t watermark;    /* durable: every row at or below is published or set aside */
-    int64_t planned;      /* the watermark with the marks of the open group */
+    int64_t planned;      /* the watermark with the marks of group planned_gen */
+    uint64_t planned_gen; /* the store group planned was written in (store_group_gen) */
     uint64_t backlog;     /* rows neither published nor set aside */
     uint64_t set_aside;   /* rows refused for good, waiting for an operator */
     int64_t data_version; /* PRAGMA data_version: moves when another connection commits */
@@ -205,7 +211,7 @@ struct relay_batch {
     struct outbox *ob;
     struct relay_batch *next; /* in ob->unmarked */
     int64_t from;             /* it selected rows above this seq */
-    int64_t moved_to;         /* the watermark its settle wrote, 0 if it marked rows */
+    int64_t moved_to;         /* the watermark its last mark wrote, 0 if it marked rows */
     size_t n, answered;
     int retry;   /* a row stays pending: rewind, and back off before the next pass */
     int marking; /* its mark waits for the store's group COMMIT */
@@ -468,27 +474,38 @@ static int insert_pass(struct outbox *ob, const struct relay_batch *b, int64_t n
 
 /* Writes the outcome of b in one transaction (none when there is nothing to
  * write): the rows set aside, and either the pass (the watermark moves past
- * it) or, when something pending lies before or in it, each accepted row.
- * On success b->moved_to says which, and ob->planned follows it. */
+ * it) or, when something not yet settled lies before or in it, each accepted
+ * row. On success b->moved_to says which, and ob->planned follows it.
+ *
+ * What lies below b is settled up to the watermark this group already
+ * plans, or the durable one when the planned one was written in another
+ * group: committed since, and then durable, or rolled back -- by a failed
+ * COMMIT, or by SQLite on its own, in which case a later pass must not move
+ * the watermark past rows whose record is gone. */
 static int mark_rows(struct outbox *ob, struct relay_batch *b)
 {
-    int64_t now = clock_now_us(), last = b->rows[b->n - 1].seq;
+    int64_t now = clock_now_us(), last = b->rows[b->n - 1].seq, base;
     size_t done = 0;
-    int moves, rc;
+    int covered, moves, rc;
 
+    b->moved_to = 0;
     for (size_t i = 0; i < b->n; i++)
         done += b->rows[i].state == ROW_ACCEPTED || b->rows[i].state == ROW_REFUSED;
     if (done == 0)
         return 0;
-    moves = done == b->n && b->from <= ob->planned;
     snprintf(ob->mark_err, sizeof(ob->mark_err), "BEGIN or COMMIT failed");
     if ((rc = store_begin(ob->store)) < 0)
         return rc;
+    base = store_group_gen(ob->store) == ob->planned_gen ? ob->planned : ob->watermark;
+    /* covered: a retried settle whose pass row is in already */
+    covered = done == b->n && last <= base;
+    moves = done == b->n && !covered && b->from <= base;
     for (size_t i = 0; i < b->n && rc == 0; i++) {
-        if (b->rows[i].state == ROW_REFUSED || (!moves && b->rows[i].state == ROW_ACCEPTED))
+        if (b->rows[i].state == ROW_REFUSED ||
+            (b->rows[i].state == ROW_ACCEPTED && !moves && !covered))
             rc = mark_row(ob, &b->rows[i], now);
     }
-    if (rc == 0 && moves && last > ob->planned)
+    if (rc == 0 && moves)
         rc = insert_pass(ob, b, now);
     if (rc < 0) {
         store_rollback(ob->store);
@@ -496,9 +513,16 @@ static int mark_rows(struct outbox *ob, struct relay_batch *b)
     }
     if ((rc = store_commit(ob->store)) < 0)
         return rc;
-    if (moves && last > ob->planned) {
+    if (moves) {
         b->moved_to = last;
         ob->planned = last;
+        ob->planned_gen = store_group_gen(ob->store);
+    } else if (done == b->n && !covered) {
+        /* Every row answered, but an earlier pass's record failed (and is
+         * retried): the passes after it would mark their rows one by one
+         * for as long as passes overlap. Once all is settled the relay
+         * starts again from the watermark, and moves it. */
+        ob->rewind = 1;
     }
     return 0;
 }
@@ -567,6 +591,8 @@ static int settled(struct outbox *ob, struct relay_batch *b, int rc)
     ob->outstanding -= b->n;
     if (b->moved_to > ob->watermark)
         ob->watermark = b->moved_to;
+    if (ob->planned < ob->watermark)
+        ob->planned = ob->watermark;
     account(ob, b);
     free(b);
     if (ob->mark_failing && !any_failed(ob)) {
@@ -1088,8 +1114,8 @@ static int prepare_relay(struct outbox *ob)
         (rc = store_prepare(st, "SELECT COUNT(*) FROM outbox WHERE seq > ? AND " PENDING,
                             &ob->count_st)) < 0 ||
         (rc = store_prepare(st,
-                            "INSERT INTO outbox_passes (last_seq, first_seq, published_at, "
-                            "entries) VALUES (?, ?, ?, ?)",
+                            "INSERT OR REPLACE INTO outbox_passes (last_seq, first_seq, "
+                            "published_at, entries) VALUES (?, ?, ?, ?)",
                             &ob->pass_st)) < 0 ||
         (rc = store_prepare(st, "SELECT MAX(last_seq) FROM outbox_passes", &ob->watermark_st)) <
             0 ||

@@ -1080,6 +1080,11 @@ int store_group_pending(const struct store *st)
     return st->group_open;
 }
 
+uint64_t store_group_gen(const struct store *st)
+{
+    return st->group_open ? st->gen : 0;
+}
+
 int store_grouped(const struct store *st)
 {
     return st->group_on;

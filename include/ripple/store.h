@@ -157,6 +157,11 @@ int store_read_begin(struct store *st);
 /* 1 while a group transaction is open: what was committed into it is not
  * durable yet. */
 int store_group_pending(const struct store *st);
+/* The open group's number (they count up from 1), 0 when none is open or
+ * the store does not group: what was written in group g is durable, or
+ * gone, once the number moves on. SQLite can roll a group back on its own
+ * (a full disk): the next store_begin opens a new one. */
+uint64_t store_group_gen(const struct store *st);
 /* 1 between store_group_commit and store_group_end. The on-commit hooks of
  * a grouped store run from the loop's prepare or check phase, once per
  * iteration: a hook should do its work there, not start a uv_check (that

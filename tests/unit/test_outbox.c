@@ -594,3 +594,36 @@ Test(outbox, a_table_marked_row_by_row_sends_only_its_pending_rows)
     cr_expect_str_eq(entry_of(&x, 3, buf, sizeof(buf)), "2-0");
     fx_close(&x);
 }
+
+/* The first of two pipelined passes fails to record (its pass row, as on a
+ * full disk) while the second one records its rows one by one: once the
+ * first is recorded, the relay starts again from the watermark, so the
+ * passes after them move it again instead of marking every row. */
+Test(outbox, after_a_failed_record_the_watermark_moves_again)
+{
+    static const char *const third[] = {"a"};
+    struct fx x;
+    char buf[80];
+
+    send_two_passes(&x);
+    exec(&x, "CREATE TEMP TRIGGER full_disk BEFORE INSERT ON main.outbox_passes "
+             "WHEN NEW.last_seq = 1 BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END");
+    fake_redis_release(&x.fake);
+    cr_assert(RUN_UNTIL(&x, sent_three_xadds, 5000));
+    RUN_UNTIL(&x, fake_redis_never, 200); /* a failed record or two */
+    cr_expect_str_eq(row_state(&x, 0, buf, sizeof(buf)), "pending", "not recorded yet");
+    cr_expect_eq(query(&x, "SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL"), 2,
+                 "the second pass marked its rows one by one");
+    exec(&x, "DROP TRIGGER full_disk");
+    cr_assert(RUN_UNTIL(&x, drained, 5000), "never recorded once the disk had room");
+    append(&x, third, 1);
+    cr_assert(RUN_UNTIL(&x, drained, 5000));
+    cr_expect_eq(query(&x, "SELECT MAX(last_seq) FROM outbox_passes"), 4);
+    cr_expect_eq(query(&x, "SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL"), 2,
+                 "the pass after them marked its row one by one");
+    for (unsigned i = 0; i < 4; i++) {
+        cr_expect_eq(x.xadds[i], 1, "event %u sent %u times", i, x.xadds[i]);
+        cr_expect_str_eq(row_state(&x, i, buf, sizeof(buf)), "published", "event %u", i);
+    }
+    fx_close(&x);
+}

@@ -811,6 +811,50 @@ Test(store, a_failed_group_commit_rolls_back_every_transaction_and_tells_its_wai
     group_close(st, &loop);
 }
 
+/* SQLite can roll a whole group back on its own (a full disk, an I/O error
+ * inside one of its transactions): the next store_begin opens a group with
+ * a new number, and the old group's waiters hear it failed. The outbox
+ * trusts its planned watermark only within the group it was written in. */
+Test(store, a_group_rolled_back_by_sqlite_is_followed_by_a_new_number)
+{
+    static const char schema[] = "-- migration: 1\n"
+                                 "CREATE TABLE p (id INTEGER PRIMARY KEY);\n";
+    struct durable_seen lost = {0}, next = {0};
+    struct store *st = open_ok(schema);
+    uv_loop_t loop;
+    uint64_t g1;
+
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    cr_assert_eq(store_group_gen(st), 0, "no group yet");
+    cr_assert_eq(store_group_commit(st, &loop, NULL), 0);
+    exec_ok(st, "CREATE TEMP TRIGGER io_error BEFORE INSERT ON main.p WHEN NEW.id = 66 "
+                "BEGIN SELECT RAISE(ROLLBACK, 'disk I/O error'); END");
+    cr_assert_eq(store_begin(st), 0);
+    exec_ok(st, "INSERT INTO p (id) VALUES (1)");
+    cr_assert_eq(store_commit(st), 0);
+    g1 = store_group_gen(st);
+    cr_assert_neq(g1, 0);
+    cr_assert_eq(store_when_durable(st, on_durable, &lost), 0);
+    /* another transaction of the same iteration: SQLite ends the group */
+    cr_assert_eq(store_begin(st), 0);
+    cr_assert_eq(store_group_gen(st), g1, "one group per iteration");
+    cr_assert_neq(sqlite3_exec(store_db(st), "INSERT INTO p (id) VALUES (66)", NULL, NULL, NULL),
+                  SQLITE_OK);
+    store_rollback(st);
+    cr_assert_eq(store_begin(st), 0);
+    cr_assert_gt(store_group_gen(st), g1, "the rolled-back group's number went on");
+    exec_ok(st, "INSERT INTO p (id) VALUES (2)");
+    cr_assert_eq(store_commit(st), 0);
+    cr_assert_eq(store_when_durable(st, on_durable, &next), 0);
+    cr_assert_eq(uv_run(&loop, UV_RUN_NOWAIT), 0);
+    cr_assert_eq(lost.calls, 1);
+    cr_assert_eq(lost.ok, 0, "told durable although SQLite rolled its group back");
+    cr_assert_eq(next.ok, 1);
+    cr_assert_eq(seen_elsewhere("SELECT group_concat(id) FROM p"), 2);
+    cr_assert_eq(store_group_gen(st), 0, "no group open after the flush");
+    group_close(st, &loop);
+}
+
 static void exec_other(sqlite3 *db, const char *sql)
 {
     cr_assert_eq(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK, "%s: %s", sql,
