@@ -15,8 +15,9 @@
 -- the offered rate does not depend on the answer time -- as long as a
 -- connection is free: a connection sends its next request only after the
 -- answer to the previous one (HTTP/1.1, no pipelining), so with C connections
--- the loop is open only while answers take less than C/rate on average (64
--- connections at 5,000/s: 12.8 ms). Beyond that the service's slowness slows
+-- the loop is open only while answers take less than C/rate on average
+-- (scripts/bench's 128 connections at 5,000/s: 25.6 ms; with 64, answers
+-- at 22 ms p99 left slots unsent even in a fast run). Beyond that the service's slowness slows
 -- the offer down (coordinated omission). A slot that passes while no
 -- connection was free is not sent late in a burst: it is dropped and counted
 -- as "missed", so sent + missed = the slots of the run, and scripts/bench
