@@ -598,6 +598,7 @@ static int settled(struct outbox *ob, struct relay_batch *b, int rc)
     if (ob->mark_failing && !any_failed(ob)) {
         log_info("outbox: recorded what Redis accepted after failed attempts");
         ob->mark_failing = 0;
+        ob->backoff_ms = 0; /* the streak is over: a rewind it left waits the least */
     }
     return 0;
 }

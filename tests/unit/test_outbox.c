@@ -435,6 +435,11 @@ static int sent_six_xadds(const void *arg)
     return sent_n(arg, 6);
 }
 
+static int sent_five_xadds(const void *arg)
+{
+    return sent_n(arg, 5);
+}
+
 /* Opens x and sends two passes: event 0 (stream "slow", whose reply and
  * every one after it the fake holds), then events 1 and 2 committed while
  * the first pass waits. */
@@ -625,5 +630,30 @@ Test(outbox, after_a_failed_record_the_watermark_moves_again)
         cr_expect_eq(x.xadds[i], 1, "event %u sent %u times", i, x.xadds[i]);
         cr_expect_str_eq(row_state(&x, i, buf, sizeof(buf)), "published", "event %u", i);
     }
+    fx_close(&x);
+}
+
+/* As a service runs it: the store groups each loop iteration's
+ * transactions. Passes answered together share a group and build on its
+ * planned watermark; a pass answered later builds on the durable one. No
+ * row is marked one by one, and nothing goes twice. */
+Test(outbox, a_grouped_store_moves_the_watermark_with_every_pass)
+{
+    static const char *const more[] = {"a", "b"};
+    struct fx x;
+
+    send_two_passes(&x);
+    cr_assert_eq(store_group_commit(x.svc.store, &x.loop, NULL), 0);
+    fake_redis_release(&x.fake);
+    cr_assert(RUN_UNTIL(&x, drained, 5000));
+    append(&x, more, 2); /* its own group, then its own pass */
+    cr_assert(RUN_UNTIL(&x, sent_five_xadds, 5000));
+    cr_assert(RUN_UNTIL(&x, drained, 5000));
+    cr_expect_eq(query(&x, "SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL"), 0,
+                 "rows were marked one by one");
+    cr_expect_eq(query(&x, "SELECT MAX(last_seq) FROM outbox_passes"), 5);
+    for (unsigned i = 0; i < 5; i++)
+        cr_expect_eq(x.xadds[i], 1, "event %u sent %u times", i, x.xadds[i]);
+    store_group_end(x.svc.store);
     fx_close(&x);
 }
