@@ -132,7 +132,8 @@ static const char schema_indexes[] =
 
 /* Pending, above the watermark (bound by the statement). */
 #define PENDING "published_at IS NULL AND refused_at IS NULL"
-#define PRUNE_PASSES 64 /* outbox_passes rows per prune: their rows go with them */
+#define PRUNE_PASSES 64 /* outbox_passes rows per prune round: their rows go with them */
+#define PRUNE_ROUNDS 8  /* rounds per prune, while they find rows */
 
 static const double latency_bounds[] = {0.00005, 0.0001,  0.00015, 0.0002, 0.0003, 0.0004,
                                         0.0005,  0.00075, 0.001,   0.0015, 0.002,  0.003,
@@ -895,28 +896,36 @@ static int prune_step(struct outbox *ob, struct sqlite3_stmt *st)
 
 /* Published rows older than the retention, in batches; never the newest
  * row (see the top of the file). Set-aside rows stay until re-queued. Rows
- * the watermark published go with their passes (up to PRUNE_PASSES of
- * them, the newest pass kept: it holds the watermark); rows marked one by
+ * the watermark published go with their passes (PRUNE_PASSES of them per
+ * round, the newest pass kept: it holds the watermark); rows marked one by
  * one, by their published_at. */
 static void prune(struct outbox *ob)
 {
     int64_t cutoff = clock_now_us() - (int64_t)ob->cfg.retention_ms * 1000, upto;
-    int rows = 0, n;
+    int rows = 0, n, passes;
 
     if (store_in_txn(ob->store) || store_group_pending(ob->store))
         return;
-    sqlite3_bind_int64(ob->prune_upto_st, 1, cutoff);
-    sqlite3_bind_int(ob->prune_upto_st, 2, PRUNE_PASSES);
-    upto = query_int(ob->prune_upto_st, 0);
-    if (upto > 0 && store_begin(ob->store) == 0) {
+    /* passes of one row each at a low rate: several rounds, so that a
+     * prune takes at least the PRUNE_BATCH rows a row-by-row prune did */
+    for (int round = 0; round < PRUNE_ROUNDS && rows < PRUNE_BATCH * PRUNE_ROUNDS; round++) {
+        sqlite3_bind_int64(ob->prune_upto_st, 1, cutoff);
+        sqlite3_bind_int(ob->prune_upto_st, 2, PRUNE_PASSES);
+        upto = query_int(ob->prune_upto_st, 0);
+        if (upto <= 0 || store_begin(ob->store) < 0)
+            break;
         sqlite3_bind_int64(ob->prune_rows_st, 1, upto);
         sqlite3_bind_int64(ob->prune_passes_st, 1, upto);
         if ((n = prune_step(ob, ob->prune_rows_st)) < 0 ||
-            prune_step(ob, ob->prune_passes_st) < 0) {
+            (passes = prune_step(ob, ob->prune_passes_st)) < 0) {
             store_rollback(ob->store);
-        } else if (store_commit(ob->store) == 0) {
-            rows += n;
+            break;
         }
+        if (store_commit(ob->store) < 0)
+            break;
+        rows += n;
+        if (n == 0 && passes == 0)
+            break; /* only the newest pass is older than the retention */
     }
     sqlite3_bind_int64(ob->prune_st, 1, cutoff);
     sqlite3_bind_int(ob->prune_st, 2, PRUNE_BATCH);

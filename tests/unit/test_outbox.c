@@ -100,8 +100,7 @@ static int redis_up(const void *arg)
     return redis_is_up(x->svc.redis);
 }
 
-static const struct outbox_config test_outbox = {
-    .source = "test", .batch = 64, .retention_ms = 3600000};
+static struct outbox_config test_outbox = {.source = "test", .batch = 64, .retention_ms = 3600000};
 
 static void fx_open_emits(struct fx *x, const struct stream_type *emits)
 {
@@ -655,5 +654,40 @@ Test(outbox, a_grouped_store_moves_the_watermark_with_every_pass)
     for (unsigned i = 0; i < 5; i++)
         cr_expect_eq(x.xadds[i], 1, "event %u sent %u times", i, x.xadds[i]);
     store_group_end(x.svc.store);
+    fx_close(&x);
+}
+
+static int pruned_to_one_row(const void *arg)
+{
+    struct fx *x = (struct fx *)arg;
+
+    return query(x, "SELECT COUNT(*) FROM outbox") == 1;
+}
+
+/* With no retention, a sweep prunes every published row but the newest,
+ * with their passes of one row each, and keeps the newest pass, which holds
+ * the watermark: what comes after is published, and nothing goes twice. */
+Test(outbox, a_prune_takes_the_rows_of_many_passes_and_keeps_the_watermark)
+{
+    static const char *const one[] = {"a"};
+    struct fx x;
+
+    test_outbox.retention_ms = 0;
+    fx_open(&x);
+    test_outbox.retention_ms = 3600000;
+    for (unsigned i = 0; i < MAX_EVENTS - 1; i++) {
+        append(&x, one, 1);
+        cr_assert(RUN_UNTIL(&x, drained, 5000));
+    }
+    cr_assert_geq(query(&x, "SELECT COUNT(*) FROM outbox_passes"), 2);
+    cr_assert(RUN_UNTIL(&x, pruned_to_one_row, 5000), "not pruned");
+    cr_expect_eq(query(&x, "SELECT MAX(seq) FROM outbox"), MAX_EVENTS - 1);
+    cr_expect_eq(query(&x, "SELECT COUNT(*) FROM outbox_passes"), 1);
+    cr_expect_eq(query(&x, "SELECT last_seq FROM outbox_passes"), MAX_EVENTS - 1);
+    append(&x, one, 1);
+    cr_assert(RUN_UNTIL(&x, drained, 5000));
+    cr_expect_eq(query(&x, "SELECT MAX(last_seq) FROM outbox_passes"), MAX_EVENTS);
+    for (unsigned i = 0; i < MAX_EVENTS; i++)
+        cr_expect_eq(x.xadds[i], 1, "event %u sent %u times", i, x.xadds[i]);
     fx_close(&x);
 }
