@@ -42,8 +42,8 @@
  * A set-aside row waits for an operator: scripts/outbox requeue clears its
  * refused_at from another connection, and the trigger outbox_requeue moves
  * the row to the end (seq MAX + 1), above W, where the relay finds it
- * pending -- it would count as published where it was. The relay notices the other connection's
- * commit (PRAGMA data_version) at its next sweep.
+ * pending -- it would count as published where it was. The relay notices
+ * the other connection's commit (PRAGMA data_version) at its next sweep.
  *
  * A pass is started by the commit hook (after a group COMMIT, or through a
  * uv_check, so every commit of one loop iteration shares one pass), by a
@@ -150,7 +150,7 @@ struct outbox {
     char maxlen[24];
 
     struct sqlite3_stmt *insert_st, *select_st, *mark_st, *refuse_st, *max_seq_st, *oldest_st;
-    struct sqlite3_stmt *prune_st, *entry_st, *count_st, *aside_st, *version_st;
+    struct sqlite3_stmt *entry_st, *count_st, *aside_st, *version_st;
     struct sqlite3_stmt *pass_st, *watermark_st, *pass_entries_st, *prune_upto_st;
     struct sqlite3_stmt *prune_rows_st, *prune_passes_st;
     uv_check_t wake;    /* runs the relay at the end of the loop iteration */
@@ -297,6 +297,14 @@ int outbox_append(struct outbox *ob, const char *stream, const char *type,
     return rc;
 }
 
+/* text (a column's, NULL when SQLite ran out of memory) into buf. */
+static int copy_text(const unsigned char *text, char *buf, size_t len)
+{
+    if (text == NULL)
+        return -ENOMEM;
+    return snprintf(buf, len, "%s", (const char *)text) >= (int)len ? -ENOSPC : 0;
+}
+
 /* The entry id of seq in a pass's entries ("seq entry_id" lines). */
 static int find_entry(const char *entries, int64_t seq, char *buf, size_t len)
 {
@@ -332,10 +340,7 @@ int outbox_entry_id(struct outbox *ob, const char *event_id, char *buf, size_t l
     if (sqlite3_step(ob->entry_st) == SQLITE_ROW) {
         seq = sqlite3_column_int64(ob->entry_st, 0);
         if (sqlite3_column_type(ob->entry_st, 1) != SQLITE_NULL) /* marked on its own */
-            rc = snprintf(buf, len, "%s", (const char *)sqlite3_column_text(ob->entry_st, 1)) >=
-                         (int)len
-                     ? -ENOSPC
-                     : 0;
+            rc = copy_text(sqlite3_column_text(ob->entry_st, 1), buf, len);
     }
     store_reset(ob->entry_st);
     if (rc != -ENOENT || seq == 0)
@@ -343,8 +348,11 @@ int outbox_entry_id(struct outbox *ob, const char *event_id, char *buf, size_t l
     /* published by a pass: the first pass row at or above it */
     sqlite3_bind_int64(ob->pass_entries_st, 1, seq);
     if (sqlite3_step(ob->pass_entries_st) == SQLITE_ROW &&
-        sqlite3_column_int64(ob->pass_entries_st, 0) <= seq)
-        rc = find_entry((const char *)sqlite3_column_text(ob->pass_entries_st, 1), seq, buf, len);
+        sqlite3_column_int64(ob->pass_entries_st, 0) <= seq) {
+        const unsigned char *entries = sqlite3_column_text(ob->pass_entries_st, 1);
+
+        rc = entries != NULL ? find_entry((const char *)entries, seq, buf, len) : -ENOMEM;
+    }
     store_reset(ob->pass_entries_st);
     return rc;
 }
@@ -714,11 +722,8 @@ static void on_marked(void *data, int ok)
     scope(ob);
     b->marking = 0;
     ob->marking--;
-    if (!ok) {
+    if (!ok) /* its planned watermark went with the group (store_group_gen) */
         snprintf(ob->mark_err, sizeof(ob->mark_err), "the group commit failed");
-        b->moved_to = 0;
-        ob->planned = ob->watermark; /* the group's marks are gone */
-    }
     after_settle(ob, settled(ob, b, ok ? 0 : -EIO));
 }
 
@@ -894,11 +899,13 @@ static int prune_step(struct outbox *ob, struct sqlite3_stmt *st)
     return changes;
 }
 
-/* Published rows older than the retention, in batches; never the newest
- * row (see the top of the file). Set-aside rows stay until re-queued. Rows
- * the watermark published go with their passes (PRUNE_PASSES of them per
- * round, the newest pass kept: it holds the watermark); rows marked one by
- * one, by their published_at. */
+/* Published rows older than the retention, in batches, with their passes:
+ * the oldest PRUNE_PASSES passes a round (only those, not a scan of every
+ * pass: they were settled in order, so the old ones come first), never the
+ * newest pass (it holds the watermark) nor the newest row (see the top of
+ * the file). Rows marked one by one go once the watermark has passed them,
+ * as it does once nothing before them is pending. Set-aside rows stay until
+ * re-queued. */
 static void prune(struct outbox *ob)
 {
     int64_t cutoff = clock_now_us() - (int64_t)ob->cfg.retention_ms * 1000, upto;
@@ -927,10 +934,6 @@ static void prune(struct outbox *ob)
         if (n == 0 && passes == 0)
             break; /* only the newest pass is older than the retention */
     }
-    sqlite3_bind_int64(ob->prune_st, 1, cutoff);
-    sqlite3_bind_int(ob->prune_st, 2, PRUNE_BATCH);
-    if ((n = prune_step(ob, ob->prune_st)) > 0)
-        rows += n;
     if (rows > 0)
         log_debug("outbox: pruned %d published rows", rows);
 }
@@ -1158,20 +1161,15 @@ static int prepare_all(struct outbox *ob)
              st, "SELECT created_at FROM outbox WHERE seq > ? AND " PENDING " ORDER BY seq LIMIT 1",
              &ob->oldest_st)) < 0 ||
         (rc = store_prepare(st,
-                            "SELECT MAX(last_seq) FROM (SELECT last_seq FROM outbox_passes "
-                            "WHERE published_at < ? ORDER BY last_seq LIMIT ?)",
+                            "SELECT MAX(last_seq) FROM (SELECT last_seq, published_at FROM "
+                            "outbox_passes ORDER BY last_seq LIMIT ?2) WHERE published_at < ?1",
                             &ob->prune_upto_st)) < 0 ||
         (rc = store_prepare(st,
                             "DELETE FROM outbox WHERE seq <= ? AND refused_at IS NULL "
                             "AND seq < (SELECT MAX(seq) FROM outbox)",
                             &ob->prune_rows_st)) < 0 ||
         (rc = store_prepare(st, "DELETE FROM outbox_passes WHERE last_seq < ?",
-                            &ob->prune_passes_st)) < 0 ||
-        (rc = store_prepare(st,
-                            "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox "
-                            "WHERE published_at IS NOT NULL AND published_at < ? "
-                            "AND seq < (SELECT MAX(seq) FROM outbox) ORDER BY seq LIMIT ?)",
-                            &ob->prune_st)) < 0)
+                            &ob->prune_passes_st)) < 0)
         return rc;
     return 0;
 }

@@ -7,12 +7,12 @@
  * in seq order, pipelines XADD ... MAXLEN ~ <maxlen> with the envelope fields
  * of DESIGN.md §5, and once Redis has answered records published exactly
  * the rows it accepted -- by a watermark, one outbox_passes row per pass
- * (outbox.c), not a write per row. A row Redis refuses for a reason no retry fixes
- * (WRONGTYPE, NOPERM, an ERR) is set aside with its reason -- counted
- * (outbox_refused_total), logged once -- and the rows after it keep flowing;
- * an operator re-queues it (scripts/outbox requeue). A row refused for now
- * (OOM, BUSY, READONLY, ...) or whose reply was lost stops the pass there and
- * is retried after a backoff. While Redis is down, rows wait and drain in
+ * (outbox.c), not a write per row. A row Redis refuses for a reason no
+ * retry fixes (WRONGTYPE, NOPERM, an ERR) is set aside with its reason --
+ * counted (outbox_refused_total), logged once -- and the rows after it keep
+ * flowing; an operator re-queues it (scripts/outbox requeue). A row refused
+ * for now (OOM, BUSY, READONLY, ...) or whose reply was lost stops the pass
+ * there and is retried after a backoff. While Redis is down, rows wait and drain in
  * order on reconnect and at start. An accepted row is not sent again, even
  * while recording the acceptance fails (a full disk: the mark is retried with
  * backoff); only a crash between XADD and the mark publishes a row twice, and

@@ -667,7 +667,7 @@ static int pruned_to_one_row(const void *arg)
 /* With no retention, a sweep prunes every published row but the newest,
  * with their passes of one row each, and keeps the newest pass, which holds
  * the watermark: what comes after is published, and nothing goes twice. */
-Test(outbox, a_prune_takes_the_rows_of_many_passes_and_keeps_the_watermark)
+Test(outbox, a_prune_keeps_the_newest_row_and_pass_and_the_watermark)
 {
     static const char *const one[] = {"a"};
     struct fx x;
